@@ -1,0 +1,580 @@
+//! The command-line edge: arguments, dispatch to the modules, and errors turned into short
+//! reports with a non-zero exit. Nothing here knows how images are built or containers run.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::local::{self, LocalError, dev::DevOptions, runs};
+use crate::spec::{Project, SPEC_FILE, SpecError};
+use crate::templates::{self, TemplateError};
+use crate::ui::{OutputMode, Ui, human_duration};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "One spec for notebooks, training and ONNX model serving — on your laptop and in a cluster",
+    propagate_version = true
+)]
+struct Cli {
+    /// Only errors (and a command's result) are printed.
+    #[arg(short, long, global = true, conflicts_with = "json")]
+    quiet: bool,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct SpecArgs {
+    /// The spec file.
+    #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+    file: PathBuf,
+    /// The environment whose overrides apply (default: `dev` when the spec defines it).
+    #[arg(short = 'e', long = "env", env = "FERRY_ENV", value_name = "ENV")]
+    env: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a project from a template.
+    Init {
+        /// The directory to create (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[arg(short, long, default_value = "churn")]
+        template: String,
+        /// Project name (default: from the directory name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Build the base image from Debian packages instead of pulling one (no registry needed).
+        #[arg(long)]
+        offline: bool,
+        /// Write into a non-empty directory (same-named files are replaced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the templates.
+    Templates,
+    /// Check the spec and print it resolved for an environment.
+    Validate {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+    /// Build the environment and project images (skipped when nothing changed).
+    Build {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Jupyter in the project's environment, rebuilt when dependencies change.
+    Dev {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Host port on 127.0.0.1 (default: notebook.port).
+        #[arg(short, long)]
+        port: Option<u16>,
+        /// Start and return; stop it later with `ferry down`.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Stop and remove this project's local containers.
+    Down {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Run the training command in the project image and collect its outputs.
+    Train {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// List training runs, newest first.
+    Runs {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Serve the model(s) in the serving image on 127.0.0.1 (the image a cluster runs).
+    Serve {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Host port on 127.0.0.1 (default: serve.port).
+        #[arg(short, long)]
+        port: Option<u16>,
+        /// Start and return; stop it later with `ferry down`.
+        #[arg(short, long, conflicts_with = "native")]
+        detach: bool,
+        /// Run the server here, in this process, instead of in a container (a quick check).
+        #[arg(long)]
+        native: bool,
+    },
+    /// Run the model server from a serving config (the serving image's entrypoint).
+    ServeModel {
+        #[arg(long, default_value = crate::server::config::CONFIG_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Send a prediction request to the running server.
+    Predict {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// A request file: Open Inference Protocol v2 (`inputs`) or KServe v1 (`instances`).
+        #[arg(conflicts_with_all = ["values", "csv"])]
+        request: Option<PathBuf>,
+        /// Rows of numbers for the model's input: `1,2,3;4,5,6`.
+        #[arg(long, conflicts_with = "csv")]
+        values: Option<String>,
+        /// A CSV file of rows for the model's input (a header line is skipped).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// The model (default: serve.name, else the project's name).
+        #[arg(short, long)]
+        model: Option<String>,
+        /// The server (default: the one `ferry serve` started for this project).
+        #[arg(long)]
+        url: Option<String>,
+        /// Sticky variant assignment: the same key always reaches the same variant.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Show the logs of this project's containers (server, notebook).
+    Logs {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Only this one: serve or notebook.
+        role: Option<String>,
+        /// Keep following new lines.
+        #[arg(long)]
+        follow: bool,
+        /// Lines from the end.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        tail: usize,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
+    #[error(transparent)]
+    Predict(#[from] crate::predict::PredictError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Local(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// Runs ferry with the process's arguments; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let mode = if cli.json {
+        OutputMode::Json
+    } else if cli.quiet {
+        OutputMode::Quiet
+    } else {
+        OutputMode::Human
+    };
+    let ui = Ui::new(mode);
+    match run(cli.command, &ui) {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&e, mode);
+            e.exit_code()
+        }
+    }
+}
+
+fn report(e: &CliError, mode: OutputMode) {
+    if mode == OutputMode::Json {
+        let j = serde_json::json!({ "error": e.to_string() });
+        println!("{j}");
+    }
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    // thiserror's transparent wrappers repeat their source's text; show only what adds to it.
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(&format!("\n  caused by: {t}"));
+        }
+        src = s.source();
+    }
+    eprintln!("{} {text}", console::style("error:").red().bold());
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+fn print_json(v: &impl Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode the result: {e}"),
+    }
+}
+
+fn load(spec: &SpecArgs) -> Result<Project, CliError> {
+    Ok(Project::load(&spec.file, spec.env.as_deref())?)
+}
+
+fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
+    match command {
+        Command::Init {
+            dir,
+            template,
+            name,
+            offline,
+            force,
+        } => {
+            let created = templates::init(&dir, &template, name.as_deref(), offline, force)?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&created);
+            } else {
+                ui.info(format!(
+                    "{} created {} from the {} template ({} files){}",
+                    console::style("✓").green(),
+                    dir.display(),
+                    created.template,
+                    created.files.len(),
+                    if offline {
+                        " — offline mode: the base image is built from Debian packages"
+                    } else {
+                        ""
+                    }
+                ));
+                let cd = if dir == Path::new(".") {
+                    String::new()
+                } else {
+                    format!("cd {} && ", dir.display())
+                };
+                ui.info(format!("next: {cd}ferry dev    # or: ferry train"));
+            }
+        }
+        Command::Templates => {
+            let list = templates::list();
+            if ui.mode() == OutputMode::Json {
+                print_json(&list);
+            } else {
+                let w = list.iter().map(|t| t.name.len()).max().unwrap_or(0);
+                for t in list {
+                    println!("{:w$}  {}", t.name, t.description);
+                }
+            }
+        }
+        Command::Validate { spec, output } => {
+            let project = load(&spec)?;
+            let hash = project.hash()?;
+            ui.info(format!(
+                "{} {} is valid{} (spec hash {})",
+                console::style("✓").green(),
+                spec.file.display(),
+                project
+                    .spec
+                    .env
+                    .as_ref()
+                    .map(|e| format!(", resolved for environment `{e}`"))
+                    .unwrap_or_default(),
+                hash.short()
+            ));
+            #[derive(Serialize)]
+            struct Out<'a> {
+                spec_hash: String,
+                #[serde(flatten)]
+                spec: &'a crate::spec::Resolved,
+            }
+            let out = Out {
+                spec_hash: hash.to_string(),
+                spec: &project.spec,
+            };
+            match (output, ui.mode()) {
+                (_, OutputMode::Json) | (Format::Json, _) => print_json(&out),
+                (Format::Yaml, _) => match serde_yaml_ng::to_string(&out) {
+                    Ok(y) => print!("{y}"),
+                    Err(e) => eprintln!("error: cannot encode the spec: {e}"),
+                },
+            }
+        }
+        Command::Build { spec } => {
+            let project = load(&spec)?;
+            let r = runtime()?.block_on(local::build(&project, ui))?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&r);
+            } else {
+                for b in [&r.environment, &r.project] {
+                    ui.info(format!(
+                        "{} {} {}",
+                        console::style("✓").green(),
+                        b.tag,
+                        if b.built { "built" } else { "up to date" }
+                    ));
+                }
+            }
+        }
+        Command::Dev { spec, port, detach } => {
+            let opts = DevOptions {
+                env: spec.env.clone(),
+                port,
+                detach,
+            };
+            let json = ui.mode() == OutputMode::Json;
+            let quiet = ui.mode() == OutputMode::Quiet;
+            let session = runtime()?.block_on(local::dev::dev(
+                &spec.file,
+                &opts,
+                ui,
+                |s| {
+                    if json {
+                        print_json(&serde_json::json!({"ready": true, "url": s.url, "container": s.container, "image": s.image}));
+                    } else if quiet {
+                        println!("{}", s.url);
+                    } else {
+                        eprintln!(
+                            "\n  {} Jupyter is ready: {}\n",
+                            console::style("●").green(),
+                            console::style(&s.url).bold().underlined()
+                        );
+                    }
+                },
+            ))?;
+            if detach {
+                ui.info(format!(
+                    "running in the background ({}); stop it with `ferry down`",
+                    session.container.chars().take(12).collect::<String>()
+                ));
+            }
+        }
+        Command::Down { spec } => {
+            let root = spec_root(&spec.file);
+            let names = runtime()?.block_on(local::dev::down(&root))?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&serde_json::json!({ "removed": names }));
+            } else if names.is_empty() {
+                ui.info("nothing was running");
+            } else {
+                for n in names {
+                    ui.info(format!("{} removed {n}", console::style("✓").green()));
+                }
+            }
+        }
+        Command::Train { spec } => {
+            let project = load(&spec)?;
+            let r = runtime()?.block_on(local::train::train(&project, ui))?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&r.run);
+            } else {
+                ui.info(format!(
+                    "{} run {} succeeded in {}",
+                    console::style("✓").green(),
+                    r.run.id,
+                    human_duration(std::time::Duration::from_secs_f64(r.run.duration_secs))
+                ));
+                for o in &r.run.outputs {
+                    ui.info(format!(
+                        "  {}  {}  sha256:{}",
+                        o.path,
+                        crate::ui::human_bytes(o.size),
+                        &o.sha256[..16]
+                    ));
+                }
+            }
+        }
+        Command::Runs { spec } => {
+            let root = spec_root(&spec.file);
+            let list = runs::list(&root);
+            if ui.mode() == OutputMode::Json {
+                print_json(&list);
+            } else if list.is_empty() {
+                ui.info("no runs yet; start one with `ferry train`");
+            } else {
+                println!(
+                    "{:<22} {:<11} {:>9}  {:<14} OUTPUTS",
+                    "RUN", "STATUS", "DURATION", "SPEC"
+                );
+                for r in list {
+                    let status = match r.status {
+                        runs::Status::Succeeded => "succeeded".to_string(),
+                        runs::Status::Failed => format!("failed({})", r.exit_code.unwrap_or(-1)),
+                        runs::Status::Interrupted => "interrupted".to_string(),
+                    };
+                    let outs = r
+                        .outputs
+                        .iter()
+                        .map(|o| o.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    println!(
+                        "{:<22} {:<11} {:>9}  {:<14} {}",
+                        r.id,
+                        status,
+                        human_duration(std::time::Duration::from_secs_f64(r.duration_secs)),
+                        r.spec_hash
+                            .trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect::<String>(),
+                        if outs.is_empty() { "-" } else { &outs }
+                    );
+                }
+            }
+        }
+        Command::ServeModel { config } => crate::server::run_main(&config)?,
+        Command::Serve {
+            spec,
+            port,
+            native: true,
+            ..
+        } => {
+            let project = load(&spec)?;
+            let json = ui.mode() == OutputMode::Json;
+            runtime()?.block_on(local::serve::serve_native(&project, port, ui, |e| {
+                if json {
+                    print_json(e);
+                } else {
+                    eprintln!(
+                        "\n  {} serving {} at {} (native; Ctrl-C stops)\n",
+                        console::style("●").green(),
+                        e.models.join(", "),
+                        console::style(&e.url).bold().underlined()
+                    );
+                }
+            }))?;
+        }
+        Command::Serve {
+            spec, port, detach, ..
+        } => {
+            let project = load(&spec)?;
+            let opts = local::serve::ServeOptions { port, detach };
+            let json = ui.mode() == OutputMode::Json;
+            let quiet = ui.mode() == OutputMode::Quiet;
+            runtime()?.block_on(local::serve::serve(&project, &opts, ui, |e| {
+                if json {
+                    print_json(e);
+                } else if quiet {
+                    println!("{}", e.url);
+                } else {
+                    eprintln!(
+                        "\n  {} serving {} at {}\n    try: ferry predict --values … | curl {}/v2/models/{}\n",
+                        console::style("●").green(),
+                        e.models.join(", "),
+                        console::style(&e.url).bold().underlined(),
+                        e.url,
+                        e.models.first().map_or("", String::as_str),
+                    );
+                }
+            }))?;
+            if detach {
+                ui.info("running in the background; stop it with `ferry down`");
+            }
+        }
+        Command::Predict {
+            spec,
+            request,
+            values,
+            csv,
+            model,
+            url,
+            key,
+        } => {
+            let root = spec_root(&spec.file);
+            let project = Project::load(&spec.file, spec.env.as_deref()).ok();
+            let url = match url.or_else(|| local::serve::saved_endpoint(&root).map(|e| e.url)) {
+                Some(u) => u,
+                None => {
+                    return Err(CliError::Usage(
+                        "no running server for this project\n  hint: start one with `ferry serve`, or pass --url".into(),
+                    ));
+                }
+            };
+            let model = model
+                .or_else(|| {
+                    project.as_ref().and_then(|p| {
+                        p.spec
+                            .serve
+                            .as_ref()
+                            .map(|s| s.name.clone().unwrap_or_else(|| p.spec.name.clone()))
+                    })
+                })
+                .ok_or_else(|| CliError::Usage("which model? pass --model NAME".into()))?;
+            let input = match (request, values, csv) {
+                (Some(r), _, _) => crate::predict::Input::File(r),
+                (_, Some(v), _) => crate::predict::Input::Values(v),
+                (_, _, Some(c)) => crate::predict::Input::Csv(c),
+                _ => {
+                    return Err(CliError::Usage(
+                        "nothing to send\n  hint: give a request file, --values 1,2,3 or --csv rows.csv".into(),
+                    ));
+                }
+            };
+            let answer = runtime()?.block_on(crate::predict::predict(
+                &url,
+                &model,
+                &input,
+                key.as_deref(),
+            ))?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&answer.body);
+            } else {
+                print!("{}", crate::predict::table(&answer.body));
+                if let Some(v) = answer.variant {
+                    ui.info(format!("(variant {v})"));
+                }
+            }
+        }
+        Command::Logs {
+            spec,
+            role,
+            follow,
+            tail,
+        } => {
+            let root = spec_root(&spec.file);
+            runtime()?.block_on(local::logs(&root, role.as_deref(), follow, tail))?;
+        }
+    }
+    Ok(())
+}
+
+fn spec_root(file: &Path) -> PathBuf {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

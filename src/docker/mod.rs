@@ -1,0 +1,168 @@
+//! The local backend: the Docker engine through its API (bollard). Connects with version
+//! negotiation (engines in the field speak older APIs than bollard's default), turns engine
+//! errors into actionable ones, and runs plan workloads as labelled containers.
+
+mod run;
+
+use std::error::Error as _;
+
+use bollard::Docker;
+
+pub use run::{
+    ContainerSpec, Exit, Found, Mount, find_containers, follow_logs, remove_container, run_spec,
+    wait_exit,
+};
+
+/// Labels every container and image ferry makes carries, so `ferry down` finds exactly its own.
+pub const LABEL_PROJECT: &str = "dev.ferry.project";
+pub const LABEL_ROOT: &str = "dev.ferry.root";
+pub const LABEL_ROLE: &str = "dev.ferry.role";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "cannot reach the Docker daemon at {host}: {cause}\n  hint: start it (e.g. `sudo systemctl start docker`), or point DOCKER_HOST at a running engine"
+    )]
+    Unreachable { host: String, cause: String },
+    #[error(
+        "permission denied on the Docker socket {host}\n  hint: add your user to the docker group (`sudo usermod -aG docker $USER`, then log in again), or run with sudo"
+    )]
+    PermissionDenied { host: String },
+    #[error("Docker engine: {action}: {message}")]
+    Api { action: String, message: String },
+    #[error(
+        "port {port} on 127.0.0.1 is already in use\n  hint: stop what uses it (`ferry down`, or see `ss -ltnp | grep {port}`), or choose another port with {flag}"
+    )]
+    PortBusy { port: u16, flag: String },
+}
+
+impl DockerError {
+    /// Wraps an engine error that happened while doing `action`.
+    pub fn api(action: impl Into<String>, e: bollard::errors::Error) -> DockerError {
+        if let Some(conn) = connection_error(&e) {
+            return conn;
+        }
+        let message = match &e {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        DockerError::Api {
+            action: action.into(),
+            message,
+        }
+    }
+}
+
+/// The engine's address as the user configured it.
+pub fn host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+/// Recognises "the daemon is not there" and "not allowed to talk to it" anywhere in the chain.
+fn connection_error(e: &bollard::errors::Error) -> Option<DockerError> {
+    use bollard::errors::Error as B;
+    if let B::SocketNotFoundError(path) = e {
+        return Some(DockerError::Unreachable {
+            host: host(),
+            cause: format!("socket {path} does not exist"),
+        });
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::PermissionDenied => return Some(DockerError::PermissionDenied { host: host() }),
+                K::NotFound | K::ConnectionRefused | K::ConnectionReset | K::TimedOut => {
+                    return Some(DockerError::Unreachable {
+                        host: host(),
+                        cause: io.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        src = s.source();
+    }
+    let text = e.to_string();
+    if text.contains("error trying to connect") || text.contains("Connection refused") {
+        return Some(DockerError::Unreachable {
+            host: host(),
+            cause: text,
+        });
+    }
+    None
+}
+
+/// Connects to the engine the user's environment points at, and agrees on an API version.
+pub async fn connect() -> Result<Docker, DockerError> {
+    let docker = Docker::connect_with_local_defaults().map_err(|e| {
+        connection_error(&e).unwrap_or(DockerError::Unreachable {
+            host: host(),
+            cause: e.to_string(),
+        })
+    })?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| DockerError::api("negotiating the API version", e))
+}
+
+/// Image id, if the image exists locally.
+pub async fn image_id(docker: &Docker, reference: &str) -> Result<Option<String>, DockerError> {
+    match docker.inspect_image(reference).await {
+        Ok(i) => Ok(i.id),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(DockerError::api(format!("inspecting image {reference}"), e)),
+    }
+}
+
+/// Fails early, with a useful message, when a port the user asked for is taken.
+pub fn check_port_free(port: u16, flag: &str) -> Result<(), DockerError> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(DockerError::PortBusy {
+            port,
+            flag: flag.into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_daemon_is_reported_with_a_fix() {
+        // SAFETY-free: tests in this module do not read DOCKER_HOST concurrently with others that
+        // need the real engine; the integration tests run in their own processes.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("nope.sock");
+        // bollard may refuse at connect (no socket file) or at the first request.
+        let err = match Docker::connect_with_unix(
+            &sock.to_string_lossy(),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        ) {
+            Ok(docker) => docker.negotiate_version().await.unwrap_err(),
+            Err(e) => e,
+        };
+        let mapped = DockerError::api("negotiating", err);
+        assert!(
+            matches!(mapped, DockerError::Unreachable { .. }),
+            "{mapped:?}"
+        );
+        assert!(mapped.to_string().contains("systemctl start docker"));
+    }
+
+    #[test]
+    fn a_busy_port_is_named() {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let err = check_port_free(port, "--port").unwrap_err();
+        assert!(err.to_string().contains(&port.to_string()));
+        drop(l);
+    }
+}

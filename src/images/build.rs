@@ -1,0 +1,442 @@
+//! The two images of a project, each tagged by a hash of its inputs and skipped when that tag
+//! exists:
+//!
+//! - the **environment image** (`ferry/<name>-env:<hash>`): base, system packages, a virtualenv
+//!   with the pinned requirements. The notebook runs it with the project mounted.
+//! - the **project image** (`ferry/<name>:<hash>`): the environment image plus the project's code.
+//!   Training runs it, so a run is exactly what the image holds.
+//!
+//! Layers are ordered from the least to the most often changed (system packages, Python
+//! requirements, code), so an edit to the code rebuilds one small layer.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::bootstrap::{self, BaseRequest, BootstrapError};
+use super::context::{Context, DockerIgnore};
+use super::wheels::{self, PythonTarget, WheelsError};
+use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
+use crate::plan::{Base, EnvImage, Plan, VENV, WORKDIR};
+use crate::spec::Project;
+use crate::ui::{Step, Ui, tail_block};
+
+/// Bump when the generated Dockerfiles change, so old tags are not reused for a new recipe.
+const RECIPE: &str = "ferry-env-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Wheels(#[from] WheelsError),
+    #[error(
+        "cannot pull the base image {image}: {message}\n  hint: where no registry can be reached, use offline mode: replace `base: {image}` with `bootstrap: bookworm` under `environment:` in ferry.yaml. Ferry then builds a Python base from Debian packages on this machine (debootstrap, as root) and installs your requirements from wheels downloaded on the host. See README, \"Offline mode\"."
+    )]
+    BasePull { image: String, message: String },
+    #[error("building {tag} failed at {step}: {message}{}", tail_block(tail))]
+    BuildFailed {
+        tag: String,
+        step: String,
+        message: String,
+        tail: Vec<String>,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make the build context from {}: {source}", path.display())]
+    Context {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An image that exists (built now or before).
+#[derive(Clone, Debug, Serialize)]
+pub struct Built {
+    pub tag: String,
+    pub id: String,
+    /// False when the tag already existed and nothing was built.
+    pub built: bool,
+}
+
+/// Where ferry keeps what it can rebuild (wheelhouses, probes).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("FERRY_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("ferry")))
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-cache"))
+}
+
+/// The requirement lines the environment installs: the user's file, then ferry's additions.
+pub fn requirement_lines(project: &Project, env: &EnvImage) -> Result<Vec<String>, ImageError> {
+    let mut lines = Vec::new();
+    if let Some(r) = &env.requirements {
+        let path = project.path(r);
+        let text = std::fs::read_to_string(&path).map_err(|source| ImageError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        lines.extend(
+            text.lines()
+                .map(|l| l.split(" #").next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    lines.extend(env.extra_requirements.iter().cloned());
+    Ok(lines)
+}
+
+/// The base image, present locally: pulled, or bootstrapped from Debian packages.
+async fn ensure_base(docker: &Docker, base: &Base, ui: &Ui) -> Result<String, ImageError> {
+    match base {
+        Base::Image(reference) => {
+            if docker::image_id(docker, reference).await?.is_some() {
+                return Ok(reference.clone());
+            }
+            pull(docker, reference, ui).await?;
+            Ok(reference.clone())
+        }
+        Base::Bootstrap { suite, packages } => {
+            let req = BaseRequest {
+                suite,
+                packages: packages.as_slice(),
+            };
+            Ok(bootstrap::ensure_base(docker, &req, ui).await?)
+        }
+    }
+}
+
+async fn pull(docker: &Docker, reference: &str, ui: &Ui) -> Result<(), ImageError> {
+    let step = ui.step(format!("pulling {reference}"));
+    let opts = CreateImageOptionsBuilder::default()
+        .from_image(reference)
+        .build();
+    let mut stream = docker.create_image(Some(opts), None, None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(s) = info.status {
+                    step.output_line(&s);
+                }
+            }
+            Err(e) => {
+                step.fail();
+                let message = match DockerError::api("pull", e) {
+                    DockerError::Api { message, .. } => message,
+                    other => return Err(other.into()),
+                };
+                return Err(ImageError::BasePull {
+                    image: reference.to_string(),
+                    message,
+                });
+            }
+        }
+    }
+    step.finish(format!("pulled {reference}"));
+    Ok(())
+}
+
+/// The environment image for `plan`, built if its inputs changed.
+pub async fn ensure_env_image(
+    docker: &Docker,
+    project: &Project,
+    plan: &Plan,
+    ui: &Ui,
+) -> Result<Built, ImageError> {
+    let env = &plan.env_image;
+    let base = ensure_base(docker, &env.base, ui).await?;
+    let base_id = docker::image_id(docker, &base)
+        .await?
+        .unwrap_or_else(|| base.clone());
+    let lines = requirement_lines(project, env)?;
+
+    let mut h = Sha256::new();
+    for part in [RECIPE, &base_id] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    for p in &env.apt_packages {
+        h.update(format!("apt {p}\n").as_bytes());
+    }
+    for l in &lines {
+        h.update(format!("req {l}\n").as_bytes());
+    }
+    for (k, v) in &env.env {
+        h.update(format!("env {k}={v}\n").as_bytes());
+    }
+    let tag = format!(
+        "ferry/{}-env:{}",
+        plan.project,
+        &hex::encode(h.finalize())[..12]
+    );
+    if let Some(id) = docker::image_id(docker, &tag).await? {
+        return Ok(Built {
+            tag,
+            id,
+            built: false,
+        });
+    }
+
+    let target = probe(docker, &base, &base_id).await?;
+    // pip runs for tens of seconds: off the async threads.
+    let wheelhouse = {
+        let (lines, ui) = (lines.clone(), ui.clone());
+        tokio::task::spawn_blocking(move || {
+            wheels::wheelhouse(&lines, &target, &cache_dir().join("wheels"), &ui)
+        })
+        .await
+        .map_err(|e| ImageError::Context {
+            path: cache_dir().join("wheels"),
+            source: std::io::Error::other(e.to_string()),
+        })??
+    };
+
+    let ctx_err = |source| ImageError::Context {
+        path: wheelhouse.clone(),
+        source,
+    };
+    let mut reqs = lines.join("\n");
+    reqs.push('\n');
+    let mut ctx = Context::new();
+    ctx.add_bytes("Dockerfile", env_dockerfile(&base, env).as_bytes(), 0o644)
+        .map_err(ctx_err)?;
+    ctx.add_bytes("requirements.txt", reqs.as_bytes(), 0o644)
+        .map_err(ctx_err)?;
+    ctx.add_tree(&wheelhouse, "wheels", &DockerIgnore::default())
+        .map_err(ctx_err)?;
+    let (bytes, _) = ctx.finish().map_err(ctx_err)?;
+    let id = build(docker, bytes, &tag, &plan.project, "environment", ui).await?;
+    Ok(Built {
+        tag,
+        id,
+        built: true,
+    })
+}
+
+/// The Python a base image has, probed once per base image id.
+async fn probe(docker: &Docker, base: &str, base_id: &str) -> Result<PythonTarget, ImageError> {
+    let file = cache_dir()
+        .join("targets")
+        .join(format!("{}.json", base_id.trim_start_matches("sha256:")));
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(t) = serde_json::from_str::<PythonTarget>(&text)
+    {
+        return Ok(t);
+    }
+    let t = wheels::probe_target(docker, base).await?;
+    if let Some(dir) = file.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+        && let Ok(json) = serde_json::to_string(&t)
+    {
+        // A cache: failing to write it only costs a probe next time.
+        let _ = std::fs::write(&file, json);
+    }
+    Ok(t)
+}
+
+/// Two stages so the wheels never land in a layer of the final image: the first installs them
+/// into the virtualenv, the second copies only the virtualenv.
+fn env_dockerfile(base: &str, env: &EnvImage) -> String {
+    let mut apt = String::new();
+    if !env.apt_packages.is_empty() {
+        apt = format!(
+            "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {} && rm -rf /var/lib/apt/lists/*\n",
+            env.apt_packages.join(" ")
+        );
+    }
+    let mut envs = String::new();
+    for (k, v) in &env.env {
+        envs.push_str(&format!("ENV {k}={}\n", json_string(v)));
+    }
+    format!(
+        "FROM {base} AS system\n\
+         {apt}\
+         RUN python3 -m venv {VENV}\n\
+         \n\
+         FROM system AS wheels\n\
+         COPY requirements.txt /tmp/ferry/requirements.txt\n\
+         COPY wheels/ /tmp/ferry/wheels/\n\
+         RUN {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --find-links /tmp/ferry/wheels -r /tmp/ferry/requirements.txt\n\
+         \n\
+         FROM system\n\
+         COPY --from=wheels {VENV} {VENV}\n\
+         ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin VIRTUAL_ENV={VENV} PYTHONUNBUFFERED=1 HOME=/tmp LANG=C.UTF-8\n\
+         {envs}\
+         WORKDIR {WORKDIR}\n"
+    )
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+/// The project image: the environment image plus the code, tagged by both.
+pub async fn ensure_project_image(
+    docker: &Docker,
+    project: &Project,
+    env: &Built,
+    ui: &Ui,
+) -> Result<Built, ImageError> {
+    let ignore = DockerIgnore::load(&project.root).map_err(|source| ImageError::Read {
+        path: project.root.join(".dockerignore"),
+        source,
+    })?;
+    let ctx_err = |source| ImageError::Context {
+        path: project.root.clone(),
+        source,
+    };
+    let mut ctx = Context::new();
+    ctx.add_bytes(
+        "Dockerfile",
+        format!("FROM {}\nCOPY src/ {WORKDIR}/\n", env.tag).as_bytes(),
+        0o644,
+    )
+    .map_err(ctx_err)?;
+    ctx.add_tree(&project.root, "src", &ignore)
+        .map_err(ctx_err)?;
+    let (bytes, digest) = ctx.finish().map_err(ctx_err)?;
+    let name = &project.spec.name;
+    let tag = format!("ferry/{name}:{}", &digest[..12]);
+    if let Some(id) = docker::image_id(docker, &tag).await? {
+        return Ok(Built {
+            tag,
+            id,
+            built: false,
+        });
+    }
+    let id = build(docker, bytes, &tag, name, "project", ui).await?;
+    Ok(Built {
+        tag,
+        id,
+        built: true,
+    })
+}
+
+/// Sends a context to the engine and follows the build, showing the step being run. `role`
+/// labels the image (environment, project, serving) beside its project.
+pub(crate) async fn build(
+    docker: &Docker,
+    context: Vec<u8>,
+    tag: &str,
+    project: &str,
+    role: &str,
+    ui: &Ui,
+) -> Result<String, ImageError> {
+    let what = format!("{role} image");
+    let step = ui.step(format!("building {what} {tag}"));
+    let labels = HashMap::from([
+        (LABEL_PROJECT.to_string(), project.to_string()),
+        (LABEL_ROLE.to_string(), role.to_string()),
+    ]);
+    let opts = BuildImageOptionsBuilder::default()
+        .dockerfile("Dockerfile")
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(&labels)
+        .build();
+    let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context.into())));
+    let mut current = String::from("the first step");
+    let mut id = None;
+    // The classic builder keeps each earlier stage as an untagged image; for the environment
+    // image that is a full copy of the virtualenv plus the wheels. Remember it to remove it.
+    let mut last_layer: Option<String> = None;
+    let mut stage_ends: Vec<String> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = match item {
+            Ok(i) => i,
+            Err(e) => return Err(fail(step, tag, &current, build_error(e))),
+        };
+        if let Some(s) = &info.stream {
+            for line in s.lines() {
+                if line.starts_with("Step ") {
+                    if line.contains(" : FROM ")
+                        && let Some(l) = last_layer.take()
+                    {
+                        stage_ends.push(l);
+                    }
+                    current = line.to_string();
+                    step.set_detail(line);
+                } else if let Some(layer) = line.trim().strip_prefix("---> ") {
+                    if !layer.contains(' ') {
+                        last_layer = Some(layer.to_string());
+                    }
+                } else {
+                    step.output_line(line);
+                }
+            }
+        }
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            return Err(fail(step, tag, &current, err));
+        }
+        if let Some(aux) = info.aux.and_then(|a| a.id) {
+            id = Some(aux);
+        }
+    }
+    let id = match id {
+        Some(id) => id,
+        None => docker::image_id(docker, tag).await?.unwrap_or_default(),
+    };
+    for stage in stage_ends {
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
+        // Best effort: a stage image still used by another build stays until its next run.
+        let _ = docker.remove_image(&stage, Some(opts), None).await;
+    }
+    step.finish(format!("built {what} {tag}"));
+    Ok(id)
+}
+
+fn build_error(e: bollard::errors::Error) -> String {
+    match DockerError::api("build", e) {
+        DockerError::Api { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+fn fail(step: Step, tag: &str, current: &str, message: String) -> ImageError {
+    let tail = step.tail();
+    step.fail();
+    ImageError::BuildFailed {
+        tag: tag.to_string(),
+        step: current.to_string(),
+        message,
+        tail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerfile_orders_layers_and_keeps_wheels_out() {
+        let env = EnvImage {
+            base: Base::Image("python:3.11-slim".into()),
+            apt_packages: vec!["libgomp1".into()],
+            requirements: None,
+            extra_requirements: vec![],
+            env: [("A".to_string(), "b c".to_string())].into(),
+        };
+        let d = env_dockerfile("python:3.11-slim", &env);
+        let apt = d.find("apt-get install").unwrap();
+        let pip = d.find("pip install").unwrap();
+        let copy_venv = d.find("COPY --from=wheels").unwrap();
+        assert!(apt < pip && pip < copy_venv);
+        assert!(d.contains("ENV A=\"b c\""));
+        // The final stage starts from `system`, which never saw the wheels.
+        let last = d.rsplit("FROM ").next().unwrap();
+        assert!(!last.contains("wheels/"));
+    }
+}

@@ -1,0 +1,27 @@
+//! ferry: one spec, the same containers on a laptop and in a cluster.
+//!
+//! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
+//! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
+//! runs the dev and training loops on it; `onnx` checks models with ONNX Runtime; `templates`
+//! holds the embedded project templates; `cli` is the thin command-line edge.
+
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "cli")]
+pub mod docker;
+#[cfg(feature = "cli")]
+pub mod images;
+#[cfg(feature = "cli")]
+pub mod local;
+pub mod onnx;
+#[cfg(feature = "cli")]
+pub mod plan;
+#[cfg(feature = "cli")]
+pub mod predict;
+pub mod server;
+#[cfg(feature = "cli")]
+pub mod spec;
+#[cfg(feature = "cli")]
+pub mod templates;
+#[cfg(feature = "cli")]
+pub mod ui;

@@ -1,0 +1,351 @@
+//! The local loop on Docker: `ferry build`, `ferry dev` (the notebook), `ferry train` and the run
+//! records they leave under `.ferry/`. Maps plan workloads onto containers.
+
+pub mod dev;
+pub mod runs;
+pub mod serve;
+pub mod train;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::docker::{self, ContainerSpec, DockerError, LABEL_PROJECT, LABEL_ROLE, LABEL_ROOT};
+use crate::images::build::{self as images, Built, ImageError};
+use crate::onnx::OnnxError;
+use crate::plan::{self, Plan, VolumePath, Workload};
+use crate::spec::{Project, SpecError};
+use crate::ui::Ui;
+
+/// Where ferry keeps a project's local state (run records, logs, the notebook's session).
+pub const STATE_DIR: &str = ".ferry";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{} has no `{section}` section\n  hint: {hint}", file.display())]
+    MissingSection {
+        file: PathBuf,
+        section: &'static str,
+        hint: &'static str,
+    },
+    #[error("training failed: {reason}\n  log: {}", log.display())]
+    TrainFailed {
+        /// The container's exit code, passed on as ferry's own.
+        code: i64,
+        reason: String,
+        log: PathBuf,
+    },
+    #[error("training produced an invalid output: {source}\n  log: {}", log.display())]
+    BadModel {
+        #[source]
+        source: OnnxError,
+        log: PathBuf,
+    },
+    #[error("training declares ONNX outputs, which are checked with ONNX Runtime: {source}")]
+    OnnxRuntime {
+        #[source]
+        source: OnnxError,
+    },
+    #[error("interrupted; the container was removed and no artifact was recorded")]
+    Interrupted,
+    #[error("the notebook did not become ready: {reason}{}", last_lines(tail))]
+    NotebookFailed { reason: String, tail: Vec<String> },
+    #[error("the model server did not become ready: {reason}{}", last_lines(tail))]
+    ServerFailed { reason: String, tail: Vec<String> },
+    #[error(
+        "{} does not exist (serve.{field})\n  hint: train it first with `ferry train`, or fix the path in ferry.yaml",
+        path.display()
+    )]
+    NoModel { path: PathBuf, field: String },
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
+    #[error("no {what} of this project is running\n  hint: `ferry serve` or `ferry dev` start one")]
+    NothingRunning { what: String },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {}: {message}", path.display())]
+    Watch { path: PathBuf, message: String },
+}
+
+impl LocalError {
+    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LocalError {
+        let path = path.to_path_buf();
+        move |source| LocalError::Io { what, path, source }
+    }
+
+    /// The process exit code this error should give.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LocalError::TrainFailed { code, .. } if (1..=255).contains(code) => *code as i32,
+            LocalError::Interrupted => 130,
+            _ => 1,
+        }
+    }
+}
+
+use crate::ui::tail_block as last_lines;
+
+/// The images `ferry build` made or found.
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildResult {
+    pub environment: Built,
+    pub project: Built,
+    pub spec_hash: String,
+}
+
+/// Builds (or finds) the environment and project images.
+pub async fn build(project: &Project, ui: &Ui) -> Result<BuildResult, LocalError> {
+    let mut interrupt = Interrupt::new()?;
+    let plan = make_plan(project)?;
+    let docker = docker::connect().await?;
+    // Dropping a build at Ctrl-C closes its connection: the engine cancels it and, with
+    // forcerm, removes its intermediate containers.
+    let (env, proj) = interrupt
+        .guard(async {
+            let env = images::ensure_env_image(&docker, project, &plan, ui).await?;
+            let proj = images::ensure_project_image(&docker, project, &env, ui).await?;
+            Ok((env, proj))
+        })
+        .await?;
+    Ok(BuildResult {
+        environment: env,
+        project: proj,
+        spec_hash: project.hash()?.to_string(),
+    })
+}
+
+pub fn make_plan(project: &Project) -> Result<Plan, LocalError> {
+    let reqs = match &project.spec.environment.requirements {
+        Some(r) => {
+            let p = project.path(r);
+            std::fs::read_to_string(&p).map_err(LocalError::io("cannot read", &p))?
+        }
+        None => String::new(),
+    };
+    Ok(plan::plan(project, &reqs))
+}
+
+/// Ctrl-C and SIGTERM, caught from the moment this is made: an operation that owns containers
+/// creates it first, so a signal at any point reaches its cleanup instead of killing ferry.
+pub struct Interrupt {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    pub fn new() -> Result<Interrupt, LocalError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |source| LocalError::Io {
+            what: "cannot watch for signals",
+            path: PathBuf::from("SIGINT"),
+            source,
+        };
+        Ok(Interrupt {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+
+    /// Resolves at the next Ctrl-C or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+
+    /// Runs `f`, or gives up with `Interrupted` at a signal (dropping `f`).
+    pub async fn guard<T>(
+        &mut self,
+        f: impl std::future::Future<Output = Result<T, LocalError>>,
+    ) -> Result<T, LocalError> {
+        tokio::select! {
+            r = f => r,
+            _ = self.recv() => Err(LocalError::Interrupted),
+        }
+    }
+}
+
+/// Labels that tie a container to this project directory.
+fn labels(project: &Project, role: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_PROJECT.to_string(), project.spec.name.clone()),
+        (
+            LABEL_ROOT.to_string(),
+            project.root.to_string_lossy().into_owned(),
+        ),
+        (LABEL_ROLE.to_string(), role.to_string()),
+    ])
+}
+
+/// Containers run as the owner of the project directory, so what they write there is theirs.
+fn owner(root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(root)
+        .ok()
+        .map(|m| format!("{}:{}", m.uid(), m.gid()))
+}
+
+/// A short, stable suffix for container names, so two checkouts of one project do not collide.
+fn root_key(root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(root.to_string_lossy().as_bytes()))[..8].to_string()
+}
+
+/// The container for a workload; `host_for` says where each mounted project path comes from.
+fn container_spec(
+    project: &Project,
+    w: &Workload,
+    image: &str,
+    name: String,
+    host_for: impl Fn(&VolumePath) -> PathBuf,
+) -> ContainerSpec {
+    ContainerSpec {
+        name,
+        image: image.to_string(),
+        argv: w.argv.clone(),
+        env: w.env.clone(),
+        workdir: w.workdir.clone(),
+        mounts: w
+            .volumes
+            .iter()
+            .map(|v| docker::Mount {
+                host: host_for(&v.path),
+                container: match &v.path {
+                    VolumePath::Project => w.workdir.clone(),
+                    VolumePath::Sub(p) => format!("{}/{}", w.workdir, p.as_str()),
+                },
+                read_only: v.read_only,
+            })
+            .collect(),
+        ports: w.ports.iter().map(|p| (p.container, p.published)).collect(),
+        nano_cpus: w.cpu.as_ref().map(|c| c.nanos()),
+        memory: w.memory.as_ref().map(|m| m.bytes as i64),
+        user: owner(&project.root),
+        labels: labels(project, w.role),
+        hardened: false,
+    }
+}
+
+/// `ferry logs`: the output of this project's containers, each line prefixed with its role when
+/// there are several.
+pub async fn logs(
+    root: &Path,
+    role: Option<&str>,
+    follow: bool,
+    tail: usize,
+) -> Result<(), LocalError> {
+    use futures_util::StreamExt;
+    let docker = docker::connect().await?;
+    let root_s = root.to_string_lossy();
+    let mut labels = vec![(LABEL_ROOT, root_s.as_ref())];
+    if let Some(r) = role {
+        labels.push((LABEL_ROLE, r));
+    }
+    let found = docker::find_containers(&docker, &labels).await?;
+    if found.is_empty() {
+        return Err(LocalError::NothingRunning {
+            what: role.unwrap_or("container").to_string(),
+        });
+    }
+    let prefix = found.len() > 1;
+    let mut streams = Vec::new();
+    for c in found {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .tail(&tail.to_string())
+            .build();
+        let label = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+        let s = docker
+            .logs(&c.id, Some(opts))
+            .map(move |item| (label.clone(), item));
+        streams.push(s.boxed());
+    }
+    let mut all = futures_util::stream::select_all(streams);
+    while let Some((label, item)) = all.next().await {
+        let chunk = item.map_err(|e| DockerError::api("reading logs", e))?;
+        for line in String::from_utf8_lossy(&chunk.into_bytes()).lines() {
+            if prefix {
+                println!("{label:>8} | {line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a container did not come up: a sentence and its last output lines.
+pub(crate) struct NotReady {
+    pub reason: String,
+    pub tail: Vec<String>,
+}
+
+/// A client for ferry's own containers on loopback: no proxy, short timeouts.
+pub(crate) fn local_client() -> Result<reqwest::Client, NotReady> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .map_err(|e| NotReady {
+            reason: e.to_string(),
+            tail: vec![],
+        })
+}
+
+/// Polls `url` until it answers 2xx. Gives up when the container stops (saying with which exit
+/// code) or after `timeout`, with the container's last output lines either way.
+pub(crate) async fn wait_http(
+    docker: &bollard::Docker,
+    id: &str,
+    url: &str,
+    auth: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(), NotReady> {
+    let client = local_client()?;
+    let started = std::time::Instant::now();
+    loop {
+        let mut req = client.get(url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        if req.send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        let state = docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state);
+        let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running || started.elapsed() > timeout {
+            let reason = if running {
+                format!("no answer from {url} after {}s", timeout.as_secs())
+            } else {
+                let code = state.and_then(|s| s.exit_code).unwrap_or(-1);
+                format!("the container exited with code {code}")
+            };
+            return Err(NotReady {
+                reason,
+                tail: dev::logs_tail(docker, id, 15).await,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

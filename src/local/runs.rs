@@ -1,0 +1,193 @@
+//! Run records: `.ferry/runs/<id>/run.json` and the run's log beside it. Written atomically
+//! (temp file + rename), so an interrupted ferry never leaves half a record.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{LocalError, STATE_DIR};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub status: Status,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub duration_secs: f64,
+    pub env: Option<String>,
+    pub image: String,
+    pub image_id: String,
+    pub spec_hash: String,
+    pub command: Vec<String>,
+    pub exit_code: Option<i64>,
+    /// Why a run failed, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Only for a successful run: a failed run records no artifact.
+    pub outputs: Vec<Output>,
+    /// The log file, relative to the project.
+    pub log: String,
+}
+
+pub fn runs_dir(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("runs")
+}
+
+/// A new, sortable run id: `20261123-114502-3f9a`.
+pub fn new_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let (date, time) = civil(now.as_secs());
+    let suffix: u16 = rand::random();
+    format!(
+        "{}-{}-{suffix:04x}",
+        date.replace('-', ""),
+        time.replace(':', "")
+    )
+}
+
+/// Now as RFC 3339.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (d, t) = civil(secs);
+    format!("{d}T{t}Z")
+}
+
+/// ("YYYY-MM-DD", "HH:MM:SS") in UTC for a Unix time (Howard Hinnant's days-to-civil).
+fn civil(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
+}
+
+impl RunRecord {
+    /// Writes `run.json` into the run's directory, atomically.
+    pub fn save(&self, root: &Path) -> Result<PathBuf, LocalError> {
+        let dir = runs_dir(root).join(&self.id);
+        std::fs::create_dir_all(&dir).map_err(LocalError::io("cannot create", &dir))?;
+        let path = dir.join("run.json");
+        let tmp = dir.join(".run.json.tmp");
+        let json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        std::fs::write(&tmp, json).map_err(LocalError::io("cannot write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(LocalError::io("cannot write", &path))?;
+        Ok(path)
+    }
+}
+
+/// Every readable run record, newest first. Unreadable ones are skipped, never fatal: a list
+/// of past runs must not fail because one file was damaged.
+pub fn list(root: &Path) -> Vec<RunRecord> {
+    let Ok(entries) = std::fs::read_dir(runs_dir(root)) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<RunRecord> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("run.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    runs.sort_by(|a, b| b.id.cmp(&a.id));
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), ("1970-01-01".into(), "00:00:00".into()));
+        assert_eq!(
+            civil(1_795_435_200),
+            ("2026-11-23".into(), "12:00:00".into())
+        );
+        assert_eq!(civil(951_782_400).0, "2000-02-29");
+    }
+
+    #[test]
+    fn ids_are_date_time_then_a_random_suffix() {
+        let id = new_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], runs_date_today(), "{id}");
+        assert!(
+            parts[1].len() == 6 && parts[1].chars().all(|c| c.is_ascii_digit()),
+            "{id}"
+        );
+        assert!(
+            parts[2].len() == 4 && parts[2].chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+
+    fn runs_date_today() -> String {
+        now_rfc3339()[..10].replace('-', "")
+    }
+
+    #[test]
+    fn records_round_trip_and_list_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |id: &str, status| RunRecord {
+            id: id.into(),
+            status,
+            started: now_rfc3339(),
+            duration_secs: 1.5,
+            env: None,
+            image: "ferry/x:1".into(),
+            image_id: "sha256:1".into(),
+            spec_hash: "sha256:2".into(),
+            command: vec!["python".into()],
+            exit_code: Some(0),
+            reason: None,
+            outputs: vec![],
+            log: "x".into(),
+        };
+        mk("20260101-000000-0001", Status::Succeeded)
+            .save(dir.path())
+            .unwrap();
+        mk("20260102-000000-0001", Status::Failed)
+            .save(dir.path())
+            .unwrap();
+        std::fs::create_dir_all(runs_dir(dir.path()).join("broken")).unwrap();
+        std::fs::write(runs_dir(dir.path()).join("broken/run.json"), "{").unwrap();
+        let l = list(dir.path());
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].status, Status::Failed);
+        assert!(
+            !runs_dir(dir.path())
+                .join("20260101-000000-0001/.run.json.tmp")
+                .exists()
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! `ferry serve`: the project's model(s) in the serving image, on 127.0.0.1; the same image a
+//! cluster runs. Checks every model before building, waits until the server is ready, prints
+//! the endpoint; `--detach` leaves it running for `ferry down`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Interrupt, LocalError, STATE_DIR, container_spec, dev::logs_tail, make_plan, root_key,
+};
+use crate::docker::{self, ContainerSpec};
+use crate::images::serving::{self, ServingImageRequest, ServingModel};
+use crate::plan::{Serving, VolumePath};
+use crate::server::ServingConfig;
+use crate::spec::{Project, sha256_file};
+use crate::ui::Ui;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server, also written to `.ferry/serve.json` for `ferry predict`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub url: String,
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    pub port: Option<u16>,
+    pub detach: bool,
+}
+
+/// The plan's serving part, with every model checked to exist and hashed.
+pub fn serving_plan(project: &Project) -> Result<Serving, LocalError> {
+    let plan = make_plan(project)?;
+    let Some(mut serving) = plan.serve else {
+        return Err(LocalError::MissingSection {
+            file: project.file.clone(),
+            section: "serve",
+            hint: "add `serve: { model: artifacts/model.onnx }`",
+        });
+    };
+    let mut hashes = Vec::new();
+    for m in &serving.models {
+        let path = project.path(&m.source);
+        if !path.is_file() {
+            return Err(LocalError::NoModel {
+                path,
+                field: field_for(&serving, &m.image_path),
+            });
+        }
+        hashes.push((
+            m.image_path.clone(),
+            sha256_file(&path).map_err(LocalError::io("cannot read", &path))?,
+        ));
+    }
+    for model in &mut serving.config.models {
+        for v in &mut model.variants {
+            let p = v.path.to_string_lossy().into_owned();
+            v.sha256 = hashes
+                .iter()
+                .find(|(ip, _)| *ip == p)
+                .map(|(_, h)| h.clone());
+        }
+    }
+    Ok(serving)
+}
+
+fn field_for(serving: &Serving, image_path: &str) -> String {
+    match serving
+        .models
+        .iter()
+        .position(|m| m.image_path == image_path)
+    {
+        Some(0) | None => "model".into(),
+        Some(_) if image_path.contains("/default/") => "models[].model".into(),
+        Some(_) => "variants[].model".into(),
+    }
+}
+
+/// The serving config for running natively: models read where they are, on loopback.
+pub fn native_config(project: &Project, serving: &Serving, port: Option<u16>) -> ServingConfig {
+    let mut config = serving.config.clone();
+    config.host = "127.0.0.1".into();
+    config.port = port.unwrap_or(serving.workload.ports[0].published);
+    for model in &mut config.models {
+        for v in &mut model.variants {
+            let p = v.path.to_string_lossy().into_owned();
+            if let Some(m) = serving.models.iter().find(|m| m.image_path == p) {
+                v.path = project.path(&m.source);
+            }
+        }
+    }
+    config
+}
+
+/// The ferry binary that goes into serving images: the server-only build install.sh puts beside
+/// ONNX Runtime (`lib/ferry/ferry-serve`, a fraction of the size), else this very binary.
+/// `FERRY_SERVE_BINARY` chooses another.
+pub fn serving_binary() -> Result<PathBuf, LocalError> {
+    if let Some(p) = std::env::var_os("FERRY_SERVE_BINARY") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(LocalError::io("cannot find", Path::new("ferry")))?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    if let Some(dir) = exe.parent() {
+        let slim = dir.join("../lib/ferry/ferry-serve");
+        if slim.is_file() {
+            return Ok(slim);
+        }
+    }
+    Ok(exe)
+}
+
+fn endpoint_file(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("serve.json")
+}
+
+pub fn save_endpoint(root: &Path, e: &Endpoint) -> Result<(), LocalError> {
+    let path = endpoint_file(root);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(LocalError::io("cannot create", dir))?;
+    }
+    let json = serde_json::to_vec_pretty(e).unwrap_or_default();
+    std::fs::write(&path, json).map_err(LocalError::io("cannot write", &path))
+}
+
+/// The endpoint `ferry serve` last started for this project, if any.
+pub fn saved_endpoint(root: &Path) -> Option<Endpoint> {
+    let bytes = std::fs::read(endpoint_file(root)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn forget_endpoint(root: &Path) {
+    let _ = std::fs::remove_file(endpoint_file(root));
+}
+
+/// `ferry serve` on Docker.
+pub async fn serve(
+    project: &Project,
+    opts: &ServeOptions,
+    ui: &Ui,
+    on_ready: impl Fn(&Endpoint),
+) -> Result<Endpoint, LocalError> {
+    let mut interrupt = Interrupt::new()?;
+    let serving = serving_plan(project)?;
+    let runtime = crate::onnx::runtime_library()?;
+    let binary = serving_binary()?;
+    let models: Vec<ServingModel> = serving
+        .models
+        .iter()
+        .map(|m| ServingModel {
+            host_path: project.path(&m.source),
+            image_path: m.image_path.clone(),
+        })
+        .collect();
+    let docker = docker::connect().await?;
+    let image = interrupt
+        .guard(async {
+            Ok(serving::ensure_serving_image(
+                &docker,
+                &ServingImageRequest {
+                    project: &project.spec.name,
+                    binary: &binary,
+                    runtime: &runtime,
+                    models: &models,
+                    config: &serving.config,
+                },
+                ui,
+            )
+            .await?)
+        })
+        .await?;
+
+    let mut work = serving.workload.clone();
+    if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
+        port.published = p;
+    }
+    let published = work.ports.first().map_or(0, |p| p.published);
+    // Our own earlier server may hold the port; anything else holding it is an error.
+    remove_role(&docker, project, "serve").await?;
+    docker::check_port_free(published, "--port (or serve.port in ferry.yaml)")?;
+
+    let name = format!(
+        "ferry-{}-{}-serve",
+        project.spec.name,
+        root_key(&project.root)
+    );
+    let root = project.root.clone();
+    let spec = ContainerSpec {
+        argv: Vec::new(),
+        workdir: "/".into(),
+        // The image's own non-root user, not the project owner: the server writes nothing.
+        user: None,
+        hardened: true,
+        ..container_spec(project, &work, &image.tag, name, |v| match v {
+            VolumePath::Project => root.clone(),
+            VolumePath::Sub(p) => p.under(&root),
+        })
+    };
+    let step = ui.step(format!(
+        "starting the model server on 127.0.0.1:{published}"
+    ));
+    let id = docker::run_spec(&docker, &spec).await?;
+    let url = format!("http://127.0.0.1:{published}");
+    let ready = interrupt.guard(wait_ready(&docker, &id, &url)).await;
+    match ready {
+        Ok(()) => step.finish(format!("model server ready on {url}")),
+        Err(e) => {
+            step.fail();
+            let _ = docker::remove_container(&docker, &id).await;
+            return Err(e);
+        }
+    }
+    let endpoint = Endpoint {
+        url,
+        models: serving
+            .config
+            .models
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
+        container: Some(id.clone()),
+        image: Some(image.tag.clone()),
+    };
+    save_endpoint(&project.root, &endpoint)?;
+    on_ready(&endpoint);
+    if opts.detach {
+        return Ok(endpoint);
+    }
+
+    let show = ui.is_human();
+    let follow = docker::follow_logs(&docker, &id, |line| {
+        if show {
+            eprintln!("{} {line}", console::style("│").dim());
+        }
+    });
+    tokio::select! {
+        r = follow => {
+            // The server stopped by itself: say why.
+            r?;
+            let exit = docker::wait_exit(&docker, &id).await?;
+            let tail = logs_tail(&docker, &id, 15).await;
+            let _ = docker::remove_container(&docker, &id).await;
+            forget_endpoint(&project.root);
+            Err(LocalError::ServerFailed { reason: format!("the server stopped: {}", exit.describe()), tail })
+        }
+        _ = interrupt.recv() => {
+            let step = ui.step("stopping the model server");
+            // SIGTERM first: the server finishes in-flight requests before it exits.
+            let opts = bollard::query_parameters::StopContainerOptionsBuilder::default().t(30).build();
+            let _ = docker.stop_container(&id, Some(opts)).await;
+            docker::remove_container(&docker, &id).await?;
+            forget_endpoint(&project.root);
+            step.finish("stopped and removed the model server");
+            Ok(endpoint)
+        }
+    }
+}
+
+async fn remove_role(docker: &Docker, project: &Project, role: &str) -> Result<(), LocalError> {
+    let root = project.root.to_string_lossy();
+    let found = docker::find_containers(
+        docker,
+        &[
+            (docker::LABEL_ROOT, root.as_ref()),
+            (docker::LABEL_ROLE, role),
+        ],
+    )
+    .await?;
+    for c in found {
+        docker::remove_container(docker, &c.id).await?;
+    }
+    Ok(())
+}
+
+/// Polls readiness until 200, or the container stops.
+async fn wait_ready(docker: &Docker, id: &str, url: &str) -> Result<(), LocalError> {
+    super::wait_http(
+        docker,
+        id,
+        &format!("{url}/v2/health/ready"),
+        None,
+        READY_TIMEOUT,
+    )
+    .await
+    .map_err(not_ready)
+}
+
+fn not_ready(n: super::NotReady) -> LocalError {
+    LocalError::ServerFailed {
+        reason: n.reason,
+        tail: n.tail,
+    }
+}
+
+/// `ferry serve --native`: the same server in this process, models read in place.
+pub async fn serve_native(
+    project: &Project,
+    port: Option<u16>,
+    ui: &Ui,
+    on_ready: impl Fn(&Endpoint),
+) -> Result<(), LocalError> {
+    let mut interrupt = Interrupt::new()?;
+    let serving = serving_plan(project)?;
+    let config = native_config(project, &serving, port);
+    docker::check_port_free(config.port, "--port (or serve.port in ferry.yaml)")?;
+    let endpoint = Endpoint {
+        url: format!("http://127.0.0.1:{}", config.port),
+        models: config.models.iter().map(|m| m.name.clone()).collect(),
+        container: None,
+        image: None,
+    };
+    let step = ui.step("loading models");
+    let server = tokio::spawn(crate::server::run(config, async move {
+        interrupt.recv().await;
+    }));
+    let client = super::local_client().map_err(not_ready)?;
+    let ready = format!("{}/v2/health/ready", endpoint.url);
+    loop {
+        if server.is_finished() {
+            step.fail();
+            break;
+        }
+        if client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            step.finish(format!("model server ready on {}", endpoint.url));
+            save_endpoint(&project.root, &endpoint)?;
+            on_ready(&endpoint);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let result = server.await.map_err(|e| LocalError::ServerFailed {
+        reason: e.to_string(),
+        tail: vec![],
+    })?;
+    forget_endpoint(&project.root);
+    Ok(result?)
+}

@@ -1,0 +1,278 @@
+//! `ferry train`: the training command in the project image, inputs read-only, outputs written
+//! to a staging directory and moved into the project only when the run succeeded and every
+//! declared output is there (and, for ONNX files, loads). A failed or interrupted run therefore
+//! never replaces a good model with a bad one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::runs::{self, Output, RunRecord, Status};
+use super::{Interrupt, LocalError, container_spec, make_plan, root_key};
+use crate::docker::{self, Exit};
+use crate::images::build as images;
+use crate::plan::VolumePath;
+use crate::spec::{Project, RelPath, sha256_file};
+use crate::ui::Ui;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainResult {
+    pub run: RunRecord,
+    pub record: PathBuf,
+}
+
+pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError> {
+    let mut interrupt = Interrupt::new()?;
+    let plan = make_plan(project)?;
+    let Some(work) = plan.train.clone() else {
+        return Err(LocalError::MissingSection {
+            file: project.file.clone(),
+            section: "train",
+            hint: "add `train:` with a `command` and its `outputs` (see `ferry init --template churn`)",
+        });
+    };
+    // Outputs are checked with ONNX Runtime after the run; find out now, not after an hour of
+    // training, that it is missing.
+    if work.outputs.iter().any(|o| o.as_str().ends_with(".onnx")) {
+        crate::onnx::init().map_err(|source| LocalError::OnnxRuntime { source })?;
+    }
+    let spec_hash = project.hash()?.to_string();
+    let docker = docker::connect().await?;
+    let image = interrupt
+        .guard(async {
+            let env = images::ensure_env_image(&docker, project, &plan, ui).await?;
+            Ok(images::ensure_project_image(&docker, project, &env, ui).await?)
+        })
+        .await?;
+
+    let id = runs::new_id();
+    let run_dir = runs::runs_dir(&project.root).join(&id);
+    let staging = run_dir.join("out");
+    std::fs::create_dir_all(&staging).map_err(LocalError::io("cannot create", &staging))?;
+    let log_path = run_dir.join("train.log");
+    let mut log =
+        std::fs::File::create(&log_path).map_err(LocalError::io("cannot create", &log_path))?;
+    for v in &work.volumes {
+        if let (VolumePath::Sub(p), false) = (&v.path, v.read_only) {
+            let d = p.under(&staging);
+            std::fs::create_dir_all(&d).map_err(LocalError::io("cannot create", &d))?;
+        }
+    }
+
+    let name = format!(
+        "ferry-{}-{}-train-{}",
+        project.spec.name,
+        root_key(&project.root),
+        id
+    );
+    let root = project.root.clone();
+    let spec = container_spec(project, &work, &image.tag, name, |v| match v {
+        VolumePath::Project => root.clone(),
+        VolumePath::Sub(p) if is_output_dir(&work.volumes, p) => p.under(&staging),
+        VolumePath::Sub(p) => p.under(&root),
+    });
+
+    let started = runs::now_rfc3339();
+    let clock = Instant::now();
+    let record = |status, exit: Option<&Exit>, reason: Option<String>, outputs| RunRecord {
+        id: id.clone(),
+        status,
+        started: started.clone(),
+        duration_secs: (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        env: project.spec.env.clone(),
+        image: image.tag.clone(),
+        image_id: image.id.clone(),
+        spec_hash: spec_hash.clone(),
+        command: work.argv.clone(),
+        exit_code: exit.map(|e| e.code),
+        reason,
+        outputs,
+        log: log_path
+            .strip_prefix(&project.root)
+            .unwrap_or(&log_path)
+            .to_string_lossy()
+            .into_owned(),
+    };
+
+    ui.info(format!(
+        "{} run {id} in {}",
+        console::style("▶").cyan(),
+        image.tag
+    ));
+    let cid = match interrupt
+        .guard(async { Ok(docker::run_spec(&docker, &spec).await?) })
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            // Stopped between create and start: the container may exist; remove it by name.
+            let _ = docker::remove_container(&docker, &spec.name).await;
+            let _ = std::fs::remove_dir_all(&staging);
+            let status = match e {
+                LocalError::Interrupted => Status::Interrupted,
+                _ => Status::Failed,
+            };
+            record(status, None, Some(e.to_string()), vec![]).save(&project.root)?;
+            return Err(e);
+        }
+    };
+    let show = ui.is_human();
+    let follow = docker::follow_logs(&docker, &cid, |line| {
+        // The log file is the record of the run; a write failure must not stop the run.
+        let _ = writeln!(log, "{line}");
+        if show {
+            eprintln!("{} {line}", console::style("│").dim());
+        }
+    });
+    let outcome = tokio::select! {
+        r = follow => Some(r),
+        _ = interrupt.recv() => None,
+    };
+    let exit = match outcome {
+        None => {
+            let _ = docker::remove_container(&docker, &cid).await;
+            let _ = std::fs::remove_dir_all(&staging);
+            record(
+                Status::Interrupted,
+                None,
+                Some("interrupted".into()),
+                vec![],
+            )
+            .save(&project.root)?;
+            return Err(LocalError::Interrupted);
+        }
+        Some(r) => {
+            let exit = match r {
+                Ok(()) => docker::wait_exit(&docker, &cid).await,
+                Err(e) => Err(e),
+            };
+            let _ = docker::remove_container(&docker, &cid).await;
+            exit?
+        }
+    };
+    let _ = log.flush();
+
+    let fail = |reason: String, exit: &Exit| -> Result<PathBuf, LocalError> {
+        let _ = std::fs::remove_dir_all(&staging);
+        record(Status::Failed, Some(exit), Some(reason), vec![]).save(&project.root)
+    };
+    if exit.code != 0 || exit.oom_killed {
+        let reason = exit.describe();
+        fail(reason.clone(), &exit)?;
+        return Err(LocalError::TrainFailed {
+            code: if exit.code == 0 { 1 } else { exit.code },
+            reason,
+            log: log_path,
+        });
+    }
+
+    // Check everything before moving anything, so a run is collected whole or not at all.
+    for out in &work.outputs {
+        let staged = out.under(&staging);
+        if !exists_nonempty(&staged) {
+            let reason = format!(
+                "the command succeeded but did not write the declared output {out} (train.outputs)"
+            );
+            fail(reason.clone(), &exit)?;
+            return Err(LocalError::TrainFailed {
+                code: 1,
+                reason,
+                log: log_path,
+            });
+        }
+        if out.as_str().ends_with(".onnx")
+            && let Err(source) = crate::onnx::check_model(&staged)
+        {
+            fail(
+                format!("{out} does not load in ONNX Runtime: {source}"),
+                &exit,
+            )?;
+            return Err(LocalError::BadModel {
+                source,
+                log: log_path,
+            });
+        }
+    }
+    let mut outputs = Vec::new();
+    for out in &work.outputs {
+        collect(&staging, &project.root, out, &mut outputs)?;
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    let rec = record(Status::Succeeded, Some(&exit), None, outputs);
+    let path = rec.save(&project.root)?;
+    Ok(TrainResult {
+        run: rec,
+        record: path,
+    })
+}
+
+fn is_output_dir(volumes: &[crate::plan::Volume], p: &RelPath) -> bool {
+    volumes
+        .iter()
+        .any(|v| !v.read_only && v.path == VolumePath::Sub(p.clone()))
+}
+
+fn exists_nonempty(p: &Path) -> bool {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()),
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// Moves one declared output from staging into the project and records what it moved.
+fn collect(
+    staging: &Path,
+    root: &Path,
+    out: &RelPath,
+    outputs: &mut Vec<Output>,
+) -> Result<(), LocalError> {
+    let from = out.under(staging);
+    let to = out.under(root);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(LocalError::io("cannot create", parent))?;
+    }
+    if from.is_dir() {
+        if to.exists() {
+            std::fs::remove_dir_all(&to).map_err(LocalError::io("cannot replace", &to))?;
+        }
+        std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
+        let mut files = Vec::new();
+        list_files(&to, &mut files).map_err(LocalError::io("cannot read", &to))?;
+        files.sort();
+        for f in files {
+            outputs.push(describe(root, &f)?);
+        }
+    } else {
+        std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
+        outputs.push(describe(root, &to)?);
+    }
+    Ok(())
+}
+
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            list_files(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn describe(root: &Path, path: &Path) -> Result<Output, LocalError> {
+    let meta = std::fs::metadata(path).map_err(LocalError::io("cannot read", path))?;
+    Ok(Output {
+        path: path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned(),
+        sha256: sha256_file(path).map_err(LocalError::io("cannot hash", path))?,
+        size: meta.len(),
+    })
+}

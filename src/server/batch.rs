@@ -1,0 +1,543 @@
+//! The inference worker of one model variant: a dedicated thread that owns the variant's ONNX
+//! Runtime session (`Session::run` takes `&mut self`), takes jobs from a queue, merges
+//! compatible ones along the first axis (dynamic batching), runs them and splits the outputs
+//! back. Keeping ONNX Runtime off the async threads means a slow model never stalls HTTP.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ort::session::{Session, SessionInputValue};
+use tokio::sync::oneshot;
+
+use super::metrics::VariantMetrics;
+use super::model::{HostTensor, Signature};
+use super::tensor::OutputView;
+
+/// A job's requested outputs as (output index, tensor), in the order asked for.
+pub(crate) type Outputs = Vec<(usize, HostTensor)>;
+
+/// The answer to a job: its outputs, or why inference failed (a 500).
+pub(crate) type JobResult = Result<Outputs, String>;
+
+pub(crate) struct Job {
+    /// In the session's input order.
+    pub inputs: Vec<HostTensor>,
+    /// Rows along the first axis when the job may be merged with others.
+    pub rows: Option<usize>,
+    /// Indices of the outputs to send back, in the order the client asked for them.
+    pub outputs: Vec<usize>,
+    pub reply: oneshot::Sender<JobResult>,
+    pub enqueued: Instant,
+}
+
+impl Job {
+    /// Jobs merge only when every input has the same dimensions after the first (the datatypes
+    /// are the model's, so they already agree).
+    fn compatible(&self, other: &Job) -> bool {
+        self.inputs.len() == other.inputs.len()
+            && self
+                .inputs
+                .iter()
+                .zip(&other.inputs)
+                .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+    }
+
+    fn row_count(&self) -> usize {
+        self.rows
+            .or_else(|| self.inputs.first().and_then(|t| t.shape.first().copied()))
+            .unwrap_or(1)
+    }
+}
+
+/// The queue between the HTTP handlers of one variant and its worker.
+///
+/// A plain channel would wake the worker for every job; on a machine with few cores those
+/// wake-ups (and the preemptions they cause) cost more than the inference. Here the worker is
+/// woken only when it has nothing to do, or while it gathers a batch, when the batch can be
+/// filled or no other request for the variant is on its way.
+pub(crate) struct JobQueue {
+    inner: Mutex<QueueInner>,
+    wake: Condvar,
+    /// Requests for this variant being received or parsed right now.
+    pending: AtomicUsize,
+}
+
+struct QueueInner {
+    jobs: VecDeque<Job>,
+    /// Rows of the queued jobs (1 for jobs without rows).
+    rows: usize,
+    worker: WorkerState,
+    closed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WorkerState {
+    Running,
+    /// Waiting for any job.
+    Idle,
+    /// Gathering a batch that lacks `need` rows.
+    Gathering {
+        need: usize,
+    },
+}
+
+/// What the worker gets while gathering a batch.
+enum Gathered {
+    Jobs(Vec<Job>),
+    /// Nothing more is coming soon (or the delay is over): run what there is.
+    Done,
+}
+
+impl JobQueue {
+    pub(crate) fn new() -> JobQueue {
+        JobQueue {
+            inner: Mutex::new(QueueInner {
+                jobs: VecDeque::new(),
+                rows: 0,
+                worker: WorkerState::Running,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueInner> {
+        // A panic while holding this lock leaves plain data behind; keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A request for this variant is being received; see [`JobQueue::push`].
+    pub(crate) fn start_pending(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The request is queued or refused: a worker gathering a batch stops waiting for it.
+    pub(crate) fn end_pending(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let inner = self.lock();
+            let gathering = matches!(inner.worker, WorkerState::Gathering { .. });
+            drop(inner);
+            if gathering {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Queues a job; the caller has ended its pending count first.
+    pub(crate) fn push(&self, job: Job) {
+        let mut inner = self.lock();
+        inner.rows += job.rows.unwrap_or(1);
+        inner.jobs.push_back(job);
+        let wake = match inner.worker {
+            WorkerState::Running => false,
+            WorkerState::Idle => true,
+            WorkerState::Gathering { need } => {
+                inner.rows >= need || self.pending.load(Ordering::Acquire) == 0
+            }
+        };
+        drop(inner);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stops the worker once the queue is empty.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The next job; `None` once closed and drained.
+    fn pop(&self) -> Option<Job> {
+        let mut inner = self.lock();
+        loop {
+            if let Some(job) = inner.jobs.pop_front() {
+                inner.rows = inner.rows.saturating_sub(job.rows.unwrap_or(1));
+                inner.worker = WorkerState::Running;
+                return Some(job);
+            }
+            if inner.closed {
+                return None;
+            }
+            inner.worker = WorkerState::Idle;
+            inner = self
+                .wake
+                .wait(inner)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Everything queued, waiting (up to `deadline`) while more requests are on their way and
+    /// fewer than `need` rows are queued.
+    fn gather(&self, deadline: Instant, need: usize) -> Gathered {
+        let mut inner = self.lock();
+        loop {
+            if inner.rows >= need
+                || (!inner.jobs.is_empty() && self.pending.load(Ordering::Acquire) == 0)
+                || (!inner.jobs.is_empty() && Instant::now() >= deadline)
+            {
+                inner.rows = 0;
+                inner.worker = WorkerState::Running;
+                return Gathered::Jobs(inner.jobs.drain(..).collect());
+            }
+            let now = Instant::now();
+            if inner.closed || now >= deadline || self.pending.load(Ordering::Acquire) == 0 {
+                inner.worker = WorkerState::Running;
+                return if inner.jobs.is_empty() {
+                    Gathered::Done
+                } else {
+                    inner.rows = 0;
+                    Gathered::Jobs(inner.jobs.drain(..).collect())
+                };
+            }
+            inner.worker = WorkerState::Gathering { need };
+            inner = self
+                .wake
+                .wait_timeout(inner, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batching {
+    pub max_rows: usize,
+    pub max_delay: Duration,
+}
+
+pub(crate) struct Worker {
+    pub session: Session,
+    pub signature: Arc<Signature>,
+    pub batching: Option<Batching>,
+    pub metrics: VariantMetrics,
+    pub queue: Arc<JobQueue>,
+    /// `model 'm' variant 'v'`, for the log.
+    pub label: String,
+}
+
+/// Outcome of one merged run whose outputs could not be split by rows.
+struct NotPerRow(String);
+
+enum RunError {
+    /// The merged run worked but its outputs do not have one row per input row.
+    NotPerRow(String),
+    Failed(String),
+}
+
+impl Worker {
+    pub(crate) fn run(mut self) {
+        let mut deferred = VecDeque::new();
+        while let Some(mut batch) = self.next_batch(&mut deferred) {
+            self.metrics.queue_depth.dec_by(batch.len() as i64);
+            // A job whose client has gone (timed out) is not worth running.
+            batch.retain(|job| !job.reply.is_closed());
+            if !batch.is_empty() {
+                self.execute(batch);
+            }
+        }
+    }
+
+    /// The next jobs to run together. While a batch is gathered, a request on its way (being
+    /// received or parsed) is waited for up to the delay; when none is, waiting would only add
+    /// latency, so the batch runs at once.
+    fn next_batch(&self, deferred: &mut VecDeque<Job>) -> Option<Vec<Job>> {
+        let first = match deferred.pop_front() {
+            Some(job) => job,
+            None => self.queue.pop()?,
+        };
+        let (Some(batching), Some(mut rows)) = (self.batching, first.rows) else {
+            return Some(vec![first]);
+        };
+        let deadline = first.enqueued + batching.max_delay;
+        let mut batch = vec![first];
+        let fits = |batch: &[Job], job: &Job, rows: usize| {
+            job.rows
+                .filter(|r| rows + r <= batching.max_rows && batch[0].compatible(job))
+        };
+
+        let mut i = 0;
+        while i < deferred.len() && rows < batching.max_rows {
+            match fits(&batch, &deferred[i], rows) {
+                Some(r) => {
+                    if let Some(job) = deferred.remove(i) {
+                        rows += r;
+                        batch.push(job);
+                    }
+                }
+                None => i += 1,
+            }
+        }
+
+        'gather: while rows < batching.max_rows {
+            let Gathered::Jobs(jobs) = self.queue.gather(deadline, batching.max_rows - rows) else {
+                break;
+            };
+            let mut full = false;
+            for job in jobs {
+                if full {
+                    deferred.push_back(job);
+                    continue;
+                }
+                match fits(&batch, &job, rows) {
+                    Some(r) => {
+                        rows += r;
+                        batch.push(job);
+                        full = rows >= batching.max_rows;
+                    }
+                    None => {
+                        // Too big for what is left of this batch: it starts the next one.
+                        full = job.rows.is_some() && batch[0].compatible(&job);
+                        deferred.push_back(job);
+                    }
+                }
+            }
+            if full {
+                break 'gather;
+            }
+        }
+        Some(batch)
+    }
+
+    fn execute(&mut self, mut batch: Vec<Job>) {
+        if batch.len() == 1 {
+            if let Some(job) = batch.pop() {
+                self.run_alone(job);
+            }
+            return;
+        }
+        match self.run_merged(&batch) {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    // The client may have gone meanwhile; nothing to do then.
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(RunError::NotPerRow(reason)) => {
+                eprintln!(
+                    "ferry serve-model: {}: batching turned off: {reason}",
+                    self.label
+                );
+                self.batching = None;
+                for job in batch {
+                    self.run_alone(job);
+                }
+            }
+            Err(RunError::Failed(message)) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+
+    fn run_alone(&mut self, mut job: Job) {
+        let rows = job.row_count();
+        let inputs = std::mem::take(&mut job.inputs);
+        let outputs = std::mem::take(&mut job.outputs);
+        let result = self.infer(inputs, rows, |views| {
+            Ok(vec![
+                outputs
+                    .iter()
+                    .map(|&o| {
+                        let (shape, view) = &views[o];
+                        let tensor = HostTensor {
+                            shape: shape.clone(),
+                            data: view.copy(0..shape.iter().product()),
+                        };
+                        (o, tensor)
+                    })
+                    .collect(),
+            ])
+        });
+        let result = match result {
+            Ok(mut results) => results.pop().ok_or_else(|| "no outputs".to_string()),
+            Err(RunError::NotPerRow(reason) | RunError::Failed(reason)) => Err(reason),
+        };
+        let _ = job.reply.send(result);
+    }
+
+    /// Runs the jobs as one batch; the per-job outputs in job order.
+    fn run_merged(&mut self, batch: &[Job]) -> Result<Vec<Outputs>, RunError> {
+        let rows: Vec<usize> = batch.iter().map(|j| j.rows.unwrap_or(0)).collect();
+        let total: usize = rows.iter().sum();
+        let mut merged = Vec::with_capacity(batch[0].inputs.len());
+        for (i, first) in batch[0].inputs.iter().enumerate() {
+            let mut data = super::tensor::TensorData::with_capacity(
+                first.data.datatype(),
+                first.data.len() / rows[0].max(1) * total,
+            );
+            for job in batch {
+                data.extend_from(&job.inputs[i].data)
+                    .map_err(|e| RunError::Failed(e.to_string()))?;
+            }
+            let mut shape = first.shape.clone();
+            shape[0] = total;
+            merged.push(HostTensor { shape, data });
+        }
+        self.infer(merged, total, |views| {
+            if let Some((shape, _)) = views.iter().find(|(shape, _)| shape.first() != Some(&total)) {
+                return Err(NotPerRow(format!(
+                    "a merged run of {total} rows returned an output of shape {shape:?}, so its rows cannot be split back"
+                )));
+            }
+            let mut offset = 0;
+            let results = batch
+                .iter()
+                .zip(&rows)
+                .map(|(job, &n)| {
+                    let part = job
+                        .outputs
+                        .iter()
+                        .map(|&o| {
+                            let (shape, view) = &views[o];
+                            let row_len: usize = shape[1..].iter().product();
+                            let mut part_shape = shape.clone();
+                            part_shape[0] = n;
+                            let tensor = HostTensor {
+                                shape: part_shape,
+                                data: view.copy(offset * row_len..(offset + n) * row_len),
+                            };
+                            (o, tensor)
+                        })
+                        .collect();
+                    offset += n;
+                    part
+                })
+                .collect();
+            Ok(results)
+        })
+    }
+
+    /// Runs the session and hands all outputs to `split` while ONNX Runtime still owns them,
+    /// so each job copies only its own slice.
+    fn infer<T>(
+        &mut self,
+        inputs: Vec<HostTensor>,
+        rows: usize,
+        split: impl FnOnce(&[(Vec<usize>, OutputView<'_>)]) -> Result<T, NotPerRow>,
+    ) -> Result<T, RunError> {
+        let values = inputs
+            .into_iter()
+            .map(|t| t.data.into_ort(&t.shape).map(SessionInputValue::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RunError::Failed(format!("preparing inputs: {e}")))?;
+        let started = Instant::now();
+        let outputs = self
+            .session
+            .run(values.as_slice())
+            .map_err(|e| RunError::Failed(format!("inference failed: {e}")))?;
+        self.metrics
+            .inference_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(rows as f64);
+        let mut views = Vec::with_capacity(self.signature.outputs.len());
+        for spec in &self.signature.outputs {
+            let value = outputs.get(&spec.name).ok_or_else(|| {
+                RunError::Failed(format!("ONNX Runtime returned no output '{}'", spec.name))
+            })?;
+            let view = OutputView::new(value)
+                .map_err(|e| RunError::Failed(format!("output '{}': {e}", spec.name)))?;
+            views.push(view);
+        }
+        split(&views).map_err(|NotPerRow(reason)| RunError::NotPerRow(reason))
+    }
+}
+
+/// Admission to a worker's queue; the counterpart of [`Worker::run`]'s accounting.
+pub(crate) fn queue_full(metrics: &VariantMetrics, max_queue: usize) -> bool {
+    let before = metrics.queue_depth.inc();
+    if before >= max_queue as i64 {
+        metrics.queue_depth.dec();
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::tensor::TensorData;
+
+    fn job(rows: usize) -> (Job, oneshot::Receiver<JobResult>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            inputs: vec![HostTensor {
+                shape: vec![rows, 2],
+                data: TensorData::Fp32(vec![0.0; rows * 2]),
+            }],
+            rows: Some(rows),
+            outputs: vec![0],
+            reply,
+            enqueued: Instant::now(),
+        };
+        (job, answer)
+    }
+
+    #[test]
+    fn gathering_stops_at_once_when_nothing_is_on_its_way() {
+        let queue = JobQueue::new();
+        queue.push(job(1).0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        match queue.gather(deadline, 10) {
+            Gathered::Jobs(jobs) => assert_eq!(jobs.len(), 1),
+            Gathered::Done => panic!("the queued job must be taken"),
+        }
+        assert!(matches!(queue.gather(deadline, 10), Gathered::Done));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn gathering_waits_for_pending_requests_until_the_deadline() {
+        let queue = Arc::new(JobQueue::new());
+        queue.start_pending();
+        let started = Instant::now();
+        assert!(matches!(
+            queue.gather(started + Duration::from_millis(50), 10),
+            Gathered::Done
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        // The pending request arrives: the gatherer is woken before its deadline.
+        let producer = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                queue.end_pending();
+                queue.push(job(3).0);
+            })
+        };
+        let started = Instant::now();
+        let Gathered::Jobs(jobs) = queue.gather(started + Duration::from_secs(5), 10) else {
+            panic!("the job pushed meanwhile must be gathered");
+        };
+        assert_eq!(jobs.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        producer.join().unwrap();
+    }
+
+    #[test]
+    fn only_jobs_with_the_same_inner_dimensions_merge() {
+        let (a, _) = job(2);
+        let (b, _) = job(5);
+        assert!(a.compatible(&b));
+        let (mut c, _) = job(2);
+        c.inputs[0].shape = vec![2, 3];
+        assert!(!a.compatible(&c));
+    }
+
+    #[test]
+    fn closed_queue_is_drained_then_ends() {
+        let queue = JobQueue::new();
+        queue.push(job(1).0);
+        queue.close();
+        assert!(queue.pop().is_some());
+        assert!(queue.pop().is_none());
+    }
+}

@@ -1,0 +1,684 @@
+//! The HTTP surface: Open Inference Protocol v2 REST, KServe v1 `predict`, `/metrics`.
+//!
+//! Handlers are plain functions over the shared state with no middleware stack; limits (body
+//! size, timeout, queue) are enforced inline so each refusal gets its own status and message.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use tokio::sync::oneshot;
+
+use super::batch::{Job, JobQueue, queue_full};
+use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
+use super::parse::{parse_infer, parse_instances};
+use super::tensor::{Nested, TensorData};
+use super::{AppState, Model, Variant};
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const OPENMETRICS: HeaderValue =
+    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+/// Header naming the variant that answered.
+pub const VARIANT_HEADER: &str = "x-ferry-variant";
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_version_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_version_ready),
+        )
+        .route("/v2/models/{model}/infer", axum::routing::post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            axum::routing::post(infer_version),
+        )
+        // `{model}` takes the whole segment, so `churn:predict` arrives here as one name.
+        .route("/v1/models/{model}", get(v1_model).post(v1_predict))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+/// A refusal: its status and the message for `{"error": ...}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn response(&self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+        }
+        json_response(
+            self.status,
+            serde_json::to_vec(&Body {
+                error: &self.message,
+            })
+            .unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec()),
+        )
+    }
+}
+
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    response
+}
+
+fn ok_json(body: impl Into<Body>) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+async fn live() -> Response {
+    ok_json(r#"{"live":true}"#)
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_shutting_down() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+        .response();
+    }
+    ok_json(r#"{"ready":true}"#)
+}
+
+async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
+    ok_json(state.server_metadata.clone())
+}
+
+fn find_model<'s>(
+    state: &'s AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<&'s Model, ApiError> {
+    let Some(model) = state.models.get(name) else {
+        let mut known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown model '{name}'; this server serves: {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    if let Some(version) = version
+        && version != model.version
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model '{name}' has no version '{version}'; its version is '{}'",
+                model.version
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+async fn model_metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    metadata_response(&state, &model, None)
+}
+
+async fn model_version_metadata(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    metadata_response(&state, &model, Some(&version))
+}
+
+fn metadata_response(state: &AppState, model: &str, version: Option<&str>) -> Response {
+    match find_model(state, model, version) {
+        Ok(model) => ok_json(model.metadata.clone()),
+        Err(e) => e.response(),
+    }
+}
+
+async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    ready_response(&state, &model, None)
+}
+
+async fn model_version_ready(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    ready_response(&state, &model, Some(&version))
+}
+
+fn ready_response(state: &AppState, model: &str, version: Option<&str>) -> Response {
+    let model = match find_model(state, model, version) {
+        Ok(model) => model,
+        Err(e) => return e.response(),
+    };
+    if state.is_shutting_down() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "model '{}' is not ready: the server is shutting down",
+                model.name
+            ),
+        )
+        .response();
+    }
+    ok_json(serde_json::json!({"name": model.name, "ready": true}).to_string())
+}
+
+async fn v1_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match find_model(&state, &model, None) {
+        Ok(model) => ok_json(
+            serde_json::json!({"name": model.name, "ready": !state.is_shutting_down()}).to_string(),
+        ),
+        Err(e) => e.response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+        .response();
+    }
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
+    response
+}
+
+async fn no_route(request: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .response()
+}
+
+async fn wrong_method(request: Request) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .response()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    V2,
+    V1,
+}
+
+// The handlers take the whole request rather than a `HeaderMap`, which axum would clone.
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Response {
+    serve_inference(&state, &model, None, request, Protocol::V2).await
+}
+
+async fn infer_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    serve_inference(&state, &model, Some(&version), request, Protocol::V2).await
+}
+
+async fn v1_predict(
+    State(state): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    request: Request,
+) -> Response {
+    let Some(model) = target.strip_suffix(":predict") else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: POST /v1/models/{target}; use /v1/models/{{model}}:predict"),
+        )
+        .response();
+    };
+    serve_inference(&state, model, None, request, Protocol::V1).await
+}
+
+async fn serve_inference(
+    state: &AppState,
+    model_name: &str,
+    version: Option<&str>,
+    request: Request,
+    protocol: Protocol,
+) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let model = match find_model(state, model_name, version) {
+        Ok(model) => model,
+        Err(e) => {
+            let known = state.models.get(model_name).map(|m| m.name.as_str());
+            state.metrics.unrouted(known, e.status.as_u16());
+            return e.response();
+        }
+    };
+    let key = headers.get(&state.key_header).map(HeaderValue::as_bytes);
+    let variant = &model.variants[pick_variant(&model.weights, key)];
+    let limits = &state.limits;
+    let work = run_inference(state, model, variant, headers, body, protocol);
+    let outcome = match tokio::time::timeout(limits.request_timeout, work).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "model '{}' did not answer within the request timeout of {} ms",
+                model.name,
+                limits.request_timeout.as_millis()
+            ),
+        )),
+    };
+    let mut response = match outcome {
+        Ok(body) => ok_json(body),
+        Err(e) => e.response(),
+    };
+    response
+        .headers_mut()
+        .insert(VARIANT_HEADER, variant.header.clone());
+    variant
+        .metrics
+        .request_done(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// Counts a request as pending for its variant until it is queued or refused.
+struct Pending<'a>(Option<&'a JobQueue>);
+
+impl<'a> Pending<'a> {
+    fn start(queue: &'a JobQueue) -> Pending<'a> {
+        queue.start_pending();
+        Pending(Some(queue))
+    }
+
+    fn done(&mut self) {
+        if let Some(queue) = self.0.take() {
+            queue.end_pending();
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+async fn run_inference(
+    state: &AppState,
+    model: &Model,
+    variant: &Variant,
+    headers: &HeaderMap,
+    body: Body,
+    protocol: Protocol,
+) -> Result<Vec<u8>, ApiError> {
+    let limits = &state.limits;
+    let mut pending = Pending::start(&variant.queue);
+    let bytes = read_body(body, headers, limits.max_body_bytes).await?;
+    let signature = &variant.signature;
+    let (inputs, outputs, id) = match protocol {
+        Protocol::V2 => {
+            let request =
+                parse_infer(&bytes, limits.max_elements).map_err(ApiError::bad_request)?;
+            let outputs = signature
+                .output_indices(request.outputs.as_deref())
+                .map_err(ApiError::bad_request)?;
+            let inputs = signature
+                .check_inputs(request.inputs)
+                .map_err(ApiError::bad_request)?;
+            (inputs, outputs, request.id)
+        }
+        Protocol::V1 => {
+            let [spec] = signature.inputs.as_slice() else {
+                return Err(ApiError::bad_request(format!(
+                    "v1 predict needs a model with one input, and '{}' has {} ({}); use POST /v2/models/{}/infer",
+                    model.name,
+                    signature.inputs.len(),
+                    signature.input_names(),
+                    model.name
+                )));
+            };
+            let (shape, data) = parse_instances(&bytes, spec.datatype, limits.max_elements)
+                .map_err(ApiError::bad_request)?;
+            check_tensor(spec, &shape, spec.datatype)
+                .map_err(|m| ApiError::bad_request(format!("instances: {m}")))?;
+            let outputs = (0..signature.outputs.len()).collect();
+            (vec![HostTensor { shape, data }], outputs, None)
+        }
+    };
+    drop(bytes);
+
+    let rows = if variant.mergeable {
+        let first = inputs.first().and_then(|t| t.shape.first().copied());
+        inputs
+            .iter()
+            .all(|t| t.shape.first().copied() == first)
+            .then_some(first)
+            .flatten()
+    } else {
+        None
+    };
+    if queue_full(&variant.metrics, limits.max_queue) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "model '{}' (variant '{}') already has {} requests queued; retry later",
+                model.name, variant.name, limits.max_queue
+            ),
+        ));
+    }
+    let (reply, answer) = oneshot::channel();
+    // Not pending once queued: the worker must not wait for a request it already has.
+    pending.done();
+    let job = Job {
+        inputs,
+        rows,
+        outputs,
+        reply,
+        enqueued: Instant::now(),
+    };
+    variant.queue.push(job);
+    let result = answer.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the inference worker of model '{}' stopped", model.name),
+        )
+    })?;
+    let outputs = result.map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m))?;
+    match protocol {
+        Protocol::V2 => v2_response(model, &signature.outputs, id.as_deref(), &outputs),
+        Protocol::V1 => v1_response(&signature.outputs, &outputs),
+    }
+}
+
+#[derive(Serialize)]
+struct V2Response<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: V2Outputs<'a>,
+}
+
+#[derive(Serialize)]
+struct V2Output<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    data: &'a TensorData,
+}
+
+fn v2_response(
+    model: &Model,
+    specs: &[IoSpec],
+    id: Option<&str>,
+    outputs: &[(usize, HostTensor)],
+) -> Result<Vec<u8>, ApiError> {
+    let response = V2Response {
+        model_name: &model.name,
+        model_version: &model.version,
+        id,
+        outputs: V2Outputs { specs, outputs },
+    };
+    to_json(&response, outputs)
+}
+
+/// The outputs, serialized straight from the worker's answer.
+struct V2Outputs<'a> {
+    specs: &'a [IoSpec],
+    outputs: &'a [(usize, HostTensor)],
+}
+
+impl Serialize for V2Outputs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.outputs.len()))?;
+        for (i, tensor) in self.outputs {
+            seq.serialize_element(&V2Output {
+                name: self.specs.get(*i).map_or("", |s| s.name.as_str()),
+                datatype: tensor.data.datatype().name(),
+                shape: &tensor.shape,
+                data: &tensor.data,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+fn to_json(value: &impl Serialize, outputs: &[(usize, HostTensor)]) -> Result<Vec<u8>, ApiError> {
+    let estimate = 128
+        + outputs
+            .iter()
+            .map(|(_, t)| t.data.len() * 12)
+            .sum::<usize>();
+    let mut body = Vec::with_capacity(estimate);
+    serde_json::to_writer(&mut body, value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the response: {e}"),
+        )
+    })?;
+    Ok(body)
+}
+
+/// `{"predictions": [...]}`: one entry per instance; the row of the single output, or an object
+/// of rows keyed by output name.
+struct Predictions<'a> {
+    specs: &'a [IoSpec],
+    outputs: &'a [(usize, HostTensor)],
+    rows: usize,
+}
+
+impl Serialize for Predictions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("predictions", &Rows(self))?;
+        map.end()
+    }
+}
+
+struct Rows<'p, 'a>(&'p Predictions<'a>);
+
+impl Serialize for Rows<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut seq = serializer.serialize_seq(Some(p.rows))?;
+        for r in 0..p.rows {
+            if let [(_, only)] = p.outputs {
+                seq.serialize_element(&row(only, r))?;
+            } else {
+                seq.serialize_element(&Record(p, r))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+struct Record<'p, 'a>(&'p Predictions<'a>, usize);
+
+impl Serialize for Record<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Record(p, r) = *self;
+        let mut map = serializer.serialize_map(Some(p.outputs.len()))?;
+        for (i, output) in p.outputs {
+            let name = p.specs.get(*i).map_or("", |s| s.name.as_str());
+            map.serialize_entry(name, &row(output, r))?;
+        }
+        map.end()
+    }
+}
+
+fn row(output: &HostTensor, r: usize) -> Nested<'_> {
+    let inner = &output.shape[1..];
+    Nested {
+        data: &output.data,
+        offset: r * inner.iter().product::<usize>(),
+        shape: inner,
+    }
+}
+
+fn v1_response(specs: &[IoSpec], outputs: &[(usize, HostTensor)]) -> Result<Vec<u8>, ApiError> {
+    let rows = outputs
+        .first()
+        .and_then(|(_, t)| t.shape.first().copied())
+        .unwrap_or(0);
+    for (i, output) in outputs {
+        if output.shape.first() != Some(&rows) {
+            let name = specs.get(*i).map_or("", |s| s.name.as_str());
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "output '{}' has shape {:?}, not one row per instance; use POST /v2/models/{{model}}/infer",
+                    name, output.shape
+                ),
+            ));
+        }
+    }
+    let predictions = Predictions {
+        specs,
+        outputs,
+        rows,
+    };
+    to_json(&predictions, outputs)
+}
+
+/// Reads the body up to `limit` bytes. A larger body is read to its end (up to a bound) and
+/// discarded before the 413 goes out: answering while the client is still sending makes many
+/// clients report a broken connection instead of the answer.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    const DRAIN_BOUND: usize = 64 << 20;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut too_big = declared.is_some_and(|n| n > limit as u64);
+    let mut stream = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<Vec<u8>> = None;
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if too_big || seen > limit {
+            too_big = true;
+            first = None;
+            joined = None;
+            if seen > limit.saturating_add(DRAIN_BOUND) {
+                break;
+            }
+            continue;
+        }
+        match (&mut joined, first.take()) {
+            (Some(buffer), _) => buffer.extend_from_slice(&chunk),
+            (None, None) => first = Some(chunk),
+            (None, Some(previous)) => {
+                let capacity = declared.map_or(0, |n| n as usize).max(seen).min(limit);
+                let mut buffer = Vec::with_capacity(capacity);
+                buffer.extend_from_slice(&previous);
+                buffer.extend_from_slice(&chunk);
+                joined = Some(buffer);
+            }
+        }
+    }
+    if too_big {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(match (joined, first) {
+        (Some(buffer), _) => Bytes::from(buffer),
+        (None, Some(chunk)) => chunk,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(parts: &[&'static [u8]]) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn body_limit_holds_without_a_content_length() {
+        let headers = HeaderMap::new();
+        let body = read_body(chunked(&[b"{\"a\":", b"1}"]), &headers, 16)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{\"a\":1}");
+        let err = read_body(chunked(&[b"0123456789", b"0123456789"]), &headers, 16)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(err.message.contains("16 bytes"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_limit_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("1000"));
+        let err = read_body(chunked(&[b"{}"]), &headers, 16)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn errors_are_json_objects() {
+        let response = ApiError::bad_request("input 'x': \"quoted\"").response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,252 @@
+use super::*;
+use crate::spec::{Command, Project};
+
+const GOOD: &str = "\
+name: churn
+environment:
+  base: python:3.11-slim
+  requirements: requirements.txt
+  system_packages: [libgomp1]
+notebook:
+  port: 8888
+train:
+  command: python train.py
+  inputs: [data/]
+  outputs: [artifacts/model.onnx]
+  resources: { cpu: 2, memory: 4Gi }
+serve:
+  model: artifacts/model.onnx
+environments:
+  dev: { target: docker }
+  staging:
+    target: kubernetes
+    namespace: churn-staging
+    train:
+      resources: { memory: 8Gi }
+    serve:
+      replicas: 3
+";
+
+/// A project directory with a spec and the files it references.
+fn project(spec: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ferry.yaml"), spec).unwrap();
+    std::fs::write(dir.path().join("requirements.txt"), "numpy\n").unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/customers.csv"), "a,b\n1,2\n").unwrap();
+    dir
+}
+
+fn load_err(spec: &str) -> SpecError {
+    let dir = project(spec);
+    Project::load_dir(dir.path(), None).expect_err("spec should be rejected")
+}
+
+fn only_problem(spec: &str) -> Problem {
+    let err = load_err(spec);
+    let p = err.problems();
+    assert_eq!(p.len(), 1, "expected one problem, got: {err}");
+    p[0].clone()
+}
+
+#[test]
+fn a_good_spec_loads_and_dev_is_the_default_environment() {
+    let dir = project(GOOD);
+    let p = Project::load_dir(dir.path(), None).unwrap();
+    assert_eq!(p.spec.env.as_deref(), Some("dev"));
+    assert_eq!(p.spec.target, TargetKind::Docker);
+    let t = p.spec.train.as_ref().unwrap();
+    assert_eq!(t.command, Command::Shell("python train.py".into()));
+    assert_eq!(t.resources.memory.as_ref().unwrap().bytes, 4 << 30);
+    assert_eq!(p.environments, vec!["dev", "staging"]);
+}
+
+#[test]
+fn overlays_override_field_by_field() {
+    let dir = project(GOOD);
+    let p = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    let t = p.spec.train.as_ref().unwrap();
+    // memory overridden, cpu kept from the base
+    assert_eq!(t.resources.memory.as_ref().unwrap().bytes, 8 << 30);
+    assert_eq!(t.resources.cpu.as_ref().unwrap().millis, 2000);
+    assert_eq!(t.command, Command::Shell("python train.py".into()));
+    let s = p.spec.serve.as_ref().unwrap();
+    assert_eq!(s.replicas, Some(3));
+    assert_eq!(s.port, 8080);
+    assert_eq!(p.spec.namespace.as_deref(), Some("churn-staging"));
+}
+
+#[test]
+fn null_in_an_overlay_removes_a_field() {
+    let spec = GOOD.replace("    serve:\n      replicas: 3\n", "    serve: null\n");
+    let spec = spec.replace(
+        "  staging:\n    target: kubernetes\n    namespace: churn-staging\n    train:\n      resources: { memory: 8Gi }\n",
+        "  staging:\n    target: kubernetes\n    namespace: churn-staging\n    train:\n      resources: { memory: null }\n",
+    );
+    let dir = project(&spec);
+    let p = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    assert!(p.spec.train.unwrap().resources.memory.is_none());
+}
+
+#[test]
+fn unknown_field_gives_position_and_suggestion() {
+    let p = only_problem(&GOOD.replace("  command: python", "  comand: python"));
+    assert_eq!(p.field, "train.comand");
+    assert_eq!((p.line, p.column), (9, 3));
+    assert_eq!(p.hint.as_deref(), Some("did you mean `command`?"));
+}
+
+#[test]
+fn unknown_top_level_field() {
+    let p = only_problem(&format!("{GOOD}servr:\n  port: 1\n"));
+    assert_eq!(p.field, "servr");
+    assert_eq!(p.line, 24);
+    assert_eq!(p.hint.as_deref(), Some("did you mean `serve`?"));
+}
+
+#[test]
+fn unknown_field_in_an_overlay_points_into_the_overlay() {
+    let p = only_problem(&GOOD.replace("      replicas: 3", "      replica: 3"));
+    assert_eq!(p.field, "serve.replica");
+    assert_eq!(p.env.as_deref(), Some("staging"));
+    assert_eq!(p.line, 23);
+    assert_eq!(p.hint.as_deref(), Some("did you mean `replicas`?"));
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let p = only_problem(&GOOD.replace("port: 8888", "port: lots"));
+    assert_eq!(p.field, "notebook.port");
+    assert_eq!(p.line, 7);
+    assert!(p.message.contains("invalid type"), "{}", p.message);
+}
+
+#[test]
+fn bad_quantity_gets_a_hint() {
+    let p = only_problem(&GOOD.replace("memory: 4Gi", "memory: 4 Gb"));
+    assert_eq!(p.field, "train.resources.memory");
+    assert_eq!(p.line, 12);
+    assert!(p.message.contains("4 Gb"), "{}", p.message);
+    assert!(p.hint.unwrap().contains("4Gi"));
+}
+
+#[test]
+fn missing_train_command() {
+    let p = only_problem(&GOOD.replace("  command: python train.py\n", ""));
+    assert_eq!(p.field, "train.command");
+    assert_eq!(p.line, 8, "points at the train block");
+    assert!(p.hint.unwrap().contains("command:"));
+}
+
+#[test]
+fn output_outside_the_project_is_refused() {
+    let p = only_problem(&GOOD.replace(
+        "outputs: [artifacts/model.onnx]",
+        "outputs: [../model.onnx]",
+    ));
+    assert_eq!(p.field, "train.outputs[0]");
+    assert_eq!(p.line, 11);
+    assert!(p.message.contains("outside the project"), "{}", p.message);
+}
+
+#[test]
+fn missing_referenced_file() {
+    let p = only_problem(&GOOD.replace("requirements.txt", "reqs.txt"));
+    assert_eq!(p.field, "environment.requirements");
+    assert_eq!(p.line, 4);
+    assert!(p.message.contains("does not exist"));
+}
+
+#[test]
+fn base_and_bootstrap_together_are_refused() {
+    let p = only_problem(&GOOD.replace(
+        "  base: python:3.11-slim\n",
+        "  base: python:3.11-slim\n  bootstrap: bookworm\n",
+    ));
+    assert_eq!(p.field, "environment.bootstrap");
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let err = load_err(
+        &GOOD
+            .replace("name: churn", "name: Churn_Model")
+            .replace("requirements.txt", "nope.txt"),
+    );
+    assert_eq!(err.problems().len(), 2, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("ferry.yaml:1:1: name:"), "{text}");
+}
+
+#[test]
+fn yaml_syntax_error_has_a_position() {
+    let err = load_err("name: churn\nenvironment:\n  base: [unclosed\n");
+    match err {
+        SpecError::Syntax { line, .. } => assert!(line >= 3),
+        other => panic!("expected a syntax error, got {other}"),
+    }
+}
+
+#[test]
+fn missing_spec_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Project::load_dir(dir.path(), None).unwrap_err();
+    assert!(matches!(err, SpecError::NotFound { .. }));
+    assert!(err.to_string().contains("ferry init"));
+}
+
+#[test]
+fn unknown_environment_suggests_one() {
+    let dir = project(GOOD);
+    let err = Project::load_dir(dir.path(), Some("stagign")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("did you mean `staging`"), "{text}");
+}
+
+#[test]
+fn unknown_target_kind() {
+    let p = only_problem(&GOOD.replace("target: docker", "target: dokcer"));
+    assert_eq!(p.field, "environments.dev.target");
+    assert_eq!(p.hint.as_deref(), Some("did you mean `docker`?"));
+}
+
+#[test]
+fn hash_follows_spec_and_referenced_files() {
+    let dir = project(GOOD);
+    let load = || Project::load_dir(dir.path(), None).unwrap().hash().unwrap();
+    let h1 = load();
+    assert_eq!(h1, load(), "stable");
+    std::fs::write(dir.path().join("data/customers.csv"), "a,b\n1,3\n").unwrap();
+    let h2 = load();
+    assert_ne!(h1, h2, "an input file changed");
+    std::fs::write(dir.path().join("requirements.txt"), "numpy==2.0\n").unwrap();
+    let h3 = load();
+    assert_ne!(h2, h3, "requirements changed");
+    std::fs::write(
+        dir.path().join("ferry.yaml"),
+        GOOD.replace("memory: 4Gi", "memory: 5Gi"),
+    )
+    .unwrap();
+    assert_ne!(h3, load(), "the spec changed");
+    // An environment that changes nothing the base has still hashes differently: it is another
+    // resolved spec (another target).
+    let staging = Project::load_dir(dir.path(), Some("staging"))
+        .unwrap()
+        .hash()
+        .unwrap();
+    assert_ne!(staging, load());
+    assert_eq!(load().short().len(), 12);
+    // A training output (here the served model) does not move the hash.
+    let before = load();
+    std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+    std::fs::write(dir.path().join("artifacts/model.onnx"), "model").unwrap();
+    assert_eq!(before, load());
+}
+
+#[test]
+fn positions_cover_nested_sequences() {
+    let pos = Positions::build("a:\n  b:\n    - x\n    - { c: 1 }\n");
+    assert_eq!(pos.find("a.b[1].c"), Some((4, 9)));
+    assert_eq!(pos.find("a.b[0]"), Some((3, 7)));
+    assert_eq!(pos.find("a.b.zz"), Some((2, 3)), "falls back to the parent");
+}

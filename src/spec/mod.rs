@@ -1,0 +1,289 @@
+//! The spec, `ferry.yaml`: types, loading with precise errors, environment overlays, validation
+//! and the spec hash. Knows nothing of Docker or Kubernetes.
+//!
+//! ```text
+//! load(path, env) ──► Project { root, file, env, spec: Spec (resolved), hash }
+//! ```
+
+mod hash;
+mod load;
+mod paths;
+pub mod quantity;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use hash::{SpecHash, hash_project, sha256_file};
+pub use load::{Problem, SpecError};
+pub(crate) use load::{did_you_mean, is_dns_label};
+pub use paths::RelPath;
+pub use quantity::{Cpu, Memory};
+
+/// The file name ferry looks for.
+pub const SPEC_FILE: &str = "ferry.yaml";
+
+/// A spec as written, before an environment overlay is applied.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    pub environment: Environment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<Notebook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<Train>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<Serve>,
+    /// Where the spec runs. Each block may override `environment`, `notebook`, `train` and
+    /// `serve` field by field; `null` removes a field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, Target>,
+}
+
+/// The one image for the notebook and training.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// An image to start from (pulled when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Offline mode: a base built on this machine from Debian packages of this suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirements: Option<RelPath>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_packages: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Notebook {
+    #[serde(default = "default_notebook_port")]
+    pub port: u16,
+}
+
+fn default_notebook_port() -> u16 {
+    8888
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    pub command: Command,
+    /// Mounted read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<RelPath>,
+    /// Collected after a successful run; their directories are the only writable mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<RelPath>,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A shell command line (`sh -c`) or an argument vector (exec form).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+impl Command {
+    /// The argument vector a container runs.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            Command::Exec(v) => v.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Command::Shell(s) => s.trim().is_empty(),
+            Command::Exec(v) => v.is_empty() || v[0].trim().is_empty(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none() && self.gpu.is_none()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Serve {
+    pub model: RelPath,
+    /// The name clients address the model by (default: the project's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "default_serve_port")]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+    /// Other versions of the model taking a share of its traffic, in percent; the main model
+    /// takes the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+    /// Further models served by the same server, each under its own name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ExtraModel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+}
+
+fn default_serve_port() -> u16 {
+    8080
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Batching {
+    pub max_batch_size: u32,
+    pub max_delay_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub model: RelPath,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraModel {
+    pub name: String,
+    pub model: RelPath,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    #[serde(default = "default_cpu_percent")]
+    pub cpu_percent: u32,
+}
+
+fn default_cpu_percent() -> u32 {
+    70
+}
+
+/// One entry of `environments`: where it runs, and what it overrides.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub target: TargetKind,
+    /// Kubernetes context (default: the current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Registry repository prefix images are pushed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    // Overrides, kept as YAML: they are merged into the base before typed parsing, so each
+    // field is validated exactly once, with the same rules, wherever it is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Docker,
+    Kubernetes,
+}
+
+/// The spec as one environment sees it: overlays applied, `environments` reduced to the chosen one.
+#[derive(Clone, Debug, Serialize)]
+pub struct Resolved {
+    pub name: String,
+    /// The environment applied, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    pub target: TargetKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    pub environment: Environment,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<Notebook>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<Train>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve: Option<Serve>,
+}
+
+/// A loaded project: where it lives and its spec resolved for one environment.
+#[derive(Clone, Debug)]
+pub struct Project {
+    /// The directory holding the spec; every path in the spec is relative to it.
+    pub root: PathBuf,
+    /// The spec file as given (for messages).
+    pub file: PathBuf,
+    pub spec: Resolved,
+    /// Names of every environment the file defines.
+    pub environments: Vec<String>,
+}
+
+impl Project {
+    /// Loads `file`, validates the base spec and every environment, and resolves `env`.
+    ///
+    /// With no `env`, `dev` is used when the file defines it (the local environment by
+    /// convention), otherwise the base spec.
+    pub fn load(file: &Path, env: Option<&str>) -> Result<Project, SpecError> {
+        load::load(file, env)
+    }
+
+    /// Finds `ferry.yaml` in `dir` (no walking up: the project is where the user is).
+    pub fn load_dir(dir: &Path, env: Option<&str>) -> Result<Project, SpecError> {
+        Self::load(&dir.join(SPEC_FILE), env)
+    }
+
+    /// An absolute path for a spec path.
+    pub fn path(&self, rel: &RelPath) -> PathBuf {
+        rel.under(&self.root)
+    }
+
+    /// The spec hash: over the resolved spec and the files it references.
+    pub fn hash(&self) -> Result<SpecHash, SpecError> {
+        hash_project(self)
+    }
+}

@@ -1,0 +1,182 @@
+//! What several test files share: running the ferry binary, the Docker CLI, free ports, and an
+//! in-process model server on 127.0.0.1. Each test file uses only some of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferry::server::config::{BatchingConfig, Limits, ModelConfig, ServingConfig, VariantConfig};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// The ferry binary under test, run in `dir`, with plain output and no inherited environment choice.
+pub fn ferry_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("FERRY_ENV");
+    c
+}
+
+pub fn ferry(dir: &Path, args: &[&str]) -> Output {
+    ferry_cmd(dir, args).output().unwrap()
+}
+
+/// The Docker CLI's trimmed stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A model fixture: `tests/fixtures/server/NAME`, else `tests/fixtures/NAME`.
+pub fn fixture(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let server = root.join("server").join(name);
+    if server.exists() {
+        server
+    } else {
+        root.join(name)
+    }
+}
+
+pub fn model(name: &str, file: &str, batching: Option<(u32, u64)>) -> ModelConfig {
+    ModelConfig {
+        name: name.into(),
+        version: "1".into(),
+        variants: vec![VariantConfig {
+            name: "main".into(),
+            path: fixture(file),
+            weight: 1,
+            sha256: None,
+        }],
+        batching: batching.map(|(max_batch_size, max_delay_ms)| BatchingConfig {
+            max_batch_size,
+            max_delay_ms,
+        }),
+    }
+}
+
+pub fn config(models: Vec<ModelConfig>) -> ServingConfig {
+    config_with(models, Limits::default())
+}
+
+pub fn config_with(models: Vec<ModelConfig>, limits: Limits) -> ServingConfig {
+    ServingConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        models,
+        limits,
+        variant_key_header: "x-ferry-key".into(),
+    }
+}
+
+/// A model server on an ephemeral port of 127.0.0.1, in this process.
+pub struct TestServer {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub client: reqwest::Client,
+    pub status: ferry::server::ServerStatus,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), ferry::server::ServerError>>,
+}
+
+impl TestServer {
+    pub async fn start(config: ServingConfig) -> TestServer {
+        let server = ferry::server::load(&config).expect("models load");
+        let status = server.status();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ferry::server::serve(server, listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            base: format!("http://{addr}"),
+            addr,
+            client: reqwest::Client::new(),
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        post(&self.client, &format!("{}{path}", self.base), body).await
+    }
+
+    pub async fn infer(&self, model: &str, body: &Value) -> (u16, Value) {
+        self.post(&format!("/v2/models/{model}/infer"), body.to_string())
+            .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Fires the shutdown signal without waiting.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits for a clean stop.
+    pub async fn stop(mut self) {
+        self.shutdown();
+        self.task.await.unwrap().expect("server stops cleanly");
+    }
+}
+
+/// POSTs JSON and returns the status and the JSON answer (every answer, errors included, is JSON).
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, value)
+}
+
+/// The value of one sample line of `/metrics`, e.g. `ferry_requests_total{model="m",...}`.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}

@@ -1,0 +1,584 @@
+//! The local loop against the real Docker engine, as a user runs it: init the churn template in
+//! offline mode, build (base bootstrapped from Debian packages, wheels from the host), train,
+//! run the notebook, and every way this can go wrong that the user must hear about.
+//!
+//! Needs a running Docker engine, debootstrap, root (for debootstrap), host pip with an index,
+//! and ONNX Runtime (`./install.sh`). The tests share one project and its images, built once,
+//! and run one at a time: on a 2-core machine parallel image builds only slow each other down.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{docker, ferry, ferry_cmd, free_port};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ok_json(dir: &Path, args: &[&str]) -> Value {
+    let out = ferry(dir, args);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ferry {args:?} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The ids of containers ferry made for a project directory.
+fn project_containers(root: &Path) -> Vec<String> {
+    let label = format!("label=dev.ferry.root={}", root.display());
+    docker(&["ps", "-aq", "--filter", &label])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+struct Fixture {
+    root: PathBuf,
+    build: Value,
+}
+
+/// The churn template, initialised offline and built once for the whole file.
+fn churn() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let base =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("local-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let out = ferry(
+            &base,
+            &["init", "churn-demo", "--template", "churn", "--offline"],
+        );
+        assert!(out.status.success(), "{out:?}");
+        let root = base.join("churn-demo");
+        let build = ok_json(&root, &["build", "--json"]);
+        Fixture { root, build }
+    })
+}
+
+/// A spec beside the churn one, sharing its images, for the failure scenarios.
+fn variant_spec(name: &str, train: &str) -> String {
+    let f = churn();
+    let spec = std::fs::read_to_string(f.root.join("ferry.yaml")).unwrap();
+    let start = spec.find("train:\n").unwrap();
+    let end = spec.find("serve:\n").unwrap();
+    let out = format!("{}train:\n{train}\n{}", &spec[..start], &spec[end..]);
+    std::fs::write(f.root.join(name), out).unwrap();
+    name.to_string()
+}
+
+#[test]
+fn build_is_tagged_by_content_and_a_second_build_is_a_no_op() {
+    let _g = serial();
+    let f = churn();
+    let env = f.build["environment"]["tag"].as_str().unwrap();
+    assert!(env.starts_with("ferry/churn-demo-env:"), "{env}");
+    let first = f.build["project"]["tag"].as_str().unwrap();
+    assert!(first.starts_with("ferry/churn-demo:"), "{first}");
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Id}}", env]),
+        f.build["environment"]["id"].as_str().unwrap()
+    );
+
+    // Other tests add files to the project (a new project image), never to its environment.
+    let now = ok_json(&f.root, &["build", "--json"]);
+    let again = ok_json(&f.root, &["build", "--json"]);
+    assert_eq!(again["environment"]["built"], false);
+    assert_eq!(again["project"]["built"], false);
+    assert_eq!(again["environment"]["tag"], f.build["environment"]["tag"]);
+    assert_eq!(again["project"]["tag"], now["project"]["tag"]);
+    let proj = now["project"]["tag"].as_str().unwrap();
+
+    // The environment image holds the requirements and the notebook server, not the wheels.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        env,
+        "python",
+        "-c",
+        "import sklearn, skl2onnx, onnx, jupyterlab, os; print('ok', os.path.exists('/tmp/ferry/wheels'))",
+    ]);
+    assert_eq!(out, "ok False");
+    // The project image holds the code but not what .dockerignore excludes.
+    let ls = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        proj,
+        "ls",
+        "-A",
+        "/workspace",
+    ]);
+    assert!(ls.lines().any(|l| l == "train.py"), "{ls}");
+    assert!(!ls.lines().any(|l| l == "data" || l == ".ferry"), "{ls}");
+}
+
+#[test]
+fn train_writes_a_loadable_model_and_records_it() {
+    let _g = serial();
+    let f = churn();
+    let built = ok_json(&f.root, &["build", "--json"]);
+    let run = ok_json(&f.root, &["train", "--json"]);
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["exit_code"], 0);
+    assert!(run["spec_hash"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        run["image"], built["project"]["tag"],
+        "the run used the project image"
+    );
+    assert_eq!(run["image_id"], built["project"]["id"]);
+    let outputs = run["outputs"].as_array().unwrap();
+    let model = outputs
+        .iter()
+        .find(|o| o["path"] == "artifacts/model.onnx")
+        .expect("model recorded");
+    let path = f.root.join("artifacts/model.onnx");
+    assert_eq!(model["sha256"].as_str().unwrap(), sha256(&path));
+    assert_eq!(
+        model["size"].as_u64().unwrap(),
+        std::fs::metadata(&path).unwrap().len()
+    );
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o["path"] == "artifacts/metrics.json")
+    );
+
+    let summary = ferry::onnx::check_model(&path).expect("the model loads in ONNX Runtime");
+    assert_eq!(summary.inputs[0].name, "features");
+    assert_eq!(summary.inputs[0].shape[0], -1, "dynamic batch axis");
+
+    let id = run["id"].as_str().unwrap();
+    let record = f.root.join(".ferry/runs").join(id).join("run.json");
+    let saved: Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    assert_eq!(saved, run);
+    let log = std::fs::read_to_string(f.root.join(run["log"].as_str().unwrap())).unwrap();
+    assert!(
+        log.contains("ROC AUC"),
+        "the log keeps the run's output: {log}"
+    );
+    let runs = ok_json(&f.root, &["runs", "--json"]);
+    assert!(runs.as_array().unwrap().iter().any(|r| r["id"] == id));
+    // Outputs belong to whoever owns the project, not to the container's root.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().uid(),
+        std::fs::metadata(&f.root).unwrap().uid()
+    );
+    assert!(
+        project_containers(&f.root).is_empty(),
+        "the training container is removed"
+    );
+}
+
+#[test]
+fn a_failing_training_passes_on_its_exit_code_and_records_no_artifact() {
+    let _g = serial();
+    let f = churn();
+    let model = f.root.join("artifacts/model.onnx");
+    let before = model.exists().then(|| sha256(&model));
+    let spec = variant_spec(
+        "fail.yaml",
+        "  command: mkdir -p artifacts && echo half > artifacts/model.onnx && echo boom && exit 3\n  inputs: [data/]\n  outputs: [artifacts/model.onnx]",
+    );
+    let out = ferry(&f.root, &["train", "-f", &spec]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("training failed: exit code 3"), "{err}");
+    assert!(err.contains("boom"), "logs are streamed: {err}");
+    assert_eq!(
+        model.exists().then(|| sha256(&model)),
+        before,
+        "the previous model is untouched"
+    );
+    let runs = ok_json(&f.root, &["runs", "--json"]);
+    let last = &runs[0];
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["exit_code"], 3);
+    assert_eq!(last["outputs"].as_array().unwrap().len(), 0);
+    let log = std::fs::read_to_string(f.root.join(last["log"].as_str().unwrap())).unwrap();
+    assert!(log.contains("boom"));
+    assert!(project_containers(&f.root).is_empty());
+}
+
+#[test]
+fn an_out_of_memory_training_is_reported_as_such() {
+    let _g = serial();
+    let f = churn();
+    let spec = variant_spec(
+        "oom.yaml",
+        "  command: python -c \"x = bytearray(512 * 1024 * 1024); print(len(x))\"\n  outputs: [artifacts/model.onnx]\n  resources: { memory: 64Mi }",
+    );
+    let out = ferry(&f.root, &["train", "-f", &spec]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(err.contains("out of memory (OOM)"), "{err}");
+    let runs = ok_json(&f.root, &["runs", "--json"]);
+    assert_eq!(runs[0]["status"], "failed");
+    assert!(runs[0]["reason"].as_str().unwrap().contains("OOM"));
+}
+
+#[test]
+fn a_missing_output_fails_the_run() {
+    let _g = serial();
+    let f = churn();
+    let spec = variant_spec(
+        "nooutput.yaml",
+        "  command: echo did nothing\n  outputs: [artifacts/never.onnx]",
+    );
+    let out = ferry(&f.root, &["train", "-f", &spec]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not write the declared output artifacts/never.onnx"),
+        "{err}"
+    );
+}
+
+/// Waits until `pred` holds, or panics after `limit`.
+fn wait_for(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn interrupt(child: &Child) {
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn ctrl_c_during_training_removes_the_container_and_records_no_artifact() {
+    let _g = serial();
+    let f = churn();
+    let spec = variant_spec(
+        "slow.yaml",
+        "  command: sleep 300\n  outputs: [artifacts/model.onnx]",
+    );
+    let mut child = ferry_cmd(&f.root, &["train", "-f", &spec])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the training container", Duration::from_secs(300), || {
+        !project_containers(&f.root).is_empty()
+    });
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(project_containers(&f.root).is_empty(), "container removed");
+    let runs = ok_json(&f.root, &["runs", "--json"]);
+    assert_eq!(runs[0]["status"], "interrupted");
+    assert_eq!(runs[0]["outputs"].as_array().unwrap().len(), 0);
+    let dir = f
+        .root
+        .join(".ferry/runs")
+        .join(runs[0]["id"].as_str().unwrap());
+    assert!(!dir.join("out").exists(), "staging removed");
+    assert!(!dir.join(".run.json.tmp").exists());
+}
+
+#[test]
+fn ctrl_c_during_a_build_leaves_no_container_and_no_image() {
+    let _g = serial();
+    let f = churn();
+    // A copy of the project with a big file, so its image build takes a while.
+    let root = f.root.with_file_name("churn-big");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    for name in [
+        "ferry.yaml",
+        "requirements.txt",
+        "train.py",
+        ".dockerignore",
+    ] {
+        std::fs::copy(f.root.join(name), root.join(name)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let big: Vec<u8> = (0..400u32 * 1024 * 1024 / 4)
+        .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
+        .collect();
+    std::fs::write(root.join("weights.bin"), big).unwrap();
+    let containers_before = docker(&["ps", "-aq"]).lines().count();
+    let images_before = docker(&["images", "-q", "ferry/churn-demo"]);
+
+    let mut child = ferry_cmd(&root, &["build"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(600))
+            .expect("build output");
+        if line.contains("building project image") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(600));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(
+        docker(&["images", "-q", "ferry/churn-demo"]),
+        images_before,
+        "no image was tagged for the interrupted build"
+    );
+    wait_for(
+        "intermediate containers to go",
+        Duration::from_secs(60),
+        || docker(&["ps", "-aq"]).lines().count() <= containers_before,
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn the_notebook_answers_with_its_token_only_and_down_removes_it() {
+    let _g = serial();
+    let f = churn();
+    let port = free_port();
+    let started = ok_json(
+        &f.root,
+        &["dev", "--detach", "--json", "--port", &port.to_string()],
+    );
+    assert_eq!(started["ready"], true);
+    let url = started["url"].as_str().unwrap();
+    let token = url.split("token=").nth(1).unwrap();
+    assert!(token.len() >= 32, "a random token");
+    let status = |auth: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+        if let Some(t) = auth {
+            c.args(["-H", &format!("Authorization: token {t}")]);
+        }
+        let out = c
+            .arg(format!("http://127.0.0.1:{port}/api/contents"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(status(Some(token)), "200");
+    assert_eq!(status(None), "403");
+    // Published on loopback only.
+    let ids = project_containers(&f.root);
+    assert_eq!(ids.len(), 1);
+    let ports = docker(&["port", &ids[0]]);
+    assert!(ports.contains(&format!("127.0.0.1:{port}")), "{ports}");
+    assert!(!ports.contains("0.0.0.0"), "{ports}");
+
+    let down = ok_json(&f.root, &["down", "--json"]);
+    assert_eq!(down["removed"].as_array().unwrap().len(), 1);
+    assert!(project_containers(&f.root).is_empty());
+}
+
+#[test]
+fn a_busy_port_is_reported() {
+    let _g = serial();
+    let f = churn();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = ferry(&f.root, &["dev", "--detach", "--port", &port]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("port {port} on 127.0.0.1 is already in use")),
+        "{err}"
+    );
+    assert!(project_containers(&f.root).is_empty());
+}
+
+#[test]
+fn a_base_image_that_cannot_be_pulled_explains_offline_mode() {
+    let _g = serial();
+    let f = churn();
+    let spec = std::fs::read_to_string(f.root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            "bootstrap: bookworm",
+            "base: 127.0.0.1:9/ferry-test/missing:1",
+        );
+    std::fs::write(f.root.join("pull.yaml"), spec).unwrap();
+    let out = ferry(&f.root, &["build", "-f", "pull.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot pull the base image 127.0.0.1:9/ferry-test/missing:1"),
+        "{err}"
+    );
+    assert!(err.contains("bootstrap: bookworm"), "{err}");
+    assert!(err.contains("Offline mode"), "{err}");
+}
+
+#[test]
+fn permission_denied_on_the_socket_says_how_to_fix() {
+    let _g = serial();
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !is_root || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to run ferry as an unprivileged user");
+        return;
+    }
+    let sock = PathBuf::from("/var/run/docker.sock");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    if mode & 0o006 != 0 {
+        eprintln!("skipped: the Docker socket is open to everyone here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = ferry(
+        dir.path(),
+        &["init", "p", "--template", "notebook", "--offline"],
+    );
+    assert!(out.status.success());
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_ferry"),
+            "build",
+        ])
+        .current_dir(dir.path().join("p"))
+        .env("NO_COLOR", "1")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied on the Docker socket"),
+        "{err}"
+    );
+    assert!(err.contains("usermod -aG docker"), "{err}");
+}
+
+#[test]
+fn dev_rebuilds_and_restarts_when_requirements_change() {
+    let _g = serial();
+    let f = churn();
+    // Its own copy of the project: the same images to start from, its own containers.
+    let root = f.root.with_file_name("churn-watch");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    for name in [
+        "ferry.yaml",
+        "requirements.txt",
+        ".dockerignore",
+        "explore.ipynb",
+    ] {
+        std::fs::copy(f.root.join(name), root.join(name)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let port = free_port();
+    let mut child = ferry_cmd(&root, &["dev", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_line = |what: &str, limit: Duration| {
+        let start = Instant::now();
+        loop {
+            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| {
+                panic!(
+                    "no `{what}` within {limit:?}; output so far:\n{}",
+                    seen.join("\n")
+                )
+            });
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(what);
+                    seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no `{what}`; output so far:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    wait_line("Jupyter is ready", Duration::from_secs(300));
+    let session = |root: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(root.join(".ferry/dev.json")).unwrap()).unwrap()
+    };
+    let first = session(&root);
+
+    let mut reqs = std::fs::read_to_string(root.join("requirements.txt")).unwrap();
+    reqs.push_str("six==1.16.0\n");
+    std::fs::write(root.join("requirements.txt"), reqs).unwrap();
+    wait_line("dependencies changed", Duration::from_secs(30));
+    wait_line("Jupyter is ready", Duration::from_secs(1200));
+    let second = session(&root);
+    assert_ne!(first["image"], second["image"], "a new environment image");
+    assert_ne!(first["container"], second["container"], "a new container");
+    let ids = project_containers(&root);
+    assert_eq!(ids.len(), 1, "the old container is gone");
+    let out = docker(&[
+        "exec",
+        &ids[0],
+        "python",
+        "-c",
+        "import six; print(six.__version__)",
+    ]);
+    assert_eq!(out, "1.16.0");
+    // Same URL and token after the restart: the open browser tab keeps working.
+    assert_eq!(first["url"], second["url"]);
+
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C is a normal stop: {status:?}");
+    assert!(
+        project_containers(&root).is_empty(),
+        "Ctrl-C removes the container"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -1,0 +1,211 @@
+//! `ferry serve` against the real Docker engine: the churn template with a trained model, served
+//! from the FROM-scratch serving image, queried with `ferry predict` and plain HTTP.
+//! Needs Docker and ONNX Runtime (`./install.sh`); no base image, no registry.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+
+mod common;
+use common::{docker, ferry, free_port};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ok(dir: &Path, args: &[&str]) -> Output {
+    let out = ferry(dir, args);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_string(), code.to_string())
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/server")
+}
+
+/// A churn project whose model is the committed, trained fixture.
+fn project(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(
+        dir.path(),
+        &["init", name, "--template", "churn", "--offline"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let root = dir.path().join(name);
+    std::fs::create_dir_all(root.join("artifacts")).unwrap();
+    std::fs::copy(
+        fixtures().join("churn.onnx"),
+        root.join("artifacts/model.onnx"),
+    )
+    .unwrap();
+    (dir, root)
+}
+
+#[test]
+fn serve_predict_logs_down() {
+    let _g = serial();
+    let (_dir, root) = project("serve-demo");
+    let port = free_port();
+    let out = ok(
+        &root,
+        &["serve", "--detach", "--json", "--port", &port.to_string()],
+    );
+    let endpoint: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = endpoint["url"].as_str().unwrap().to_string();
+    assert_eq!(url, format!("http://127.0.0.1:{port}"));
+    let image = endpoint["image"].as_str().unwrap().to_string();
+    assert!(image.starts_with("ferry/serve-demo-serve:"), "{image}");
+
+    // Ready, metadata from the ONNX model.
+    let (_, code) = curl(&[&format!("{url}/v2/health/ready")]);
+    assert_eq!(code, "200");
+    let (meta, code) = curl(&[&format!("{url}/v2/models/serve-demo")]);
+    assert_eq!(code, "200", "{meta}");
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["inputs"][0]["name"], "features");
+    assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 78]));
+
+    // The template's example request, through `ferry predict`, as JSON.
+    let out = ok(&root, &["predict", "request.json", "--json"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probs = answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .expect("probabilities output")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(probs.len(), 4, "two customers, two classes");
+    for pair in probs.chunks(2) {
+        assert!((pair[0] + pair[1] - 1.0).abs() < 1e-5, "{probs:?}");
+    }
+
+    // Inline values: the first customer of the request, as a table.
+    let request: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("request.json")).unwrap()).unwrap();
+    let row: Vec<String> = request["inputs"][0]["data"].as_array().unwrap()[..78]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out = ok(&root, &["predict", "--values", &row.join(",")]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.starts_with("row"), "{table}");
+    assert!(
+        table.contains(&format!("{:.4}", probs[1])),
+        "same probability as the JSON request: {table}"
+    );
+    let out = ferry(&root, &["predict", "--values", "1,2,3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("78"),
+        "a wrong row length names the expected one"
+    );
+
+    // Least privilege, loopback only.
+    let id = endpoint["container"].as_str().unwrap();
+    let inspect = docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}}",
+        id,
+    ]);
+    assert_eq!(inspect, "65532:65532 true [ALL]");
+    let ports = docker(&["port", id]);
+    assert!(ports.contains(&format!("127.0.0.1:{port}")), "{ports}");
+    assert!(!ports.contains("0.0.0.0"), "{ports}");
+
+    let out = ok(&root, &["logs", "serve"]);
+    assert!(!out.stdout.is_empty(), "the server logged something");
+
+    // Serving again with nothing changed reuses the image.
+    ok(&root, &["down"]);
+    let out = ok(
+        &root,
+        &["serve", "--detach", "--json", "--port", &port.to_string()],
+    );
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["image"].as_str().unwrap(), image);
+
+    // SIGTERM (docker stop) is a clean, quick exit.
+    let stopped = Command::new("docker")
+        .args(["stop", "-t", "20", again["container"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success());
+    let code = docker(&[
+        "inspect",
+        "-f",
+        "{{.State.ExitCode}}",
+        again["container"].as_str().unwrap(),
+    ]);
+    assert_eq!(code, "0");
+    ok(&root, &["down"]);
+    assert!(
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.ferry.root={}", root.display())
+        ])
+        .is_empty()
+    );
+    let _ = docker(&["rmi", &image]);
+}
+
+#[test]
+fn a_model_that_is_not_onnx_builds_no_image() {
+    let _g = serial();
+    let (_dir, root) = project("broken-model");
+    std::fs::write(root.join("artifacts/model.onnx"), "this is not a model").unwrap();
+    let before = docker(&["images", "-q", "ferry/broken-model-serve"]);
+    let out = ferry(&root, &["serve", "--detach"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("artifacts/model.onnx"),
+        "names the file: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("protobuf") || err.contains("ONNX Runtime"),
+        "{err}"
+    );
+    assert_eq!(
+        docker(&["images", "-q", "ferry/broken-model-serve"]),
+        before
+    );
+}
+
+#[test]
+fn serving_without_a_trained_model_says_to_train() {
+    let _g = serial();
+    let (_dir, root) = project("untrained");
+    std::fs::remove_file(root.join("artifacts/model.onnx")).unwrap();
+    let out = ferry(&root, &["serve", "--detach"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist (serve.model)"), "{err}");
+    assert!(err.contains("ferry train"), "{err}");
+}
