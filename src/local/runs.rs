@@ -49,7 +49,8 @@ pub fn runs_dir(root: &Path) -> PathBuf {
     root.join(STATE_DIR).join("runs")
 }
 
-/// A new, sortable run id: `20261123-114502-3f9a`.
+/// A new, sortable run id: `20261123-114502-123-3f9a` (date, time, milliseconds, random).
+/// The milliseconds keep two runs of the same second in order; the suffix keeps ids unique.
 pub fn new_id() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -57,9 +58,10 @@ pub fn new_id() -> String {
     let (date, time) = civil(now.as_secs());
     let suffix: u16 = rand::random();
     format!(
-        "{}-{}-{suffix:04x}",
+        "{}-{}-{:03}-{suffix:04x}",
         date.replace('-', ""),
-        time.replace(':', "")
+        time.replace(':', ""),
+        now.subsec_millis()
     )
 }
 
@@ -136,19 +138,35 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_date_time_then_a_random_suffix() {
+    fn ids_are_date_time_millis_then_a_random_suffix() {
         let id = new_id();
         let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts.len(), 4, "{id}");
         assert_eq!(parts[0], runs_date_today(), "{id}");
         assert!(
             parts[1].len() == 6 && parts[1].chars().all(|c| c.is_ascii_digit()),
             "{id}"
         );
         assert!(
-            parts[2].len() == 4 && parts[2].chars().all(|c| c.is_ascii_hexdigit()),
+            parts[2].len() == 3 && parts[2].chars().all(|c| c.is_ascii_digit()),
             "{id}"
         );
+        assert!(
+            parts[3].len() == 4 && parts[3].chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn ids_of_the_same_second_sort_in_order() {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(new_id());
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
     }
 
     fn runs_date_today() -> String {
