@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Serving figures for the churn model on this machine, in one run, with one load generator (wrk)
 # and the same settings for every target:
-#   (a) ferry's serving container (`ferry serve`), reached through the published port on
-#       127.0.0.1 (docker-proxy) and through the container's bridge IP; the same image on the
-#       host's network (no proxy, no bridge); and `ferry serve --native` (in-process, on the host)
+#   (a) ferry's serving container as `ferry serve` runs it (on a local Linux engine: the host's
+#       network, listening on 127.0.0.1); the same image on a bridge (`--network bridge`),
+#       reached through the published port on 127.0.0.1 (docker-proxy) and through the
+#       container's bridge IP; and `ferry serve --native` (in-process, on the host)
 #   (b) FastAPI + uvicorn (2 workers) + onnxruntime, written the way users write one
 #       (bench/serve/fastapi_server.py), same v2 request and answer
 #   (c) nginx answering a fixed body, ferry's own answer byte for byte, without parsing the request:
@@ -149,38 +150,33 @@ echo "CPU busy before the run: $BUSY_BEFORE%"
 "$FERRY" init "$WORK/p" --template churn --offline --name "$NAME" -q
 mkdir -p "$WORK/p/artifacts"
 cp "$MODEL" "$WORK/p/artifacts/model.onnx"
-A_PORT=$(free_port)
+H_PORT=$(free_port)
 t0=$(date +%s%N)
-(cd "$WORK/p" && "$FERRY" serve --detach --json --port "$A_PORT") > "$WORK/serve.json" 2> "$WORK/serve.log"
+(cd "$WORK/p" && "$FERRY" serve --detach --json --port "$H_PORT") > "$WORK/serve.json" 2> "$WORK/serve.log"
 echo "ferry serve --detach (serving image build + start + ready): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 CONTAINER=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["container"])' "$WORK/serve.json")
 IMAGE=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["image"])' "$WORK/serve.json")
-A_URL="http://127.0.0.1:$A_PORT"
-A_IP=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$CONTAINER")
-A_IP_URL="http://$A_IP:8080"
+H_NET=$(docker inspect -f '{{.HostConfig.NetworkMode}}' "$CONTAINER")
+echo "ferry serve chose network: $H_NET"
+H_URL="http://127.0.0.1:$H_PORT"
 INFER="/v2/models/$NAME/infer"
-wait_ready "$A_URL" 10
-wait_ready "$A_IP_URL" 10
+wait_ready "$H_URL" 10
 
 # The fixed reply: ferry's own answer to the single-row request, byte for byte.
-curl -sf -H 'Content-Type: application/json' --data-binary @"$HERE/infer-1.json" "$A_URL$INFER" > "$WORK/reply-1.json"
-curl -sf -H 'Content-Type: application/json' --data-binary @"$HERE/infer-64.json" "$A_URL$INFER" > "$WORK/reply-64.json"
+curl -sf -H 'Content-Type: application/json' --data-binary @"$HERE/infer-1.json" "$H_URL$INFER" > "$WORK/reply-1.json"
+curl -sf -H 'Content-Type: application/json' --data-binary @"$HERE/infer-64.json" "$H_URL$INFER" > "$WORK/reply-64.json"
 
-# The same image and flags on the host's network (no docker-proxy, no bridge): what `ferry serve`
-# could offer on Linux. Its config is the image's own, listening on 127.0.0.1 and a free port.
-H_PORT=$(free_port)
-docker cp "$CONTAINER:/etc/ferry/serving.json" "$WORK/serving.json"
-python3 - "$WORK/serving.json" "$H_PORT" <<'EOF2'
-import json, sys
-config = json.load(open(sys.argv[1]))
-config.update(host="127.0.0.1", port=int(sys.argv[2]))
-json.dump(config, open(sys.argv[1], "w"))
-EOF2
-chmod 644 "$WORK/serving.json"
-docker run -d -q --label "$LABEL" --init --read-only --cap-drop ALL --security-opt no-new-privileges \
-    --network host -v "$WORK/serving.json:/etc/ferry/serving.json:ro" "$IMAGE" > /dev/null
-H_URL="http://127.0.0.1:$H_PORT"
-wait_ready "$H_URL" 10
+# The same image and flags on a bridge, its port published on 127.0.0.1 (`ferry serve
+# --network bridge`): reached through the published port (docker-proxy) and through the
+# container's bridge IP (no proxy).
+A_PORT=$(free_port)
+BRIDGED=$(docker run -d --label "$LABEL" --init --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -p "127.0.0.1:$A_PORT:8080" "$IMAGE")
+A_URL="http://127.0.0.1:$A_PORT"
+A_IP=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$BRIDGED")
+A_IP_URL="http://$A_IP:8080"
+wait_ready "$A_URL" 10
+wait_ready "$A_IP_URL" 10
 
 # --- (a) native ------------------------------------------------------------------------------
 N_PORT=$(free_port)
@@ -232,7 +228,7 @@ C_URL="http://127.0.0.1:$C_PORT"
 for _ in $(seq 100); do curl -sf -o /dev/null "$C_URL/" && break; sleep 0.05; done
 
 # --- every target answers the same, and right ------------------------------------------------
-python3 - "$WORK" "$HERE" "$B_URL$INFER" "$N_URL$INFER" "$A_IP_URL$INFER" "$H_URL$INFER" "$C_URL$INFER" <<'EOF'
+python3 - "$WORK" "$HERE" "$B_URL$INFER" "$N_URL$INFER" "$A_URL$INFER" "$A_IP_URL$INFER" "$C_URL$INFER" <<'EOF'
 import json, sys, urllib.request
 work, here, *urls = sys.argv[1:]
 def post(url, body):
@@ -266,15 +262,15 @@ run() {
 for round in $(seq "$ROUNDS"); do
     echo
     echo "== round $round of $ROUNDS: single-row requests, then 64-row requests; $CONNECTIONS connections"
+    run a_host_1    "$H_URL$INFER"    "$HERE/infer-1.json"
     run a_port_1    "$A_URL$INFER"    "$HERE/infer-1.json"
     run a_bridge_1  "$A_IP_URL$INFER" "$HERE/infer-1.json"
-    run a_host_1    "$H_URL$INFER"    "$HERE/infer-1.json"
     run a_native_1  "$N_URL$INFER"    "$HERE/infer-1.json"
     run b_1         "$B_URL$INFER"    "$HERE/infer-1.json"
     run c_1         "$C_URL$INFER"    "$HERE/infer-1.json"
+    run a_host_64   "$H_URL$INFER"    "$HERE/infer-64.json"
     run a_port_64   "$A_URL$INFER"    "$HERE/infer-64.json"
     run a_bridge_64 "$A_IP_URL$INFER" "$HERE/infer-64.json"
-    run a_host_64   "$H_URL$INFER"    "$HERE/infer-64.json"
     run a_native_64 "$N_URL$INFER"    "$HERE/infer-64.json"
     run b_64        "$B_URL$INFER"    "$HERE/infer-64.json"
 done
@@ -319,9 +315,9 @@ print("== summary: churn model, $(nproc) cores ($CPU), wrk -t$THREADS -c$CONNECT
 print(f"CPU busy with other work: {$BUSY_BEFORE}% before the run, {$BUSY_AFTER}% after it (figures are only fair near 0%)")
 print()
 labels = {
+    "a_host": "(a) ferry serve: container, host network",
     "a_port": "(a) ferry container, published port (docker-proxy)",
     "a_bridge": "(a) ferry container, bridge IP (no proxy)",
-    "a_host": "(a) ferry container, --network host",
     "a_native": "(a) ferry serve --native",
     "b": "(b) FastAPI + uvicorn x2 + onnxruntime",
     "c": "(c) nginx fixed reply (ceiling)",
@@ -342,7 +338,7 @@ def goal(text, value, target, ok):
     print(f"  {'PASS' if ok else 'FAIL'}  {text:58} {value:>22}   goal {target}")
 print("goals")
 b1, c1, b64 = r["b_1"]["rps"], r["c_1"]["rps"], r["b_64"]["rps"]
-for t in ("a_port", "a_bridge", "a_host", "a_native"):
+for t in ("a_host", "a_port", "a_bridge", "a_native"):
     x = r[f"{t}_1"]
     name = labels[t].split(", ", 1)[1] if ", " in labels[t] else "native"
     goal(f"1-row c{conns} throughput vs (b), {name}", f"{x['rps'] / b1:.1f}x", ">= 25x", x["rps"] >= 25 * b1)

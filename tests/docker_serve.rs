@@ -60,6 +60,26 @@ fn project(name: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, root)
 }
 
+/// The IPv4 addresses listening on a TCP port of this machine (from /proc/net/tcp).
+fn listeners(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut found: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let (addr, p) = cols.get(1)?.split_once(':')?;
+            // 0A: LISTEN
+            (cols.get(3) == Some(&"0A") && u16::from_str_radix(p, 16).ok()? == port).then(|| {
+                let a = u32::from_str_radix(addr, 16).unwrap().to_le_bytes();
+                std::net::Ipv4Addr::from(a).to_string()
+            })
+        })
+        .collect();
+    found.dedup();
+    found
+}
+
 #[test]
 fn serve_predict_logs_down() {
     let _g = serial();
@@ -133,21 +153,40 @@ fn serve_predict_logs_down() {
         id,
     ]);
     assert_eq!(inspect, "65532:65532 true [ALL]");
-    let ports = docker(&["port", id]);
-    assert!(ports.contains(&format!("127.0.0.1:{port}")), "{ports}");
-    assert!(!ports.contains("0.0.0.0"), "{ports}");
+    // This engine runs on this kernel, so the server shares the host's network (no proxy) and
+    // listens on loopback only.
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", id]),
+        "host"
+    );
+    assert_eq!(listeners(port), vec!["127.0.0.1".to_string()]);
 
     let out = ok(&root, &["logs", "serve"]);
     assert!(!out.stdout.is_empty(), "the server logged something");
 
-    // Serving again with nothing changed reuses the image.
+    // Serving again with nothing changed reuses the image; on a bridge the port is published
+    // on 127.0.0.1 only.
     ok(&root, &["down"]);
     let out = ok(
         &root,
-        &["serve", "--detach", "--json", "--port", &port.to_string()],
+        &[
+            "serve",
+            "--detach",
+            "--json",
+            "--network",
+            "bridge",
+            "--port",
+            &port.to_string(),
+        ],
     );
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["image"].as_str().unwrap(), image);
+    let again_id = again["container"].as_str().unwrap();
+    let ports = docker(&["port", again_id]);
+    assert!(ports.contains(&format!("127.0.0.1:{port}")), "{ports}");
+    assert!(!ports.contains("0.0.0.0"), "{ports}");
+    let (_, code) = curl(&[&format!("{url}/v2/health/ready")]);
+    assert_eq!(code, "200");
 
     // SIGTERM (docker stop) is a clean, quick exit.
     let stopped = Command::new("docker")

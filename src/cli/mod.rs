@@ -111,6 +111,11 @@ enum Command {
         /// Run the server here, in this process, instead of in a container (a quick check).
         #[arg(long)]
         native: bool,
+        /// How the container is reached on 127.0.0.1: `host` shares the host's network (no
+        /// proxy in between: several times the throughput), `bridge` publishes a port; `auto`
+        /// takes host where the engine runs on this machine's kernel.
+        #[arg(long, value_enum, default_value_t = NetworkArg::Auto, conflicts_with = "native")]
+        network: NetworkArg,
     },
     /// Run the model server from a serving config (the serving image's entrypoint).
     ServeModel {
@@ -153,6 +158,13 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         tail: usize,
     },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum NetworkArg {
+    Auto,
+    Host,
+    Bridge,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -467,10 +479,23 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             }))?;
         }
         Command::Serve {
-            spec, port, detach, ..
+            spec,
+            port,
+            detach,
+            network,
+            ..
         } => {
             let project = load(&spec)?;
-            let opts = local::serve::ServeOptions { port, detach };
+            let network = match network {
+                NetworkArg::Auto => local::serve::Network::Auto,
+                NetworkArg::Host => local::serve::Network::Host,
+                NetworkArg::Bridge => local::serve::Network::Bridge,
+            };
+            let opts = local::serve::ServeOptions {
+                port,
+                detach,
+                network,
+            };
             let json = ui.mode() == OutputMode::Json;
             let quiet = ui.mode() == OutputMode::Quiet;
             runtime()?.block_on(local::serve::serve(&project, &opts, ui, |e| {

@@ -119,6 +119,27 @@ pub async fn image_id(docker: &Docker, reference: &str) -> Result<Option<String>
     }
 }
 
+/// Whether a container on the host's network shares this machine's loopback: the engine is
+/// reached through a local socket and runs containers on this very kernel (not in the VM of
+/// Docker Desktop, not in the network namespace of a rootless engine).
+pub async fn shares_host_loopback(docker: &Docker) -> bool {
+    let local = host().starts_with("unix://");
+    let Ok(info) = docker.info().await else {
+        return false;
+    };
+    let linux = info.os_type.as_deref() == Some("linux");
+    let desktop = info
+        .operating_system
+        .as_deref()
+        .is_some_and(|os| os.contains("Docker Desktop"));
+    let rootless = info
+        .security_options
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.contains("name=rootless"));
+    local && linux && !desktop && !rootless && cfg!(target_os = "linux")
+}
+
 /// Fails early, with a useful message, when a port the user asked for is taken.
 pub fn check_port_free(port: u16, flag: &str) -> Result<(), DockerError> {
     match std::net::TcpListener::bind(("127.0.0.1", port)) {

@@ -68,6 +68,10 @@ pub enum LocalError {
     Onnx(#[from] OnnxError),
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    #[error(
+        "--network host needs a local Linux Docker engine (this one is remote, rootless or in a VM, so its host network is not this machine's loopback)\n  hint: leave --network out, or use --network bridge"
+    )]
+    HostNetworkUnavailable,
     #[error("no {what} of this project is running\n  hint: `ferry serve` or `ferry dev` start one")]
     NothingRunning { what: String },
     #[error("{what} {}: {source}", path.display())]
@@ -238,6 +242,7 @@ fn container_spec(
         user: owner(&project.root),
         labels: labels(project, w.role),
         hardened: false,
+        host_network: false,
     }
 }
 

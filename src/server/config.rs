@@ -98,3 +98,66 @@ fn default_version() -> String {
 fn default_key_header() -> String {
     "x-ferry-key".into()
 }
+
+/// Overrides the listen address the config file gives, so one image can listen where its
+/// runtime wants it (on the host's loopback with host networking, another port in a cluster).
+pub const HOST_ENV: &str = "FERRY_SERVE_HOST";
+pub const PORT_ENV: &str = "FERRY_SERVE_PORT";
+
+impl ServingConfig {
+    /// The config with [`HOST_ENV`] and [`PORT_ENV`] applied, as read from `get`.
+    pub fn listen_from_env(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        if let Some(host) = get(HOST_ENV).filter(|h| !h.is_empty()) {
+            if host.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("{HOST_ENV}={host:?} is not an IP address"));
+            }
+            self.host = host;
+        }
+        if let Some(port) = get(PORT_ENV).filter(|p| !p.is_empty()) {
+            self.port = match port.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("{PORT_ENV}={port:?} is not a port (1-65535)")),
+            };
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    fn config() -> ServingConfig {
+        serde_json::from_str(r#"{"models": []}"#).unwrap()
+    }
+
+    #[test]
+    fn the_environment_overrides_the_listen_address() {
+        let c = config()
+            .listen_from_env(|k| match k {
+                HOST_ENV => Some("127.0.0.1".into()),
+                PORT_ENV => Some("9001".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 9001));
+        let c = config().listen_from_env(|_| None).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8080));
+    }
+
+    #[test]
+    fn bad_overrides_are_named() {
+        let e = config()
+            .listen_from_env(|k| (k == PORT_ENV).then(|| "80x".into()))
+            .unwrap_err();
+        assert!(e.contains("FERRY_SERVE_PORT=\"80x\""), "{e}");
+        let e = config()
+            .listen_from_env(|k| (k == PORT_ENV).then(|| "0".into()))
+            .unwrap_err();
+        assert!(e.contains("not a port"), "{e}");
+        let e = config()
+            .listen_from_env(|k| (k == HOST_ENV).then(|| "localhost:1".into()))
+            .unwrap_err();
+        assert!(e.contains("not an IP address"), "{e}");
+    }
+}

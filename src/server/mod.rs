@@ -502,7 +502,9 @@ pub async fn run(
 /// shutdown signal. Signals are caught before the models load, so a stop during loading is a
 /// clean exit too.
 pub fn run_main(config_path: &Path) -> Result<(), ServerError> {
-    let config = read_config(config_path)?;
+    let config = read_config(config_path)?
+        .listen_from_env(|k| std::env::var(k).ok())
+        .map_err(ServerError::Config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
