@@ -9,7 +9,7 @@ use saphyr_parser::{Event, Parser};
 use serde_yaml_ng::Value;
 
 use super::quantity::{CPU_HINT, memory_hint};
-use super::{Project, RelPath, Resolved, Spec, TargetKind};
+use super::{Cluster, Project, RelPath, Resolved, Spec, TargetKind};
 
 /// One thing wrong with a spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -271,9 +271,34 @@ pub(super) fn load(file: &Path, env: Option<&str>) -> Result<Project, SpecError>
     Ok(Project {
         root,
         file: file.to_path_buf(),
-        environments: spec.environments.keys().cloned().collect(),
+        environments: file_order(&text, &spec),
         spec: resolved,
     })
+}
+
+/// Environment names in the order the file writes them (the promotion order).
+fn file_order(text: &str, spec: &Spec) -> Vec<String> {
+    let written: Vec<String> = serde_yaml_ng::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| match v.get("environments") {
+            Some(Value::Mapping(m)) => Some(
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut names: Vec<String> = written
+        .into_iter()
+        .filter(|n| spec.environments.contains_key(n))
+        .collect();
+    for n in spec.environments.keys() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
 }
 
 /// Parses and checks the whole file: the base spec and the spec as each environment sees it.
@@ -730,16 +755,259 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                     Some("lowercase letters, digits and '-'".into()),
                 );
             }
-            if t.target == TargetKind::Docker && (t.context.is_some() || t.namespace.is_some()) {
+            if t.target == TargetKind::Docker {
+                let cluster_only = [
+                    ("context", t.context.is_some()),
+                    ("namespace", t.namespace.is_some()),
+                    ("registry", t.registry.is_some()),
+                    ("from", t.from.is_some()),
+                    ("protected", t.protected.is_some()),
+                    ("ingress", t.ingress.is_some()),
+                    ("node_selector", !t.node_selector.is_empty()),
+                    ("tolerations", !t.tolerations.is_empty()),
+                    ("image_pull_secret", t.image_pull_secret.is_some()),
+                    ("secrets", t.secrets.is_some()),
+                ];
+                for (key, set) in cluster_only {
+                    if set {
+                        bad(
+                            &format!("{field}.{key}"),
+                            format!("`{key}` only applies to `target: kubernetes`"),
+                            Some(
+                                "remove it, or make this a `target: kubernetes` environment".into(),
+                            ),
+                        );
+                    }
+                }
+                continue;
+            }
+            check_cluster(&mut bad, root, &field, name, t, &spec.environments);
+        }
+    }
+    out
+}
+
+/// The cluster fields of one `target: kubernetes` environment, checked as the API server would.
+fn check_cluster(
+    bad: &mut impl FnMut(&str, String, Option<String>),
+    root: &Path,
+    field: &str,
+    name: &str,
+    t: &super::Target,
+    all: &std::collections::BTreeMap<String, super::Target>,
+) {
+    if let Some(ns) = &t.namespace
+        && !is_k8s_label(ns)
+    {
+        bad(
+            &format!("{field}.namespace"),
+            format!("{ns:?} is not a valid namespace name"),
+            Some(
+                "at most 63 lowercase letters, digits and '-', starting and ending alphanumeric"
+                    .into(),
+            ),
+        );
+    }
+    if let Some(r) = &t.registry
+        && let Err(m) = check_registry(r)
+    {
+        bad(
+            &format!("{field}.registry"),
+            m,
+            Some(
+                "a repository prefix such as `registry.example.com/ml` or `127.0.0.1:5000/ml`"
+                    .into(),
+            ),
+        );
+    }
+    if let Some(from) = &t.from {
+        if from == name {
+            bad(
+                &format!("{field}.from"),
+                "an environment cannot be promoted from itself".into(),
+                None,
+            );
+        } else if !all.contains_key(from) {
+            let names: Vec<&str> = all.keys().map(String::as_str).collect();
+            bad(
+                &format!("{field}.from"),
+                format!("no environment named {from:?}"),
+                Some(match did_you_mean(from, names.iter().copied()) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("one of: {}", names.join(", ")),
+                }),
+            );
+        }
+    }
+    if let Some(i) = &t.ingress {
+        let host = i.host.strip_prefix("*.").unwrap_or(&i.host);
+        if !is_dns_subdomain(host) {
+            bad(
+                &format!("{field}.ingress.host"),
+                format!("{:?} is not a host name", i.host),
+                Some("lowercase DNS name such as `churn.example.com` (no scheme, no port)".into()),
+            );
+        }
+        for (key, v) in [("class", &i.class), ("tls_secret", &i.tls_secret)] {
+            if let Some(v) = v
+                && !is_dns_subdomain(v)
+            {
                 bad(
-                    &field,
-                    "`context` and `namespace` only apply to `target: kubernetes`".into(),
+                    &format!("{field}.ingress.{key}"),
+                    format!("{v:?} is not a valid object name"),
                     None,
                 );
             }
         }
     }
-    out
+    if let Some(s) = &t.image_pull_secret
+        && !is_dns_subdomain(s)
+    {
+        bad(
+            &format!("{field}.image_pull_secret"),
+            format!("{s:?} is not a valid Secret name"),
+            None,
+        );
+    }
+    for (k, v) in &t.node_selector {
+        if !is_label_key(k) {
+            bad(
+                &format!("{field}.node_selector"),
+                format!("{k:?} is not a valid label key"),
+                Some("`name` or `prefix/name`, e.g. `cloud.google.com/gke-nodepool`".into()),
+            );
+        }
+        if !is_label_value(v) {
+            bad(
+                &format!("{field}.node_selector.{k}"),
+                format!("{v:?} is not a valid label value"),
+                Some("at most 63 letters, digits, '-', '_' or '.'".into()),
+            );
+        }
+    }
+    for (i, tol) in t.tolerations.iter().enumerate() {
+        let f = format!("{field}.tolerations[{i}]");
+        let op = tol.operator.as_deref().unwrap_or("Equal");
+        if !matches!(op, "Equal" | "Exists") {
+            bad(
+                &format!("{f}.operator"),
+                format!("unknown operator {op:?}"),
+                Some("Equal or Exists".into()),
+            );
+        }
+        if op == "Exists" && tol.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            bad(
+                &format!("{f}.value"),
+                "a value means nothing with operator Exists".into(),
+                Some("remove `value`, or use operator Equal".into()),
+            );
+        }
+        if tol.key.is_none() && op != "Exists" {
+            bad(
+                &f,
+                "a toleration without a key must use operator Exists".into(),
+                None,
+            );
+        }
+        if let Some(e) = &tol.effect
+            && !matches!(e.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+        {
+            bad(
+                &format!("{f}.effect"),
+                format!("unknown effect {e:?}"),
+                Some("NoSchedule, PreferNoSchedule or NoExecute".into()),
+            );
+        }
+        if tol.toleration_seconds.is_some() && tol.effect.as_deref() != Some("NoExecute") {
+            bad(
+                &format!("{f}.toleration_seconds"),
+                "only applies to effect NoExecute".into(),
+                None,
+            );
+        }
+    }
+    if let Some(p) = &t.secrets
+        && let Err(m) = p.check_contained(root)
+    {
+        bad(&format!("{field}.secrets"), m, None);
+    }
+}
+
+/// A DNS label as Kubernetes names namespaces and Services (RFC 1123).
+pub(crate) fn is_k8s_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A DNS subdomain (RFC 1123), as most object names and host names are.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_k8s_label)
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+}
+
+fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+/// A registry repository prefix: `host[:port][/path]`, no tag, no digest, no scheme.
+fn check_registry(r: &str) -> Result<(), String> {
+    if r.contains("://") {
+        return Err(format!(
+            "{r:?} has a scheme; registries are written without one"
+        ));
+    }
+    if r.contains('@')
+        || r.rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':') && r.contains('/'))
+    {
+        return Err(format!(
+            "{r:?} has a tag or digest; give the repository prefix only"
+        ));
+    }
+    let mut parts = r.split('/');
+    let host = parts.next().unwrap_or_default();
+    let (name, port) = match host.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (host, None),
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        || port.is_some_and(|p| p.parse::<u16>().is_err())
+    {
+        return Err(format!("{host:?} is not a registry host"));
+    }
+    for p in parts {
+        let ok = !p.is_empty()
+            && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && p.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            });
+        if !ok {
+            return Err(format!(
+                "{p:?} is not a valid repository path component (lowercase letters, digits, '.', '_', '-')"
+            ));
+        }
+    }
+    Ok(())
 }
 
 const KNOWN_SUITES: &[&str] = &["bookworm", "trixie", "bullseye"];
@@ -799,6 +1067,19 @@ fn resolve(spec: &Spec, env: Option<&str>) -> Resolved {
         context: target.and_then(|t| t.context.clone()),
         namespace: target.and_then(|t| t.namespace.clone()),
         registry: target.and_then(|t| t.registry.clone()),
+        cluster: target
+            .filter(|t| t.target == TargetKind::Kubernetes)
+            .map(|t| Cluster {
+                from: t.from.clone(),
+                protected: t
+                    .protected
+                    .unwrap_or_else(|| env.is_some_and(|e| e.starts_with("prod"))),
+                ingress: t.ingress.clone(),
+                node_selector: t.node_selector.clone(),
+                tolerations: t.tolerations.clone(),
+                image_pull_secret: t.image_pull_secret.clone(),
+                secrets: t.secrets.clone(),
+            }),
         environment: spec.environment.clone(),
         notebook: spec.notebook.clone(),
         train: spec.train.clone(),

@@ -209,6 +209,26 @@ pub struct Target {
     /// Registry repository prefix images are pushed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// The environment `promote` takes what runs from (default: the one written before this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Ask before changing it (default: for environments whose name starts with `prod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<bool>,
+    /// Exposes the server under a host name through an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Ingress>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// A Secret of type dockerconfigjson in the namespace, for a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
+    /// An env file (`KEY=value` lines) whose variables reach the server and training through a
+    /// Secret; never printed, never in an image or a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<RelPath>,
     // Overrides, kept as YAML: they are merged into the base before typed parsing, so each
     // field is validated exactly once, with the same rules, wherever it is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +239,52 @@ pub struct Target {
     pub train: Option<serde_yaml_ng::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Ingress {
+    pub host: String,
+    /// The IngressClass (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// A TLS Secret for the host; without it the Ingress serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+}
+
+/// A Kubernetes toleration, as the Pod API writes it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// Where a cluster environment runs and how; absent for Docker environments.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Cluster {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub protected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Ingress>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<RelPath>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -242,6 +308,9 @@ pub struct Resolved {
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// Cluster settings of a `target: kubernetes` environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
     pub environment: Environment,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notebook: Option<Notebook>,
@@ -259,7 +328,7 @@ pub struct Project {
     /// The spec file as given (for messages).
     pub file: PathBuf,
     pub spec: Resolved,
-    /// Names of every environment the file defines.
+    /// Names of every environment the file defines, in the order it writes them.
     pub environments: Vec<String>,
 }
 

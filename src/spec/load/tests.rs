@@ -250,3 +250,116 @@ fn positions_cover_nested_sequences() {
     assert_eq!(pos.find("a.b[0]"), Some((3, 7)));
     assert_eq!(pos.find("a.b.zz"), Some((2, 3)), "falls back to the parent");
 }
+
+const CLUSTER: &str = "\
+name: churn
+environment:
+  base: python:3.11-slim
+serve:
+  model: artifacts/model.onnx
+environments:
+  dev: { target: docker }
+  staging:
+    target: kubernetes
+    namespace: churn-staging
+    registry: 127.0.0.1:5000/ml
+  production:
+    target: kubernetes
+    namespace: churn
+    registry: registry.example.com/ml
+    from: staging
+    ingress: { host: churn.example.com, class: nginx, tls_secret: churn-tls }
+    node_selector: { cloud.google.com/gke-nodepool: cpu }
+    tolerations: [{ key: dedicated, operator: Equal, value: ml, effect: NoSchedule }]
+    image_pull_secret: regcred
+    secrets: .env.production
+    serve: { replicas: 3, autoscale: { min: 3, max: 10 } }
+  canary:
+    target: kubernetes
+    namespace: churn-canary
+";
+
+#[test]
+fn cluster_settings_resolve_and_production_is_protected() {
+    let dir = project(CLUSTER);
+    let p = Project::load_dir(dir.path(), Some("production")).unwrap();
+    // The order written, not sorted: promotion goes down this list.
+    assert_eq!(
+        p.environments,
+        vec!["dev", "staging", "production", "canary"]
+    );
+    let c = p.spec.cluster.as_ref().unwrap();
+    assert!(c.protected);
+    assert_eq!(c.from.as_deref(), Some("staging"));
+    assert_eq!(c.ingress.as_ref().unwrap().host, "churn.example.com");
+    assert_eq!(c.node_selector["cloud.google.com/gke-nodepool"], "cpu");
+    assert_eq!(c.tolerations[0].effect.as_deref(), Some("NoSchedule"));
+    assert_eq!(c.secrets.as_ref().unwrap().as_str(), ".env.production");
+    let staging = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    assert!(!staging.spec.cluster.unwrap().protected);
+    let dev = Project::load_dir(dir.path(), None).unwrap();
+    assert!(dev.spec.cluster.is_none());
+}
+
+#[test]
+fn cluster_fields_on_a_docker_environment_are_refused() {
+    let p = only_problem(&CLUSTER.replace(
+        "  dev: { target: docker }",
+        "  dev: { target: docker, registry: 127.0.0.1:5000/ml }",
+    ));
+    assert_eq!(p.field, "environments.dev.registry");
+    assert!(
+        p.message.contains("only applies to `target: kubernetes`"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn bad_cluster_fields_are_named_each() {
+    let spec = CLUSTER
+        .replace("namespace: churn-canary", "namespace: Churn_Canary")
+        .replace("from: staging", "from: stagin")
+        .replace("host: churn.example.com", "host: https://churn.example.com")
+        .replace("operator: Equal", "operator: Exist")
+        .replace(
+            "registry: 127.0.0.1:5000/ml",
+            "registry: 127.0.0.1:5000/ml:v1",
+        );
+    let err = load_err(&spec);
+    let fields: Vec<String> = err.problems().iter().map(|p| p.field.clone()).collect();
+    for f in [
+        "environments.canary.namespace",
+        "environments.production.from",
+        "environments.production.ingress.host",
+        "environments.production.tolerations[0].operator",
+        "environments.staging.registry",
+    ] {
+        assert!(fields.iter().any(|x| x == f), "{f} missing in {fields:?}");
+    }
+    let from = err
+        .problems()
+        .iter()
+        .find(|p| p.field == "environments.production.from")
+        .unwrap()
+        .clone();
+    assert_eq!(from.hint.as_deref(), Some("did you mean `staging`?"));
+    // Positions point at the field in the file.
+    let host = err
+        .problems()
+        .iter()
+        .find(|p| p.field == "environments.production.ingress.host")
+        .unwrap()
+        .clone();
+    assert_eq!(host.line, 17);
+}
+
+#[test]
+fn registry_prefixes() {
+    assert!(check_registry("registry.example.com/ml").is_ok());
+    assert!(check_registry("127.0.0.1:5000").is_ok());
+    assert!(check_registry("localhost:5000/a/b-c").is_ok());
+    assert!(check_registry("https://r.example.com").is_err());
+    assert!(check_registry("r.example.com/ML").is_err());
+    assert!(check_registry("r.example.com/ml@sha256:abc").is_err());
+    assert!(check_registry("r.example.com:port/ml").is_err());
+}
