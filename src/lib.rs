@@ -2,8 +2,9 @@
 //!
 //! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
 //! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
-//! runs the dev and training loops on it; `onnx` checks models with ONNX Runtime; `templates`
-//! holds the embedded project templates; `cli` is the thin command-line edge.
+//! runs the dev and training loops on it; `kube` is the cluster backend; `onnx` checks models
+//! with ONNX Runtime; `templates` holds the embedded project templates; `cli` is the thin
+//! command-line edge.
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -11,6 +12,8 @@ pub mod cli;
 pub mod docker;
 #[cfg(feature = "cli")]
 pub mod images;
+#[cfg(feature = "cli")]
+pub mod kube;
 #[cfg(feature = "cli")]
 pub mod local;
 pub mod onnx;

@@ -35,6 +35,9 @@ pub struct Serving {
     /// Paths in it are where the models are inside the serving image.
     pub config: ServingConfig,
     pub models: Vec<ModelFile>,
+    /// Copies in a cluster (a local server is one).
+    pub replicas: u32,
+    pub autoscale: Option<crate::spec::Autoscale>,
 }
 
 /// A model file of the project and where the serving image holds it.
@@ -295,6 +298,8 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             variant_key_header: "x-ferry-key".into(),
         },
         models,
+        replicas: sv.replicas.unwrap_or(1),
+        autoscale: sv.autoscale.clone(),
     }
 }
 
