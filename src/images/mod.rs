@@ -4,5 +4,6 @@
 pub mod bootstrap;
 pub mod build;
 pub mod context;
+pub mod push;
 pub mod serving;
 pub mod wheels;
