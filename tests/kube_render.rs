@@ -1,0 +1,264 @@
+//! Rendered manifests: what `promote` applies, checked field by field and validated in strict
+//! mode against the official Kubernetes schema (PyPI's kubernetes-validate; the test says
+//! "skipped" where it is not installed, `.ci/run` installs it).
+
+use std::path::Path;
+use std::process::Command;
+
+use ferry::kube::{Object, Release, Secrets, render};
+use ferry::spec::Project;
+use serde_json::Value;
+
+const SPEC: &str = "\
+name: churn
+environment:
+  base: python:3.11-slim
+serve:
+  model: artifacts/model.onnx
+  batching: { max_batch_size: 64, max_delay_ms: 2 }
+  variants:
+    - { name: b, model: artifacts/model-b.onnx, weight: 10 }
+  resources: { cpu: 500m, memory: 1Gi }
+environments:
+  dev: { target: docker }
+  staging:
+    target: kubernetes
+    namespace: churn-staging
+    registry: 127.0.0.1:5000/ml
+  production:
+    target: kubernetes
+    namespace: churn
+    registry: registry.example.com/ml
+    ingress: { host: churn.example.com, class: nginx, tls_secret: churn-tls }
+    node_selector: { cloud.google.com/gke-nodepool: gpu }
+    tolerations: [{ key: nvidia.com/gpu, operator: Exists, effect: NoSchedule }]
+    image_pull_secret: regcred
+    secrets: .env.production
+    serve:
+      resources: { gpu: 1 }
+      autoscale: { min: 3, max: 10, cpu_percent: 60 }
+";
+
+const IMAGE: &str = "registry.example.com/ml/churn-serve@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn project(dir: &Path, env: &str) -> Project {
+    std::fs::write(dir.join("ferry.yaml"), SPEC).unwrap();
+    std::fs::create_dir_all(dir.join("artifacts")).unwrap();
+    std::fs::write(dir.join("artifacts/model.onnx"), b"model a").unwrap();
+    std::fs::write(dir.join("artifacts/model-b.onnx"), b"model b").unwrap();
+    std::fs::write(
+        dir.join(".env.production"),
+        "DB_PASSWORD=hunter2\nAPI_TOKEN='t0k3n'\n",
+    )
+    .unwrap();
+    Project::load_dir(dir, Some(env)).unwrap()
+}
+
+fn release(dir: &Path, env: &str) -> Release {
+    let p = project(dir, env);
+    let serving = ferry::local::serve::serving_plan(&p).unwrap();
+    let secrets = p
+        .spec
+        .cluster
+        .as_ref()
+        .and_then(|c| c.secrets.as_ref())
+        .map(|s| Secrets::read(&p.path(s)).unwrap());
+    let hash = p.hash().unwrap().as_str().to_string();
+    Release::new(&p, serving, IMAGE.into(), hash, secrets).unwrap()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| o["kind"] == kind)
+}
+
+#[test]
+fn production_renders_every_object_it_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = render(&release(dir.path(), "production"));
+    let kinds: Vec<&str> = m.objects.iter().map(Object::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ConfigMap",
+            "Secret",
+            "Service",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "Ingress"
+        ]
+    );
+    let objects: Vec<Value> = m.objects.iter().map(Object::to_value).collect();
+    for o in &objects[1..] {
+        assert_eq!(o["metadata"]["namespace"], "churn", "{o}");
+        let labels = &o["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/name"], "churn");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "ferry");
+        assert_eq!(labels["app.kubernetes.io/version"], "0123456789ab");
+        assert_eq!(labels["ferry.dev/environment"], "production");
+        assert_eq!(labels["ferry.dev/spec-hash"].as_str().unwrap().len(), 16);
+    }
+
+    let d = find(&objects, "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    // By digest only, never a tag.
+    assert_eq!(c["image"], IMAGE);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/v2/health/live");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v2/health/ready");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
+    assert_eq!(c["resources"]["requests"]["cpu"], "500m");
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "churn-secrets");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["nodeSelector"]["cloud.google.com/gke-nodepool"], "gpu");
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    // The autoscaler owns the replica count.
+    assert!(d["spec"].get("replicas").is_none(), "{}", d["spec"]);
+    let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+
+    let hpa = find(&objects, "HorizontalPodAutoscaler").unwrap();
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["minReplicas"], 3);
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        60
+    );
+    let ing = find(&objects, "Ingress").unwrap();
+    assert_eq!(ing["spec"]["rules"][0]["host"], "churn.example.com");
+    assert_eq!(ing["spec"]["tls"][0]["secretName"], "churn-tls");
+
+    // The serving config in the ConfigMap is the plan's, models at their image paths.
+    let cm = find(&objects, "ConfigMap").unwrap();
+    let config: Value =
+        serde_json::from_str(cm["data"]["serving.json"].as_str().unwrap()).unwrap();
+    assert_eq!(config["models"][0]["name"], "churn");
+    let weights: Vec<u64> = config["models"][0]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [90, 10]);
+    assert_eq!(config["models"][0]["batching"]["max_batch_size"], 64);
+}
+
+#[test]
+fn secrets_reach_the_secret_only_and_are_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = render(&release(dir.path(), "production"));
+    let secret = m
+        .objects
+        .iter()
+        .find(|o| o.kind() == "Secret")
+        .unwrap()
+        .to_value();
+    // Base64 of the value, as the API takes it.
+    assert_eq!(secret["data"]["DB_PASSWORD"], "aHVudGVyMg==");
+    for shown in [m.to_yaml(), m.to_json().to_string()] {
+        assert!(!shown.contains("hunter2") && !shown.contains("aHVudGVyMg"), "{shown}");
+        assert!(!shown.contains("t0k3n"));
+        assert!(shown.contains("DB_PASSWORD"), "the names are shown");
+    }
+    let cm = m
+        .objects
+        .iter()
+        .find(|o| o.kind() == "ConfigMap")
+        .unwrap()
+        .to_value()
+        .to_string();
+    assert!(!cm.contains("hunter2"));
+}
+
+#[test]
+fn staging_is_the_same_server_with_fewer_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = render(&release(dir.path(), "staging"));
+    let kinds: Vec<&str> = staging.objects.iter().map(Object::kind).collect();
+    assert_eq!(
+        kinds,
+        ["Namespace", "ConfigMap", "Service", "Deployment"],
+        "one replica: no PDB; no autoscale, ingress or secrets"
+    );
+    let d = staging
+        .objects
+        .iter()
+        .find(|o| o.kind() == "Deployment")
+        .unwrap()
+        .to_value();
+    assert_eq!(d["spec"]["replicas"], 1);
+    // Same spec, same serving config in both environments.
+    let dir2 = tempfile::tempdir().unwrap();
+    let prod = render(&release(dir2.path(), "production"));
+    let config = |m: &ferry::kube::Manifests| {
+        m.objects
+            .iter()
+            .find(|o| o.kind() == "ConfigMap")
+            .unwrap()
+            .to_value()["data"]["serving.json"]
+            .clone()
+    };
+    assert_eq!(config(&staging), config(&prod));
+}
+
+#[test]
+fn a_tag_is_refused_where_a_digest_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path(), "staging");
+    let serving = ferry::local::serve::serving_plan(&p).unwrap();
+    let err = Release::new(&p, serving, "ml/churn-serve:latest".into(), "h".into(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("by digest"), "{err}");
+}
+
+/// kubernetes-validate, strict: unknown fields are errors.
+#[test]
+fn manifests_validate_against_the_official_schema_in_strict_mode() {
+    let probe = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: kubernetes-validate is not installed (pip install kubernetes-validate)");
+        return;
+    }
+    for env in ["staging", "production"] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = render(&release(dir.path(), env));
+        // Every object as it is applied (the Secret with its real data) and as it is shown.
+        let mut files = Vec::new();
+        for (i, o) in m.objects.iter().enumerate() {
+            let path = dir.path().join(format!("{i}-{}.yaml", o.kind()));
+            std::fs::write(&path, serde_yaml_ng::to_string(&o.to_value()).unwrap()).unwrap();
+            files.push(path);
+        }
+        let shown = dir.path().join("shown.yaml");
+        std::fs::write(&shown, m.to_yaml()).unwrap();
+        files.push(shown);
+        for version in ["1.33.0", "1.37.0"] {
+            let out = Command::new("python3")
+                .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+                .args(&files)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{env} on {version}:\n{text}");
+            assert!(!text.contains("ERROR"), "{text}");
+        }
+    }
+}
