@@ -2,12 +2,14 @@
 //!
 //! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
 //! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
-//! runs the dev and training loops on it; `kube` is the cluster backend; `onnx` checks models
-//! with ONNX Runtime; `templates` holds the embedded project templates; `cli` is the thin
-//! command-line edge.
+//! runs the dev and training loops on it; `kube` is the cluster backend and `cluster` drives
+//! it; `onnx` checks models with ONNX Runtime; `templates` holds the embedded project
+//! templates; `cli` is the thin command-line edge.
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod cluster;
 #[cfg(feature = "cli")]
 pub mod docker;
 #[cfg(feature = "cli")]

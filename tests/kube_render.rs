@@ -118,10 +118,7 @@ fn production_renders_every_object_it_asks_for() {
     assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
     assert_eq!(pod["nodeSelector"]["cloud.google.com/gke-nodepool"], "gpu");
     assert_eq!(pod["tolerations"][0]["operator"], "Exists");
-    assert_eq!(
-        d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
-        0
-    );
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     // The autoscaler owns the replica count.
     assert!(d["spec"].get("replicas").is_none(), "{}", d["spec"]);
     let annotations = &d["spec"]["template"]["metadata"]["annotations"];
@@ -141,8 +138,7 @@ fn production_renders_every_object_it_asks_for() {
 
     // The serving config in the ConfigMap is the plan's, models at their image paths.
     let cm = find(&objects, "ConfigMap").unwrap();
-    let config: Value =
-        serde_json::from_str(cm["data"]["serving.json"].as_str().unwrap()).unwrap();
+    let config: Value = serde_json::from_str(cm["data"]["serving.json"].as_str().unwrap()).unwrap();
     assert_eq!(config["models"][0]["name"], "churn");
     let weights: Vec<u64> = config["models"][0]["variants"]
         .as_array()
@@ -167,7 +163,10 @@ fn secrets_reach_the_secret_only_and_are_never_shown() {
     // Base64 of the value, as the API takes it.
     assert_eq!(secret["data"]["DB_PASSWORD"], "aHVudGVyMg==");
     for shown in [m.to_yaml(), m.to_json().to_string()] {
-        assert!(!shown.contains("hunter2") && !shown.contains("aHVudGVyMg"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("aHVudGVyMg"),
+            "{shown}"
+        );
         assert!(!shown.contains("t0k3n"));
         assert!(shown.contains("DB_PASSWORD"), "the names are shown");
     }
@@ -217,9 +216,15 @@ fn a_tag_is_refused_where_a_digest_is_needed() {
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path(), "staging");
     let serving = ferry::local::serve::serving_plan(&p).unwrap();
-    let err = Release::new(&p, serving, "ml/churn-serve:latest".into(), "h".into(), None)
-        .unwrap_err()
-        .to_string();
+    let err = Release::new(
+        &p,
+        serving,
+        "ml/churn-serve:latest".into(),
+        "h".into(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("by digest"), "{err}");
 }
 
@@ -230,7 +235,9 @@ fn manifests_validate_against_the_official_schema_in_strict_mode() {
         .args(["-m", "kubernetes_validate", "--version"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: kubernetes-validate is not installed (pip install kubernetes-validate)");
+        eprintln!(
+            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
+        );
         return;
     }
     for env in ["staging", "production"] {

@@ -7,126 +7,16 @@
 //! need a registry say they are skipped and pass. Images are made with `docker import` from a
 //! one-file tar, so nothing is pulled, and removed when each test ends.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::free_port;
+use common::registry::{MANIFEST_TYPES, PASSWORD, Registry, USER};
 use ferry::images::push::{PushError, Pushed, push, push_with_config};
 use ferry::ui::Ui;
-
-/// `ferry` / `ferry-test-secret`, bcrypt (cost 4, which the registry accepts and checks fast).
-const HTPASSWD: &str = "ferry:$2b$04$beWeKad9se8ydbwDJinl9.FzCqexIyzdQih6rUO.5CK3KARJiQAz2\n";
-const USER: &str = "ferry";
-const PASSWORD: &str = "ferry-test-secret";
-
-const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
-     application/vnd.docker.distribution.manifest.list.v2+json, \
-     application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
-
-fn registry_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("docker-registry"))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A registry on 127.0.0.1 with its storage in a temporary directory, killed when dropped.
-struct Registry {
-    child: Child,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// None (after saying so) when the registry is not installed.
-    async fn start(with_auth: bool) -> Option<Registry> {
-        let Some(binary) = registry_binary() else {
-            eprintln!(
-                "skipped: docker-registry is not installed (Debian package docker-registry; .ci/run installs it)"
-            );
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let storage = dir.path().join("storage");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  secret: ferry-tests\n",
-            storage.display()
-        );
-        if with_auth {
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, HTPASSWD).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: ferry-tests\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut registry = Registry {
-            child,
-            host,
-            _dir: dir,
-        };
-        registry.wait_ready().await;
-        Some(registry)
-    }
-
-    /// Until `GET /v2/` answers at all (401 counts: the registry is up, it wants a login).
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let url = format!("http://{}/v2/", self.host);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if client.get(&url).send().await.is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer on {url}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    fn repository(&self, name: &str) -> String {
-        format!("{}/ml/{name}", self.host)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn docker_cli(args: &[&str]) -> std::process::Output {
     Command::new("docker").args(args).output().unwrap()

@@ -117,6 +117,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = NetworkArg::Auto, conflicts_with = "native")]
         network: NetworkArg,
     },
+    /// The Kubernetes objects `promote` would apply to a cluster environment (secrets redacted).
+    /// Builds the serving image if needed and pushes it, so the objects name it by digest.
+    Render {
+        /// A `target: kubernetes` environment of the spec.
+        env: Option<String>,
+        /// The spec file.
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
     /// Run the model server from a serving config (the serving image's entrypoint).
     ServeModel {
         #[arg(long, default_value = crate::server::config::CONFIG_PATH, value_name = "FILE")]
@@ -185,6 +196,8 @@ enum CliError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Local(#[from] LocalError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("cannot start the async runtime: {0}")]
@@ -454,6 +467,19 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                         if outs.is_empty() { "-" } else { &outs }
                     );
                 }
+            }
+        }
+        Command::Render { env, file, output } => {
+            let Some(env) = env else {
+                let project = Project::load(&file, None)?;
+                let others = crate::cluster::cluster_environments(&project);
+                return Err(crate::cluster::ClusterError::NoEnvironment { others }.into());
+            };
+            let project = Project::load(&file, Some(&env))?;
+            let prepared = runtime()?.block_on(crate::cluster::prepare(&project, ui))?;
+            match output {
+                Format::Yaml => print!("{}", prepared.manifests.to_yaml()),
+                Format::Json => print_json(&prepared.manifests.to_json()),
             }
         }
         Command::ServeModel { config } => crate::server::run_main(&config)?,

@@ -19,7 +19,9 @@ pub enum KubeError {
         "environment {env} is not a cluster environment\n  hint: give it `target: kubernetes` in ferry.yaml"
     )]
     NotACluster { env: String },
-    #[error("{image} is not a reference by digest (repository@sha256:…); clusters run images by digest only")]
+    #[error(
+        "{image} is not a reference by digest (repository@sha256:…); clusters run images by digest only"
+    )]
     NotByDigest { image: String },
     #[error("secrets file {}{}: {message}", path.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
     Secrets {

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    MetricSpec, MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource,
@@ -165,6 +165,8 @@ fn short_hash(h: &str) -> String {
 }
 
 /// One object to apply, typed.
+// A release holds a handful of these; boxing the large ones would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -478,11 +480,10 @@ pub fn render(release: &Release) -> Manifests {
                 })
                 .collect()
         }),
-        image_pull_secrets: c.image_pull_secret.as_ref().map(|s| {
-            vec![LocalObjectReference {
-                name: s.clone(),
-            }]
-        }),
+        image_pull_secrets: c
+            .image_pull_secret
+            .as_ref()
+            .map(|s| vec![LocalObjectReference { name: s.clone() }]),
         ..Default::default()
     };
     let replicas = release.serving.replicas;
@@ -638,7 +639,7 @@ fn resources(cpu: Option<&Cpu>, memory: Option<&Memory>, gpu: Option<u32>) -> Re
 }
 
 pub(crate) fn cpu_quantity(c: &Cpu) -> String {
-    if c.millis % 1000 == 0 {
+    if c.millis.is_multiple_of(1000) {
         (c.millis / 1000).to_string()
     } else {
         format!("{}m", c.millis)
@@ -646,9 +647,14 @@ pub(crate) fn cpu_quantity(c: &Cpu) -> String {
 }
 
 pub(crate) fn memory_quantity(m: &Memory) -> String {
-    const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
     for (unit, size) in UNITS {
-        if m.bytes >= size && m.bytes % size == 0 {
+        if m.bytes >= size && m.bytes.is_multiple_of(size) {
             return format!("{}{unit}", m.bytes / size);
         }
     }

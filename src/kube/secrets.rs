@@ -155,6 +155,9 @@ mod tests {
     fn debug_shows_names_only() {
         let s = parse("TOKEN=hunter2\n").unwrap();
         let shown = format!("{s:?}");
-        assert!(shown.contains("TOKEN") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("TOKEN") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

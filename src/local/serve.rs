@@ -157,15 +157,15 @@ pub fn forget_endpoint(root: &Path) {
     let _ = std::fs::remove_file(endpoint_file(root));
 }
 
-/// `ferry serve` on Docker.
-pub async fn serve(
+/// The serving image of a plan (built unless its content tag exists): this machine's ferry
+/// server build, ONNX Runtime, the models and the serving config. The same image runs locally
+/// and in a cluster.
+pub async fn serving_image(
+    docker: &Docker,
     project: &Project,
-    opts: &ServeOptions,
+    serving: &Serving,
     ui: &Ui,
-    on_ready: impl Fn(&Endpoint),
-) -> Result<Endpoint, LocalError> {
-    let mut interrupt = Interrupt::new()?;
-    let serving = serving_plan(project)?;
+) -> Result<crate::images::build::Built, LocalError> {
     let runtime = crate::onnx::runtime_library()?;
     let binary = serving_binary()?;
     let models: Vec<ServingModel> = serving
@@ -176,22 +176,32 @@ pub async fn serve(
             image_path: m.image_path.clone(),
         })
         .collect();
+    Ok(serving::ensure_serving_image(
+        docker,
+        &ServingImageRequest {
+            project: &project.spec.name,
+            binary: &binary,
+            runtime: &runtime,
+            models: &models,
+            config: &serving.config,
+        },
+        ui,
+    )
+    .await?)
+}
+
+/// `ferry serve` on Docker.
+pub async fn serve(
+    project: &Project,
+    opts: &ServeOptions,
+    ui: &Ui,
+    on_ready: impl Fn(&Endpoint),
+) -> Result<Endpoint, LocalError> {
+    let mut interrupt = Interrupt::new()?;
+    let serving = serving_plan(project)?;
     let docker = docker::connect().await?;
     let image = interrupt
-        .guard(async {
-            Ok(serving::ensure_serving_image(
-                &docker,
-                &ServingImageRequest {
-                    project: &project.spec.name,
-                    binary: &binary,
-                    runtime: &runtime,
-                    models: &models,
-                    config: &serving.config,
-                },
-                ui,
-            )
-            .await?)
-        })
+        .guard(serving_image(&docker, project, &serving, ui))
         .await?;
 
     let mut work = serving.workload.clone();

@@ -1,0 +1,124 @@
+//! The cluster loop: what `render` and `promote` do for a `target: kubernetes` environment —
+//! the same serving image `ferry serve` runs, pushed to the environment's registry and named by
+//! digest, rendered into typed objects with the environment's settings and secrets.
+
+use crate::docker::{self, DockerError};
+use crate::images::push::{self, PushError, Pushed};
+use crate::kube::{self, KubeError, Manifests, Release, Secrets};
+use crate::local::{self, LocalError};
+use crate::spec::{Project, SpecError, TargetKind};
+use crate::ui::Ui;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "environment {env} runs on Docker, not in a cluster\n  hint: use `ferry serve`, or pick a `target: kubernetes` environment{}",
+        list(others)
+    )]
+    NotACluster { env: String, others: Vec<String> },
+    #[error(
+        "no environment given\n  hint: name a `target: kubernetes` environment{}",
+        list(others)
+    )]
+    NoEnvironment { others: Vec<String> },
+    #[error(
+        "environment {env} has no registry: a cluster pulls the serving image from one\n  hint: add `registry: registry.example.com/team` to environments.{env} in {file}"
+    )]
+    NoRegistry { env: String, file: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Push(#[from] PushError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+fn list(envs: &[String]) -> String {
+    if envs.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", envs.join(", "))
+    }
+}
+
+/// A release ready to apply: its image pushed, its objects rendered.
+#[derive(Debug)]
+pub struct Prepared {
+    pub release: Release,
+    pub pushed: Pushed,
+    pub manifests: Manifests,
+}
+
+/// The environments of a project that run in a cluster, in the order the file writes them.
+pub fn cluster_environments(project: &Project) -> Vec<String> {
+    project
+        .environments
+        .iter()
+        .filter(|e| {
+            Project::load(&project.file, Some(e))
+                .is_ok_and(|p| p.spec.target == TargetKind::Kubernetes)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Checks that `project` is loaded for a cluster environment.
+pub fn require_cluster(project: &Project) -> Result<String, ClusterError> {
+    let others = cluster_environments(project);
+    let Some(env) = project.spec.env.clone() else {
+        return Err(ClusterError::NoEnvironment { others });
+    };
+    if project.spec.target != TargetKind::Kubernetes {
+        return Err(ClusterError::NotACluster { env, others });
+    }
+    Ok(env)
+}
+
+/// Builds the serving image (unless its content tag exists), pushes it to the environment's
+/// registry, reads the environment's secrets and renders the objects.
+pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterError> {
+    let env = require_cluster(project)?;
+    let Some(registry) = project.spec.registry.clone() else {
+        return Err(ClusterError::NoRegistry {
+            env,
+            file: project.file.display().to_string(),
+        });
+    };
+    // Secrets first: a missing file should stop us before minutes of building and pushing.
+    let secrets = match project
+        .spec
+        .cluster
+        .as_ref()
+        .and_then(|c| c.secrets.as_ref())
+    {
+        Some(p) => Some(Secrets::read(&project.path(p))?),
+        None => None,
+    };
+    let serving = local::serve::serving_plan(project)?;
+    let spec_hash = project.hash()?.as_str().to_string();
+    let docker = docker::connect().await?;
+    let image = local::serve::serving_image(&docker, project, &serving, ui).await?;
+    let repository = format!(
+        "{}/{}-serve",
+        registry.trim_end_matches('/'),
+        project.spec.name
+    );
+    let pushed = push::push(&docker, &image.tag, &repository, ui).await?;
+    let release = Release::new(
+        project,
+        serving,
+        pushed.reference.clone(),
+        spec_hash,
+        secrets,
+    )?;
+    let manifests = kube::render(&release);
+    Ok(Prepared {
+        release,
+        pushed,
+        manifests,
+    })
+}
