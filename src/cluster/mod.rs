@@ -2,6 +2,8 @@
 //! the same serving image `ferry serve` runs, pushed to the environment's registry and named by
 //! digest, rendered into typed objects with the environment's settings and secrets.
 
+pub mod history;
+
 use crate::docker::{self, DockerError};
 use crate::images::push::{self, PushError, Pushed};
 use crate::kube::{self, KubeError, Manifests, Release, Secrets};
@@ -35,6 +37,8 @@ pub enum ClusterError {
     Push(#[from] PushError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    History(#[from] history::HistoryError),
 }
 
 fn list(envs: &[String]) -> String {
