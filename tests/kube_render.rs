@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use ferry::kube::workloads::{Placement, job_name, notebook, training_job};
 use ferry::kube::{Object, Release, Secrets, render};
 use ferry::spec::Project;
 use serde_json::Value;
@@ -228,16 +229,160 @@ fn a_tag_is_refused_where_a_digest_is_needed() {
     assert!(err.contains("by digest"), "{err}");
 }
 
-/// kubernetes-validate, strict: unknown fields are errors.
-#[test]
-fn manifests_validate_against_the_official_schema_in_strict_mode() {
+fn have_validator() -> bool {
     let probe = Command::new("python3")
         .args(["-m", "kubernetes_validate", "--version"])
         .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
+    let ok = probe.is_ok_and(|o| o.status.success());
+    if !ok {
         eprintln!(
             "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
         );
+    }
+    ok
+}
+
+/// Strict validation of objects on the oldest and newest supported Kubernetes.
+fn validate(dir: &Path, objects: &[Value]) {
+    let mut files = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        let path = dir.join(format!("obj-{i}.yaml"));
+        std::fs::write(&path, serde_yaml_ng::to_string(o).unwrap()).unwrap();
+        files.push(path);
+    }
+    for version in ["1.33.0", "1.37.0"] {
+        let out = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "{version}:\n{text}"
+        );
+    }
+}
+
+fn placement(p: &Project) -> Placement {
+    Placement {
+        project: p.spec.name.clone(),
+        env: p.spec.env.clone().unwrap(),
+        namespace: p.spec.namespace.clone().unwrap(),
+        cluster: p.spec.cluster.clone().unwrap(),
+        image: IMAGE.replace("churn-serve", "churn"),
+        secret: Some("churn-secrets".into()),
+    }
+}
+
+const TRAIN: &str = "\
+train:
+  command: python train.py --out artifacts/model.onnx
+  inputs: [data/]
+  outputs: [artifacts/model.onnx, reports/]
+  resources: { cpu: 2, memory: 4Gi }
+  env: { SEED: \"7\" }
+notebook: { port: 8888 }
+";
+
+#[test]
+fn training_is_a_job_whose_outputs_wait_for_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path(), "production");
+    let spec = SPEC.replacen("\nserve:\n", &format!("\n{TRAIN}serve:\n"), 1);
+    std::fs::write(dir.path().join("ferry.yaml"), spec).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let p = Project::load_dir(dir.path(), Some("production")).unwrap();
+    let plan = ferry::plan::plan(&p, "");
+    let job = training_job(
+        &placement(&p),
+        plan.train.as_ref().unwrap(),
+        "20261123-114502-123-3f9a",
+    );
+    let v = serde_json::to_value(&job).unwrap();
+    assert_eq!(
+        v["metadata"]["name"],
+        "churn-train-20261123-114502-123-3f9a"
+    );
+    assert_eq!(v["spec"]["backoffLimit"], 0);
+    let pod = &v["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let train = &pod["initContainers"][0];
+    assert_eq!(
+        train["command"][2],
+        "python train.py --out artifacts/model.onnx"
+    );
+    assert_eq!(train["resources"]["limits"]["memory"], "4Gi");
+    assert_eq!(train["envFrom"][0]["secretRef"]["name"], "churn-secrets");
+    let mounts: Vec<&str> = train["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        ["/tmp", "/workspace/artifacts", "/workspace/reports"]
+    );
+    // The collector holds the same output volumes.
+    let collect = &pod["containers"][0];
+    assert!(
+        collect["volumeMounts"]
+            .to_string()
+            .contains("/workspace/artifacts")
+    );
+    assert_eq!(pod["nodeSelector"]["cloud.google.com/gke-nodepool"], "gpu");
+
+    let nb = notebook(
+        &placement(&p),
+        plan.notebook.as_ref().unwrap(),
+        "s3cret-token",
+        "10Gi",
+    );
+    let sts = serde_json::to_value(&nb.stateful_set).unwrap();
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert!(!c["command"].to_string().contains("--allow-root"));
+    let token_env = c["env"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        token_env["valueFrom"]["secretKeyRef"]["name"],
+        "churn-notebook-token"
+    );
+    assert!(
+        !sts.to_string().contains("s3cret-token"),
+        "the token lives in the Secret only"
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+
+    if have_validator() {
+        validate(
+            dir.path(),
+            &[
+                v,
+                sts,
+                serde_json::to_value(&nb.service).unwrap(),
+                serde_json::to_value(&nb.secret).unwrap(),
+            ],
+        );
+    }
+}
+
+#[test]
+fn job_names_fit_the_label_limit() {
+    let name = job_name(&"a".repeat(40), "20261123-114502-123-3f9a");
+    assert!(name.len() <= 63 && !name.ends_with('-'), "{name}");
+}
+
+/// kubernetes-validate, strict: unknown fields are errors.
+#[test]
+fn manifests_validate_against_the_official_schema_in_strict_mode() {
+    if !have_validator() {
         return;
     }
     for env in ["staging", "production"] {

@@ -7,6 +7,7 @@
 
 pub mod render;
 pub mod secrets;
+pub mod workloads;
 
 use std::path::PathBuf;
 

@@ -614,7 +614,11 @@ pub fn render(release: &Release) -> Manifests {
 /// Requests and limits from the spec. Without a figure, modest requests so the scheduler and an
 /// autoscaler have something to work with; limits only where the user set them. A GPU is a
 /// limit (the device plugin's rule: requests equal limits for extended resources).
-fn resources(cpu: Option<&Cpu>, memory: Option<&Memory>, gpu: Option<u32>) -> ResourceRequirements {
+pub(crate) fn resources(
+    cpu: Option<&Cpu>,
+    memory: Option<&Memory>,
+    gpu: Option<u32>,
+) -> ResourceRequirements {
     let cpu_q = cpu.map_or_else(|| "250m".to_string(), cpu_quantity);
     let mem_q = memory.map_or_else(|| "256Mi".to_string(), memory_quantity);
     let requests = BTreeMap::from([
