@@ -1,6 +1,9 @@
 //! Request bodies, parsed in one pass straight into typed buffers: no `serde_json::Value` tree,
 //! no per-element allocation for numbers, and limits enforced while parsing so that a request
 //! declaring a huge shape or sending too many elements is refused before memory is committed.
+//!
+//! Two readers give the same answers: a direct scan of the bytes for bodies in the usual form
+//! (`fast`), and the general `serde_json` one for everything else, errors included.
 
 use std::fmt;
 
@@ -27,24 +30,40 @@ pub(crate) struct InputTensor {
 }
 
 /// Parses an Open Inference Protocol v2 `infer` body. The error is the message for a 400.
+///
+/// Bodies in the usual form (no escapes in strings, numbers that fit, no duplicate keys) take a
+/// direct scan of the bytes; everything else, errors included, goes through the general parser,
+/// whose answer is the reference: the scan gives up rather than answer differently.
 pub(crate) fn parse_infer(body: &[u8], max_elements: usize) -> Result<InferRequest, String> {
+    let raw = match fast::request(body, max_elements) {
+        Some(raw) => raw,
+        None => general_request(body, max_elements)?,
+    };
+    raw.finish()
+}
+
+/// The general parser alone (tests compare it with [`parse_infer`]).
+#[cfg(test)]
+fn parse_infer_general(body: &[u8], max_elements: usize) -> Result<InferRequest, String> {
+    general_request(body, max_elements)?.finish()
+}
+
+fn general_request(body: &[u8], max_elements: usize) -> Result<RawRequest, String> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let raw = RequestSeed { max_elements }
-        .deserialize(&mut de)
-        .map_err(json_error)?;
+    let raw = RequestSeed {
+        max_elements,
+        max_capacity: capacity_bound(body.len()),
+    }
+    .deserialize(&mut de)
+    .map_err(json_error)?;
     de.end().map_err(json_error)?;
-    let inputs = raw
-        .inputs
-        .ok_or_else(|| "the request has no \"inputs\"".to_string())?
-        .into_iter()
-        .enumerate()
-        .map(|(i, input)| input.finish(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(InferRequest {
-        id: raw.id,
-        inputs,
-        outputs: raw.outputs,
-    })
+    Ok(raw)
+}
+
+/// The most elements a JSON array in `len` bytes can hold (`[0,0,...]`): buffers sized from a
+/// declared shape are never larger than the body could fill.
+fn capacity_bound(len: usize) -> usize {
+    len / 2 + 1
 }
 
 /// Parses a KServe v1 `predict` body (`{"instances": [...]}`) into one tensor of `datatype`
@@ -54,6 +73,27 @@ pub(crate) fn parse_instances(
     datatype: DataType,
     max_elements: usize,
 ) -> Result<(Vec<usize>, TensorData), String> {
+    let parsed = match fast::instances(body, datatype, max_elements) {
+        Some(parsed) => parsed,
+        None => general_instances(body, datatype, max_elements)?,
+    };
+    finish_instances(parsed, datatype)
+}
+
+#[cfg(test)]
+fn parse_instances_general(
+    body: &[u8],
+    datatype: DataType,
+    max_elements: usize,
+) -> Result<(Vec<usize>, TensorData), String> {
+    finish_instances(general_instances(body, datatype, max_elements)?, datatype)
+}
+
+fn general_instances(
+    body: &[u8],
+    datatype: DataType,
+    max_elements: usize,
+) -> Result<Option<ParsedData>, String> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = InstancesSeed {
         datatype,
@@ -62,6 +102,13 @@ pub(crate) fn parse_instances(
     .deserialize(&mut de)
     .map_err(json_error)?;
     de.end().map_err(json_error)?;
+    Ok(parsed)
+}
+
+fn finish_instances(
+    parsed: Option<ParsedData>,
+    datatype: DataType,
+) -> Result<(Vec<usize>, TensorData), String> {
     let data = parsed.ok_or_else(|| "the request has no \"instances\"".to_string())?;
     let ParsedData {
         values,
@@ -106,8 +153,27 @@ struct RawRequest {
     outputs: Option<Vec<String>>,
 }
 
+impl RawRequest {
+    fn finish(self) -> Result<InferRequest, String> {
+        let inputs = self
+            .inputs
+            .ok_or_else(|| "the request has no \"inputs\"".to_string())?
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| input.finish(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(InferRequest {
+            id: self.id,
+            inputs,
+            outputs: self.outputs,
+        })
+    }
+}
+
 struct RequestSeed {
     max_elements: usize,
+    /// The largest buffer a declared shape may reserve (see [`capacity_bound`]).
+    max_capacity: usize,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +217,7 @@ impl<'de> Visitor<'de> for RequestSeed {
                 RequestField::Inputs => {
                     request.inputs = Some(map.next_value_seed(InputsSeed {
                         max_elements: self.max_elements,
+                        max_capacity: self.max_capacity,
                     })?)
                 }
                 RequestField::Outputs => {
@@ -173,6 +240,7 @@ struct RequestedOutput {
 
 struct InputsSeed {
     max_elements: usize,
+    max_capacity: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for InputsSeed {
@@ -193,6 +261,7 @@ impl<'de> Visitor<'de> for InputsSeed {
         let mut inputs = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(16));
         while let Some(input) = seq.next_element_seed(InputSeed {
             max_elements: self.max_elements,
+            max_capacity: self.max_capacity,
             index: inputs.len(),
         })? {
             inputs.push(input);
@@ -271,6 +340,7 @@ fn check_data_shape(name: &str, shape: &[usize], dims: &[usize], len: usize) -> 
 
 struct InputSeed {
     max_elements: usize,
+    max_capacity: usize,
     index: usize,
 }
 
@@ -343,7 +413,9 @@ impl<'de> Visitor<'de> for InputSeed {
                         shape => {
                             // Shape first (as clients send it) lets the buffer be allocated once.
                             let capacity = match shape {
-                                Some(Ok(dims)) => dims.iter().product::<usize>(),
+                                Some(Ok(dims)) => {
+                                    dims.iter().product::<usize>().min(self.max_capacity)
+                                }
                                 _ => 0,
                             };
                             map.next_value_seed(DataSeed {
@@ -934,14 +1006,741 @@ impl<'de> Visitor<'de> for InstancesSeed {
     }
 }
 
+/// The direct scan for bodies in the usual form. Every function answers `None` where the general
+/// parser must decide: anything malformed, unusual (escapes in strings, duplicate keys, numbers
+/// that overflow, deep nesting) or wrong (an element of the wrong type, too many elements). What
+/// it does answer is exactly what the general parser gives: same structure, same numbers (the
+/// arithmetic of `serde_json`'s number parser, step for step), same element conversions.
+mod fast {
+    use super::{
+        DataType, Elem, ParsedData, RawInput, RawRequest, Scalar, TensorData, Values,
+        capacity_bound, check_shape,
+    };
+
+    /// Nesting beyond this is left to the general parser (which has its own limit).
+    const MAX_DEPTH: usize = 32;
+
+    pub(super) fn request(body: &[u8], max_elements: usize) -> Option<RawRequest> {
+        let mut c = Cursor { b: body, i: 0 };
+        let mut request = RawRequest {
+            id: None,
+            inputs: None,
+            outputs: None,
+        };
+        c.object(|c, key| {
+            match key {
+                "id" if request.id.is_none() => request.id = Some(c.str()?.to_owned()),
+                "inputs" if request.inputs.is_none() => {
+                    let mut inputs = Vec::new();
+                    c.array(|c| {
+                        inputs.push(input(c, max_elements)?);
+                        Some(())
+                    })?;
+                    request.inputs = Some(inputs);
+                }
+                "outputs" if request.outputs.is_none() => {
+                    let mut names = Vec::new();
+                    c.array(|c| {
+                        let mut name = None;
+                        c.object(|c, key| {
+                            match key {
+                                "name" if name.is_none() => name = Some(c.str()?.to_owned()),
+                                "name" => return None,
+                                _ => c.skip(3)?,
+                            }
+                            Some(())
+                        })?;
+                        names.push(name?);
+                        Some(())
+                    })?;
+                    request.outputs = Some(names);
+                }
+                "id" | "inputs" | "outputs" => return None,
+                _ => c.skip(1)?,
+            }
+            Some(())
+        })?;
+        c.end()?;
+        Some(request)
+    }
+
+    fn input(c: &mut Cursor, max_elements: usize) -> Option<RawInput> {
+        let mut name: Option<String> = None;
+        let mut shape: Option<Vec<usize>> = None;
+        let mut datatype: Option<DataType> = None;
+        let mut data: Option<ParsedData> = None;
+        // Data sent before its datatype: where it is, read once the datatype is known.
+        let mut deferred: Option<(usize, usize)> = None;
+        let mut parameters = false;
+        c.object(|c, key| {
+            match key {
+                "name" if name.is_none() => name = Some(c.str()?.to_owned()),
+                "shape" if shape.is_none() => {
+                    let mut dims = Vec::new();
+                    c.array(|c| {
+                        // Negative dimensions are errors: the general parser words them.
+                        match c.number()? {
+                            Num::U64(d) => dims.push(i64::try_from(d).ok()?),
+                            Num::I64(_) | Num::F64(_) => return None,
+                        }
+                        Some(())
+                    })?;
+                    shape = Some(check_shape(&dims, max_elements).ok()?);
+                }
+                "datatype" if datatype.is_none() => {
+                    datatype = Some(DataType::from_name(c.str()?)?);
+                }
+                "data" if data.is_none() && deferred.is_none() => {
+                    if datatype.is_some() {
+                        let capacity = shape
+                            .as_ref()
+                            .map_or(0, |dims| dims.iter().product::<usize>());
+                        data = Some(c.data(datatype, capacity, max_elements)?);
+                    } else {
+                        c.ws();
+                        let start = c.i;
+                        c.skip_array()?;
+                        deferred = Some((start, c.i));
+                    }
+                }
+                "parameters" if !parameters => {
+                    parameters = true;
+                    c.ws();
+                    if c.peek()? == b'n' {
+                        c.literal(b"null")?;
+                    } else {
+                        c.object(|c, key| match key {
+                            // Binary data is the general parser's to refuse.
+                            "binary_data_size" => None,
+                            _ => c.skip(4),
+                        })?;
+                    }
+                }
+                "name" | "shape" | "datatype" | "data" | "parameters" => return None,
+                _ => c.skip(3)?,
+            }
+            Some(())
+        })?;
+        if let Some((start, end)) = deferred {
+            // Typed straight away: the general parser keeps JSON scalars and converts them
+            // with the same functions, to the same values.
+            let capacity = shape
+                .as_ref()
+                .map_or(0, |dims| dims.iter().product::<usize>());
+            let mut at = Cursor { b: c.b, i: start };
+            data = Some(at.data(datatype, capacity, max_elements)?);
+            if at.i != end {
+                return None;
+            }
+        }
+        Some(RawInput {
+            name,
+            shape: shape.map(Ok),
+            datatype: datatype.map(Ok),
+            data,
+            binary: false,
+        })
+    }
+
+    pub(super) fn instances(
+        body: &[u8],
+        datatype: DataType,
+        max_elements: usize,
+    ) -> Option<Option<ParsedData>> {
+        let mut c = Cursor { b: body, i: 0 };
+        let mut data = None;
+        c.object(|c, key| {
+            match key {
+                "instances" if data.is_none() => {
+                    data = Some(c.data(Some(datatype), 0, max_elements)?);
+                }
+                "instances" | "inputs" => return None,
+                _ => c.skip(1)?,
+            }
+            Some(())
+        })?;
+        c.end()?;
+        Some(data)
+    }
+
+    /// A JSON number as `serde_json` reads it (its `ParserNumber`, without `arbitrary_precision`).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub(super) enum Num {
+        U64(u64),
+        I64(i64),
+        F64(f64),
+    }
+
+    struct Cursor<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    /// The rectangular nesting of `data`, tracked as the general parser's `NestState` does.
+    struct Grid<T> {
+        out: Vec<T>,
+        dims: Vec<Option<usize>>,
+        leaf_depth: Option<usize>,
+        max_elements: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        #[inline]
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        #[inline]
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        /// Skips whitespace and takes `byte` if it comes next.
+        #[inline]
+        fn eat(&mut self, byte: u8) -> bool {
+            self.ws();
+            if self.peek() == Some(byte) {
+                self.i += 1;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn end(&mut self) -> Option<()> {
+            self.ws();
+            (self.i == self.b.len()).then_some(())
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Option<()> {
+            let end = self.i.checked_add(word.len())?;
+            (self.b.get(self.i..end)? == word).then(|| self.i = end)
+        }
+
+        /// A string without escapes or control characters, valid UTF-8.
+        fn str(&mut self) -> Option<&'a str> {
+            if !self.eat(b'"') {
+                return None;
+            }
+            let rest = self.b.get(self.i..)?;
+            let len = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            if rest[len] != b'"' {
+                return None;
+            }
+            self.i += len + 1;
+            std::str::from_utf8(&rest[..len]).ok()
+        }
+
+        /// `{ "key": value, ... }`, `value` read by `f` (which sees the cursor just after the
+        /// colon).
+        fn object(&mut self, mut f: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+            if !self.eat(b'{') {
+                return None;
+            }
+            if self.eat(b'}') {
+                return Some(());
+            }
+            loop {
+                let key = self.str()?;
+                if !self.eat(b':') {
+                    return None;
+                }
+                f(self, key)?;
+                if self.eat(b',') {
+                    continue;
+                }
+                return self.eat(b'}').then_some(());
+            }
+        }
+
+        /// `[ value, ... ]`, each value read by `f`.
+        fn array(&mut self, mut f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+            if !self.eat(b'[') {
+                return None;
+            }
+            if self.eat(b']') {
+                return Some(());
+            }
+            loop {
+                f(self)?;
+                if self.eat(b',') {
+                    continue;
+                }
+                return self.eat(b']').then_some(());
+            }
+        }
+
+        /// Passes over an array without reading its elements (they are read later, from its
+        /// start): only brackets and strings count.
+        fn skip_array(&mut self) -> Option<()> {
+            let b = self.b;
+            let mut i = self.i;
+            let mut depth = 0usize;
+            if b.get(i) != Some(&b'[') {
+                return None;
+            }
+            loop {
+                match *b.get(i)? {
+                    b'[' => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return None;
+                        }
+                    }
+                    b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            self.i = i + 1;
+                            return Some(());
+                        }
+                    }
+                    b'"' => {
+                        i += 1;
+                        i += b.get(i..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+                        if b[i] != b'"' {
+                            return None;
+                        }
+                    }
+                    b'{' => return None,
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+
+        /// Any JSON value, checked and dropped.
+        fn skip(&mut self, depth: usize) -> Option<()> {
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            self.ws();
+            match self.peek()? {
+                b'{' => self.object(|c, _| c.skip(depth + 1)),
+                b'[' => self.array(|c| c.skip(depth + 1)),
+                b'"' => self.str().map(drop),
+                b't' => self.literal(b"true"),
+                b'f' => self.literal(b"false"),
+                b'n' => self.literal(b"null"),
+                _ => self.number().map(drop),
+            }
+        }
+
+        /// A number, after optional whitespace, computed as `serde_json` computes it, branch for
+        /// branch: the significand as a `u64` (digits past its range only scale it), then one
+        /// multiplication or division by a table power of ten (`f64_from_parts`).
+        #[inline]
+        fn number(&mut self) -> Option<Num> {
+            self.ws();
+            self.number_here()
+        }
+
+        #[inline]
+        fn number_here(&mut self) -> Option<Num> {
+            let b = self.b;
+            let mut i = self.i;
+            let positive = b.get(i) != Some(&b'-');
+            if !positive {
+                i += 1;
+            }
+            let first = *b.get(i)?;
+            if !first.is_ascii_digit() {
+                return None;
+            }
+            i += 1;
+            let mut significand = u64::from(first - b'0');
+            let mut exponent: i32 = 0;
+            let mut float = false;
+            if first == b'0' {
+                if b.get(i).is_some_and(u8::is_ascii_digit) {
+                    return None;
+                }
+            } else {
+                while let Some(&c @ b'0'..=b'9') = b.get(i) {
+                    match next_digit(significand, c) {
+                        Some(s) => significand = s,
+                        None => {
+                            // `parse_long_integer`: a float; the remaining digits only scale.
+                            float = true;
+                            while let Some(b'0'..=b'9') = b.get(i) {
+                                exponent = exponent.checked_add(1)?;
+                                i += 1;
+                            }
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            if b.get(i) == Some(&b'.') {
+                float = true;
+                i += 1;
+                let start = i;
+                while let Some(&c @ b'0'..=b'9') = b.get(i) {
+                    match next_digit(significand, c) {
+                        Some(s) => {
+                            significand = s;
+                            exponent = exponent.checked_sub(1)?;
+                            i += 1;
+                        }
+                        None => {
+                            // `parse_decimal_overflow`: the remaining digits are dropped.
+                            while let Some(b'0'..=b'9') = b.get(i) {
+                                i += 1;
+                            }
+                            break;
+                        }
+                    }
+                }
+                if i == start {
+                    return None;
+                }
+            }
+            if let Some(b'e' | b'E') = b.get(i) {
+                float = true;
+                i += 1;
+                let positive_exp = match b.get(i) {
+                    Some(b'+') => {
+                        i += 1;
+                        true
+                    }
+                    Some(b'-') => {
+                        i += 1;
+                        false
+                    }
+                    _ => true,
+                };
+                let mut exp: i32 = match b.get(i) {
+                    Some(&c @ b'0'..=b'9') => i32::from(c - b'0'),
+                    _ => return None,
+                };
+                i += 1;
+                while let Some(&c @ b'0'..=b'9') = b.get(i) {
+                    i += 1;
+                    match exp
+                        .checked_mul(10)
+                        .and_then(|e| e.checked_add(i32::from(c - b'0')))
+                    {
+                        Some(e) => exp = e,
+                        None => {
+                            // `parse_exponent_overflow`: out of range, or zero.
+                            if significand != 0 && positive_exp {
+                                return None;
+                            }
+                            while let Some(b'0'..=b'9') = b.get(i) {
+                                i += 1;
+                            }
+                            self.i = i;
+                            return Some(Num::F64(if positive { 0.0 } else { -0.0 }));
+                        }
+                    }
+                }
+                exponent = if positive_exp {
+                    exponent.saturating_add(exp)
+                } else {
+                    exponent.saturating_sub(exp)
+                };
+            }
+            self.i = i;
+            if !float {
+                return Some(if positive {
+                    Num::U64(significand)
+                } else {
+                    // As serde_json: `-0` and values below i64::MIN become floats.
+                    let negative = (significand as i64).wrapping_neg();
+                    if negative >= 0 {
+                        Num::F64(-(significand as f64))
+                    } else {
+                        Num::I64(negative)
+                    }
+                });
+            }
+            let f = f64_from_parts(significand, exponent)?;
+            Some(Num::F64(if positive { f } else { -f }))
+        }
+
+        /// One element of `data`, converted as the general parser's `Level` converts it.
+        #[inline]
+        fn scalar<T: Elem>(&mut self, first: u8) -> Option<T> {
+            match first {
+                b'-' | b'0'..=b'9' => match self.number_here()? {
+                    Num::U64(v) => T::from_u64(v),
+                    Num::I64(v) => T::from_i64(v),
+                    Num::F64(v) => T::from_f64(v),
+                },
+                b't' => {
+                    self.literal(b"true")?;
+                    T::from_bool(true)
+                }
+                b'f' => {
+                    self.literal(b"false")?;
+                    T::from_bool(false)
+                }
+                b'"' => T::from_str(self.str()?),
+                _ => None,
+            }
+        }
+
+        /// A `data` (or `instances`) value: typed when the datatype is known, else JSON scalars.
+        fn data(
+            &mut self,
+            datatype: Option<DataType>,
+            capacity: usize,
+            max_elements: usize,
+        ) -> Option<ParsedData> {
+            // Never more than the rest of the body could hold, whatever the shape says.
+            let capacity = capacity
+                .min(max_elements)
+                .min(capacity_bound(self.b.len().saturating_sub(self.i)));
+            macro_rules! typed {
+                ($t:ty, $variant:ident) => {{
+                    let (out, dims) = self.elements::<$t>(capacity, max_elements)?;
+                    (Values::Typed(TensorData::$variant(out)), dims)
+                }};
+            }
+            let (values, dims) = match datatype {
+                Some(DataType::Bool) => typed!(bool, Bool),
+                Some(DataType::Uint8) => typed!(u8, Uint8),
+                Some(DataType::Uint16) => typed!(u16, Uint16),
+                Some(DataType::Uint32) => typed!(u32, Uint32),
+                Some(DataType::Uint64) => typed!(u64, Uint64),
+                Some(DataType::Int8) => typed!(i8, Int8),
+                Some(DataType::Int16) => typed!(i16, Int16),
+                Some(DataType::Int32) => typed!(i32, Int32),
+                Some(DataType::Int64) => typed!(i64, Int64),
+                Some(DataType::Fp16) => typed!(half::f16, Fp16),
+                Some(DataType::Fp32) => typed!(f32, Fp32),
+                Some(DataType::Fp64) => typed!(f64, Fp64),
+                Some(DataType::Bytes) => typed!(String, Bytes),
+                None => {
+                    let (out, dims) = self.elements::<Scalar>(capacity, max_elements)?;
+                    (Values::Generic(out), dims)
+                }
+            };
+            Some(ParsedData {
+                values,
+                dims,
+                error: None,
+            })
+        }
+
+        fn elements<T: Elem>(
+            &mut self,
+            capacity: usize,
+            max_elements: usize,
+        ) -> Option<(Vec<T>, Vec<usize>)> {
+            self.ws();
+            if self.peek()? != b'[' {
+                // A bare scalar: the general parser says what is wrong with it.
+                return None;
+            }
+            let mut grid = Grid {
+                out: Vec::with_capacity(capacity),
+                dims: Vec::new(),
+                leaf_depth: None,
+                max_elements,
+            };
+            self.level(&mut grid, 0)?;
+            let rank = grid.leaf_depth.unwrap_or(grid.dims.len());
+            let dims = (0..rank)
+                .map(|d| grid.dims.get(d).copied().flatten().unwrap_or(0))
+                .collect();
+            Some((grid.out, dims))
+        }
+
+        /// The array at `depth` (the cursor is on its `[`), into `grid`; `None` where the general
+        /// parser would find the nesting ragged or an element wrong.
+        fn level<T: Elem>(&mut self, grid: &mut Grid<T>, depth: usize) -> Option<()> {
+            if depth >= MAX_DEPTH || grid.leaf_depth.is_some_and(|k| depth >= k) {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            let mut len = 0usize;
+            if self.peek()? == b']' {
+                self.i += 1;
+            } else {
+                let inner = depth + 1;
+                loop {
+                    let first = self.peek()?;
+                    if first == b'[' {
+                        self.level(grid, inner)?;
+                    } else {
+                        if grid.leaf_depth != Some(inner) {
+                            if grid.leaf_depth.is_some() || grid.dims.len() > inner {
+                                return None;
+                            }
+                            grid.leaf_depth = Some(inner);
+                        }
+                        if grid.out.len() >= grid.max_elements {
+                            return None;
+                        }
+                        let value = self.scalar::<T>(first)?;
+                        grid.out.push(value);
+                    }
+                    len += 1;
+                    // `1,2,3` and `1, 2, 3` without a call to skip whitespace.
+                    let mut next = self.peek()?;
+                    if next != b',' && next != b']' {
+                        self.ws();
+                        next = self.peek()?;
+                    }
+                    self.i += 1;
+                    match next {
+                        b',' => {
+                            if self.peek()? <= b' ' {
+                                self.ws();
+                            }
+                        }
+                        b']' => break,
+                        _ => return None,
+                    }
+                }
+            }
+            // As `NestState::array_done`.
+            if grid.leaf_depth.is_some_and(|k| depth >= k) {
+                return None;
+            }
+            if grid.dims.len() <= depth {
+                grid.dims.resize(depth + 1, None);
+            }
+            match grid.dims[depth] {
+                None => grid.dims[depth] = Some(len),
+                Some(seen) if seen != len => return None,
+                Some(_) => {}
+            }
+            Some(())
+        }
+    }
+
+    /// `significand * 10 + digit`, `None` past `u64::MAX`.
+    #[inline]
+    fn next_digit(significand: u64, digit: u8) -> Option<u64> {
+        significand
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))
+    }
+
+    /// `serde_json`'s `f64_from_parts` without `float_roundtrip`: `None` where it reports the
+    /// number out of range.
+    pub(super) fn f64_from_parts(significand: u64, mut exponent: i32) -> Option<f64> {
+        let mut f = significand as f64;
+        loop {
+            match POW10.get(exponent.wrapping_abs() as usize) {
+                Some(&pow) => {
+                    if exponent >= 0 {
+                        f *= pow;
+                        if f.is_infinite() {
+                            return None;
+                        }
+                    } else {
+                        f /= pow;
+                    }
+                    return Some(f);
+                }
+                None => {
+                    if f == 0.0 {
+                        return Some(f);
+                    }
+                    if exponent >= 0 {
+                        return None;
+                    }
+                    f /= 1e308;
+                    exponent += 308;
+                }
+            }
+        }
+    }
+
+    /// A JSON number read alone (tests compare it with `serde_json`).
+    #[cfg(test)]
+    pub(super) fn number(text: &str) -> Option<Num> {
+        let mut c = Cursor {
+            b: text.as_bytes(),
+            i: 0,
+        };
+        let n = c.number()?;
+        c.end()?;
+        Some(n)
+    }
+
+    /// Powers of ten as `serde_json` has them (each literal correctly rounded).
+    #[rustfmt::skip]
+    pub(super) static POW10: [f64; 309] = [
+    1e000, 1e001, 1e002, 1e003, 1e004, 1e005, 1e006, 1e007, 1e008, 1e009,
+    1e010, 1e011, 1e012, 1e013, 1e014, 1e015, 1e016, 1e017, 1e018, 1e019,
+    1e020, 1e021, 1e022, 1e023, 1e024, 1e025, 1e026, 1e027, 1e028, 1e029,
+    1e030, 1e031, 1e032, 1e033, 1e034, 1e035, 1e036, 1e037, 1e038, 1e039,
+    1e040, 1e041, 1e042, 1e043, 1e044, 1e045, 1e046, 1e047, 1e048, 1e049,
+    1e050, 1e051, 1e052, 1e053, 1e054, 1e055, 1e056, 1e057, 1e058, 1e059,
+    1e060, 1e061, 1e062, 1e063, 1e064, 1e065, 1e066, 1e067, 1e068, 1e069,
+    1e070, 1e071, 1e072, 1e073, 1e074, 1e075, 1e076, 1e077, 1e078, 1e079,
+    1e080, 1e081, 1e082, 1e083, 1e084, 1e085, 1e086, 1e087, 1e088, 1e089,
+    1e090, 1e091, 1e092, 1e093, 1e094, 1e095, 1e096, 1e097, 1e098, 1e099,
+    1e100, 1e101, 1e102, 1e103, 1e104, 1e105, 1e106, 1e107, 1e108, 1e109,
+    1e110, 1e111, 1e112, 1e113, 1e114, 1e115, 1e116, 1e117, 1e118, 1e119,
+    1e120, 1e121, 1e122, 1e123, 1e124, 1e125, 1e126, 1e127, 1e128, 1e129,
+    1e130, 1e131, 1e132, 1e133, 1e134, 1e135, 1e136, 1e137, 1e138, 1e139,
+    1e140, 1e141, 1e142, 1e143, 1e144, 1e145, 1e146, 1e147, 1e148, 1e149,
+    1e150, 1e151, 1e152, 1e153, 1e154, 1e155, 1e156, 1e157, 1e158, 1e159,
+    1e160, 1e161, 1e162, 1e163, 1e164, 1e165, 1e166, 1e167, 1e168, 1e169,
+    1e170, 1e171, 1e172, 1e173, 1e174, 1e175, 1e176, 1e177, 1e178, 1e179,
+    1e180, 1e181, 1e182, 1e183, 1e184, 1e185, 1e186, 1e187, 1e188, 1e189,
+    1e190, 1e191, 1e192, 1e193, 1e194, 1e195, 1e196, 1e197, 1e198, 1e199,
+    1e200, 1e201, 1e202, 1e203, 1e204, 1e205, 1e206, 1e207, 1e208, 1e209,
+    1e210, 1e211, 1e212, 1e213, 1e214, 1e215, 1e216, 1e217, 1e218, 1e219,
+    1e220, 1e221, 1e222, 1e223, 1e224, 1e225, 1e226, 1e227, 1e228, 1e229,
+    1e230, 1e231, 1e232, 1e233, 1e234, 1e235, 1e236, 1e237, 1e238, 1e239,
+    1e240, 1e241, 1e242, 1e243, 1e244, 1e245, 1e246, 1e247, 1e248, 1e249,
+    1e250, 1e251, 1e252, 1e253, 1e254, 1e255, 1e256, 1e257, 1e258, 1e259,
+    1e260, 1e261, 1e262, 1e263, 1e264, 1e265, 1e266, 1e267, 1e268, 1e269,
+    1e270, 1e271, 1e272, 1e273, 1e274, 1e275, 1e276, 1e277, 1e278, 1e279,
+    1e280, 1e281, 1e282, 1e283, 1e284, 1e285, 1e286, 1e287, 1e288, 1e289,
+    1e290, 1e291, 1e292, 1e293, 1e294, 1e295, 1e296, 1e297, 1e298, 1e299,
+    1e300, 1e301, 1e302, 1e303, 1e304, 1e305, 1e306, 1e307, 1e308,
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const LIMIT: usize = 1 << 20;
 
+    /// Parses `body` both ways and checks that they agree, bit for bit.
     fn parse(body: &str) -> Result<InferRequest, String> {
-        parse_infer(body.as_bytes(), LIMIT)
+        parse_limited(body.as_bytes(), LIMIT)
+    }
+
+    fn parse_limited(body: &[u8], limit: usize) -> Result<InferRequest, String> {
+        let got = parse_infer(body, limit);
+        let general = parse_infer_general(body, limit);
+        assert_eq!(
+            format!("{got:?}"),
+            format!("{general:?}"),
+            "the scan and the general parser disagree on {}",
+            String::from_utf8_lossy(body)
+        );
+        got
+    }
+
+    fn instances(
+        body: &[u8],
+        datatype: DataType,
+        limit: usize,
+    ) -> Result<(Vec<usize>, TensorData), String> {
+        let got = parse_instances(body, datatype, limit);
+        let general = parse_instances_general(body, datatype, limit);
+        assert_eq!(
+            format!("{got:?}"),
+            format!("{general:?}"),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        got
     }
 
     #[test]
@@ -1026,7 +1825,7 @@ mod tests {
             r#"{{"inputs":[{{"data":[{}],"name":"X","shape":[20],"datatype":"INT32"}}]}}"#,
             data.join(",")
         );
-        let err = parse_infer(body.as_bytes(), 10).unwrap_err();
+        let err = parse_limited(body.as_bytes(), 10).unwrap_err();
         assert!(err.contains("more than the limit of 10"), "{err}");
     }
 
@@ -1102,7 +1901,7 @@ mod tests {
 
     #[test]
     fn instances_become_rows() {
-        let (dims, data) = parse_instances(
+        let (dims, data) = instances(
             br#"{"instances": [[1, 2], [3, 4], [5, 6]]}"#,
             DataType::Fp32,
             LIMIT,
@@ -1110,15 +1909,483 @@ mod tests {
         .unwrap();
         assert_eq!(dims, vec![3, 2]);
         assert_eq!(data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
-        let (dims, _) =
-            parse_instances(br#"{"instances": [1, 2]}"#, DataType::Int64, LIMIT).unwrap();
+        let (dims, _) = instances(br#"{"instances": [1, 2]}"#, DataType::Int64, LIMIT).unwrap();
         assert_eq!(dims, vec![2]);
-        let err =
-            parse_instances(br#"{"instances": [[1], [2, 3]]}"#, DataType::Fp32, LIMIT).unwrap_err();
+        let err = instances(br#"{"instances": [[1], [2, 3]]}"#, DataType::Fp32, LIMIT).unwrap_err();
         assert!(err.contains("ragged"), "{err}");
-        let err = parse_instances(br#"{"rows": []}"#, DataType::Fp32, LIMIT).unwrap_err();
+        let err = instances(br#"{"rows": []}"#, DataType::Fp32, LIMIT).unwrap_err();
         assert!(err.contains("no \"instances\""), "{err}");
-        let err = parse_instances(br#"{"instances": 5}"#, DataType::Fp32, LIMIT).unwrap_err();
+        let err = instances(br#"{"instances": 5}"#, DataType::Fp32, LIMIT).unwrap_err();
         assert!(err.contains("must be an array"), "{err}");
+    }
+
+    /// SplitMix64: reproducible test data without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// How `serde_json` hands a number to a `deserialize_any` visitor.
+    struct Captured(fast::Num);
+
+    impl<'de> Deserialize<'de> for Captured {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Captured, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Captured;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a number")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Captured, E> {
+                    Ok(Captured(fast::Num::U64(v)))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Captured, E> {
+                    Ok(Captured(fast::Num::I64(v)))
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Captured, E> {
+                    Ok(Captured(fast::Num::F64(v)))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    fn same_number(a: fast::Num, b: fast::Num) -> bool {
+        match (a, b) {
+            (fast::Num::F64(a), fast::Num::F64(b)) => a.to_bits() == b.to_bits(),
+            (a, b) => a == b,
+        }
+    }
+
+    const EDGE_NUMBERS: &[&str] = &[
+        "0",
+        "-0",
+        "0.0",
+        "-0.0",
+        "0e0",
+        "-0E-0",
+        "1",
+        "-1",
+        "1.5",
+        "1E+2",
+        "1e-2",
+        "2.5e+10",
+        "17.99",
+        "0.1",
+        "0.30000000000000004",
+        "1e-45",
+        "1.4e-45",
+        "1.401298464324817e-45",
+        "7e-46",
+        "3.4028235e38",
+        "3.4028234663852886e38",
+        "3.4028236e38",
+        "1e39",
+        "-3.4028235e38",
+        "1.1754944e-38",
+        "16777216",
+        "16777217",
+        "16777219",
+        "9007199254740993",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "4.9e-324",
+        "5e-324",
+        "2.2250738585072014e-308",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "1e308",
+        "1e309",
+        "1e-400",
+        "-1e-400",
+        "1e-330",
+        "0e400",
+        "1.00000005960464477539062501",
+        "1.000000059604644775390625",
+        "0.000000000000000000000000000000000000000000001",
+        "12345678901234567890.5",
+        "1.2345678901234567890e5",
+        "99999999999999999999e-5",
+        "1e2147483647",
+        "1e2147483648",
+        "1e-2147483648",
+        "0e99999999999",
+        // Not numbers: both must refuse them.
+        "00",
+        "01",
+        "-",
+        "+1",
+        ".5",
+        "1.",
+        "1.e5",
+        "1e",
+        "1e+",
+        "--1",
+        "0x10",
+        "1_000",
+    ];
+
+    /// Number texts as clients write them, and some no client would.
+    fn number_texts(rng: &mut Rng, count: usize) -> Vec<String> {
+        let mut texts: Vec<String> = EDGE_NUMBERS.iter().map(|s| s.to_string()).collect();
+        while texts.len() < count {
+            let f32_value = f32::from_bits(rng.next() as u32);
+            let f64_value = f64::from_bits(rng.next());
+            let text = match rng.below(10) {
+                _ if !f32_value.is_finite() || !f64_value.is_finite() => continue,
+                0 => format!("{f32_value}"),
+                1 => format!("{f32_value:e}"),
+                2 => format!("{f32_value:?}"),
+                // numpy float32 -> Python float -> json.dumps: the f32 value, 17 digits.
+                3 => format!("{:?}", f64::from(f32_value)),
+                4 => format!("{f64_value:e}"),
+                5 => format!("{f64_value:.16e}"),
+                6 => format!("{}", rng.next() as i64 >> rng.below(64)),
+                7 => format!(
+                    "{:.*}",
+                    rng.below(8) as usize,
+                    (rng.below(2_000_000) as f64 - 1e6) / 64.0
+                ),
+                _ => {
+                    // Random digits, point and exponent.
+                    let digits = 1 + rng.below(24) as usize;
+                    let mut t: String = (0..digits)
+                        .map(|_| char::from(b'0' + rng.below(10) as u8))
+                        .collect();
+                    let t2 = t.trim_start_matches('0');
+                    t = if t2.is_empty() {
+                        "0".into()
+                    } else {
+                        t2.to_string()
+                    };
+                    if rng.below(2) == 0 {
+                        let frac: String = (0..1 + rng.below(12))
+                            .map(|_| char::from(b'0' + rng.below(10) as u8))
+                            .collect();
+                        t = format!("{t}.{frac}");
+                    }
+                    if rng.below(2) == 0 {
+                        t = format!("{t}e{}", rng.below(700) as i64 - 350);
+                    }
+                    if rng.below(2) == 0 {
+                        format!("-{t}")
+                    } else {
+                        t
+                    }
+                }
+            };
+            texts.push(text);
+        }
+        texts
+    }
+
+    #[test]
+    fn numbers_are_read_as_serde_json_reads_them() {
+        let mut rng = Rng(7);
+        for text in number_texts(&mut rng, 300_000) {
+            let reference = serde_json::from_str::<Captured>(&text).map(|c| c.0);
+            match (fast::number(&text), reference) {
+                (Some(got), Ok(want)) => {
+                    assert!(same_number(got, want), "{text}: {got:?} != {want:?}")
+                }
+                (Some(got), Err(e)) => panic!("{text}: read as {got:?}, serde_json says {e}"),
+                (None, Ok(want)) => panic!("{text}: not read directly, serde_json reads {want:?}"),
+                (None, Err(_)) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_power_table_is_serde_jsons() {
+        for (i, &pow) in fast::POW10.iter().enumerate() {
+            let want: f64 = serde_json::from_str(&format!("1e{i}")).unwrap();
+            assert_eq!(pow.to_bits(), want.to_bits(), "1e{i}");
+            assert_eq!(
+                pow.to_bits(),
+                format!("1e{i}").parse::<f64>().unwrap().to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn fp32_data_is_what_serde_json_gives() {
+        let mut rng = Rng(11);
+        let texts: Vec<String> = number_texts(&mut rng, 20_000)
+            .into_iter()
+            .filter(|t| serde_json::from_str::<f64>(t).is_ok())
+            .collect();
+        for chunk in texts.chunks(1000) {
+            for datatype in ["FP32", "FP64", "FP16"] {
+                let body = format!(
+                    r#"{{"inputs":[{{"name":"X","shape":[{}],"datatype":"{datatype}","data":[{}]}}]}}"#,
+                    chunk.len(),
+                    chunk.join(",")
+                );
+                let request = parse(&body).unwrap();
+                let data = &request.inputs[0].data;
+                for (i, text) in chunk.iter().enumerate() {
+                    let want = serde_json::from_str::<f64>(text).unwrap();
+                    let same = match data {
+                        TensorData::Fp32(v) => v[i].to_bits() == (want as f32).to_bits(),
+                        TensorData::Fp64(v) => v[i].to_bits() == want.to_bits(),
+                        TensorData::Fp16(v) => {
+                            v[i].to_bits() == half::f16::from_f64(want).to_bits()
+                        }
+                        other => panic!("{other:?}"),
+                    };
+                    assert!(same, "{datatype} {text}");
+                }
+            }
+        }
+        let edges = parse(
+            r#"{"inputs":[{"name":"X","shape":[6],"datatype":"FP32","data":[-0.0,1e-45,3.4028235e38,16777217,-0,8e-46]}]}"#,
+        )
+        .unwrap();
+        let TensorData::Fp32(v) = &edges.inputs[0].data else {
+            panic!()
+        };
+        let bits: Vec<u32> = v.iter().map(|f| f.to_bits()).collect();
+        assert_eq!(
+            bits,
+            [
+                (-0.0f32).to_bits(),
+                1,
+                f32::MAX.to_bits(),
+                16777216f32.to_bits(),
+                (-0.0f32).to_bits(),
+                1,
+            ]
+        );
+    }
+
+    #[test]
+    fn integer_data_is_range_checked_the_same_way() {
+        for (datatype, data, ok) in [
+            ("INT8", "[-128,127,0,-0,1e2,100.0]", true),
+            ("INT8", "[1,128]", false),
+            ("INT8", "[1,-129]", false),
+            ("INT8", "[1,1.5]", false),
+            ("INT8", "[1,1e3]", false),
+            ("UINT8", "[0,255]", true),
+            ("UINT8", "[0,-1]", false),
+            ("UINT64", "[0,18446744073709551615]", true),
+            ("UINT64", "[0,18446744073709551616]", false),
+            ("INT64", "[-9223372036854775808,9223372036854775807]", true),
+            ("INT64", "[0,9223372036854775808]", false),
+            ("INT32", "[1,2147483648]", false),
+            ("BOOL", "[true,false]", true),
+            ("BOOL", "[true,0]", false),
+            ("BYTES", r#"["a","b"]"#, true),
+            ("BYTES", r#"["a\"","\u00e9"]"#, true),
+            ("FP32", r#"[1,"2"]"#, false),
+            ("FP32", "[1,null]", false),
+            ("FP32", "[1,{}]", false),
+            ("FP32", "[1,1e400]", false),
+        ] {
+            let n = data.matches(',').count() + 1;
+            let body = format!(
+                r#"{{"inputs":[{{"name":"X","shape":[{n}],"datatype":"{datatype}","data":{data}}}]}}"#
+            );
+            let result = parse(&body);
+            assert_eq!(result.is_ok(), ok, "{datatype} {data}: {result:?}");
+            if let Err(e) = result {
+                assert!(
+                    e.contains("input 'X'") || e.contains("number out of range"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    /// Bodies in many forms, then thousands of random edits of them: the scan and the general
+    /// parser must give the same answer (or the same error) for every one.
+    #[test]
+    fn scan_and_general_parser_agree_on_mangled_bodies() {
+        let seeds: Vec<String> = vec![
+            r#"{"id":"a","inputs":[{"name":"X","shape":[2,3],"datatype":"FP32","data":[1,2.5,-3e2,0,-0,7]}],"outputs":[{"name":"Y"}]}"#.into(),
+            r#"{"inputs":[{"data":[[1,2],[3,4]],"datatype":"INT64","name":"X","shape":[2,2],"parameters":{"a":[1,{"b":null}]}}],"parameters":{"binary_data_output":false}}"#.into(),
+            r#"{"inputs":[{"name":"S","shape":[2],"datatype":"BYTES","data":["x","y"]},{"name":"B","shape":[1],"datatype":"BOOL","data":[true]}]}"#.into(),
+            r#" { "inputs" : [ { "name" : "X" , "shape" : [ 1 , 2 ] , "datatype" : "FP64" , "data" : [ [ 1.5 , 2 ] ] } ] } "#.into(),
+            r#"{"inputs":[{"name":"X","shape":[2,2,2],"datatype":"UINT8","data":[[[1,2],[3,4]],[[5,6],[7,8]]]}]}"#.into(),
+            r#"{"inputs":[{"name":"X","shape":[0,3],"datatype":"FP16","data":[]}],"outputs":[{"name":"a","parameters":{}},{"name":"b"}]}"#.into(),
+        ];
+        let alphabet: &[&str] = &[
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            ":",
+            "\"",
+            "\\",
+            " ",
+            "-",
+            "0",
+            "1",
+            "9",
+            ".",
+            "e",
+            "E",
+            "+",
+            "true",
+            "null",
+            "\"data\"",
+            "\"shape\"",
+            "\"name\"",
+            "\"datatype\"",
+            "\"id\"",
+            "\"inputs\"",
+            "\"outputs\"",
+            "\"parameters\"",
+            "\"binary_data_size\"",
+            "\"FP32\"",
+            "\"INT8\"",
+            "1e400",
+            "[[1]]",
+            "\u{e9}",
+            "\u{1}",
+            "\t",
+        ];
+        let mut rng = Rng(3);
+        for seed in &seeds {
+            parse(seed).unwrap();
+        }
+        for _ in 0..20_000 {
+            let mut body = seeds[rng.below(seeds.len() as u64) as usize]
+                .clone()
+                .into_bytes();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(body.len() as u64 + 1) as usize;
+                match rng.below(3) {
+                    0 if at < body.len() => {
+                        body.remove(at);
+                    }
+                    1 => {
+                        let piece = alphabet[rng.below(alphabet.len() as u64) as usize];
+                        body.splice(at..at, piece.bytes());
+                    }
+                    _ if at < body.len() => {
+                        body[at] =
+                            alphabet[rng.below(alphabet.len() as u64) as usize].as_bytes()[0];
+                    }
+                    _ => {}
+                }
+            }
+            let _ = parse_limited(&body, 5);
+            let _ = parse_limited(&body, LIMIT);
+            let _ = instances(&body, DataType::Fp32, LIMIT);
+        }
+    }
+
+    #[test]
+    fn the_usual_bodies_take_the_scan() {
+        for body in [
+            churn_64(),
+            br#"{"id":"r","inputs":[{"name":"X","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]],"parameters":{"content_type":"x"}}],"outputs":[{"name":"Y","parameters":{}}],"parameters":{"priority":1}}"#.to_vec(),
+            // Sorted keys (Go maps, serde_json::Value): the data comes before its datatype.
+            br#"{"inputs":[{"data":[1,2,3],"datatype":"INT64","name":"X","shape":[3]}]}"#.to_vec(),
+            br#"{"inputs":[{"name":"S","shape":[2],"datatype":"BYTES","data":["a","b"]},{"name":"B","shape":[1],"datatype":"BOOL","data":[false]}]}"#.to_vec(),
+        ] {
+            assert!(
+                fast::request(&body, LIMIT).is_some(),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            parse_limited(&body, LIMIT).unwrap();
+        }
+        let body = br#"{"instances": [[1, 2], [3, 4]]}"#;
+        assert!(fast::instances(body, DataType::Fp32, LIMIT).is_some());
+        // What the scan leaves to the general parser.
+        for body in [
+            &br#"{"inputs":[{"name":"X\u0041","shape":[1],"datatype":"FP32","data":[1]}]}"#[..],
+            br#"{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[null]}]}"#,
+            br#"{"inputs":[{"name":"X","name":"Y","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            br#"{"inputs":[{"name":"X","shape":[2],"datatype":"FP32","data":[[1],[2,3]]}]}"#,
+        ] {
+            assert!(fast::request(body, LIMIT).is_none());
+        }
+    }
+
+    /// The 64-row churn request of the serving benchmark (64 x 78 FP32), or one like it.
+    fn churn_64() -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        if let Ok(body) = std::fs::read(root.join("bench/serve/infer-64.json")) {
+            return body;
+        }
+        let text = std::fs::read_to_string(root.join("tests/fixtures/server/churn_expected.json"))
+            .unwrap();
+        let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let rows = expected["features"].as_array().unwrap();
+        let data: Vec<&serde_json::Value> = rows
+            .iter()
+            .cycle()
+            .take(64)
+            .flat_map(|r| r.as_array().unwrap())
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "features", "shape": [64, 78], "datatype": "FP32", "data": data}]})).unwrap()
+    }
+
+    /// Decoding speed of the 64-row churn request, old path against new. Run optimised:
+    /// `cargo test --release --lib server::parse::tests::decode_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run it with --release --ignored --nocapture"]
+    fn decode_speed() {
+        let body = churn_64();
+        let numbers = 64 * 78;
+        let nested = {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let flat = v["inputs"][0]["data"].as_array().unwrap().clone();
+            let rows: Vec<&[serde_json::Value]> = flat.chunks(78).collect();
+            serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "features", "shape": [64, 78], "datatype": "FP32", "data": rows}]})).unwrap()
+        };
+        assert_eq!(
+            format!("{:?}", parse_infer(&body, LIMIT)),
+            format!("{:?}", parse_infer_general(&body, LIMIT))
+        );
+        let time = |f: &dyn Fn() -> usize| {
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let started = std::time::Instant::now();
+                let mut sink = 0;
+                let rounds = 400;
+                for _ in 0..rounds {
+                    sink += f();
+                }
+                std::hint::black_box(sink);
+                best = best.min(started.elapsed().as_secs_f64() / rounds as f64);
+            }
+            best
+        };
+        let len = |r: Result<InferRequest, String>| r.map_or(0, |r| r.inputs[0].data.len());
+        println!(
+            "64-row churn request: {} bytes, {numbers} FP32 numbers",
+            body.len()
+        );
+        for (what, body) in [("flat", &body), ("nested rows", &nested)] {
+            let general = time(&|| len(parse_infer_general(std::hint::black_box(body), LIMIT)));
+            let scan = time(&|| len(parse_infer(std::hint::black_box(body), LIMIT)));
+            println!(
+                "{what:>12}: general parser {:6.1} us/request {:5.2} ns/number | scan {:6.1} us/request {:5.2} ns/number | x{:.2}",
+                general * 1e6,
+                general * 1e9 / numbers as f64,
+                scan * 1e6,
+                scan * 1e9 / numbers as f64,
+                general / scan
+            );
+        }
     }
 }
