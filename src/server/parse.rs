@@ -19,6 +19,11 @@ pub(crate) struct InferRequest {
     pub inputs: Vec<InputTensor>,
     /// Requested output names; `None` means all outputs.
     pub outputs: Option<Vec<String>>,
+    /// For each requested output (as in `outputs`), its `parameters.binary_data`, if it has one.
+    pub output_binary: Vec<Option<bool>>,
+    /// The request's `parameters.binary_data_output`: outputs go in the binary part unless they
+    /// say otherwise.
+    pub binary_output: bool,
 }
 
 #[derive(Debug)]
@@ -31,21 +36,48 @@ pub(crate) struct InputTensor {
 
 /// Parses an Open Inference Protocol v2 `infer` body. The error is the message for a 400.
 ///
-/// Bodies in the usual form (no escapes in strings, numbers that fit, no duplicate keys) take a
+/// With `json_length` (the `Inference-Header-Content-Length` of the binary tensor data
+/// extension), only that many bytes are JSON; the rest is the binary data of the inputs that
+/// have `parameters.binary_data_size`, in input order.
+///
+/// JSON in the usual form (no escapes in strings, numbers that fit, no duplicate keys) takes a
 /// direct scan of the bytes; everything else, errors included, goes through the general parser,
 /// whose answer is the reference: the scan gives up rather than answer differently.
-pub(crate) fn parse_infer(body: &[u8], max_elements: usize) -> Result<InferRequest, String> {
-    let raw = match fast::request(body, max_elements) {
+pub(crate) fn parse_infer(
+    body: &[u8],
+    json_length: Option<usize>,
+    max_elements: usize,
+) -> Result<InferRequest, String> {
+    let (json, binary) = split_binary(body, json_length)?;
+    let raw = match fast::request(json, max_elements) {
         Some(raw) => raw,
-        None => general_request(body, max_elements)?,
+        None => general_request(json, max_elements)?,
     };
-    raw.finish()
+    raw.finish(binary)
 }
 
 /// The general parser alone (tests compare it with [`parse_infer`]).
 #[cfg(test)]
-fn parse_infer_general(body: &[u8], max_elements: usize) -> Result<InferRequest, String> {
-    general_request(body, max_elements)?.finish()
+fn parse_infer_general(
+    body: &[u8],
+    json_length: Option<usize>,
+    max_elements: usize,
+) -> Result<InferRequest, String> {
+    let (json, binary) = split_binary(body, json_length)?;
+    general_request(json, max_elements)?.finish(binary)
+}
+
+fn split_binary(body: &[u8], json_length: Option<usize>) -> Result<(&[u8], Option<&[u8]>), String> {
+    let Some(length) = json_length else {
+        return Ok((body, None));
+    };
+    match body.split_at_checked(length) {
+        Some((json, binary)) => Ok((json, Some(binary))),
+        None => Err(format!(
+            "Inference-Header-Content-Length is {length}, but the whole body has only {} bytes",
+            body.len()
+        )),
+    }
 }
 
 fn general_request(body: &[u8], max_elements: usize) -> Result<RawRequest, String> {
@@ -150,23 +182,206 @@ fn label(name: Option<&str>, index: usize) -> String {
 struct RawRequest {
     id: Option<String>,
     inputs: Option<Vec<RawInput>>,
-    outputs: Option<Vec<String>>,
+    outputs: Option<Vec<RawOutput>>,
+    /// `parameters.binary_data_output`.
+    binary_output: Flag,
+}
+
+struct RawOutput {
+    name: String,
+    /// `parameters.binary_data`.
+    binary: Flag,
+}
+
+/// A boolean parameter: absent (or null), its value, or what was sent instead.
+type Flag = Option<Result<bool, String>>;
+
+fn flag(value: Option<serde_json::Value>) -> Flag {
+    value.map(|v| v.as_bool().ok_or_else(|| describe_value(&v)))
+}
+
+/// Reads a `parameters` value for one key: its value unless null. The rest is skipped unread,
+/// and parameters that are not an object are ignored, as they were before any was read.
+struct ParamSeed(&'static str);
+
+impl<'de> DeserializeSeed<'de> for ParamSeed {
+    type Value = Option<serde_json::Value>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamSeed {
+    type Value = Option<serde_json::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("parameters (an object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key_seed(StrSeed)? {
+            if key == self.0 {
+                let value: serde_json::Value = map.next_value()?;
+                found = (!value.is_null()).then_some(value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+fn binary_data_parameter<'de, D: de::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    ParamSeed("binary_data").deserialize(d)
+}
+
+/// A parameter value for a message, cut short.
+fn describe_value(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 impl RawRequest {
-    fn finish(self) -> Result<InferRequest, String> {
+    fn finish(self, binary: Option<&[u8]>) -> Result<InferRequest, String> {
+        let mut part = BinaryPart {
+            bytes: binary,
+            used: 0,
+        };
         let inputs = self
             .inputs
             .ok_or_else(|| "the request has no \"inputs\"".to_string())?
             .into_iter()
             .enumerate()
-            .map(|(i, input)| input.finish(i))
+            .map(|(i, input)| input.finish(i, &mut part))
             .collect::<Result<Vec<_>, _>>()?;
+        part.all_used()?;
+        let binary_output = match self.binary_output {
+            None => false,
+            Some(Ok(b)) => b,
+            Some(Err(v)) => {
+                return Err(format!(
+                    "\"parameters.binary_data_output\" must be true or false, not {v}"
+                ));
+            }
+        };
+        let (outputs, output_binary) = match self.outputs {
+            None => (None, Vec::new()),
+            Some(outputs) => {
+                let mut names = Vec::with_capacity(outputs.len());
+                let mut flags = Vec::with_capacity(outputs.len());
+                for RawOutput { name, binary } in outputs {
+                    flags.push(binary.transpose().map_err(|v| {
+                        format!(
+                            "output '{name}': \"parameters.binary_data\" must be true or false, not {v}"
+                        )
+                    })?);
+                    names.push(name);
+                }
+                (Some(names), flags)
+            }
+        };
         Ok(InferRequest {
             id: self.id,
             inputs,
-            outputs: self.outputs,
+            outputs,
+            output_binary,
+            binary_output,
         })
+    }
+}
+
+/// The binary part of a request, handed out to the binary inputs in order.
+struct BinaryPart<'a> {
+    /// `None` without an `Inference-Header-Content-Length`.
+    bytes: Option<&'a [u8]>,
+    used: usize,
+}
+
+impl BinaryPart<'_> {
+    /// The next `size` bytes, as the data of an input of `datatype` and `shape`.
+    fn take(
+        &mut self,
+        what: &str,
+        size: u64,
+        datatype: DataType,
+        shape: &[usize],
+    ) -> Result<TensorData, String> {
+        let Some(bytes) = self.bytes else {
+            return Err(format!(
+                "{what}: \"parameters.binary_data_size\" is set, but the request has no binary \
+                 part (send the Inference-Header-Content-Length header: the length of the JSON \
+                 before the binary data)"
+            ));
+        };
+        let count: usize = shape.iter().product();
+        if let Some(width) = datatype.byte_size() {
+            let need = count as u128 * width as u128;
+            if u128::from(size) != need {
+                return Err(format!(
+                    "{what}: \"binary_data_size\" is {size} bytes, but shape {shape:?} of \
+                     {datatype} takes {need} ({count} elements of {width} bytes)"
+                ));
+            }
+        }
+        let left = bytes.len().saturating_sub(self.used);
+        let chunk = usize::try_from(size)
+            .ok()
+            .and_then(|size| bytes.get(self.used..self.used.checked_add(size)?))
+            .ok_or_else(|| {
+                format!(
+                    "{what}: \"binary_data_size\" is {size} bytes, but only {left} bytes of \
+                     binary data are left for it"
+                )
+            })?;
+        self.used += chunk.len();
+        TensorData::from_binary(datatype, chunk, count).map_err(|m| format!("{what}: {m}"))
+    }
+
+    fn all_used(&self) -> Result<(), String> {
+        match self.bytes {
+            Some(bytes) if bytes.len() > self.used => Err(format!(
+                "the binary part of the request has {} bytes, but its inputs' \
+                 \"binary_data_size\" add up to {}",
+                bytes.len(),
+                self.used
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -182,6 +397,7 @@ enum RequestField {
     Id,
     Inputs,
     Outputs,
+    Parameters,
     #[serde(other)]
     Other,
 }
@@ -205,6 +421,7 @@ impl<'de> Visitor<'de> for RequestSeed {
             id: None,
             inputs: None,
             outputs: None,
+            binary_output: None,
         };
         while let Some(field) = map.next_key::<RequestField>()? {
             match field {
@@ -222,7 +439,19 @@ impl<'de> Visitor<'de> for RequestSeed {
                 }
                 RequestField::Outputs => {
                     let outputs: Vec<RequestedOutput> = map.next_value()?;
-                    request.outputs = Some(outputs.into_iter().map(|o| o.name).collect());
+                    request.outputs = Some(
+                        outputs
+                            .into_iter()
+                            .map(|o| RawOutput {
+                                name: o.name,
+                                binary: flag(o.binary_data),
+                            })
+                            .collect(),
+                    );
+                }
+                RequestField::Parameters => {
+                    request.binary_output =
+                        flag(map.next_value_seed(ParamSeed("binary_data_output"))?);
                 }
                 RequestField::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -236,6 +465,13 @@ impl<'de> Visitor<'de> for RequestSeed {
 #[derive(Deserialize)]
 struct RequestedOutput {
     name: String,
+    /// `parameters.binary_data`.
+    #[serde(
+        default,
+        rename = "parameters",
+        deserialize_with = "binary_data_parameter"
+    )]
+    binary_data: Option<serde_json::Value>,
 }
 
 struct InputsSeed {
@@ -277,11 +513,12 @@ struct RawInput {
     shape: Option<Result<Vec<usize>, String>>,
     datatype: Option<Result<DataType, String>>,
     data: Option<ParsedData>,
-    binary: bool,
+    /// `parameters.binary_data_size`: the data is in the binary part.
+    binary: Option<Result<u64, String>>,
 }
 
 impl RawInput {
-    fn finish(self, index: usize) -> Result<InputTensor, String> {
+    fn finish(self, index: usize, part: &mut BinaryPart) -> Result<InputTensor, String> {
         let Some(name) = self.name else {
             return Err(format!("input #{index}: missing \"name\""));
         };
@@ -294,17 +531,35 @@ impl RawInput {
             return Err(format!("{what}: missing \"datatype\""));
         };
         let datatype = datatype.map_err(|m| format!("{what}: {m}"))?;
+        match self.binary {
+            None => {}
+            Some(Err(v)) => {
+                return Err(format!(
+                    "{what}: \"parameters.binary_data_size\" must be a number of bytes, not {v}"
+                ));
+            }
+            Some(Ok(_)) if self.data.is_some() => {
+                return Err(format!(
+                    "{what}: both \"data\" and \"parameters.binary_data_size\" are set; send \
+                     the data one way"
+                ));
+            }
+            Some(Ok(size)) => {
+                let data = part.take(&what, size, datatype, &shape)?;
+                return Ok(InputTensor {
+                    name,
+                    datatype,
+                    shape,
+                    data,
+                });
+            }
+        }
         let Some(ParsedData {
             values,
             dims,
             error,
         }) = self.data
         else {
-            if self.binary {
-                return Err(format!(
-                    "input '{name}': binary tensor data is not supported; send \"data\" as JSON"
-                ));
-            }
             return Err(format!("input '{name}': missing \"data\""));
         };
         if let Some(error) = error {
@@ -356,11 +611,6 @@ enum InputField {
     Other,
 }
 
-#[derive(Deserialize)]
-struct InputParameters {
-    binary_data_size: Option<IgnoredAny>,
-}
-
 impl<'de> DeserializeSeed<'de> for InputSeed {
     type Value = RawInput;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawInput, D::Error> {
@@ -381,7 +631,7 @@ impl<'de> Visitor<'de> for InputSeed {
             shape: None,
             datatype: None,
             data: None,
-            binary: false,
+            binary: None,
         };
         while let Some(field) = map.next_key::<InputField>()? {
             match field {
@@ -427,8 +677,9 @@ impl<'de> Visitor<'de> for InputSeed {
                     });
                 }
                 InputField::Parameters => {
-                    let params: Option<InputParameters> = map.next_value()?;
-                    input.binary = params.is_some_and(|p| p.binary_data_size.is_some());
+                    input.binary = map
+                        .next_value_seed(ParamSeed("binary_data_size"))?
+                        .map(|v| v.as_u64().ok_or_else(|| describe_value(&v)));
                 }
                 InputField::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -1013,7 +1264,7 @@ impl<'de> Visitor<'de> for InstancesSeed {
 /// arithmetic of `serde_json`'s number parser, step for step), same element conversions.
 mod fast {
     use super::{
-        DataType, Elem, ParsedData, RawInput, RawRequest, Scalar, TensorData, Values,
+        DataType, Elem, ParsedData, RawInput, RawOutput, RawRequest, Scalar, TensorData, Values,
         capacity_bound, check_shape,
     };
 
@@ -1026,7 +1277,9 @@ mod fast {
             id: None,
             inputs: None,
             outputs: None,
+            binary_output: None,
         };
+        let mut parameters = false;
         c.object(|c, key| {
             match key {
                 "id" if request.id.is_none() => request.id = Some(c.str()?.to_owned()),
@@ -1039,23 +1292,36 @@ mod fast {
                     request.inputs = Some(inputs);
                 }
                 "outputs" if request.outputs.is_none() => {
-                    let mut names = Vec::new();
+                    let mut outputs = Vec::new();
                     c.array(|c| {
                         let mut name = None;
+                        let mut binary = None;
+                        let mut parameters = false;
                         c.object(|c, key| {
                             match key {
                                 "name" if name.is_none() => name = Some(c.str()?.to_owned()),
-                                "name" => return None,
+                                "parameters" if !parameters => {
+                                    parameters = true;
+                                    binary = c.flag_parameter("binary_data")?;
+                                }
+                                "name" | "parameters" => return None,
                                 _ => c.skip(3)?,
                             }
                             Some(())
                         })?;
-                        names.push(name?);
+                        outputs.push(RawOutput {
+                            name: name?,
+                            binary: binary.map(Ok),
+                        });
                         Some(())
                     })?;
-                    request.outputs = Some(names);
+                    request.outputs = Some(outputs);
                 }
-                "id" | "inputs" | "outputs" => return None,
+                "parameters" if !parameters => {
+                    parameters = true;
+                    request.binary_output = c.flag_parameter("binary_data_output")?.map(Ok);
+                }
+                "id" | "inputs" | "outputs" | "parameters" => return None,
                 _ => c.skip(1)?,
             }
             Some(())
@@ -1072,6 +1338,7 @@ mod fast {
         // Data sent before its datatype: where it is, read once the datatype is known.
         let mut deferred: Option<(usize, usize)> = None;
         let mut parameters = false;
+        let mut binary: Option<u64> = None;
         c.object(|c, key| {
             match key {
                 "name" if name.is_none() => name = Some(c.str()?.to_owned()),
@@ -1105,16 +1372,17 @@ mod fast {
                 }
                 "parameters" if !parameters => {
                     parameters = true;
-                    c.ws();
-                    if c.peek()? == b'n' {
-                        c.literal(b"null")?;
-                    } else {
-                        c.object(|c, key| match key {
-                            // Binary data is the general parser's to refuse.
-                            "binary_data_size" => None,
-                            _ => c.skip(4),
-                        })?;
-                    }
+                    c.parameters(|c, key| match key {
+                        "binary_data_size" if binary.is_none() => match c.number()? {
+                            Num::U64(size) => {
+                                binary = Some(size);
+                                Some(())
+                            }
+                            Num::I64(_) | Num::F64(_) => None,
+                        },
+                        "binary_data_size" => None,
+                        _ => c.skip(4),
+                    })?;
                 }
                 "name" | "shape" | "datatype" | "data" | "parameters" => return None,
                 _ => c.skip(3)?,
@@ -1138,7 +1406,7 @@ mod fast {
             shape: shape.map(Ok),
             datatype: datatype.map(Ok),
             data,
-            binary: false,
+            binary: binary.map(Ok),
         })
     }
 
@@ -1310,6 +1578,45 @@ mod fast {
                 }
                 i += 1;
             }
+        }
+
+        /// A `parameters` value: null, or an object whose entries `f` reads. Anything else is
+        /// the general parser's.
+        fn parameters(&mut self, f: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+            self.ws();
+            if self.peek()? == b'n' {
+                self.literal(b"null")
+            } else {
+                self.object(f)
+            }
+        }
+
+        /// `parameters` with one boolean of interest: `true`, `false` or null (absent).
+        fn flag_parameter(&mut self, wanted: &str) -> Option<Option<bool>> {
+            let mut value = None;
+            let mut seen = false;
+            self.parameters(|c, key| {
+                if key != wanted {
+                    return c.skip(4);
+                }
+                if seen {
+                    return None;
+                }
+                seen = true;
+                c.ws();
+                value = match c.peek()? {
+                    b't' => Some(true),
+                    b'f' => Some(false),
+                    b'n' => None,
+                    _ => return None,
+                };
+                c.literal(match value {
+                    Some(true) => b"true",
+                    Some(false) => b"false",
+                    None => b"null",
+                })
+            })?;
+            Some(value)
         }
 
         /// Any JSON value, checked and dropped.
@@ -1716,8 +2023,8 @@ mod tests {
     }
 
     fn parse_limited(body: &[u8], limit: usize) -> Result<InferRequest, String> {
-        let got = parse_infer(body, limit);
-        let general = parse_infer_general(body, limit);
+        let got = parse_infer(body, None, limit);
+        let general = parse_infer_general(body, None, limit);
         assert_eq!(
             format!("{got:?}"),
             format!("{general:?}"),
@@ -1725,6 +2032,19 @@ mod tests {
             String::from_utf8_lossy(body)
         );
         got
+    }
+
+    /// A body of JSON and binary data, parsed both ways.
+    fn parse_binary(json: &str, binary: &[u8]) -> Result<InferRequest, String> {
+        let body = [json.as_bytes(), binary].concat();
+        let got = parse_infer(&body, Some(json.len()), LIMIT);
+        let general = parse_infer_general(&body, Some(json.len()), LIMIT);
+        assert_eq!(format!("{got:?}"), format!("{general:?}"), "{json}");
+        got
+    }
+
+    fn le_f32(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     fn instances(
@@ -1917,6 +2237,146 @@ mod tests {
         assert!(err.contains("no \"instances\""), "{err}");
         let err = instances(br#"{"instances": 5}"#, DataType::Fp32, LIMIT).unwrap_err();
         assert!(err.contains("must be an array"), "{err}");
+    }
+
+    #[test]
+    fn binary_inputs_take_their_bytes_in_order() {
+        let json = r#"{"inputs":[{"name":"A","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}},
+            {"name":"J","shape":[2],"datatype":"INT64","data":[5,-6]},
+            {"name":"S","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":13}},
+            {"name":"B","shape":[3],"datatype":"BOOL","parameters":{"binary_data_size":3}},
+            {"name":"H","shape":[1],"datatype":"FP16","parameters":{"binary_data_size":2}},
+            {"name":"I","shape":[1],"datatype":"INT16","parameters":{"binary_data_size":2}}],
+            "parameters":{"binary_data_output":true},
+            "outputs":[{"name":"Y","parameters":{"binary_data":false}},{"name":"Z"}]}"#;
+        let mut binary = le_f32(&[1.5, -0.0, 3.4028235e38, 1e-45]);
+        binary.extend(2u32.to_le_bytes());
+        binary.extend(b"hi");
+        binary.extend(3u32.to_le_bytes());
+        binary.extend("h\u{e9}".as_bytes());
+        binary.extend([1, 0, 1]);
+        binary.extend(half::f16::from_f32(0.5).to_bits().to_le_bytes());
+        binary.extend((-2i16).to_le_bytes());
+        let request = parse_binary(json, &binary).unwrap();
+        let data: Vec<&TensorData> = request.inputs.iter().map(|t| &t.data).collect();
+        assert_eq!(
+            data,
+            [
+                &TensorData::Fp32(vec![1.5, -0.0, 3.4028235e38, 1e-45]),
+                &TensorData::Int64(vec![5, -6]),
+                &TensorData::Bytes(vec!["hi".into(), "h\u{e9}".into()]),
+                &TensorData::Bool(vec![true, false, true]),
+                &TensorData::Fp16(vec![half::f16::from_f32(0.5)]),
+                &TensorData::Int16(vec![-2]),
+            ]
+        );
+        assert_eq!(request.inputs[0].shape, vec![2, 2]);
+        assert!(request.binary_output);
+        assert_eq!(request.outputs, Some(vec!["Y".into(), "Z".into()]));
+        assert_eq!(request.output_binary, vec![Some(false), None]);
+        // The same JSON with nothing after it, as a plain JSON request, has no binary flags.
+        let plain =
+            parse(r#"{"inputs":[{"name":"J","shape":[1],"datatype":"INT8","data":[1]}]}"#).unwrap();
+        assert!(!plain.binary_output && plain.output_binary.is_empty());
+    }
+
+    #[test]
+    fn binary_sizes_are_checked_exactly() {
+        let input = |size: &str, shape: &str, datatype: &str| {
+            format!(
+                r#"{{"inputs":[{{"name":"X","shape":{shape},"datatype":"{datatype}","parameters":{{"binary_data_size":{size}}}}}]}}"#
+            )
+        };
+        let four = le_f32(&[1.0, 2.0, 3.0, 4.0]);
+        for (json, binary, needles) in [
+            (
+                input("12", "[4]", "FP32"),
+                &four[..],
+                vec!["input 'X'", "binary_data_size\" is 12", "takes 16"],
+            ),
+            (
+                input("16", "[4]", "FP32"),
+                &four[..12],
+                vec!["input 'X'", "only 12 bytes"],
+            ),
+            (
+                input("8", "[2]", "FP32"),
+                &four[..],
+                vec!["16 bytes", "add up to 8"],
+            ),
+            (
+                input("-1", "[4]", "FP32"),
+                &four[..],
+                vec!["input 'X'", "number of bytes, not -1"],
+            ),
+            (
+                input("\"16\"", "[4]", "FP32"),
+                &four[..],
+                vec!["input 'X'", "not \"16\""],
+            ),
+            (
+                input("3", "[3]", "BOOL"),
+                &[1, 2, 0][..],
+                vec!["input 'X'", "element 1", "BOOL"],
+            ),
+            (
+                input("6", "[2]", "BYTES"),
+                &[1, 0, 0, 0, b'a', 9][..],
+                vec!["input 'X'", "element 1"],
+            ),
+            (
+                input("7", "[1]", "BYTES"),
+                &[1, 0, 0, 0, b'a', 9, 9][..],
+                vec!["input 'X'", "2 bytes after"],
+            ),
+            (
+                input("6", "[1]", "BYTES"),
+                &[2, 0, 0, 0, 0xff, 0xfe][..],
+                vec!["input 'X'", "UTF-8"],
+            ),
+            (
+                input("8", "[1]", "BYTES"),
+                &[9, 0, 0, 0, 1, 2, 3, 4][..],
+                vec!["input 'X'", "says 9 bytes"],
+            ),
+        ] {
+            let err = parse_binary(&json, binary).unwrap_err();
+            for needle in needles {
+                assert!(err.contains(needle), "{json}: {err:?} lacks {needle:?}");
+            }
+        }
+        let json = input("16", "[4]", "FP32");
+        let err = parse_infer(json.as_bytes(), Some(json.len() + 1), LIMIT).unwrap_err();
+        assert!(err.contains("Inference-Header-Content-Length is"), "{err}");
+        let err = parse(&json).unwrap_err();
+        assert!(err.contains("Inference-Header-Content-Length"), "{err}");
+        let both = r#"{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#;
+        let err = parse_binary(both, &le_f32(&[1.0])).unwrap_err();
+        assert!(err.contains("both"), "{err}");
+        // A header length that covers the whole body: a JSON request.
+        let json = r#"{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}]}"#;
+        parse_binary(json, &[]).unwrap();
+        let err = parse_binary(json, &[0]).unwrap_err();
+        assert!(err.contains("add up to 0"), "{err}");
+        for (json, needle) in [
+            (
+                r#"{"inputs":[],"parameters":{"binary_data_output":1}}"#,
+                "binary_data_output\" must be true or false, not 1",
+            ),
+            (
+                r#"{"inputs":[],"outputs":[{"name":"Y","parameters":{"binary_data":"yes"}}]}"#,
+                "output 'Y'",
+            ),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+        // Parameters that are not objects are ignored, as they always were.
+        let odd =
+            parse(r#"{"inputs":[],"parameters":[1],"outputs":[{"name":"Y","parameters":5}]}"#)
+                .unwrap();
+        assert!(!odd.binary_output);
+        assert_eq!(odd.output_binary, vec![None]);
     }
 
     /// SplitMix64: reproducible test data without a dependency.
@@ -2222,6 +2682,7 @@ mod tests {
             r#" { "inputs" : [ { "name" : "X" , "shape" : [ 1 , 2 ] , "datatype" : "FP64" , "data" : [ [ 1.5 , 2 ] ] } ] } "#.into(),
             r#"{"inputs":[{"name":"X","shape":[2,2,2],"datatype":"UINT8","data":[[[1,2],[3,4]],[[5,6],[7,8]]]}]}"#.into(),
             r#"{"inputs":[{"name":"X","shape":[0,3],"datatype":"FP16","data":[]}],"outputs":[{"name":"a","parameters":{}},{"name":"b"}]}"#.into(),
+            r#"{"inputs":[{"name":"X","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}],"outputs":[{"name":"a","parameters":{"binary_data":true}}],"parameters":{"binary_data_output":false}}"#.into(),
         ];
         let alphabet: &[&str] = &[
             "[",
@@ -2259,10 +2720,14 @@ mod tests {
             "\u{e9}",
             "\u{1}",
             "\t",
+            "\"binary_data\"",
+            "\"binary_data_output\"",
+            "false",
         ];
         let mut rng = Rng(3);
         for seed in &seeds {
-            parse(seed).unwrap();
+            // The binary one has its data missing: an error, the same both ways.
+            assert_eq!(parse(seed).is_ok(), !seed.contains("binary_data_size"));
         }
         for _ in 0..20_000 {
             let mut body = seeds[rng.below(seeds.len() as u64) as usize]
@@ -2353,8 +2818,8 @@ mod tests {
             serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "features", "shape": [64, 78], "datatype": "FP32", "data": rows}]})).unwrap()
         };
         assert_eq!(
-            format!("{:?}", parse_infer(&body, LIMIT)),
-            format!("{:?}", parse_infer_general(&body, LIMIT))
+            format!("{:?}", parse_infer(&body, None, LIMIT)),
+            format!("{:?}", parse_infer_general(&body, None, LIMIT))
         );
         let time = |f: &dyn Fn() -> usize| {
             let mut best = f64::MAX;
@@ -2376,8 +2841,9 @@ mod tests {
             body.len()
         );
         for (what, body) in [("flat", &body), ("nested rows", &nested)] {
-            let general = time(&|| len(parse_infer_general(std::hint::black_box(body), LIMIT)));
-            let scan = time(&|| len(parse_infer(std::hint::black_box(body), LIMIT)));
+            let general =
+                time(&|| len(parse_infer_general(std::hint::black_box(body), None, LIMIT)));
+            let scan = time(&|| len(parse_infer(std::hint::black_box(body), None, LIMIT)));
             println!(
                 "{what:>12}: general parser {:6.1} us/request {:5.2} ns/number | scan {:6.1} us/request {:5.2} ns/number | x{:.2}",
                 general * 1e6,
