@@ -1100,3 +1100,76 @@ async fn binary_requests_are_batched_like_json_ones() {
     }
     server.stop().await;
 }
+
+/// Requests per second for the 64-row churn request (64 x 78 FP32), sent as JSON and as binary
+/// tensor data, by 8 clients for 3 s each, in this process: client and server share the
+/// machine, so the figures are for comparing builds and encodings, not absolute.
+/// `cargo test --release --test server_api throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --release --ignored --nocapture"]
+async fn throughput() {
+    let server = TestServer::start(config(vec![model("churn", "churn.onnx", None)])).await;
+    let rows = churn_expected()["features"].as_array().unwrap().clone();
+    let rows: Vec<Value> = rows.iter().cycle().take(64).cloned().collect();
+    let flat: Vec<f64> = rows.iter().flat_map(floats).collect();
+    let json_body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serve/infer-64.json"),
+    )
+    .unwrap_or_else(|_| churn_request(&rows).into_bytes());
+    let (header, binary) = binary_request(
+        &[("features", "FP32", vec![64, 78], le_f32(&flat))],
+        json!({}),
+    );
+    let binary_body = [header.as_bytes(), &binary].concat();
+    let url = format!("{}/v2/models/churn/infer", server.base);
+    let run = |body: Vec<u8>, json_length: Option<usize>| {
+        let client = server.client.clone();
+        let url = url.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            let clients = (0..8).map(|_| {
+                let (client, url, body) = (client.clone(), url.clone(), body.clone());
+                async move {
+                    let mut done = 0u32;
+                    while std::time::Instant::now() < deadline {
+                        let mut request = client.post(&url).body(body.clone());
+                        if let Some(n) = json_length {
+                            request = request.header(JSON_LENGTH, n);
+                        }
+                        let response = request.send().await.unwrap();
+                        if response.status() != 200 {
+                            return None;
+                        }
+                        response.bytes().await.unwrap();
+                        done += 1;
+                    }
+                    Some(done)
+                }
+            });
+            let counts: Option<Vec<u32>> = join_all(clients).await.into_iter().collect();
+            counts.map(|c| f64::from(c.iter().sum::<u32>()) / 3.0)
+        }
+    };
+    // Warm up, then measure each twice, interleaved; the best counts.
+    run(json_body.clone(), None).await;
+    let mut best = [0.0f64; 2];
+    for _ in 0..2 {
+        for (i, (body, length)) in [
+            (json_body.clone(), None),
+            (binary_body.clone(), Some(header.len())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            best[i] = best[i].max(run(body, length).await.unwrap_or(f64::NAN));
+        }
+    }
+    println!(
+        "64-row churn request, 8 clients: JSON ({} bytes) {:.0} req/s; binary ({} bytes) {:.0} req/s",
+        json_body.len(),
+        best[0],
+        binary_body.len(),
+        best[1]
+    );
+    server.stop().await;
+}
