@@ -2811,15 +2811,33 @@ mod tests {
     fn decode_speed() {
         let body = churn_64();
         let numbers = 64 * 78;
-        let nested = {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let flat = v["inputs"][0]["data"].as_array().unwrap().clone();
-            let rows: Vec<&[serde_json::Value]> = flat.chunks(78).collect();
-            serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "features", "shape": [64, 78], "datatype": "FP32", "data": rows}]})).unwrap()
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let flat = v["inputs"][0]["data"].as_array().unwrap().clone();
+        let rows: Vec<&[serde_json::Value]> = flat.chunks(78).collect();
+        // Keys as clients usually send them, and sorted (data before datatype).
+        let client_order = |data: String| {
+            format!(
+                r#"{{"inputs":[{{"name":"features","shape":[64,78],"datatype":"FP32","data":{data}}}]}}"#
+            )
+            .into_bytes()
         };
+        let nested = client_order(serde_json::to_string(&rows).unwrap());
+        let sorted = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "features",
+            "shape": [64, 78], "datatype": "FP32", "data": flat}]}))
+        .unwrap();
+        let header = br#"{"inputs":[{"name":"features","shape":[64,78],"datatype":"FP32","parameters":{"binary_data_size":19968}}]}"#;
+        let values: Vec<f32> = flat.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let binary = [&header[..], &le_f32(&values)].concat();
+        for body in [&body, &nested, &sorted] {
+            assert_eq!(
+                format!("{:?}", parse_infer(body, None, LIMIT)),
+                format!("{:?}", parse_infer_general(body, None, LIMIT))
+            );
+        }
+        let from_binary = parse_infer(&binary, Some(header.len()), LIMIT).unwrap();
         assert_eq!(
-            format!("{:?}", parse_infer(&body, None, LIMIT)),
-            format!("{:?}", parse_infer_general(&body, None, LIMIT))
+            format!("{:?}", from_binary.inputs),
+            format!("{:?}", parse_infer(&body, None, LIMIT).unwrap().inputs)
         );
         let time = |f: &dyn Fn() -> usize| {
             let mut best = f64::MAX;
@@ -2836,16 +2854,18 @@ mod tests {
             best
         };
         let len = |r: Result<InferRequest, String>| r.map_or(0, |r| r.inputs[0].data.len());
-        println!(
-            "64-row churn request: {} bytes, {numbers} FP32 numbers",
-            body.len()
-        );
-        for (what, body) in [("flat", &body), ("nested rows", &nested)] {
+        println!("64-row churn request, {numbers} FP32 numbers");
+        for (what, body) in [
+            ("flat", &body),
+            ("nested rows", &nested),
+            ("sorted keys", &sorted),
+        ] {
             let general =
                 time(&|| len(parse_infer_general(std::hint::black_box(body), None, LIMIT)));
             let scan = time(&|| len(parse_infer(std::hint::black_box(body), None, LIMIT)));
             println!(
-                "{what:>12}: general parser {:6.1} us/request {:5.2} ns/number | scan {:6.1} us/request {:5.2} ns/number | x{:.2}",
+                "{what:>12} ({:5} bytes): general parser {:6.1} us/request {:5.2} ns/number | scan {:6.1} us/request {:5.2} ns/number | x{:.2}",
+                body.len(),
                 general * 1e6,
                 general * 1e9 / numbers as f64,
                 scan * 1e6,
@@ -2853,5 +2873,19 @@ mod tests {
                 general / scan
             );
         }
+        let decode = time(&|| {
+            len(parse_infer(
+                std::hint::black_box(&binary),
+                Some(header.len()),
+                LIMIT,
+            ))
+        });
+        println!(
+            "{:>12} ({:5} bytes): {:6.1} us/request {:5.2} ns/number",
+            "binary",
+            binary.len(),
+            decode * 1e6,
+            decode * 1e9 / numbers as f64
+        );
     }
 }

@@ -249,15 +249,15 @@ impl TensorData {
 }
 
 /// Little-endian, fixed-size elements of binary tensor data.
-fn from_le<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|chunk| {
-            let mut raw = [0u8; N];
-            raw.copy_from_slice(chunk);
-            from(raw)
-        })
-        .collect()
+fn from_le<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
+    let (chunks, _) = bytes.as_chunks::<N>();
+    chunks.iter().map(|&chunk| from(chunk)).collect()
+}
+
+fn to_le<T, const N: usize>(out: &mut Vec<u8>, values: &[T], to: impl Fn(&T) -> [u8; N]) {
+    for value in values {
+        out.extend_from_slice(&to(value));
+    }
 }
 
 /// The binary tensor data extension's encoding (little-endian, row-major; BYTES elements as a
@@ -323,16 +323,16 @@ impl TensorData {
         match self {
             TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
             TensorData::Uint8(v) => out.extend_from_slice(v),
-            TensorData::Int8(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Uint16(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Int16(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Fp16(v) => out.extend(v.iter().flat_map(|x| x.to_bits().to_le_bytes())),
-            TensorData::Uint32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Int32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Fp32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Uint64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Int64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::Fp64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::Int8(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Uint16(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Int16(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Fp16(v) => to_le(out, v, |x| x.to_bits().to_le_bytes()),
+            TensorData::Uint32(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Int32(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Fp32(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Uint64(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Int64(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Fp64(v) => to_le(out, v, |x| x.to_le_bytes()),
             TensorData::Bytes(v) => {
                 for s in v {
                     let len = u32::try_from(s.len()).map_err(|_| {
