@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
-use ferry::server::config::VariantConfig;
+use ferry::server::config::{Limits, VariantConfig};
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 mod common;
-use common::{TestServer, config, fixture, model, sample};
+use common::{TestServer, config, config_with, fixture, model, sample};
 
 fn churn_expected() -> Value {
     let text = std::fs::read_to_string(fixture("churn_expected.json")).unwrap();
@@ -73,7 +74,7 @@ async fn health_and_metadata_follow_the_protocol() {
     assert_eq!(status, 200);
     assert_eq!(
         meta,
-        json!({"name": "ferry", "version": env!("CARGO_PKG_VERSION"), "extensions": []})
+        json!({"name": "ferry", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]})
     );
 
     let expected = json!({
@@ -628,4 +629,547 @@ async fn config_file_round_trip_and_run_binds_the_configured_port() {
     assert!(ready, "run() never became ready on port {port}");
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+// --- The binary tensor data extension -------------------------------------------------------
+
+const JSON_LENGTH: &str = "inference-header-content-length";
+
+/// POSTs `json` followed by `binary`, with `Inference-Header-Content-Length` (`json.len()`
+/// unless `json_length` says otherwise); the status, headers and raw answer.
+async fn post_binary(
+    server: &TestServer,
+    model: &str,
+    json: &str,
+    binary: &[u8],
+    json_length: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let length = json_length.map_or_else(|| json.len().to_string(), str::to_string);
+    let response = server
+        .client
+        .post(format!("{}/v2/models/{model}/infer", server.base))
+        .header("content-type", "application/octet-stream")
+        .header(JSON_LENGTH, length)
+        .body([json.as_bytes(), binary].concat())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.unwrap().to_vec())
+}
+
+/// An answer as JSON: a plain JSON answer as it is; a binary one with each binary output's data
+/// decoded from the binary part and put in `data`, as the server would have written it in JSON.
+fn answer_json(headers: &reqwest::header::HeaderMap, body: &[u8]) -> Value {
+    let Some(length) = headers.get(JSON_LENGTH) else {
+        assert_eq!(headers["content-type"], "application/json");
+        return serde_json::from_slice(body).unwrap();
+    };
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    let length: usize = length.to_str().unwrap().parse().unwrap();
+    let mut answer: Value = serde_json::from_slice(&body[..length]).unwrap();
+    let mut binary = &body[length..];
+    for output in answer["outputs"].as_array_mut().unwrap() {
+        let Some(size) = output["parameters"]["binary_data_size"].as_u64() else {
+            continue;
+        };
+        assert!(output.get("data").is_none(), "{output}");
+        let (bytes, rest) = binary.split_at(size as usize);
+        binary = rest;
+        output["data"] = decode(output["datatype"].as_str().unwrap(), bytes);
+        output.as_object_mut().unwrap().remove("parameters");
+    }
+    assert!(binary.is_empty(), "{} bytes left over", binary.len());
+    answer
+}
+
+/// Little-endian tensor bytes as the JSON the server writes for them.
+fn decode(datatype: &str, bytes: &[u8]) -> Value {
+    fn le<const N: usize, T: serde::Serialize>(bytes: &[u8], f: fn([u8; N]) -> T) -> Value {
+        let values: Vec<T> = bytes
+            .chunks_exact(N)
+            .map(|c| f(c.try_into().unwrap()))
+            .collect();
+        serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap()
+    }
+    match datatype {
+        "BOOL" => le(bytes, |[b]: [u8; 1]| b != 0),
+        "UINT8" => le(bytes, u8::from_le_bytes),
+        "INT8" => le(bytes, i8::from_le_bytes),
+        "UINT16" => le(bytes, u16::from_le_bytes),
+        "INT16" => le(bytes, i16::from_le_bytes),
+        "FP16" => le(bytes, |b| {
+            half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+        }),
+        "UINT32" => le(bytes, u32::from_le_bytes),
+        "INT32" => le(bytes, i32::from_le_bytes),
+        "FP32" => le(bytes, f32::from_le_bytes),
+        "UINT64" => le(bytes, u64::from_le_bytes),
+        "INT64" => le(bytes, i64::from_le_bytes),
+        "FP64" => le(bytes, f64::from_le_bytes),
+        "BYTES" => {
+            let mut out = Vec::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let (len, tail) = rest.split_at(4);
+                let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+                out.push(String::from_utf8(tail[..len].to_vec()).unwrap());
+                rest = &tail[len..];
+            }
+            json!(out)
+        }
+        other => panic!("datatype {other}"),
+    }
+}
+
+/// Tensors as binary data: the JSON header (inputs with `binary_data_size`, `extra` merged into
+/// the request) and the bytes.
+fn binary_request(inputs: &[(&str, &str, Vec<usize>, Vec<u8>)], extra: Value) -> (String, Vec<u8>) {
+    let mut request = json!({"inputs": inputs.iter().map(|(name, datatype, shape, bytes)| json!({
+        "name": name, "shape": shape, "datatype": datatype,
+        "parameters": {"binary_data_size": bytes.len()},
+    })).collect::<Vec<_>>()});
+    for (key, value) in extra.as_object().unwrap() {
+        request[key] = value.clone();
+    }
+    let binary = inputs
+        .iter()
+        .flat_map(|(.., bytes)| bytes.clone())
+        .collect();
+    (request.to_string(), binary)
+}
+
+fn le_f32(values: &[f64]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| (v as f32).to_le_bytes())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_tensor_data_gives_the_json_answers() {
+    let server = TestServer::start(config(vec![model("churn", "churn.onnx", Some((64, 2)))])).await;
+    let rows = churn_expected()["features"].as_array().unwrap().clone();
+    let flat: Vec<f64> = rows.iter().flat_map(floats).collect();
+    let (status, want) = server
+        .post("/v2/models/churn/infer", churn_request(&rows))
+        .await;
+    assert_eq!(status, 200, "{want}");
+
+    let features =
+        |extra: Value| binary_request(&[("features", "FP32", vec![3, 78], le_f32(&flat))], extra);
+    // Binary in, JSON out: exactly the JSON request's answer.
+    let (json, binary) = features(json!({}));
+    let (status, headers, body) = post_binary(&server, "churn", &json, &binary, None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.get(JSON_LENGTH).is_none());
+    assert_eq!(answer_json(&headers, &body), want);
+
+    // Binary in, binary out: every output in the binary part, decoding to the same values.
+    let (json, binary) = features(json!({"parameters": {"binary_data_output": true}}));
+    let (status, headers, body) = post_binary(&server, "churn", &json, &binary, None).await;
+    assert_eq!(status, 200);
+    let length: usize = headers[JSON_LENGTH].to_str().unwrap().parse().unwrap();
+    let header: Value = serde_json::from_slice(&body[..length]).unwrap();
+    for output in header["outputs"].as_array().unwrap() {
+        let size = output["parameters"]["binary_data_size"].as_u64().unwrap();
+        // label: 3 INT64; probabilities: 3 x 2 FP32.
+        assert_eq!(size, 24, "{output}");
+    }
+    assert_eq!(body.len(), length + 24 + 24);
+    assert_eq!(answer_json(&headers, &body), want);
+
+    // Per output: one binary, one JSON; and a JSON request may ask for a binary answer.
+    let outputs = json!([
+        {"name": "probabilities", "parameters": {"binary_data": true}},
+        {"name": "label"},
+    ]);
+    let (json, binary) = features(json!({"outputs": outputs}));
+    let (status, headers, body) = post_binary(&server, "churn", &json, &binary, None).await;
+    assert_eq!(status, 200);
+    let length: usize = headers[JSON_LENGTH].to_str().unwrap().parse().unwrap();
+    let header: Value = serde_json::from_slice(&body[..length]).unwrap();
+    assert_eq!(
+        output(&header, "label")["data"],
+        want_output(&want, "label")["data"]
+    );
+    assert!(output(&header, "probabilities").get("data").is_none());
+    assert_eq!(
+        answer_json(&headers, &body)["outputs"],
+        json!([
+            want_output(&want, "probabilities"),
+            want_output(&want, "label")
+        ])
+    );
+    let request = churn_request(&rows).replacen(
+        '{',
+        r#"{"parameters":{"binary_data_output":true},"outputs":[{"name":"label","parameters":{"binary_data":false}},{"name":"probabilities"}],"#,
+        1,
+    );
+    let response = server
+        .client
+        .post(format!("{}/v2/models/churn/infer", server.base))
+        .body(request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap();
+    let length: usize = headers[JSON_LENGTH].to_str().unwrap().parse().unwrap();
+    let header: Value = serde_json::from_slice(&body[..length]).unwrap();
+    assert!(header["outputs"][0].get("data").is_some(), "{header}");
+    assert_eq!(answer_json(&headers, &body), want);
+    server.stop().await;
+}
+
+fn want_output(answer: &Value, name: &str) -> Value {
+    output(answer, name).clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_datatype_round_trips_as_binary_data() {
+    let server = TestServer::start(config(vec![model("types", "types.onnx", Some((8, 1)))])).await;
+    fn le<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {
+        values.iter().flat_map(|&v| f(v)).collect()
+    }
+    let strings = ["héllo", "", "a\"b", "\u{1F980}"];
+    let inputs = [
+        (
+            "bool_in",
+            "BOOL",
+            le(&[true, false, false, true], |b| [u8::from(b)]),
+        ),
+        ("i8_in", "INT8", le(&[-64i8, 63, 0, 1], i8::to_le_bytes)),
+        (
+            "i16_in",
+            "INT16",
+            le(&[-16384i16, 16383, 2, 3], i16::to_le_bytes),
+        ),
+        (
+            "i32_in",
+            "INT32",
+            le(&[-1073741824i32, 1073741823, 4, 5], i32::to_le_bytes),
+        ),
+        (
+            "i64_in",
+            "INT64",
+            le(
+                &[-4611686018427387904i64, 4611686018427387903, 6, 7],
+                i64::to_le_bytes,
+            ),
+        ),
+        ("u8_in", "UINT8", vec![0, 127, 8, 9]),
+        (
+            "u16_in",
+            "UINT16",
+            le(&[0u16, 32767, 10, 11], u16::to_le_bytes),
+        ),
+        (
+            "u32_in",
+            "UINT32",
+            le(&[0u32, 2147483647, 12, 13], u32::to_le_bytes),
+        ),
+        (
+            "u64_in",
+            "UINT64",
+            le(&[0u64, 9223372036854775807, 14, 15], u64::to_le_bytes),
+        ),
+        (
+            "f16_in",
+            "FP16",
+            le(&[0.5f32, -1.25, 1000.0, 0.0], |v| {
+                half::f16::from_f32(v).to_bits().to_le_bytes()
+            }),
+        ),
+        (
+            "f32_in",
+            "FP32",
+            le(&[0.1f32, -2.5, 3.0e10, 1e-7], f32::to_le_bytes),
+        ),
+        (
+            "f64_in",
+            "FP64",
+            le(&[0.1f64, -2.5, 1e300, 5e-324], f64::to_le_bytes),
+        ),
+        (
+            "str_in",
+            "BYTES",
+            strings
+                .iter()
+                .flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat())
+                .collect(),
+        ),
+    ];
+    let inputs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = inputs
+        .into_iter()
+        .map(|(name, datatype, bytes)| (name, datatype, vec![2, 2], bytes))
+        .collect();
+    // The same tensors as JSON.
+    let json_inputs: Vec<Value> = inputs
+        .iter()
+        .map(|(name, datatype, shape, bytes)| {
+            json!({"name": name, "datatype": datatype, "shape": shape, "data": decode(datatype, bytes)})
+        })
+        .collect();
+    let (status, want) = server.infer("types", &json!({"inputs": json_inputs})).await;
+    assert_eq!(status, 200, "{want}");
+
+    let (json, binary) =
+        binary_request(&inputs, json!({"parameters": {"binary_data_output": true}}));
+    let (status, headers, body) = post_binary(&server, "types", &json, &binary, None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer = answer_json(&headers, &body);
+    assert_eq!(answer, want);
+    assert_eq!(
+        output(&answer, "str_out")["data"],
+        json!(["héllo", "", "a\"b", "\u{1F980}"])
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_binary_requests_get_a_clear_error() {
+    let limits = Limits {
+        max_body_bytes: 4096,
+        ..Limits::default()
+    };
+    let server = TestServer::start(config_with(
+        vec![model("churn", "churn.onnx", Some((64, 2)))],
+        limits,
+    ))
+    .await;
+    let rows = churn_expected()["features"].as_array().unwrap().clone();
+    let one: Vec<f64> = floats(&rows[0]);
+    let (json, binary) = binary_request(
+        &[("features", "FP32", vec![1, 78], le_f32(&one))],
+        json!({}),
+    );
+    let short = json.replace("312", "308");
+    // What, JSON, binary part, header value (else the JSON length), status, message parts.
+    type Case<'a> = (&'a str, String, Vec<u8>, Option<&'a str>, u16, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "size against shape",
+            short.clone(),
+            binary[..308].to_vec(),
+            None,
+            400,
+            vec!["input 'features'", "binary_data_size", "308", "takes 312"],
+        ),
+        (
+            "data shorter than its size",
+            json.clone(),
+            binary[..300].to_vec(),
+            None,
+            400,
+            vec!["input 'features'", "only 300 bytes"],
+        ),
+        (
+            "bytes left over",
+            json.clone(),
+            [&binary[..], &[0; 4]].concat(),
+            None,
+            400,
+            vec!["316 bytes", "add up to 312"],
+        ),
+        (
+            "header past the body",
+            json.clone(),
+            binary.clone(),
+            Some("100000"),
+            400,
+            vec!["Inference-Header-Content-Length is 100000", "bytes"],
+        ),
+        (
+            "header not a number",
+            json.clone(),
+            binary.clone(),
+            Some("ten"),
+            400,
+            vec!["Inference-Header-Content-Length", "\"ten\""],
+        ),
+        (
+            "header inside the JSON",
+            json.clone(),
+            binary.clone(),
+            Some("20"),
+            400,
+            vec!["malformed JSON"],
+        ),
+        (
+            "over the body limit",
+            binary_request(
+                &[("features", "FP32", vec![16, 78], le_f32(&one.repeat(16)))],
+                json!({}),
+            )
+            .0,
+            le_f32(&one.repeat(16)),
+            None,
+            413,
+            vec!["4096 bytes"],
+        ),
+    ];
+    for (what, json, binary, length, status, needles) in cases {
+        let (got, _, body) = post_binary(&server, "churn", &json, &binary, length).await;
+        let err: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got, status, "{what}: {err}");
+        let message = err["error"].as_str().unwrap();
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{what}: {message:?} lacks {needle:?}"
+            );
+        }
+    }
+    // Binary data without the header that says where it starts.
+    let (got, err) = server.post("/v2/models/churn/infer", json.clone()).await;
+    assert_eq!(got, 400);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("Inference-Header-Content-Length"),
+        "{err}"
+    );
+    let (got, _, body) = post_binary(&server, "churn", &json, &binary, None).await;
+    assert_eq!(got, 200, "{}", String::from_utf8_lossy(&body));
+    server.stop().await;
+}
+
+/// Binary and JSON requests batched together answer as they do alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_requests_are_batched_like_json_ones() {
+    let server = TestServer::start(config(vec![
+        model("churn", "churn.onnx", Some((64, 20))),
+        model("churn_plain", "churn.onnx", None),
+    ]))
+    .await;
+    let rows = churn_expected()["features"].as_array().unwrap().clone();
+    let requests: Vec<Vec<Value>> = (0..12)
+        .map(|i| {
+            (0..1 + i % 4)
+                .map(|r| rows[(i + r) % rows.len()].clone())
+                .collect()
+        })
+        .collect();
+    let mut wanted = Vec::new();
+    for rows in &requests {
+        let (status, answer) = server
+            .post("/v2/models/churn_plain/infer", churn_request(rows))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        wanted.push(answer);
+    }
+    let answers = join_all(requests.iter().enumerate().map(|(i, rows)| {
+        let server = &server;
+        async move {
+            if i % 2 == 0 {
+                let (status, answer) = server
+                    .post("/v2/models/churn/infer", churn_request(rows))
+                    .await;
+                assert_eq!(status, 200, "{answer}");
+                answer
+            } else {
+                let flat: Vec<f64> = rows.iter().flat_map(floats).collect();
+                let extra = json!({"parameters": {"binary_data_output": i % 4 == 1}});
+                let (json, binary) = binary_request(
+                    &[("features", "FP32", vec![rows.len(), 78], le_f32(&flat))],
+                    extra,
+                );
+                let (status, headers, body) =
+                    post_binary(server, "churn", &json, &binary, None).await;
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                answer_json(&headers, &body)
+            }
+        }
+    }))
+    .await;
+    // Batched rows may differ from lone ones in the last bits (ONNX Runtime sums a batch in
+    // another order), whichever way they were sent.
+    for (i, (got, want)) in answers.iter().zip(&wanted).enumerate() {
+        assert_eq!(output(got, "label"), output(want, "label"), "request {i}");
+        let (got, want) = (output(got, "probabilities"), output(want, "probabilities"));
+        assert_eq!(got["shape"], want["shape"], "request {i}");
+        assert_close(
+            &floats(&got["data"]),
+            &floats(&want["data"]),
+            "probabilities",
+        );
+    }
+    server.stop().await;
+}
+
+/// Requests per second for the 64-row churn request (64 x 78 FP32), sent as JSON and as binary
+/// tensor data, by 8 clients for 3 s each, in this process: client and server share the
+/// machine, so the figures are for comparing builds and encodings, not absolute.
+/// `cargo test --release --test server_api throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --release --ignored --nocapture"]
+async fn throughput() {
+    let server = TestServer::start(config(vec![model("churn", "churn.onnx", None)])).await;
+    let rows = churn_expected()["features"].as_array().unwrap().clone();
+    let rows: Vec<Value> = rows.iter().cycle().take(64).cloned().collect();
+    let flat: Vec<f64> = rows.iter().flat_map(floats).collect();
+    let json_body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serve/infer-64.json"),
+    )
+    .unwrap_or_else(|_| churn_request(&rows).into_bytes());
+    let (header, binary) = binary_request(
+        &[("features", "FP32", vec![64, 78], le_f32(&flat))],
+        json!({}),
+    );
+    let binary_body = [header.as_bytes(), &binary].concat();
+    let url = format!("{}/v2/models/churn/infer", server.base);
+    let run = |body: Vec<u8>, json_length: Option<usize>| {
+        let client = server.client.clone();
+        let url = url.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            let clients = (0..8).map(|_| {
+                let (client, url, body) = (client.clone(), url.clone(), body.clone());
+                async move {
+                    let mut done = 0u32;
+                    while std::time::Instant::now() < deadline {
+                        let mut request = client.post(&url).body(body.clone());
+                        if let Some(n) = json_length {
+                            request = request.header(JSON_LENGTH, n);
+                        }
+                        let response = request.send().await.unwrap();
+                        if response.status() != 200 {
+                            return None;
+                        }
+                        response.bytes().await.unwrap();
+                        done += 1;
+                    }
+                    Some(done)
+                }
+            });
+            let counts: Option<Vec<u32>> = join_all(clients).await.into_iter().collect();
+            counts.map(|c| f64::from(c.iter().sum::<u32>()) / 3.0)
+        }
+    };
+    // Warm up, then measure each twice, interleaved; the best counts.
+    run(json_body.clone(), None).await;
+    let mut best = [0.0f64; 2];
+    for _ in 0..2 {
+        for (i, (body, length)) in [
+            (json_body.clone(), None),
+            (binary_body.clone(), Some(header.len())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            best[i] = best[i].max(run(body, length).await.unwrap_or(f64::NAN));
+        }
+    }
+    println!(
+        "64-row churn request, 8 clients: JSON ({} bytes) {:.0} req/s; binary ({} bytes) {:.0} req/s",
+        json_body.len(),
+        best[0],
+        binary_body.len(),
+        best[1]
+    );
+    server.stop().await;
 }

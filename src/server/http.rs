@@ -1,4 +1,5 @@
-//! The HTTP surface: Open Inference Protocol v2 REST, KServe v1 `predict`, `/metrics`.
+//! The HTTP surface: Open Inference Protocol v2 REST (with the binary tensor data extension),
+//! KServe v1 `predict`, `/metrics`.
 //!
 //! Handlers are plain functions over the shared state with no middleware stack; limits (body
 //! size, timeout, queue) are enforced inline so each refusal gets its own status and message.
@@ -20,15 +21,19 @@ use tokio::sync::oneshot;
 
 use super::batch::{Job, JobQueue, queue_full};
 use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
-use super::parse::{parse_infer, parse_instances};
+use super::parse::{InferRequest, parse_infer, parse_instances};
 use super::tensor::{Nested, TensorData};
 use super::{AppState, Model, Variant};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OPENMETRICS: HeaderValue =
     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 /// Header naming the variant that answered.
 pub const VARIANT_HEADER: &str = "x-ferry-variant";
+/// The binary tensor data extension: how many bytes at the start of the body are JSON (the rest
+/// is raw tensor data), in requests and answers.
+const JSON_LENGTH_HEADER: &str = "inference-header-content-length";
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -318,7 +323,7 @@ async fn serve_inference(
         )),
     };
     let mut response = match outcome {
-        Ok(body) => ok_json(body),
+        Ok(reply) => reply.response(),
         Err(e) => e.response(),
     };
     response
@@ -352,6 +357,58 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// A successful answer: JSON, or with `json_length`, JSON followed by binary tensor data.
+struct Reply {
+    body: Vec<u8>,
+    json_length: Option<usize>,
+}
+
+impl Reply {
+    fn response(self) -> Response {
+        let Some(json_length) = self.json_length else {
+            return ok_json(self.body);
+        };
+        let mut response = Response::new(Body::from(self.body));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, OCTET_STREAM);
+        headers.insert(JSON_LENGTH_HEADER, HeaderValue::from(json_length));
+        response
+    }
+}
+
+/// The `Inference-Header-Content-Length` of a request, if it has one.
+fn json_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(JSON_LENGTH_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Inference-Header-Content-Length must be a number of bytes, not {:?}",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })
+}
+
+/// Which outputs (by index in the model's outputs) go in the binary part: an output's own
+/// `parameters.binary_data` if it has one, else the request's `binary_data_output`.
+fn binary_outputs(specs: &[IoSpec], request: &InferRequest) -> Vec<bool> {
+    let mut binary = vec![request.binary_output; specs.len()];
+    if let Some(names) = &request.outputs {
+        // Reversed, so that an output named twice keeps its first setting.
+        for (name, flag) in names.iter().zip(&request.output_binary).rev() {
+            if let (Some(flag), Some(i)) = (flag, specs.iter().position(|s| &s.name == name)) {
+                binary[i] = *flag;
+            }
+        }
+    }
+    binary
+}
+
 async fn run_inference(
     state: &AppState,
     model: &Model,
@@ -359,22 +416,23 @@ async fn run_inference(
     headers: &HeaderMap,
     body: Body,
     protocol: Protocol,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Reply, ApiError> {
     let limits = &state.limits;
     let mut pending = Pending::start(&variant.queue);
     let bytes = read_body(body, headers, limits.max_body_bytes).await?;
     let signature = &variant.signature;
-    let (inputs, outputs, id) = match protocol {
+    let (inputs, outputs, id, binary) = match protocol {
         Protocol::V2 => {
-            let request =
-                parse_infer(&bytes, limits.max_elements).map_err(ApiError::bad_request)?;
+            let request = parse_infer(&bytes, json_length(headers)?, limits.max_elements)
+                .map_err(ApiError::bad_request)?;
             let outputs = signature
                 .output_indices(request.outputs.as_deref())
                 .map_err(ApiError::bad_request)?;
+            let binary = binary_outputs(&signature.outputs, &request);
             let inputs = signature
                 .check_inputs(request.inputs)
                 .map_err(ApiError::bad_request)?;
-            (inputs, outputs, request.id)
+            (inputs, outputs, request.id, binary)
         }
         Protocol::V1 => {
             let [spec] = signature.inputs.as_slice() else {
@@ -391,7 +449,7 @@ async fn run_inference(
             check_tensor(spec, &shape, spec.datatype)
                 .map_err(|m| ApiError::bad_request(format!("instances: {m}")))?;
             let outputs = (0..signature.outputs.len()).collect();
-            (vec![HostTensor { shape, data }], outputs, None)
+            (vec![HostTensor { shape, data }], outputs, None, Vec::new())
         }
     };
     drop(bytes);
@@ -434,8 +492,11 @@ async fn run_inference(
     })?;
     let outputs = result.map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m))?;
     match protocol {
-        Protocol::V2 => v2_response(model, &signature.outputs, id.as_deref(), &outputs),
-        Protocol::V1 => v1_response(&signature.outputs, &outputs),
+        Protocol::V2 => v2_response(model, &signature.outputs, id.as_deref(), &outputs, &binary),
+        Protocol::V1 => Ok(Reply {
+            body: v1_response(&signature.outputs, &outputs)?,
+            json_length: None,
+        }),
     }
 }
 
@@ -453,39 +514,89 @@ struct V2Output<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: &'a [usize],
-    data: &'a TensorData,
+    /// Only for an output in the binary part, which has no `data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a TensorData>,
 }
 
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// The v2 answer; with any output in the binary part (`binary`, by output index), the JSON is
+/// followed by their binary data, in the order of `outputs`.
 fn v2_response(
     model: &Model,
     specs: &[IoSpec],
     id: Option<&str>,
     outputs: &[(usize, HostTensor)],
-) -> Result<Vec<u8>, ApiError> {
+    binary: &[bool],
+) -> Result<Reply, ApiError> {
+    let in_binary = |i: usize| binary.get(i).copied().unwrap_or(false);
     let response = V2Response {
         model_name: &model.name,
         model_version: &model.version,
         id,
-        outputs: V2Outputs { specs, outputs },
+        outputs: V2Outputs {
+            specs,
+            outputs,
+            binary,
+        },
     };
-    to_json(&response, outputs)
+    let binary_size: usize = outputs
+        .iter()
+        .filter(|(i, _)| in_binary(*i))
+        .map(|(_, t)| t.data.binary_size())
+        .sum();
+    if !outputs.iter().any(|(i, _)| in_binary(*i)) {
+        return Ok(Reply {
+            body: to_json(&response, outputs)?,
+            json_length: None,
+        });
+    }
+    let mut body = Vec::with_capacity(256 + outputs.len() * 128 + binary_size);
+    write_json(&mut body, &response)?;
+    let json_length = body.len();
+    for (i, tensor) in outputs {
+        if in_binary(*i) {
+            tensor.data.write_binary(&mut body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding the response: {}", e.0),
+                )
+            })?;
+        }
+    }
+    Ok(Reply {
+        body,
+        json_length: Some(json_length),
+    })
 }
 
 /// The outputs, serialized straight from the worker's answer.
 struct V2Outputs<'a> {
     specs: &'a [IoSpec],
     outputs: &'a [(usize, HostTensor)],
+    /// By output index: in the binary part rather than in `data`.
+    binary: &'a [bool],
 }
 
 impl Serialize for V2Outputs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.outputs.len()))?;
         for (i, tensor) in self.outputs {
+            let binary = self.binary.get(*i).copied().unwrap_or(false);
             seq.serialize_element(&V2Output {
                 name: self.specs.get(*i).map_or("", |s| s.name.as_str()),
                 datatype: tensor.data.datatype().name(),
                 shape: &tensor.shape,
-                data: &tensor.data,
+                parameters: binary.then(|| BinaryParameters {
+                    binary_data_size: tensor.data.binary_size(),
+                }),
+                data: (!binary).then_some(&tensor.data),
             })?;
         }
         seq.end()
@@ -499,13 +610,17 @@ fn to_json(value: &impl Serialize, outputs: &[(usize, HostTensor)]) -> Result<Ve
             .map(|(_, t)| t.data.len() * 12)
             .sum::<usize>();
     let mut body = Vec::with_capacity(estimate);
-    serde_json::to_writer(&mut body, value).map_err(|e| {
+    write_json(&mut body, value)?;
+    Ok(body)
+}
+
+fn write_json(body: &mut Vec<u8>, value: &impl Serialize) -> Result<(), ApiError> {
+    serde_json::to_writer(body, value).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding the response: {e}"),
         )
-    })?;
-    Ok(body)
+    })
 }
 
 /// `{"predictions": [...]}`: one entry per instance; the row of the single output, or an object

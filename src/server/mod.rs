@@ -274,7 +274,7 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
     let server_metadata = serde_json::to_vec(&serde_json::json!({
         "name": "ferry",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
     .map_err(|e| ServerError::Config(e.to_string()))?;
     Ok(Server {

@@ -83,6 +83,18 @@ impl DataType {
         })
     }
 
+    /// Bytes per element in binary tensor data; `None` for BYTES, whose elements are each a
+    /// 4-byte little-endian length and that many bytes.
+    pub(crate) fn byte_size(self) -> Option<usize> {
+        Some(match self {
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
+            DataType::Uint16 | DataType::Int16 | DataType::Fp16 => 2,
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => 4,
+            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => 8,
+            DataType::Bytes => return None,
+        })
+    }
+
     pub(crate) const ALL: [DataType; 13] = [
         DataType::Bool,
         DataType::Uint8,
@@ -234,6 +246,140 @@ impl TensorData {
         };
         Ok(value)
     }
+}
+
+/// Little-endian, fixed-size elements of binary tensor data.
+fn from_le<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
+    let (chunks, _) = bytes.as_chunks::<N>();
+    chunks.iter().map(|&chunk| from(chunk)).collect()
+}
+
+fn to_le<T, const N: usize>(out: &mut Vec<u8>, values: &[T], to: impl Fn(&T) -> [u8; N]) {
+    for value in values {
+        out.extend_from_slice(&to(value));
+    }
+}
+
+/// The binary tensor data extension's encoding (little-endian, row-major; BYTES elements as a
+/// 4-byte little-endian length and the bytes).
+impl TensorData {
+    /// Decodes `count` elements of `datatype` that take exactly `bytes`.
+    pub(crate) fn from_binary(
+        datatype: DataType,
+        bytes: &[u8],
+        count: usize,
+    ) -> Result<TensorData, String> {
+        if let Some(width) = datatype.byte_size()
+            && bytes.len() != count.saturating_mul(width)
+        {
+            return Err(format!(
+                "binary data of {} bytes for {count} {datatype} elements of {width} bytes",
+                bytes.len()
+            ));
+        }
+        Ok(match datatype {
+            DataType::Bool => TensorData::Bool(
+                bytes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| match b {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        other => Err(format!(
+                            "element {i} of the binary data is {other}, not a BOOL (0 or 1)"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::Uint8 => TensorData::Uint8(bytes.to_vec()),
+            DataType::Int8 => TensorData::Int8(from_le(bytes, i8::from_le_bytes)),
+            DataType::Uint16 => TensorData::Uint16(from_le(bytes, u16::from_le_bytes)),
+            DataType::Int16 => TensorData::Int16(from_le(bytes, i16::from_le_bytes)),
+            DataType::Fp16 => {
+                TensorData::Fp16(from_le(bytes, |b| f16::from_bits(u16::from_le_bytes(b))))
+            }
+            DataType::Uint32 => TensorData::Uint32(from_le(bytes, u32::from_le_bytes)),
+            DataType::Int32 => TensorData::Int32(from_le(bytes, i32::from_le_bytes)),
+            DataType::Fp32 => TensorData::Fp32(from_le(bytes, f32::from_le_bytes)),
+            DataType::Uint64 => TensorData::Uint64(from_le(bytes, u64::from_le_bytes)),
+            DataType::Int64 => TensorData::Int64(from_le(bytes, i64::from_le_bytes)),
+            DataType::Fp64 => TensorData::Fp64(from_le(bytes, f64::from_le_bytes)),
+            DataType::Bytes => TensorData::Bytes(bytes_elements(bytes, count)?),
+        })
+    }
+
+    /// The length of the binary form.
+    pub(crate) fn binary_size(&self) -> usize {
+        match (self, self.datatype().byte_size()) {
+            (TensorData::Bytes(v), _) => v.iter().map(|s| 4 + s.len()).sum(),
+            (_, Some(width)) => self.len() * width,
+            (_, None) => 0,
+        }
+    }
+
+    /// Appends the binary form (`binary_size` bytes) to `out`.
+    pub(crate) fn write_binary(&self, out: &mut Vec<u8>) -> Result<(), TensorError> {
+        out.reserve(self.binary_size());
+        match self {
+            TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            TensorData::Uint8(v) => out.extend_from_slice(v),
+            TensorData::Int8(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Uint16(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Int16(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Fp16(v) => to_le(out, v, |x| x.to_bits().to_le_bytes()),
+            TensorData::Uint32(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Int32(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Fp32(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Uint64(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Int64(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Fp64(v) => to_le(out, v, |x| x.to_le_bytes()),
+            TensorData::Bytes(v) => {
+                for s in v {
+                    let len = u32::try_from(s.len()).map_err(|_| {
+                        TensorError(format!(
+                            "a BYTES element of {} bytes is too long for binary data",
+                            s.len()
+                        ))
+                    })?;
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `count` BYTES elements, each a 4-byte little-endian length and that many bytes, filling
+/// `bytes` exactly. The server carries BYTES as text, so each must be UTF-8.
+fn bytes_elements(mut bytes: &[u8], count: usize) -> Result<Vec<String>, String> {
+    // Every element takes at least its 4-byte length.
+    let mut out = Vec::with_capacity(count.min(bytes.len() / 4));
+    for i in 0..count {
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(format!(
+                "the binary BYTES data ends before element {i} of {count}"
+            ));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some((element, rest)) = rest.split_at_checked(len) else {
+            return Err(format!(
+                "BYTES element {i} of the binary data says {len} bytes, but only {} are left",
+                rest.len()
+            ));
+        };
+        let text = std::str::from_utf8(element)
+            .map_err(|_| format!("BYTES element {i} of the binary data is not UTF-8 text"))?;
+        out.push(text.to_owned());
+        bytes = rest;
+    }
+    if !bytes.is_empty() {
+        return Err(format!(
+            "the binary BYTES data has {} bytes after its {count} elements",
+            bytes.len()
+        ));
+    }
+    Ok(out)
 }
 
 /// `ort` is built without its `half` feature, so FP16 tensors are filled through their raw
@@ -514,6 +660,48 @@ mod tests {
         }
         assert_eq!(DataType::from_name("fp32"), None);
         assert_eq!(DataType::from_name("FLOAT"), None);
+    }
+
+    #[test]
+    fn binary_data_round_trips() {
+        let all = [
+            TensorData::Bool(vec![true, false]),
+            TensorData::Uint8(vec![0, 255]),
+            TensorData::Uint16(vec![1, 65535]),
+            TensorData::Uint32(vec![2, u32::MAX]),
+            TensorData::Uint64(vec![3, u64::MAX]),
+            TensorData::Int8(vec![-128, 127]),
+            TensorData::Int16(vec![-5, i16::MAX]),
+            TensorData::Int32(vec![i32::MIN, 6]),
+            TensorData::Int64(vec![i64::MIN, 7]),
+            TensorData::Fp16(vec![f16::from_f32(-0.5), f16::MAX]),
+            TensorData::Fp32(vec![-0.0, f32::MIN_POSITIVE]),
+            TensorData::Fp64(vec![1e300, -2.5]),
+            TensorData::Bytes(vec!["".into(), "h\u{e9}".into()]),
+        ];
+        for data in all {
+            let mut bytes = vec![9];
+            data.write_binary(&mut bytes).unwrap();
+            assert_eq!(bytes.len() - 1, data.binary_size(), "{data:?}");
+            let back = TensorData::from_binary(data.datatype(), &bytes[1..], 2).unwrap();
+            assert_eq!(back, data);
+            if let Some(width) = data.datatype().byte_size() {
+                assert_eq!(data.binary_size(), 2 * width);
+                let err = TensorData::from_binary(data.datatype(), &bytes[2..], 2).unwrap_err();
+                assert!(err.contains("elements"), "{err}");
+            }
+        }
+        assert_eq!(
+            TensorData::from_binary(DataType::Fp32, &1.5f32.to_le_bytes(), 1),
+            Ok(TensorData::Fp32(vec![1.5]))
+        );
+        assert_eq!(
+            TensorData::from_binary(DataType::Bytes, &[1, 0, 0, 0, b'x', 0, 0, 0, 0], 2),
+            Ok(TensorData::Bytes(vec!["x".into(), "".into()]))
+        );
+        let err =
+            TensorData::from_binary(DataType::Bytes, &[1, 0, 0, 0, b'x', 0, 0], 2).unwrap_err();
+        assert!(err.contains("ends before element 1"), "{err}");
     }
 
     #[test]
