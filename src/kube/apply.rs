@@ -374,7 +374,7 @@ async fn run(
             }
             let change = match (&before[i], &dry[i]) {
                 (None, _) => Change::Created,
-                (Some(b), Some(a)) if same_content(b, a) => Change::Unchanged,
+                (Some(b), Some(a)) if unchanged(b, a) => Change::Unchanged,
                 (Some(_), _) => Change::Configured,
             };
             out.objects.push(t.outcome(change));
@@ -422,7 +422,7 @@ async fn run(
                 .map_err(|e| t.op("patch").error(e))?;
             let change = match &before[i] {
                 None => Change::Created,
-                Some(b) if b.resource_version() == after.resource_version() => Change::Unchanged,
+                Some(b) if unchanged(b, &after) => Change::Unchanged,
                 Some(_) => Change::Configured,
             };
             out.objects.push(t.outcome(change));
@@ -536,9 +536,11 @@ fn rejection_message(s: &Status) -> String {
     m
 }
 
-/// Whether a dry-run result leaves the stored object as it is: the same object, but for the
-/// bookkeeping a write would touch.
-fn same_content(before: &DynamicObject, after: &DynamicObject) -> bool {
+/// Whether an apply left the object as it was. The same resourceVersion says so at once; a
+/// different one may only mean a controller wrote the status in between (a Deployment's does,
+/// all through a rollout), so the objects are compared without status and bookkeeping. A dry
+/// run bumps nothing, and is judged by the comparison alone.
+fn unchanged(before: &DynamicObject, after: &DynamicObject) -> bool {
     fn strip(o: &DynamicObject) -> Value {
         let mut v = serde_json::to_value(o).unwrap_or_default();
         if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -546,9 +548,13 @@ fn same_content(before: &DynamicObject, after: &DynamicObject) -> bool {
             m.remove("managedFields");
             m.remove("generation");
         }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
         v
     }
-    strip(before) == strip(after)
+    (before.resource_version().is_some() && before.resource_version() == after.resource_version())
+        || strip(before) == strip(after)
 }
 
 /// Deletes the objects of ferry's kinds that carry `selector` but are not in `keep`.
@@ -701,6 +707,22 @@ mod tests {
             t.op("patch").describe(),
             "patch configmaps churn-serving in namespace prod"
         );
+    }
+
+    #[test]
+    fn a_status_written_meanwhile_is_no_change() {
+        let d = |rv: &str, replicas: i64, ready: i64| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "churn", "resourceVersion": rv, "generation": 3},
+                "spec": {"replicas": replicas},
+                "status": {"readyReplicas": ready}
+            }))
+            .unwrap()
+        };
+        assert!(unchanged(&d("10", 2, 1), &d("10", 2, 1)));
+        assert!(unchanged(&d("10", 2, 1), &d("12", 2, 2)));
+        assert!(!unchanged(&d("10", 2, 1), &d("12", 3, 1)));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub async fn connect_with(path: &Path, context: Option<&str>) -> Result<Client, 
     connect_kubeconfig(kc, &path.display().to_string(), context).await
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Located {
     Files(Vec<PathBuf>),
     InCluster,
@@ -90,8 +91,20 @@ enum Located {
 /// Where the kubeconfig is, as kubectl finds it: every existing file `KUBECONFIG` lists (merged,
 /// first wins), else `~/.kube/config`; with neither, in-cluster credentials if this is a pod.
 fn locate() -> Result<Located, KubeError> {
+    locate_from(
+        std::env::var_os("KUBECONFIG"),
+        dirs::home_dir(),
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    )
+}
+
+fn locate_from(
+    kubeconfig: Option<std::ffi::OsString>,
+    home: Option<PathBuf>,
+    in_cluster: bool,
+) -> Result<Located, KubeError> {
     let mut looked = Vec::new();
-    if let Some(value) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+    if let Some(value) = kubeconfig.filter(|v| !v.is_empty()) {
         let listed: Vec<PathBuf> = std::env::split_paths(&value)
             .filter(|p| !p.as_os_str().is_empty())
             .collect();
@@ -100,14 +113,14 @@ fn locate() -> Result<Located, KubeError> {
             return Ok(Located::Files(existing));
         }
         looked.push(format!("KUBECONFIG={}", describe(&listed)));
-    } else if let Some(home) = dirs::home_dir() {
+    } else if let Some(home) = home {
         let default = home.join(".kube").join("config");
         if default.exists() {
             return Ok(Located::Files(vec![default]));
         }
         looked.push(default.display().to_string());
     }
-    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+    if in_cluster {
         return Ok(Located::InCluster);
     }
     Err(KubeError::NoKubeconfig {
@@ -356,6 +369,37 @@ mod tests {
             Some("kind-ferry")
         );
         assert_eq!(did_you_mean("minikube", &names), None);
+    }
+
+    #[test]
+    fn the_kubeconfig_is_found_where_kubectl_finds_it() {
+        let home = tempfile::tempdir().unwrap();
+        let default = home.path().join(".kube/config");
+        let other = home.path().join("other");
+        let missing = home.path().join("missing");
+        std::fs::write(&other, "").unwrap();
+        let list = |paths: &[&Path]| Some(std::env::join_paths(paths).unwrap());
+
+        // KUBECONFIG wins, its missing files skipped; ~/.kube/config is not looked at then.
+        assert_eq!(
+            locate_from(list(&[&missing, &other]), Some(home.path().into()), false).unwrap(),
+            Located::Files(vec![other.clone()])
+        );
+        let err = locate_from(list(&[&missing]), Some(home.path().into()), false).unwrap_err();
+        assert!(err.to_string().contains("KUBECONFIG="), "{err}");
+        // No KUBECONFIG: the default file, else a pod's service account, else an error.
+        assert_eq!(
+            locate_from(None, Some(home.path().into()), true).unwrap(),
+            Located::InCluster
+        );
+        let err = locate_from(None, Some(home.path().into()), false).unwrap_err();
+        assert!(err.to_string().contains(".kube/config"), "{err}");
+        std::fs::create_dir_all(default.parent().unwrap()).unwrap();
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(
+            locate_from(Some("".into()), Some(home.path().into()), true).unwrap(),
+            Located::Files(vec![default])
+        );
     }
 
     #[test]
