@@ -135,3 +135,94 @@ fn render_says_what_is_missing_before_building_anything() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// A kubeconfig whose only cluster listens nowhere.
+fn dead_kubeconfig(dir: &Path) -> (PathBuf, String) {
+    let port = common::free_port();
+    let server = format!("https://127.0.0.1:{port}");
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: dead
+  cluster: {{ server: \"{server}\", insecure-skip-tls-verify: true }}
+users:
+- name: u
+  user: {{ token: not-a-real-token }}
+contexts:
+- name: dead
+  context: {{ cluster: dead, user: u }}
+current-context: dead
+"
+        ),
+    )
+    .unwrap();
+    (path, server)
+}
+
+fn ferry_with_kubeconfig(root: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
+    common::ferry_cmd(root, args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn promote_to_an_unreachable_cluster_fails_before_building_anything() {
+    let dir = project("127.0.0.1:9");
+    let root = dir.path();
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace("name: render-demo", "name: unreachable-demo");
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+    let (kubeconfig, server) = dead_kubeconfig(root);
+    let started = std::time::Instant::now();
+    let out = ferry_with_kubeconfig(root, &kubeconfig, &["promote", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&server) && err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+    // Nothing was built for it.
+    assert!(common::docker(&["images", "-q", "ferry/unreachable-demo-serve"]).is_empty());
+    assert!(!root.join(".ferry/promotions/staging.json").exists());
+
+    let out = ferry_with_kubeconfig(root, &kubeconfig, &["status", "staging"]);
+    let err = stderr(&out);
+    assert!(err.contains(&server), "{err}");
+}
+
+#[test]
+fn a_protected_environment_is_not_changed_without_a_yes() {
+    let dir = project("127.0.0.1:9");
+    let root = dir.path();
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            "  nowhere:\n",
+            "  production:\n    target: kubernetes\n    registry: 127.0.0.1:9/ml\n  nowhere:\n",
+        );
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+    let (kubeconfig, _) = dead_kubeconfig(root);
+    for cmd in [
+        vec!["promote", "production"],
+        vec!["rollback", "production"],
+        vec!["down", "production"],
+    ] {
+        let out = ferry_with_kubeconfig(root, &kubeconfig, &cmd);
+        let err = stderr(&out);
+        if cmd[0] == "rollback" {
+            // Nothing recorded: said before anything else.
+            assert!(err.contains("nothing to roll back to"), "{cmd:?}: {err}");
+        } else {
+            assert!(err.contains("production is protected"), "{cmd:?}: {err}");
+            assert!(err.contains("--yes"), "{err}");
+        }
+        assert_eq!(out.status.code(), Some(1));
+    }
+}

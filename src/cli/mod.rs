@@ -85,8 +85,13 @@ enum Command {
     },
     /// Stop and remove this project's local containers.
     Down {
+        /// A cluster environment: remove the objects ferry applied there (namespace and volumes
+        /// stay). Without it, this project's local containers.
+        target: Option<String>,
         #[command(flatten)]
         spec: SpecArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run the training command in the project image and collect its outputs.
     Train {
@@ -127,6 +132,37 @@ enum Command {
         file: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
+    },
+    /// Put what runs in the previous environment into a cluster environment: the serving image
+    /// by digest, applied with server-side apply, watched until it runs, recorded.
+    Promote {
+        /// A `target: kubernetes` environment of the spec.
+        env: String,
+        /// The spec file.
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Take over fields another manager (kubectl, a controller) set on ferry's objects.
+        #[arg(long)]
+        force_conflicts: bool,
+        /// Leave a failed rollout as it is instead of putting back the previous revision.
+        #[arg(long)]
+        no_rollback: bool,
+    },
+    /// Re-apply the revision that ran before the latest in a cluster environment.
+    Rollback {
+        env: String,
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// What runs in a cluster environment: revision, image, replicas, endpoints, drift.
+    Status {
+        env: String,
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
     },
     /// Run the model server from a serving config (the serving image's entrypoint).
     ServeModel {
@@ -169,6 +205,39 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         tail: usize,
     },
+}
+
+/// What changes a cluster environment takes.
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// Do not ask before changing a protected environment.
+    #[arg(short, long)]
+    yes: bool,
+    /// Check everything with the API server; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How long a rollout may take.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+}
+
+/// `90s`, `10m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90s, 10m, 1h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -256,6 +325,85 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Runtime)
+}
+
+fn promote_options(
+    c: &ClusterArgs,
+    force_conflicts: bool,
+    no_rollback: bool,
+) -> crate::cluster::promote::PromoteOptions {
+    crate::cluster::promote::PromoteOptions {
+        yes: c.yes,
+        force_conflicts,
+        no_rollback,
+        dry_run: c.dry_run,
+        timeout: c.timeout,
+    }
+}
+
+fn print_removed(ui: &Ui, names: Vec<String>) {
+    if ui.mode() == OutputMode::Json {
+        print_json(&serde_json::json!({ "removed": names }));
+    } else if names.is_empty() {
+        ui.info("nothing was running");
+    } else {
+        for n in names {
+            ui.info(format!("{} removed {n}", console::style("✓").green()));
+        }
+    }
+}
+
+fn print_promoted(ui: &Ui, p: &crate::cluster::promote::Promoted) {
+    match ui.mode() {
+        OutputMode::Json => print_json(p),
+        OutputMode::Quiet => {}
+        OutputMode::Human => {
+            let what = match p.revision {
+                Some(n) => format!("revision {n} of {}", p.env),
+                None => format!("{} (dry run: nothing changed)", p.env),
+            };
+            ui.info(format!(
+                "{} {what}: {} in namespace {} ({})",
+                console::style("✓").green(),
+                p.image,
+                p.namespace,
+                p.applied.summary()
+            ));
+        }
+    }
+}
+
+fn print_status(s: &crate::cluster::promote::Status) {
+    println!(
+        "{} (namespace {}, context {})",
+        s.env,
+        s.namespace,
+        s.context.as_deref().unwrap_or("current")
+    );
+    match (&s.revision, &s.promoted_image) {
+        (Some(r), Some(i)) => println!("  promoted   revision {r}: {i}"),
+        _ => println!("  promoted   nothing recorded on this machine"),
+    }
+    match s.running.deployment() {
+        Some(d) => {
+            println!("  running    {}", d.images.join(", "));
+            println!(
+                "  replicas   {} ready of {} ({})",
+                d.ready, d.desired, d.progress
+            );
+        }
+        None => println!("  running    no model server"),
+    }
+    for e in &s.endpoints {
+        println!("  endpoint   {e}");
+    }
+    if s.drift.is_empty() {
+        println!("  drift      none");
+    } else {
+        for d in &s.drift {
+            println!("  drift      {d}");
+        }
+    }
 }
 
 fn print_json(v: &impl Serialize) {
@@ -395,18 +543,60 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 ));
             }
         }
-        Command::Down { spec } => {
+        Command::Down {
+            target: Some(env),
+            spec,
+            cluster,
+        } => {
+            let project = Project::load(&spec.file, Some(&env))?;
+            if project.spec.target == crate::spec::TargetKind::Kubernetes {
+                let opts = promote_options(&cluster, false, false);
+                let applied =
+                    runtime()?.block_on(crate::cluster::promote::down(&project, &opts, ui))?;
+                if ui.mode() == OutputMode::Json {
+                    print_json(&applied);
+                } else {
+                    ui.info(format!("{env}: {}", applied.summary()));
+                }
+            } else {
+                let root = spec_root(&spec.file);
+                let names = runtime()?.block_on(local::dev::down(&root))?;
+                print_removed(ui, names);
+            }
+        }
+        Command::Promote {
+            env,
+            file,
+            cluster,
+            force_conflicts,
+            no_rollback,
+        } => {
+            let project = Project::load(&file, Some(&env))?;
+            let opts = promote_options(&cluster, force_conflicts, no_rollback);
+            let done =
+                runtime()?.block_on(crate::cluster::promote::promote(&project, &opts, ui))?;
+            print_promoted(ui, &done);
+        }
+        Command::Rollback { env, file, cluster } => {
+            let project = Project::load(&file, Some(&env))?;
+            let opts = promote_options(&cluster, false, true);
+            let done =
+                runtime()?.block_on(crate::cluster::promote::rollback(&project, &opts, ui))?;
+            print_promoted(ui, &done);
+        }
+        Command::Status { env, file } => {
+            let project = Project::load(&file, Some(&env))?;
+            let status = runtime()?.block_on(crate::cluster::promote::status(&project, ui))?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&status);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Down { spec, .. } => {
             let root = spec_root(&spec.file);
             let names = runtime()?.block_on(local::dev::down(&root))?;
-            if ui.mode() == OutputMode::Json {
-                print_json(&serde_json::json!({ "removed": names }));
-            } else if names.is_empty() {
-                ui.info("nothing was running");
-            } else {
-                for n in names {
-                    ui.info(format!("{} removed {n}", console::style("✓").green()));
-                }
-            }
+            print_removed(ui, names);
         }
         Command::Train { spec } => {
             let project = load(&spec)?;

@@ -3,6 +3,7 @@
 //! digest, rendered into typed objects with the environment's settings and secrets.
 
 pub mod history;
+pub mod promote;
 
 use crate::docker::{self, DockerError};
 use crate::images::push::{self, PushError, Pushed};
@@ -39,6 +40,37 @@ pub enum ClusterError {
     Kube(#[from] KubeError),
     #[error(transparent)]
     History(#[from] history::HistoryError),
+    #[error(
+        "{from} runs {source_image}, but the serving image of this project as it is now is {image}: promoting to {env} would not run what {from} runs\n  hint: promote {from} first (`ferry promote {from}`), or check out what {from} runs"
+    )]
+    SourceDiffers {
+        env: String,
+        from: String,
+        source_image: String,
+        image: String,
+    },
+    #[error(
+        "{env} is protected: changing it needs a confirmation\n  hint: run in a terminal to be asked, or pass --yes"
+    )]
+    NeedsConfirmation { env: String },
+    #[error("nothing was changed")]
+    Declined,
+    #[error("the rollout in {env} failed, and ferry {outcome}:\n{failure}")]
+    RolledBack {
+        env: String,
+        failure: Box<KubeError>,
+        outcome: String,
+    },
+    #[error(
+        "{env} has {revisions} recorded revision(s): nothing to roll back to\n  hint: `ferry status {env}` shows what runs"
+    )]
+    NothingToRollBackTo { env: String, revisions: usize },
+    #[error(
+        "revision {revision} used the secret {name}, which the secrets file no longer has\n  hint: add {name} back to the environment's secrets file"
+    )]
+    SecretGone { revision: u32, name: String },
+    #[error("the recorded revision {revision} cannot be read back: {message}")]
+    StoredRevision { revision: u32, message: String },
 }
 
 fn list(envs: &[String]) -> String {

@@ -226,6 +226,24 @@ impl Object {
         v.unwrap_or_default()
     }
 
+    /// An object from its API form, for the kinds a release holds; None for any other kind.
+    pub fn from_value(v: &serde_json::Value) -> Result<Option<Object>, serde_json::Error> {
+        use serde_json::from_value as de;
+        let v = v.clone();
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        Ok(Some(match kind.as_str() {
+            "Namespace" => Object::Namespace(de(v)?),
+            "ConfigMap" => Object::ConfigMap(de(v)?),
+            "Secret" => Object::Secret(de(v)?),
+            "Service" => Object::Service(de(v)?),
+            "Deployment" => Object::Deployment(de(v)?),
+            "HorizontalPodAutoscaler" => Object::HorizontalPodAutoscaler(de(v)?),
+            "PodDisruptionBudget" => Object::PodDisruptionBudget(de(v)?),
+            "Ingress" => Object::Ingress(de(v)?),
+            _ => return Ok(None),
+        }))
+    }
+
     /// The same object fit to show: a Secret's values replaced by a note.
     pub fn redacted(&self) -> Object {
         match self {

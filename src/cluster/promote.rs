@@ -1,0 +1,607 @@
+//! `ferry promote ENV`, `ferry rollback ENV`, `ferry status ENV` and `ferry down ENV`: a
+//! release applied with server-side apply, watched until it runs, recorded; a failed rollout
+//! put back to the revision that ran before.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::history::{self, History, Revision};
+use super::{ClusterError, prepare, require_cluster};
+use crate::kube::apply::{self, Applied, ApplyOptions};
+use crate::kube::render::{self, Manifests, Object};
+use crate::kube::rollout::{self, ClusterState};
+use crate::kube::{Release, Secrets, client};
+use crate::local::runs::now_rfc3339;
+use crate::spec::{Project, TargetKind};
+use crate::ui::Ui;
+
+#[derive(Clone, Debug)]
+pub struct PromoteOptions {
+    /// Skip the question a protected environment asks.
+    pub yes: bool,
+    pub force_conflicts: bool,
+    /// Leave a failed rollout as it is instead of re-applying the previous revision.
+    pub no_rollback: bool,
+    /// Check everything with the API server, change nothing.
+    pub dry_run: bool,
+    pub timeout: Duration,
+}
+
+/// What a promotion or rollback did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Promoted {
+    pub env: String,
+    pub revision: Option<u32>,
+    pub image: String,
+    pub namespace: String,
+    pub applied: Applied,
+    pub dry_run: bool,
+}
+
+/// Where what goes into `env` comes from: the environment written before it (or its `from`).
+pub fn source_env(project: &Project, env: &str) -> Option<String> {
+    if let Some(from) = project.spec.cluster.as_ref().and_then(|c| c.from.clone()) {
+        return Some(from);
+    }
+    let i = project.environments.iter().position(|e| e == env)?;
+    i.checked_sub(1).map(|j| project.environments[j].clone())
+}
+
+/// The image a promotion takes: what the source cluster environment runs (its latest revision,
+/// by digest), else the serving image of the project as it is (built and pushed).
+async fn release_for(
+    project: &Project,
+    env: &str,
+    ui: &Ui,
+) -> Result<(Release, Option<String>), ClusterError> {
+    let source = source_env(project, env);
+    let source_revision = match &source {
+        Some(s) => {
+            let p = Project::load(&project.file, Some(s))?;
+            if p.spec.target == TargetKind::Kubernetes {
+                History::load(&project.root, s)?.latest().cloned()
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let prepared = prepare(project, ui).await?;
+    let release = prepared.release;
+    if let Some(rev) = source_revision {
+        // The source runs an image by digest; the same digest must run here, so the image
+        // built now from the same spec must be that very image.
+        let digest = |r: &str| r.rsplit_once('@').map(|x| x.1.to_string());
+        if digest(&rev.image) != digest(&release.image) {
+            return Err(ClusterError::SourceDiffers {
+                env: env.to_string(),
+                from: source.unwrap_or_default(),
+                source_image: rev.image,
+                image: release.image,
+            });
+        }
+    }
+    Ok((release, source))
+}
+
+/// Asks before changing a protected environment; refuses without a terminal to ask on.
+fn confirm(project: &Project, env: &str, what: &str, yes: bool) -> Result<(), ClusterError> {
+    let protected = project.spec.cluster.as_ref().is_some_and(|c| c.protected);
+    if !protected || yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(ClusterError::NeedsConfirmation {
+            env: env.to_string(),
+        });
+    }
+    eprint!(
+        "{what} in {env} (namespace {}, context {})? [y/N] ",
+        project
+            .spec
+            .namespace
+            .as_deref()
+            .unwrap_or(&project.spec.name),
+        project.spec.context.as_deref().unwrap_or("current")
+    );
+    let mut answer = String::new();
+    let _ = stdin.read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(ClusterError::Declined)
+    }
+}
+
+/// Fails at once where `confirm` would fail later: a protected environment, no `--yes` and no
+/// terminal to ask on.
+fn refuse_unconfirmable(
+    project: &Project,
+    env: &str,
+    opts: &PromoteOptions,
+) -> Result<(), ClusterError> {
+    let protected = project.spec.cluster.as_ref().is_some_and(|c| c.protected);
+    if protected && !opts.yes && !opts.dry_run && !std::io::stdin().is_terminal() {
+        return Err(ClusterError::NeedsConfirmation {
+            env: env.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn namespace(project: &Project) -> String {
+    project
+        .spec
+        .namespace
+        .clone()
+        .unwrap_or_else(|| project.spec.name.clone())
+}
+
+/// `ferry promote ENV`.
+pub async fn promote(
+    project: &Project,
+    opts: &PromoteOptions,
+    ui: &Ui,
+) -> Result<Promoted, ClusterError> {
+    let env = require_cluster(project)?;
+    refuse_unconfirmable(project, &env, opts)?;
+    // The cluster first: minutes of building and pushing are wasted on an unreachable one.
+    let client = client::connect(project.spec.context.as_deref()).await?;
+    let (release, source) = release_for(project, &env, ui).await?;
+    let manifests = render::render(&release);
+    if !opts.dry_run {
+        confirm(
+            project,
+            &env,
+            &format!("promote {}", release.image),
+            opts.yes,
+        )?;
+    }
+    let ns = release.namespace.clone();
+    let selector = release.managed_selector();
+    let apply_opts = ApplyOptions {
+        force_conflicts: opts.force_conflicts,
+        dry_run: opts.dry_run,
+    };
+    let applied = apply::apply(&client, &manifests, &ns, &selector, &apply_opts, ui).await?;
+    if opts.dry_run {
+        return Ok(Promoted {
+            env,
+            revision: None,
+            image: release.image,
+            namespace: ns,
+            applied,
+            dry_run: true,
+        });
+    }
+
+    let mut history = History::load(&project.root, &env)?;
+    let rolled = rollout::wait_rollout(&client, &ns, &release.project, opts.timeout, ui).await;
+    if let Err(failure) = rolled {
+        let Some(previous) = history.latest().cloned().filter(|_| !opts.no_rollback) else {
+            return Err(failure.into());
+        };
+        ui.warn(format!(
+            "the rollout failed; putting back revision {} ({})",
+            previous.revision, previous.image
+        ));
+        let back = reapply(project, &client, &previous, &selector, opts, ui).await;
+        let outcome = match back {
+            Ok(()) => {
+                let rev = revision_of(
+                    project,
+                    &history,
+                    "rollback",
+                    Some(previous.revision),
+                    None,
+                    &previous.image,
+                    &previous.spec_hash,
+                    previous.objects.clone(),
+                    previous.models.clone(),
+                    previous.secret_names.clone(),
+                );
+                history.record(&project.root, rev)?;
+                format!("put back revision {}", previous.revision)
+            }
+            Err(e) => format!(
+                "putting back revision {} failed too: {e}",
+                previous.revision
+            ),
+        };
+        return Err(ClusterError::RolledBack {
+            env,
+            failure: Box::new(failure),
+            outcome,
+        });
+    }
+
+    let models: BTreeMap<String, String> = release
+        .serving
+        .config
+        .models
+        .iter()
+        .flat_map(|m| &m.variants)
+        .filter_map(|v| {
+            v.sha256
+                .clone()
+                .map(|h| (v.path.to_string_lossy().into_owned(), h))
+        })
+        .collect();
+    let secret_names = release
+        .secrets
+        .as_ref()
+        .map(|s| s.names().map(str::to_string).collect())
+        .unwrap_or_default();
+    let rev = revision_of(
+        project,
+        &history,
+        "promote",
+        None,
+        source,
+        &release.image,
+        &release.spec_hash,
+        manifests.objects.iter().map(Object::to_value).collect(),
+        models,
+        secret_names,
+    );
+    let number = rev.revision;
+    history.record(&project.root, rev)?;
+    Ok(Promoted {
+        env,
+        revision: Some(number),
+        image: release.image,
+        namespace: ns,
+        applied,
+        dry_run: false,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn revision_of(
+    project: &Project,
+    history: &History,
+    action: &str,
+    rolled_back_to: Option<u32>,
+    source: Option<String>,
+    image: &str,
+    spec_hash: &str,
+    objects: Vec<serde_json::Value>,
+    models: BTreeMap<String, String>,
+    secret_names: Vec<String>,
+) -> Revision {
+    Revision {
+        revision: history.next_number(),
+        time: now_rfc3339(),
+        action: action.into(),
+        rolled_back_to,
+        source,
+        spec_hash: spec_hash.into(),
+        image: image.into(),
+        models,
+        namespace: namespace(project),
+        context: project.spec.context.clone(),
+        secret_names,
+        objects: objects.iter().map(history::storable).collect(),
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// A stored revision's objects, typed again; its Secret filled from the secrets file as it is
+/// now (values are never stored).
+fn manifests_of(project: &Project, rev: &Revision) -> Result<Manifests, ClusterError> {
+    let secrets = match project
+        .spec
+        .cluster
+        .as_ref()
+        .and_then(|c| c.secrets.as_ref())
+    {
+        Some(p) => Some(Secrets::read(&project.path(p))?),
+        None => None,
+    };
+    let mut objects = Vec::new();
+    for v in &rev.objects {
+        let mut v = v.clone();
+        if v["kind"] == "Secret" {
+            let keys: Vec<String> = v["ferryStoredKeys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let values = secrets.as_ref().map(Secrets::values);
+            let mut data = serde_json::Map::new();
+            for k in keys {
+                let Some(value) = values.and_then(|m| m.get(&k)) else {
+                    return Err(ClusterError::SecretGone {
+                        revision: rev.revision,
+                        name: k,
+                    });
+                };
+                data.insert(
+                    k,
+                    serde_json::to_value(k8s_openapi::ByteString(value.clone().into_bytes()))
+                        .unwrap_or_default(),
+                );
+            }
+            if let Some(map) = v.as_object_mut() {
+                map.remove("ferryStoredKeys");
+                map.insert("data".into(), serde_json::Value::Object(data));
+            }
+        }
+        match Object::from_value(&v) {
+            Ok(Some(o)) => objects.push(o),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(ClusterError::StoredRevision {
+                    revision: rev.revision,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(Manifests { objects })
+}
+
+async fn reapply(
+    project: &Project,
+    client: &kube::Client,
+    rev: &Revision,
+    selector: &str,
+    opts: &PromoteOptions,
+    ui: &Ui,
+) -> Result<(), ClusterError> {
+    let manifests = manifests_of(project, rev)?;
+    let apply_opts = ApplyOptions {
+        // Putting back what ferry itself applied before: ferry's fields, ferry's call.
+        force_conflicts: true,
+        dry_run: false,
+    };
+    apply::apply(
+        client,
+        &manifests,
+        &rev.namespace,
+        selector,
+        &apply_opts,
+        ui,
+    )
+    .await?;
+    rollout::wait_rollout(client, &rev.namespace, &project.spec.name, opts.timeout, ui).await?;
+    Ok(())
+}
+
+/// `ferry rollback ENV`: re-applies the revision before the latest and records it.
+pub async fn rollback(
+    project: &Project,
+    opts: &PromoteOptions,
+    ui: &Ui,
+) -> Result<Promoted, ClusterError> {
+    let env = require_cluster(project)?;
+    let mut history = History::load(&project.root, &env)?;
+    let Some(previous) = history.previous().cloned() else {
+        return Err(ClusterError::NothingToRollBackTo {
+            env,
+            revisions: history.revisions.len(),
+        });
+    };
+    refuse_unconfirmable(project, &env, opts)?;
+    let manifests = manifests_of(project, &previous)?;
+    if !opts.dry_run {
+        confirm(
+            project,
+            &env,
+            &format!(
+                "roll back to revision {} ({})",
+                previous.revision, previous.image
+            ),
+            opts.yes,
+        )?;
+    }
+    let client = client::connect(previous.context.as_deref()).await?;
+    let selector = managed_selector(project, &env);
+    let apply_opts = ApplyOptions {
+        force_conflicts: opts.force_conflicts,
+        dry_run: opts.dry_run,
+    };
+    let applied = apply::apply(
+        &client,
+        &manifests,
+        &previous.namespace,
+        &selector,
+        &apply_opts,
+        ui,
+    )
+    .await?;
+    if opts.dry_run {
+        return Ok(Promoted {
+            env,
+            revision: None,
+            image: previous.image,
+            namespace: previous.namespace,
+            applied,
+            dry_run: true,
+        });
+    }
+    rollout::wait_rollout(
+        &client,
+        &previous.namespace,
+        &project.spec.name,
+        opts.timeout,
+        ui,
+    )
+    .await?;
+    let rev = revision_of(
+        project,
+        &history,
+        "rollback",
+        Some(previous.revision),
+        None,
+        &previous.image,
+        &previous.spec_hash,
+        previous.objects.clone(),
+        previous.models.clone(),
+        previous.secret_names.clone(),
+    );
+    let number = rev.revision;
+    history.record(&project.root, rev)?;
+    Ok(Promoted {
+        env,
+        revision: Some(number),
+        image: previous.image,
+        namespace: previous.namespace,
+        applied,
+        dry_run: false,
+    })
+}
+
+/// The selector of what ferry manages for a project in an environment.
+fn managed_selector(project: &Project, env: &str) -> String {
+    format!(
+        "{}={},{}={},{}={env}",
+        render::LABEL_MANAGED_BY,
+        render::MANAGER,
+        render::LABEL_INSTANCE,
+        project.spec.name,
+        render::LABEL_ENV
+    )
+}
+
+/// What runs in an environment, next to what was promoted there.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub env: String,
+    pub namespace: String,
+    pub context: Option<String>,
+    pub revision: Option<u32>,
+    pub promoted_image: Option<String>,
+    pub promoted_spec_hash: Option<String>,
+    pub running: ClusterState,
+    /// Differences between the latest revision and the cluster, in words.
+    pub drift: Vec<String>,
+    /// Where the server answers inside the cluster (and outside, with an ingress).
+    pub endpoints: Vec<String>,
+}
+
+/// `ferry status ENV`.
+pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> {
+    let env = require_cluster(project)?;
+    let history = History::load(&project.root, &env)?;
+    let latest = history.latest();
+    let ns = latest.map_or_else(|| namespace(project), |r| r.namespace.clone());
+    let step = ui.step(format!("reading what runs in {env} (namespace {ns})"));
+    let client = match client::connect(project.spec.context.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            step.fail();
+            return Err(e.into());
+        }
+    };
+    let running = match rollout::current_state(&client, &ns, &managed_selector(project, &env)).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            step.fail();
+            return Err(e.into());
+        }
+    };
+    step.finish(format!("read what runs in {env}"));
+    let mut drift = Vec::new();
+    let deployment = running.deployment();
+    match (latest, deployment) {
+        (Some(r), None) => drift.push(format!(
+            "revision {} was promoted, but no Deployment of it runs in {ns}",
+            r.revision
+        )),
+        (None, Some(d)) => drift.push(format!(
+            "Deployment {} runs, but this project has no record of promoting it (another machine, or .ferry was removed)",
+            d.name
+        )),
+        (Some(r), Some(d)) => {
+            for image in &d.images {
+                if *image != r.image {
+                    drift.push(format!(
+                        "the Deployment runs {image}, revision {} promoted {}",
+                        r.revision, r.image
+                    ));
+                }
+            }
+            if d.spec_hash.as_deref().is_some_and(|h| h != r.spec_hash) {
+                drift.push(format!(
+                    "the Deployment carries spec hash {}, revision {} has {}",
+                    d.spec_hash.as_deref().unwrap_or_default(),
+                    r.revision,
+                    r.spec_hash
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+    let mut endpoints = Vec::new();
+    if deployment.is_some() {
+        let port = project.spec.serve.as_ref().map_or(8080, |s| s.port);
+        endpoints.push(format!(
+            "http://{}.{ns}.svc:{port} (in the cluster)",
+            project.spec.name
+        ));
+        if let Some(i) = project
+            .spec
+            .cluster
+            .as_ref()
+            .and_then(|c| c.ingress.as_ref())
+        {
+            let scheme = if i.tls_secret.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            endpoints.push(format!("{scheme}://{}", i.host));
+        }
+    }
+    Ok(Status {
+        env,
+        namespace: ns,
+        context: project.spec.context.clone(),
+        revision: latest.map(|r| r.revision),
+        promoted_image: latest.map(|r| r.image.clone()),
+        promoted_spec_hash: latest.map(|r| r.spec_hash.clone()),
+        running,
+        drift,
+        endpoints,
+    })
+}
+
+/// `ferry down ENV`: removes every object ferry applied to the environment (the namespace and
+/// volumes stay). The history is kept.
+pub async fn down(
+    project: &Project,
+    opts: &PromoteOptions,
+    ui: &Ui,
+) -> Result<Applied, ClusterError> {
+    let env = require_cluster(project)?;
+    refuse_unconfirmable(project, &env, opts)?;
+    if !opts.dry_run {
+        confirm(project, &env, "remove the model server", opts.yes)?;
+    }
+    let client = client::connect(project.spec.context.as_deref()).await?;
+    let apply_opts = ApplyOptions {
+        force_conflicts: false,
+        dry_run: opts.dry_run,
+    };
+    let none = Manifests {
+        objects: Vec::new(),
+    };
+    Ok(apply::apply(
+        &client,
+        &none,
+        &namespace(project),
+        &managed_selector(project, &env),
+        &apply_opts,
+        ui,
+    )
+    .await?)
+}
