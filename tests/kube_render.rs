@@ -242,7 +242,8 @@ fn have_validator() -> bool {
     ok
 }
 
-/// Strict validation of objects on the oldest and newest supported Kubernetes.
+/// Strict validation of objects on Kubernetes 1.28 (the oldest a cluster is likely to run), 1.33
+/// (the API ferry is built against) and the newest the validator knows.
 fn validate(dir: &Path, objects: &[Value]) {
     let mut files = Vec::new();
     for (i, o) in objects.iter().enumerate() {
@@ -250,7 +251,7 @@ fn validate(dir: &Path, objects: &[Value]) {
         std::fs::write(&path, serde_yaml_ng::to_string(o).unwrap()).unwrap();
         files.push(path);
     }
-    for version in ["1.33.0", "1.37.0"] {
+    for version in ["1.28.0", "1.33.0", "1.37.0"] {
         let out = Command::new("python3")
             .args(["-m", "kubernetes_validate", "--strict", "-k", version])
             .args(&files)
@@ -398,7 +399,7 @@ fn manifests_validate_against_the_official_schema_in_strict_mode() {
         let shown = dir.path().join("shown.yaml");
         std::fs::write(&shown, m.to_yaml()).unwrap();
         files.push(shown);
-        for version in ["1.33.0", "1.37.0"] {
+        for version in ["1.28.0", "1.33.0", "1.37.0"] {
             let out = Command::new("python3")
                 .args(["-m", "kubernetes_validate", "--strict", "-k", version])
                 .args(&files)
@@ -411,6 +412,116 @@ fn manifests_validate_against_the_official_schema_in_strict_mode() {
             );
             assert!(out.status.success(), "{env} on {version}:\n{text}");
             assert!(!text.contains("ERROR"), "{text}");
+        }
+    }
+}
+
+/// The rendered YAML, byte for byte, against committed snapshots: a change to what ferry
+/// applies shows up in review. `FERRY_UPDATE_SNAPSHOTS=1 cargo test --test kube_render`
+/// rewrites them.
+#[test]
+fn rendered_yaml_matches_the_snapshots() {
+    let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    for env in ["staging", "production"] {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = render(&release(dir.path(), env)).to_yaml();
+        let file = snapshots.join(format!("render-{env}.yaml"));
+        if std::env::var_os("FERRY_UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(&snapshots).unwrap();
+            std::fs::write(&file, &yaml).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; create it with FERRY_UPDATE_SNAPSHOTS=1",
+                file.display()
+            )
+        });
+        if yaml != want {
+            let first = yaml
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!(
+                "{env}: the rendered YAML differs from {} from line {}:\n  now:  {:?}\n  was:  {:?}\nreview the change, then FERRY_UPDATE_SNAPSHOTS=1 cargo test --test kube_render",
+                file.display(),
+                first + 1,
+                yaml.lines().nth(first),
+                want.lines().nth(first)
+            );
+        }
+    }
+}
+
+/// Every template, given a staging and a production environment, renders objects the API
+/// accepts: the server where it serves, training where it trains, the notebook where it has one.
+#[test]
+fn every_template_renders_valid_objects_for_every_environment() {
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let mut names: Vec<String> = std::fs::read_dir(&templates)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("ferry.yaml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2, "{names:?}");
+    let validator = have_validator();
+    for template in names {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["init", "p", "--template", &template, "--offline", "-q"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{template}: {out:?}");
+        let root = dir.path().join("p");
+        let mut spec = std::fs::read_to_string(root.join("ferry.yaml")).unwrap();
+        let serves = spec.contains("\nserve:");
+        spec.push_str(
+            "  staging: { target: kubernetes, namespace: p-staging, registry: registry.example.com/ml }
+  production:
+    target: kubernetes
+    namespace: p
+    registry: registry.example.com/ml
+    ingress: { host: p.example.com }
+",
+        );
+        if serves {
+            spec.push_str("    serve: { replicas: 2 }\n");
+        }
+        std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+        for env in ["staging", "production"] {
+            let p = Project::load_dir(&root, Some(env)).unwrap();
+            let mut objects: Vec<Value> = Vec::new();
+            if let Some(serve) = &p.spec.serve {
+                let model = p.path(&serve.model);
+                std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+                std::fs::write(&model, b"model").unwrap();
+                let serving = ferry::local::serve::serving_plan(&p).unwrap();
+                let hash = p.hash().unwrap().as_str().to_string();
+                let release = Release::new(&p, serving, IMAGE.into(), hash, None).unwrap();
+                objects.extend(render(&release).objects.iter().map(Object::to_value));
+            }
+            let plan = ferry::plan::plan(&p, "");
+            let place = Placement {
+                secret: None,
+                ..placement(&p)
+            };
+            if let Some(train) = &plan.train {
+                objects.push(serde_json::to_value(training_job(&place, train, "r1")).unwrap());
+            }
+            if let Some(nb) = &plan.notebook {
+                let n = notebook(&place, nb, "token", "10Gi");
+                objects.push(serde_json::to_value(&n.secret).unwrap());
+                objects.push(serde_json::to_value(&n.service).unwrap());
+                objects.push(serde_json::to_value(&n.stateful_set).unwrap());
+            }
+            assert!(!objects.is_empty(), "{template}/{env} rendered nothing");
+            if validator {
+                validate(dir.path(), &objects);
+            }
         }
     }
 }
