@@ -250,7 +250,8 @@ async fn a_flood_past_the_queue_gets_429_and_the_server_recovers() {
     };
     let server =
         TestServer::start(config_with(vec![model("slow", "slow.onnx", None)], limits)).await;
-    // Each takes tens of milliseconds: the first runs, two wait, the rest are refused.
+    // Each takes tens of milliseconds: two wait (the first may already run, making it three),
+    // the rest are refused.
     let bodies: Vec<String> = (0..24).map(|_| slow_request(40_000)).collect();
     let answers = concurrently(&server, "slow", &bodies).await;
     let ok = answers.iter().filter(|(s, _)| *s == 200).count();
@@ -260,7 +261,7 @@ async fn a_flood_past_the_queue_gets_429_and_the_server_recovers() {
         .map(|(_, b)| b)
         .collect();
     assert_eq!(ok + refused.len(), answers.len(), "{answers:?}");
-    assert!(ok >= 3, "{ok} answered");
+    assert!(ok >= 2, "{ok} answered");
     assert!(refused.len() >= 10, "only {} refused", refused.len());
     let message = refused[0]["error"].as_str().unwrap();
     assert!(

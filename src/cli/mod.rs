@@ -794,6 +794,13 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             follow,
             tail,
         } => {
+            if let Some(env) = &spec.env {
+                let project = Project::load(&spec.file, Some(env))?;
+                if project.spec.target == crate::spec::TargetKind::Kubernetes {
+                    runtime()?.block_on(crate::cluster::promote::logs(&project, follow, tail))?;
+                    return Ok(());
+                }
+            }
             let root = spec_root(&spec.file);
             runtime()?.block_on(local::logs(&root, role.as_deref(), follow, tail))?;
         }

@@ -69,6 +69,10 @@ pub enum ClusterError {
         "revision {revision} used the secret {name}, which the secrets file no longer has\n  hint: add {name} back to the environment's secrets file"
     )]
     SecretGone { revision: u32, name: String },
+    #[error(
+        "no model server pod runs in namespace {namespace}\n  hint: `ferry promote` puts one there; `ferry status` shows what runs"
+    )]
+    NoServer { namespace: String },
     #[error("the recorded revision {revision} cannot be read back: {message}")]
     StoredRevision { revision: u32, message: String },
 }

@@ -180,16 +180,34 @@ pub async fn promote(
     }
 
     let mut history = History::load(&project.root, &env)?;
-    let rolled = rollout::wait_rollout(&client, &ns, &release.project, opts.timeout, ui).await;
+    // Ctrl-C during the rollout is a promotion that did not finish: like a failed one, it puts
+    // back what ran before. A second Ctrl-C stops that too.
+    let mut interrupt = crate::local::Interrupt::new()?;
+    let rolled = tokio::select! {
+        r = rollout::wait_rollout(&client, &ns, &release.project, opts.timeout, ui) => r,
+        _ = interrupt.recv() => Err(crate::kube::KubeError::Interrupted {
+            action: format!("waiting for the rollout in {env}"),
+        }),
+    };
     if let Err(failure) = rolled {
         let Some(previous) = history.latest().cloned().filter(|_| !opts.no_rollback) else {
+            if matches!(failure, crate::kube::KubeError::Interrupted { .. }) {
+                ui.warn(format!(
+                    "the objects are applied and the cluster goes on rolling out; `ferry status {env}` shows where it stands"
+                ));
+            }
             return Err(failure.into());
         };
         ui.warn(format!(
             "the rollout failed; putting back revision {} ({})",
             previous.revision, previous.image
         ));
-        let back = reapply(project, &client, &previous, &selector, opts, ui).await;
+        let back = tokio::select! {
+            r = reapply(project, &client, &previous, &selector, opts, ui) => r,
+            _ = interrupt.recv() => Err(crate::kube::KubeError::Interrupted {
+                action: format!("putting back revision {}", previous.revision),
+            }.into()),
+        };
         let outcome = match back {
             Ok(()) => {
                 let rev = revision_of(
@@ -604,4 +622,30 @@ pub async fn down(
         ui,
     )
     .await?)
+}
+
+/// `ferry logs --env ENV`: the model server's pods' output.
+pub async fn logs(project: &Project, follow: bool, tail: usize) -> Result<(), ClusterError> {
+    require_cluster(project)?;
+    let client = client::connect(project.spec.context.as_deref()).await?;
+    let ns = namespace(project);
+    let n = crate::kube::logs::server_logs(
+        &client,
+        &ns,
+        &project.spec.name,
+        follow,
+        tail,
+        |pod, line| {
+            if pod.is_empty() {
+                println!("{line}");
+            } else {
+                println!("{} {line}", console::style(pod).dim());
+            }
+        },
+    )
+    .await?;
+    if n == 0 {
+        return Err(ClusterError::NoServer { namespace: ns });
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod logs;
 pub mod render;
 pub mod rollout;
 pub mod secrets;
@@ -108,6 +109,8 @@ pub enum KubeError {
         /// Set when the namespace had to be created before its objects could be checked.
         created_namespace: Option<String>,
     },
+    #[error("interrupted while {action}")]
+    Interrupted { action: String },
     #[error("{}", rollout::failure_report(reason, details, logs))]
     RolloutFailed {
         reason: String,
