@@ -2,6 +2,7 @@
 //! in-process model server on 127.0.0.1. Each test file uses only some of it.
 #![allow(dead_code)]
 
+pub mod fake_api;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
