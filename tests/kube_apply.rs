@@ -2,7 +2,7 @@
 //! of `common::fake_api`: recorded responses, every request kept, so the tests check what went
 //! over the wire and in which order.
 //!
-//! With FERRY_TEST_KUBECONFIG pointing at a kubeconfig, `a_release_rolls_out_on_a_real_cluster`
+//! With FERRY_TEST_KUBECONFIG pointing at a kubeconfig, `a_release_goes_through_a_real_cluster`
 //! also runs against that cluster (in a namespace of its own, deleted afterwards).
 
 use std::path::Path;

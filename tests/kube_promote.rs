@@ -402,6 +402,28 @@ async fn a_failed_rollout_puts_the_previous_revision_back_unless_told_not_to() {
     // precedes the first write.
     p.train(7);
     let before = p.pushed().await;
+    // A dry run first: it says what would change and writes nothing (the API server answers a
+    // dry run with the resourceVersion unchanged, so only the content can tell).
+    let mark = p.fake.seen().len();
+    let dry = p.ferry_json(&["promote", "staging", "--dry-run"]).await;
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert!(dry["revision"].is_null(), "{dry}");
+    let change = |kind: &str| {
+        dry["applied"]["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .map(|o| o["change"].clone())
+    };
+    assert_eq!(change("Deployment"), Some("configured".into()), "{dry}");
+    assert_eq!(change("ConfigMap"), Some("configured".into()), "{dry}");
+    // Every object carries the version and spec-hash labels, so all of them change but the
+    // Namespace.
+    assert_eq!(change("Service"), Some("configured".into()), "{dry}");
+    assert_eq!(change("Namespace"), Some("unchanged".into()), "{dry}");
+    assert!(!p.fake.seen()[mark..].iter().any(Seen::is_write));
+    assert_eq!(p.revisions("staging").len(), 1);
     let mark = p.fake.seen().len();
     let second = p.ferry_json(&["promote", "staging"]).await;
     let image2 = p.newly_pushed(&before).await;

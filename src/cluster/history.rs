@@ -100,6 +100,36 @@ impl History {
         (n >= 2).then(|| &self.revisions[n - 2])
     }
 
+    fn get(&self, number: u32) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.revision == number)
+    }
+
+    /// The revision whose objects run when `r` does: a rollback runs the one it went back to.
+    fn effective(&self, r: &Revision) -> u32 {
+        let mut n = r.revision;
+        // Bounded: a rollback always names an earlier revision.
+        while let Some(to) = self.get(n).and_then(|x| x.rolled_back_to) {
+            if to >= n {
+                break;
+            }
+            n = to;
+        }
+        n
+    }
+
+    /// What `ferry rollback` goes back to: the revision that ran before the one running now.
+    /// After an automatic rollback to revision 2, that is revision 1, not 2 again; each
+    /// rollback steps further back.
+    pub fn rollback_target(&self) -> Option<&Revision> {
+        let running = self.effective(self.latest()?);
+        let before = self
+            .revisions
+            .iter()
+            .filter(|r| r.revision < running)
+            .max_by_key(|r| r.revision)?;
+        self.get(self.effective(before))
+    }
+
     pub fn next_number(&self) -> u32 {
         self.latest().map_or(1, |r| r.revision + 1)
     }
@@ -177,6 +207,35 @@ mod tests {
         assert_eq!(back, h);
         assert_eq!(back.previous().unwrap().revision, 1);
         assert_eq!(back.next_number(), 3);
+    }
+
+    #[test]
+    fn each_rollback_steps_further_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = History::load(dir.path(), "staging").unwrap();
+        assert!(h.rollback_target().is_none());
+        h.record(dir.path(), revision(1)).unwrap();
+        assert!(
+            h.rollback_target().is_none(),
+            "one revision: nothing before it"
+        );
+        h.record(dir.path(), revision(2)).unwrap();
+        assert_eq!(h.rollback_target().unwrap().revision, 1);
+        // A failed promotion put revision 2 back: revision 2 runs, so back means 1.
+        let mut r3 = revision(3);
+        r3.action = "rollback".into();
+        r3.rolled_back_to = Some(2);
+        h.record(dir.path(), r3).unwrap();
+        assert_eq!(h.rollback_target().unwrap().revision, 1);
+        // Rolled back to 1: nothing runs before 1.
+        let mut r4 = revision(4);
+        r4.action = "rollback".into();
+        r4.rolled_back_to = Some(1);
+        h.record(dir.path(), r4).unwrap();
+        assert!(h.rollback_target().is_none());
+        // A new promotion, then back: to what ran before it, revision 1 (through revision 4).
+        h.record(dir.path(), revision(5)).unwrap();
+        assert_eq!(h.rollback_target().unwrap().revision, 1);
     }
 
     #[test]

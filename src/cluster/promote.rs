@@ -401,7 +401,7 @@ pub async fn rollback(
 ) -> Result<Promoted, ClusterError> {
     let env = require_cluster(project)?;
     let mut history = History::load(&project.root, &env)?;
-    let Some(previous) = history.previous().cloned() else {
+    let Some(previous) = history.rollback_target().cloned() else {
         return Err(ClusterError::NothingToRollBackTo {
             env,
             revisions: history.revisions.len(),

@@ -374,7 +374,7 @@ async fn run(
             }
             let change = match (&before[i], &dry[i]) {
                 (None, _) => Change::Created,
-                (Some(b), Some(a)) if unchanged(b, a) => Change::Unchanged,
+                (Some(b), Some(a)) if same_content(b, a) => Change::Unchanged,
                 (Some(_), _) => Change::Configured,
             };
             out.objects.push(t.outcome(change));
@@ -538,9 +538,15 @@ fn rejection_message(s: &Status) -> String {
 
 /// Whether an apply left the object as it was. The same resourceVersion says so at once; a
 /// different one may only mean a controller wrote the status in between (a Deployment's does,
-/// all through a rollout), so the objects are compared without status and bookkeeping. A dry
-/// run bumps nothing, and is judged by the comparison alone.
+/// all through a rollout), so the objects are compared without status and bookkeeping.
 fn unchanged(before: &DynamicObject, after: &DynamicObject) -> bool {
+    (before.resource_version().is_some() && before.resource_version() == after.resource_version())
+        || same_content(before, after)
+}
+
+/// A dry run is judged by content alone: the API server answers a dry-run update with the
+/// object as it would be but keeps its resourceVersion, changed or not.
+fn same_content(before: &DynamicObject, after: &DynamicObject) -> bool {
     fn strip(o: &DynamicObject) -> Value {
         let mut v = serde_json::to_value(o).unwrap_or_default();
         if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -553,8 +559,7 @@ fn unchanged(before: &DynamicObject, after: &DynamicObject) -> bool {
         }
         v
     }
-    (before.resource_version().is_some() && before.resource_version() == after.resource_version())
-        || strip(before) == strip(after)
+    strip(before) == strip(after)
 }
 
 /// Deletes the objects of ferry's kinds that carry `selector` but are not in `keep`.
@@ -723,6 +728,9 @@ mod tests {
         assert!(unchanged(&d("10", 2, 1), &d("10", 2, 1)));
         assert!(unchanged(&d("10", 2, 1), &d("12", 2, 2)));
         assert!(!unchanged(&d("10", 2, 1), &d("12", 3, 1)));
+        // A dry run keeps the resourceVersion even when it would change the spec.
+        assert!(!same_content(&d("10", 2, 1), &d("10", 3, 1)));
+        assert!(same_content(&d("10", 2, 1), &d("10", 2, 1)));
     }
 
     #[test]
