@@ -16,7 +16,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, LogParams};
 use kube::{Client, ResourceExt};
 
-use super::train::{Pending, apply_env_secret, ensure_namespace, read_secrets, secret_name, ssa};
+use super::train::{
+    Pending, apply_env_secret, check_secrets_not_in_image, ensure_namespace, read_secrets,
+    secret_name, ssa,
+};
 use super::{ClusterError, require_cluster};
 use crate::docker;
 use crate::images::build as images;
@@ -70,6 +73,7 @@ pub async fn dev(
         .unwrap_or(NOTEBOOK_CONTAINER_PORT);
     docker::check_port_free(port, "--port (or notebook.port in ferry.yaml)")
         .map_err(LocalError::from)?;
+    check_secrets_not_in_image(project)?;
     let secrets = read_secrets(project)?;
 
     let kube = client::connect(project.spec.context.as_deref()).await?;

@@ -86,6 +86,14 @@ pub enum ClusterError {
         file: String,
     },
     #[error(
+        "the secrets file {secrets} of environment {env} would be copied into the project image, which is pushed to the environment's registry\n  hint: add `{secrets}` to {file}; its values reach the pods through a Secret, never an image"
+    )]
+    SecretsInImage {
+        secrets: String,
+        env: String,
+        file: String,
+    },
+    #[error(
         "the {what} pod {pod} cannot start: {reason}{}{}\n  hint: {}",
         container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default(),
         if message.is_empty() { String::new() } else { format!(": {message}") },

@@ -85,6 +85,7 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterErr
     };
     // What can be found wrong on this machine is said before the cluster is asked anything.
     check_inputs_in_image(project, &work)?;
+    check_secrets_not_in_image(project)?;
     if work.outputs.iter().any(|o| o.as_str().ends_with(".onnx")) {
         crate::onnx::init().map_err(|source| LocalError::OnnxRuntime { source })?;
     }
@@ -307,6 +308,34 @@ fn check_inputs_in_image(project: &Project, work: &Workload) -> Result<(), Clust
         }
         .into()),
     }
+}
+
+/// Refuses to push a project image that would hold the environment's secrets file: the
+/// image goes to a registry, and secrets reach the pods through their Secret only.
+pub(crate) fn check_secrets_not_in_image(project: &Project) -> Result<(), ClusterError> {
+    let Some(secrets) = project
+        .spec
+        .cluster
+        .as_ref()
+        .and_then(|c| c.secrets.as_ref())
+    else {
+        return Ok(());
+    };
+    let file = project.root.join(".dockerignore");
+    let ignore = DockerIgnore::load(&project.root).map_err(|source| {
+        LocalError::from(images::ImageError::Read {
+            path: file.clone(),
+            source,
+        })
+    })?;
+    if NEVER_IN_IMAGE.contains(&secrets.top()) || ignore.is_ignored(secrets.as_str()) {
+        return Ok(());
+    }
+    Err(ClusterError::SecretsInImage {
+        secrets: secrets.as_str().to_string(),
+        env: project.spec.env.clone().unwrap_or_default(),
+        file: file.display().to_string(),
+    })
 }
 
 /// Directories ferry never puts into a build context, whatever `.dockerignore` says.
@@ -1230,7 +1259,7 @@ async fn wait_collector(ctx: &JobCtx, pod: &str) -> Result<(), ClusterError> {
 
 /// A verified file of an output: its path in the project, sha256 and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Collected {
+pub struct Collected {
     pub sha256: String,
     pub size: u64,
 }
@@ -1275,22 +1304,8 @@ async fn collect_all(
     let mut all = BTreeMap::new();
     for (i, out) in work.outputs.iter().enumerate() {
         step.set_detail(format!("hashing {out} in the pod"));
-        let script = "cd \"$1\" && find \"$2\" -type f -exec sha256sum {} +";
         let mut listing: Vec<u8> = Vec::new();
-        let listed = exec_output(
-            ctx,
-            pod,
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                script.into(),
-                "sh".into(),
-                ctx.workdir.clone(),
-                out.as_str().to_string(),
-            ],
-            &mut listing,
-        )
-        .await;
+        let listed = exec_output(ctx, pod, listing_command(&ctx.workdir, out), &mut listing).await;
         let expected = match listed {
             Ok(()) => parse_sha256sum(&String::from_utf8_lossy(&listing)).map_err(|m| {
                 ClusterError::Collect {
@@ -1299,7 +1314,8 @@ async fn collect_all(
                 }
             })?,
             // `find` fails for a path that does not exist: the output was not written.
-            Err(_) => BTreeMap::new(),
+            Err(ClusterError::Exec { .. }) => BTreeMap::new(),
+            Err(e) => return Err(e.into()),
         };
         if expected.is_empty() {
             return Err(Failure::Missing(format!(
@@ -1312,20 +1328,7 @@ async fn collect_all(
         let mut file = tokio::fs::File::create(&tar_path)
             .await
             .map_err(|e| ClusterError::from(LocalError::io("cannot create", &tar_path)(e)))?;
-        exec_output(
-            ctx,
-            pod,
-            vec![
-                "tar".into(),
-                "-C".into(),
-                ctx.workdir.clone(),
-                "-cf".into(),
-                "-".into(),
-                out.as_str().to_string(),
-            ],
-            &mut file,
-        )
-        .await?;
+        exec_output(ctx, pod, copy_command(&ctx.workdir, out), &mut file).await?;
         tokio::io::AsyncWriteExt::flush(&mut file)
             .await
             .map_err(|e| ClusterError::from(LocalError::io("cannot write", &tar_path)(e)))?;
@@ -1440,9 +1443,31 @@ pub enum CollectError {
     Io { path: String, message: String },
 }
 
+/// What the collector runs to list an output's files with their sha256 (`sha256sum`'s
+/// format, paths relative to `workdir`). Fails when the output does not exist.
+pub fn listing_command(workdir: &str, output: &RelPath) -> Vec<String> {
+    [
+        "/bin/sh",
+        "-c",
+        "cd \"$1\" && find \"$2\" -type f -exec sha256sum {} +",
+        "sh",
+        workdir,
+        output.as_str(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// What the collector runs to send an output as a tar stream on stdout.
+pub fn copy_command(workdir: &str, output: &RelPath) -> Vec<String> {
+    ["tar", "-C", workdir, "-cf", "-", output.as_str()]
+        .map(String::from)
+        .to_vec()
+}
+
 /// `sha256sum`'s output as path → hex digest. Names with a backslash or a newline come
 /// escaped, their line starting with `\`.
-pub(crate) fn parse_sha256sum(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_sha256sum(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         let (escaped, line) = match line.strip_prefix('\\') {
@@ -1499,7 +1524,7 @@ fn normalise(p: &str) -> String {
 /// Unpacks a tar stream of `output` into `dest` (paths kept, relative to the project),
 /// hashing every file as it is written, and checks the result against `expected` (the pod's
 /// listing): the same files, byte for byte. Refuses links, devices and paths outside `output`.
-pub(crate) fn unpack_verified(
+pub fn unpack_verified(
     reader: impl Read,
     expected: &BTreeMap<String, String>,
     output: &RelPath,
