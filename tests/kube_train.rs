@@ -79,6 +79,10 @@ fn stderr(out: &Output) -> String {
 enum Reply {
     Json(u16, Value),
     Text(u16, String),
+    /// The request's own body: what server-side apply answers for an object it stored.
+    Echo,
+    /// The notebook's pod, made from the last StatefulSet applied, running and ready.
+    NotebookPod,
 }
 
 struct Route {
@@ -123,6 +127,8 @@ struct State {
     pod_root: Mutex<Option<PathBuf>>,
     /// Flip a byte of every tar stream an exec sends back.
     corrupt_tar: AtomicBool,
+    /// Where a port-forward to the pod's port reaches.
+    forward_to: Mutex<Option<SocketAddr>>,
 }
 
 struct FakeApi {
@@ -282,11 +288,14 @@ async fn serve_one(state: Arc<State>, mut conn: tokio::net::TcpStream) {
     };
     state.seen.lock().unwrap().push(seen.clone());
 
-    if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-        && seen.path.ends_with("/exec")
-    {
+    if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
         let key = header("sec-websocket-key").unwrap_or_default();
-        exec(&state, conn, &key, &seen).await;
+        if seen.path.ends_with("/exec") {
+            exec(&state, conn, &key, &seen).await;
+        } else if seen.path.ends_with("/portforward") {
+            let to = *state.forward_to.lock().unwrap();
+            port_forward(conn, &key, to).await;
+        }
         return;
     }
     let reply = {
@@ -317,14 +326,16 @@ async fn serve_one(state: Arc<State>, mut conn: tokio::net::TcpStream) {
     let (code, content_type, body) = match reply {
         Some(Reply::Json(code, v)) => (code, "application/json", v.to_string()),
         Some(Reply::Text(code, t)) => (code, "text/plain", t),
-        None => (
-            404,
+        Some(Reply::Echo) => (
+            200,
             "application/json",
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": "the server could not find the requested resource",
-                   "reason": "NotFound", "details": {}, "code": 404})
-            .to_string(),
+            seen.body.clone().unwrap_or_default().to_string(),
         ),
+        Some(Reply::NotebookPod) => match notebook_pod(&state.seen.lock().unwrap()) {
+            Some(pod) => (200, "application/json", pod.to_string()),
+            None => (404, "application/json", not_found().to_string()),
+        },
+        None => (404, "application/json", not_found().to_string()),
     };
     let response = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -332,6 +343,137 @@ async fn serve_one(state: Arc<State>, mut conn: tokio::net::TcpStream) {
     );
     let _ = conn.write_all(response.as_bytes()).await;
     let _ = conn.shutdown().await;
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": "the server could not find the requested resource",
+           "reason": "NotFound", "details": {}, "code": 404})
+}
+
+/// The pod the StatefulSet controller would make from the last StatefulSet applied.
+fn notebook_pod(seen: &[Seen]) -> Option<Value> {
+    let sts = seen
+        .iter()
+        .rev()
+        .find(|s| s.method == "PATCH" && s.path.contains("/statefulsets/"))?
+        .body
+        .clone()?;
+    let template = &sts["spec"]["template"];
+    Some(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{}-0", sts["metadata"]["name"].as_str()?),
+                     "namespace": NS, "uid": "5f6e7d8c-9b0a-4c1d-8e2f-3a4b5c6d7e8f",
+                     "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+        "status": {"phase": "Running",
+                   "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": "notebook", "image": template["spec"]["containers"][0]["image"],
+                                          "imageID": "", "ready": true, "restartCount": 0,
+                                          "state": {"running": {"startedAt": "2025-05-12T09:30:00Z"}}}]}
+    }))
+}
+
+/// A websocket handshake's answer, with the subprotocol Kubernetes speaks.
+fn switching_protocols(key: &str) -> String {
+    let accept = base64(&sha1(
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    ));
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+    )
+}
+
+/// One frame from the client (masked, as clients send them): opcode and payload.
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head).await.ok()?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).await.ok()?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).await.ok()?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    if head[1] & 0x80 != 0 {
+        r.read_exact(&mut mask).await.ok()?;
+    }
+    let mut payload = vec![0u8; usize::try_from(len).ok()?];
+    r.read_exact(&mut payload).await.ok()?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((head[0] & 0x0f, payload))
+}
+
+/// Answers a port-forward: the pod's port is `to`; data on channel 0 both ways, after the
+/// initial frames that name the port on the data and the error channel.
+async fn port_forward(mut conn: tokio::net::TcpStream, key: &str, to: Option<SocketAddr>) {
+    if conn
+        .write_all(switching_protocols(key).as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Some(to) = to else { return };
+    let Ok(upstream) = tokio::net::TcpStream::connect(to).await else {
+        return;
+    };
+    let port = 8888u16.to_le_bytes();
+    for channel in [0u8, 1] {
+        let _ = conn
+            .write_all(&frame(0x2, &[channel, port[0], port[1]]))
+            .await;
+    }
+    let (mut client_r, client_w) = conn.into_split();
+    let (mut up_r, mut up_w) = upstream.into_split();
+    let client_w = Arc::new(tokio::sync::Mutex::new(client_w));
+    let back = {
+        let client_w = client_w.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                match up_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut payload = vec![0u8];
+                        payload.extend_from_slice(&buf[..n]);
+                        if client_w
+                            .lock()
+                            .await
+                            .write_all(&frame(0x2, &payload))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    while let Some((opcode, payload)) = read_frame(&mut client_r).await {
+        if opcode == 0x8 {
+            break;
+        }
+        let data = opcode == 0x2 && payload.first() == Some(&0);
+        if data && up_w.write_all(&payload[1..]).await.is_err() {
+            break;
+        }
+    }
+    let _ = up_w.shutdown().await;
+    back.abort();
+    let mut w = client_w.lock().await;
+    let _ = w.write_all(&frame(0x8, &1000u16.to_be_bytes())).await;
+    let _ = w.shutdown().await;
 }
 
 /// `%xx` and `+` decoded, as a query string writes them.
@@ -357,13 +499,11 @@ fn decode(s: &str) -> String {
 /// Answers an exec: the websocket handshake, then the command run on this machine with the
 /// pod's paths mapped into `pod_root`, its stdout (channel 1), stderr (2) and status (3).
 async fn exec(state: &State, mut conn: tokio::net::TcpStream, key: &str, seen: &Seen) {
-    let accept = base64(&sha1(
-        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
-    ));
-    let handshake = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
-    );
-    if conn.write_all(handshake.as_bytes()).await.is_err() {
+    if conn
+        .write_all(switching_protocols(key).as_bytes())
+        .await
+        .is_err()
+    {
         return;
     }
     let root = state.pod_root.lock().unwrap().clone().unwrap_or_default();
@@ -631,6 +771,85 @@ fn posted_job(seen: &[Seen]) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
+
+/// Starts ferry in the background, its stderr into `log`.
+fn spawn_ferry(root: &Path, kubeconfig: &Path, args: &[&str], log: &Path) -> std::process::Child {
+    ferry_cmd(root, args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C, as a terminal sends it.
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit, up to `secs`; its exit code.
+async fn exit_code(mut child: std::process::Child, secs: u64) -> Option<i32> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if started.elapsed().as_secs() > secs {
+            let _ = child.kill();
+            panic!("ferry did not exit within {secs}s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `ready` holds for what the fake has seen.
+async fn until_seen(fake: &FakeApi, secs: u64, log: &Path, ready: impl Fn(&[Seen]) -> bool) {
+    let started = std::time::Instant::now();
+    while !ready(&fake.seen()) {
+        assert!(
+            started.elapsed().as_secs() < secs,
+            "not seen within {secs}s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The next JSON document ferry prints on stdout (pretty-printed: several lines).
+async fn next_json(
+    stdout: std::process::ChildStdout,
+    secs: u64,
+    log: &Path,
+) -> (Value, std::process::ChildStdout) {
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                return (None, reader.into_inner());
+            }
+            text.push_str(&line);
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                return (Some(v), reader.into_inner());
+            }
+        }
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), read).await {
+        Ok(Ok((Some(v), stdout))) => (v, stdout),
+        other => panic!(
+            "no JSON from ferry ({:?}):\n{}",
+            other.map(|r| r.map(|x| x.0)),
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_training_that_fails_in_the_cluster_is_recorded_and_its_job_deleted() {
@@ -946,6 +1165,291 @@ async fn a_pod_that_cannot_pull_its_image_fails_the_run_clearly() {
         rec["reason"].as_str().unwrap().contains("ImagePullBackOff"),
         "{rec}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_training_deletes_the_job_and_records_an_interrupted_run() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let fake = FakeApi::start().await;
+    let mut pod = fixture("pod-train-collecting.json");
+    pod["status"]["initContainerStatuses"][0]["state"] =
+        json!({"running": {"startedAt": "2025-05-12T09:20:13Z"}});
+    pod["status"]["containerStatuses"][0]["state"] =
+        json!({"waiting": {"reason": "PodInitializing"}});
+    fake.for_training(pod, "logs-train-succeeded.txt");
+    let dir = project(NAME, &registry.host);
+    let root = dir.path();
+    let log = root.join("ferry.err");
+    let child = spawn_ferry(
+        root,
+        &fake.kubeconfig(),
+        &["train", "--env", "staging"],
+        &log,
+    );
+
+    // The log stream ends while `train` still runs (as long runs see it happen): it is
+    // picked up again from the last line shown.
+    let logs = |seen: &[Seen]| -> Vec<Seen> {
+        seen.iter()
+            .filter(|s| s.path.ends_with("/log"))
+            .cloned()
+            .collect()
+    };
+    until_seen(&fake, 300, &log, |seen| logs(seen).len() >= 2).await;
+    interrupt(&child);
+    let code = exit_code(child, 30).await;
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+
+    let seen = fake.seen();
+    let first = &logs(&seen)[0];
+    assert_eq!(first.q("container"), Some("train"));
+    assert_eq!(first.q("follow"), Some("true"));
+    assert_eq!(logs(&seen)[1].q("sinceTime"), Some("2025-05-12T09:21:39Z"));
+    let job_name = posted_job(&seen)["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "DELETE" && s.path.ends_with(&format!("/jobs/{job_name}"))),
+        "{seen:#?}"
+    );
+    let rec = only_record(root);
+    assert_eq!(rec["status"], "interrupted");
+    assert_eq!(rec["reason"], "interrupted");
+    assert_eq!(rec["outputs"], json!([]));
+    // Each line once, however often the stream was opened.
+    let train_log = std::fs::read_to_string(root.join(rec["log"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        train_log,
+        "loading data/customers.csv (3 rows)\nwrote artifacts/model.txt\n"
+    );
+}
+
+/// A Jupyter stand-in: answers `/api/status`, keeping the Authorization headers it got.
+async fn jupyter() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let auths = Arc::new(Mutex::new(Vec::new()));
+    let a = auths.clone();
+    let app = axum::Router::new().route(
+        "/api/status",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let a = a.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                a.lock().unwrap().push(auth);
+                axum::Json(json!({"started": "2025-05-12T09:30:01Z", "kernels": 0}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, auths)
+}
+
+/// The churn template's environment (its image is what `ferry init --template churn` builds),
+/// with a notebook and a `staging` cluster environment.
+fn notebook_project(registry: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/churn/requirements.txt"),
+        root.join("requirements.txt"),
+    )
+    .unwrap();
+    std::fs::write(root.join(".dockerignore"), ".ferry/\n.env.*\n").unwrap();
+    std::fs::write(root.join(".env.staging"), "DB_PASSWORD=hunter2\n").unwrap();
+    std::fs::write(root.join("explore.py"), "print('hello')\n").unwrap();
+    std::fs::write(
+        root.join("ferry.yaml"),
+        format!(
+            "name: churn-demo
+environment:
+  bootstrap: bookworm
+  requirements: requirements.txt
+  system_packages: [libgomp1]
+notebook: {{ port: 8888 }}
+environments:
+  dev: {{ target: docker }}
+  staging:
+    target: kubernetes
+    namespace: {NS}
+    registry: {registry}/ml
+    secrets: .env.staging
+"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_notebook_is_applied_forwarded_and_stopped_keeping_its_token() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let fake = FakeApi::start().await;
+    let (jupyter, auths) = jupyter().await;
+    *fake.state.forward_to.lock().unwrap() = Some(jupyter);
+    let core = format!("/api/v1/namespaces/{NS}");
+    let apps = format!("/apis/apps/v1/namespaces/{NS}");
+    fake.on("GET", &core, ok("namespace-churn-staging.json"));
+    for path in [
+        format!("{core}/secrets/churn-demo-secrets"),
+        format!("{core}/secrets/churn-demo-notebook-token"),
+        format!("{core}/services/churn-demo-notebook"),
+        format!("{apps}/statefulsets/churn-demo-notebook"),
+    ] {
+        fake.on("PATCH", &path, Reply::Echo);
+    }
+    fake.on(
+        "GET",
+        &format!("{core}/pods/churn-demo-notebook-0"),
+        Reply::NotebookPod,
+    );
+    fake.on(
+        "DELETE",
+        &format!("{apps}/statefulsets/churn-demo-notebook"),
+        Reply::Json(
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        ),
+    );
+    let dir = notebook_project(&registry.host);
+    let root = dir.path();
+    let log = root.join("ferry.err");
+    let port = free_port();
+
+    let start = || {
+        spawn_ferry(
+            root,
+            &fake.kubeconfig(),
+            &[
+                "dev",
+                "--env",
+                "staging",
+                "--port",
+                &port.to_string(),
+                "--json",
+            ],
+            &log,
+        )
+    };
+    let mut child = start();
+    let (ready, _stdout) = next_json(child.stdout.take().unwrap(), 900, &log).await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    let url = ready["url"].as_str().unwrap().to_string();
+    let prefix = format!("http://127.0.0.1:{port}/lab?token=");
+    let token = url
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{url}"))
+        .to_string();
+    assert_eq!(token.len(), 48, "{url}");
+    assert_eq!(ready["container"], "churn-demo-notebook-0");
+
+    // Through the forward, Jupyter in the "pod" answers, and got the token.
+    let status = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/api/status"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    assert!(
+        auths
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| *a == format!("token {token}"))
+    );
+    assert!(
+        auths.lock().unwrap().len() >= 2,
+        "ferry's own check, then ours"
+    );
+
+    // What was applied: server-side, by ferry, the project image by digest, the token in the
+    // Secret only.
+    let seen = fake.seen();
+    let patches: Vec<&Seen> = seen.iter().filter(|s| s.method == "PATCH").collect();
+    assert_eq!(patches.len(), 4, "{patches:#?}");
+    for p in &patches {
+        assert_eq!(p.q("fieldManager"), Some("ferry"), "{p:?}");
+        assert_eq!(
+            p.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+    }
+    let body = |name: &str| {
+        patches
+            .iter()
+            .find(|p| p.path.ends_with(name))
+            .and_then(|p| p.body.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        body("/churn-demo-notebook-token")["data"]["JUPYTER_TOKEN"],
+        base64(token.as_bytes())
+    );
+    let sts = body("/statefulsets/churn-demo-notebook");
+    assert!(!sts.to_string().contains(&token));
+    let image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(
+        image.starts_with(&format!("{}/ml/churn-demo@sha256:", registry.host)),
+        "{image}"
+    );
+    assert_eq!(ready["image"], image);
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "churn-demo-secrets"
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "workspace"
+    );
+
+    // Ctrl-C stops the notebook: the StatefulSet goes, its volume and the token stay.
+    interrupt(&child);
+    let code = exit_code(child, 60).await;
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let deletes: Vec<String> = fake
+        .seen()
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(
+        deletes,
+        [format!("{apps}/statefulsets/churn-demo-notebook")]
+    );
+    assert!(!err.contains("hunter2"));
+
+    // The next run finds the token in its Secret: the same URL.
+    fake.on(
+        "GET",
+        &format!("{core}/secrets/churn-demo-notebook-token"),
+        Reply::Json(200, body("/churn-demo-notebook-token")),
+    );
+    let mut child = start();
+    let (again, _stdout) = next_json(child.stdout.take().unwrap(), 300, &log).await;
+    assert_eq!(again["url"], url.as_str());
+    interrupt(&child);
+    assert_eq!(exit_code(child, 60).await, Some(0));
 }
 
 #[tokio::test]

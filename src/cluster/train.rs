@@ -1074,7 +1074,9 @@ async fn follow_training(
             container: Some("train".into()),
             follow: true,
             timestamps: true,
-            since_time: last,
+            // Whole seconds only (kube rounds to the nearest one, which may skip lines): the
+            // lines of that second already shown are dropped below.
+            since_time: last.and_then(|t| Timestamp::from_second(t.as_second()).ok()),
             ..Default::default()
         };
         let streamed = async {
