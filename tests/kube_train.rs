@@ -1527,7 +1527,7 @@ async fn inputs_left_out_of_the_image_and_secrets_in_it_are_refused_before_the_c
 }
 
 #[tokio::test]
-async fn the_cluster_notebook_is_not_detached() {
+async fn the_cluster_notebook_is_not_detached_and_needs_its_port() {
     let dir = project("kube-train-detach", "127.0.0.1:9");
     let root = dir.path();
     let (kubeconfig, _) = dead_kubeconfig(root);
@@ -1539,6 +1539,23 @@ async fn the_cluster_notebook_is_not_detached() {
         err.contains("--detach is not supported for cluster environments (staging)"),
         "{err}"
     );
+
+    // A local port already taken is said before the cluster is asked.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = ferry_with_kubeconfig(
+        root,
+        &kubeconfig,
+        &["dev", "--env", "staging", "--port", &port],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("port {port} on 127.0.0.1 is already in use")),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach"), "{err}");
 }
 
 /// The collector's commands, run in the real project image: the listing and the tar stream

@@ -71,8 +71,15 @@ pub async fn dev(
         .port
         .or_else(|| work.ports.first().map(|p| p.published))
         .unwrap_or(NOTEBOOK_CONTAINER_PORT);
-    docker::check_port_free(port, "--port (or notebook.port in ferry.yaml)")
-        .map_err(LocalError::from)?;
+    // Held from now on, so nothing takes the port while the image builds.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|_| {
+            LocalError::from(docker::DockerError::PortBusy {
+                port,
+                flag: "--port (or notebook.port in ferry.yaml)".into(),
+            })
+        })?;
     check_secrets_not_in_image(project)?;
     let secrets = read_secrets(project)?;
 
@@ -151,17 +158,23 @@ pub async fn dev(
         wait_ready(&kube, &ns, &pod_name, &pushed.reference, ui).await?;
         Ok(token)
     };
+    // A notebook that does not come up is not left behind (its volume is).
     let token = tokio::select! {
-        r = started => r?,
+        r = started => match r {
+            Ok(t) => t,
+            Err(e) => {
+                stop(&kube, &ns, &name, ui).await;
+                return Err(e);
+            }
+        },
         _ = interrupt.recv() => {
             stop(&kube, &ns, &name, ui).await;
             return Err(LocalError::Interrupted.into());
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| ClusterError::PortForward {
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| ClusterError::PortForward {
             port,
             pod: pod_name.clone(),
             message: e.to_string(),
