@@ -4,12 +4,14 @@
 //! went over the wire. The project image is really built and pushed, to a registry on
 //! 127.0.0.1 (Debian's docker-registry), so the Job must name what the registry stored.
 //!
-//! The copy of the outputs runs in the pod through `exec` (a websocket), which the fake does not
-//! speak; its commands are run here in the real project image with Docker instead, and the
-//! unpacking and checking are unit tests of `cluster::train`.
+//! The fake also speaks the websocket subprotocol of `exec` and `portforward`: an exec'd
+//! command runs on this machine in a directory standing for the pod's volumes (so the copy of
+//! the outputs is real, and can be corrupted on the way), and a forward reaches a stand-in
+//! Jupyter. The collector's commands are also run in the real project image with Docker.
 //!
-//! With FERRY_TEST_KUBECONFIG (and FERRY_TEST_REGISTRY, a registry the cluster pulls from) a
-//! training also runs on a real cluster, in a namespace of its own, deleted afterwards.
+//! With FERRY_TEST_KUBECONFIG (and FERRY_TEST_REGISTRY, a registry prefix this machine pushes
+//! to and the cluster pulls from) a training also runs on a real cluster, in a namespace of its
+//! own, deleted afterwards.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
