@@ -518,24 +518,27 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             };
             let json = ui.mode() == OutputMode::Json;
             let quiet = ui.mode() == OutputMode::Quiet;
-            let session = runtime()?.block_on(local::dev::dev(
-                &spec.file,
-                &opts,
-                ui,
-                |s| {
-                    if json {
-                        print_json(&serde_json::json!({"ready": true, "url": s.url, "container": s.container, "image": s.image}));
-                    } else if quiet {
-                        println!("{}", s.url);
-                    } else {
-                        eprintln!(
-                            "\n  {} Jupyter is ready: {}\n",
-                            console::style("●").green(),
-                            console::style(&s.url).bold().underlined()
-                        );
-                    }
-                },
-            ))?;
+            let on_ready = |s: &local::dev::Session| {
+                if json {
+                    print_json(
+                        &serde_json::json!({"ready": true, "url": s.url, "container": s.container, "image": s.image}),
+                    );
+                } else if quiet {
+                    println!("{}", s.url);
+                } else {
+                    eprintln!(
+                        "\n  {} Jupyter is ready: {}\n",
+                        console::style("●").green(),
+                        console::style(&s.url).bold().underlined()
+                    );
+                }
+            };
+            let project = load(&spec)?;
+            if project.spec.target == crate::spec::TargetKind::Kubernetes {
+                runtime()?.block_on(crate::cluster::dev::dev(&project, &opts, ui, on_ready))?;
+                return Ok(());
+            }
+            let session = runtime()?.block_on(local::dev::dev(&spec.file, &opts, ui, on_ready))?;
             if detach {
                 ui.info(format!(
                     "running in the background ({}); stop it with `ferry down`",
@@ -600,7 +603,17 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
         }
         Command::Train { spec } => {
             let project = load(&spec)?;
-            let r = runtime()?.block_on(local::train::train(&project, ui))?;
+            let r = if project.spec.target == crate::spec::TargetKind::Kubernetes {
+                // A failed training exits with its own code, as locally: keep its local error.
+                runtime()?
+                    .block_on(crate::cluster::train::train(&project, ui))
+                    .map_err(|e| match e {
+                        crate::cluster::ClusterError::Local(l) => CliError::Local(l),
+                        e => CliError::Cluster(e),
+                    })?
+            } else {
+                runtime()?.block_on(local::train::train(&project, ui))?
+            };
             if ui.mode() == OutputMode::Json {
                 print_json(&r.run);
             } else {

@@ -2,8 +2,10 @@
 //! the same serving image `ferry serve` runs, pushed to the environment's registry and named by
 //! digest, rendered into typed objects with the environment's settings and secrets.
 
+pub mod dev;
 pub mod history;
 pub mod promote;
+pub mod train;
 
 use crate::docker::{self, DockerError};
 use crate::images::push::{self, PushError, Pushed};
@@ -75,6 +77,59 @@ pub enum ClusterError {
     NoServer { namespace: String },
     #[error("the recorded revision {revision} cannot be read back: {message}")]
     StoredRevision { revision: u32, message: String },
+    #[error(
+        "train.inputs: {input} is not in the project image: {file} leaves out {excluded}, and in a cluster the training reads its inputs from the image (nothing on this machine is mounted)\n  hint: remove the rule that excludes it from .dockerignore (or add `!{excluded}` after it), then run again"
+    )]
+    InputNotInImage {
+        input: String,
+        excluded: String,
+        file: String,
+    },
+    #[error(
+        "the secrets file {secrets} of environment {env} would be copied into the project image, which is pushed to the environment's registry\n  hint: add `{secrets}` to {file}; its values reach the pods through a Secret, never an image"
+    )]
+    SecretsInImage {
+        secrets: String,
+        env: String,
+        file: String,
+    },
+    #[error(
+        "the {what} pod {pod} cannot start: {reason}{}{}\n  hint: {}",
+        container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default(),
+        if message.is_empty() { String::new() } else { format!(": {message}") },
+        train::pending_hint(reason)
+    )]
+    PodNotStarting {
+        what: String,
+        pod: String,
+        reason: String,
+        container: Option<String>,
+        message: String,
+    },
+    #[error("{what} failed: {reason}")]
+    PodFailed { what: String, reason: String },
+    #[error("`{command}` in pod {pod} failed: {message}")]
+    Exec {
+        command: String,
+        pod: String,
+        message: String,
+    },
+    #[error("cannot collect the output {output}: {source}")]
+    Collect {
+        output: String,
+        #[source]
+        source: train::CollectError,
+    },
+    #[error(
+        "--detach is not supported for cluster environments ({env}): the notebook is reached through a port-forward that lives as long as ferry does\n  hint: run `ferry dev --env {env}` in a terminal of its own"
+    )]
+    DetachUnsupported { env: String },
+    #[error("cannot forward 127.0.0.1:{port} to the notebook pod {pod}: {message}")]
+    PortForward {
+        port: u16,
+        pod: String,
+        message: String,
+    },
 }
 
 fn list(envs: &[String]) -> String {
