@@ -374,6 +374,41 @@ fn training_is_a_job_whose_outputs_wait_for_collection() {
     }
 }
 
+/// A promotion prunes, and `ferry down ENV` removes, what matches the server selector: never
+/// the notebook's or training's objects.
+#[test]
+fn the_server_selector_leaves_the_notebook_and_training_alone() {
+    let selector = ferry::kube::render::server_selector("churn", "staging");
+    let matches = |labels: &Value| {
+        selector.split(',').all(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            labels[k] == v
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let staging = render(&release(dir.path(), "staging"));
+    for o in &staging.objects[1..] {
+        assert!(matches(&o.to_value()["metadata"]["labels"]), "{}", o.kind());
+    }
+    let p = project(dir.path(), "staging");
+    let spec = SPEC.replacen("\nserve:\n", &format!("\n{TRAIN}serve:\n"), 1);
+    std::fs::write(dir.path().join("ferry.yaml"), spec).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let p = Project::load_dir(dir.path(), Some(p.spec.env.as_deref().unwrap())).unwrap();
+    let plan = ferry::plan::plan(&p, "");
+    let place = placement(&p);
+    let nb = notebook(&place, plan.notebook.as_ref().unwrap(), "t", "1Gi");
+    let job = training_job(&place, plan.train.as_ref().unwrap(), "r1");
+    for v in [
+        serde_json::to_value(&nb.secret).unwrap(),
+        serde_json::to_value(&nb.service).unwrap(),
+        serde_json::to_value(&nb.stateful_set).unwrap(),
+        serde_json::to_value(&job).unwrap(),
+    ] {
+        assert!(!matches(&v["metadata"]["labels"]), "{}", v["kind"]);
+    }
+}
+
 #[test]
 fn job_names_fit_the_label_limit() {
     let name = job_name(&"a".repeat(40), "20261123-114502-123-3f9a");

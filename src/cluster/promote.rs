@@ -479,14 +479,7 @@ pub async fn rollback(
 
 /// The selector of what ferry manages for a project in an environment.
 fn managed_selector(project: &Project, env: &str) -> String {
-    format!(
-        "{}={},{}={},{}={env}",
-        render::LABEL_MANAGED_BY,
-        render::MANAGER,
-        render::LABEL_INSTANCE,
-        project.spec.name,
-        render::LABEL_ENV
-    )
+    render::server_selector(&project.spec.name, env)
 }
 
 /// What runs in an environment, next to what was promoted there.

@@ -125,11 +125,7 @@ impl Release {
 
     /// The selector of everything ferry manages in this environment, for pruning and status.
     pub fn managed_selector(&self) -> String {
-        format!(
-            "{LABEL_MANAGED_BY}={MANAGER},{LABEL_INSTANCE}={},{LABEL_ENV}={}",
-            self.instance(),
-            self.env
-        )
+        server_selector(&self.instance(), &self.env)
     }
 
     /// The image's digest, shortened: what changed between two releases.
@@ -150,6 +146,15 @@ impl Release {
             ..Default::default()
         }
     }
+}
+
+/// The objects of a project's model server in an environment: what a promotion prunes and
+/// `ferry down ENV` removes. The notebook's and training's objects carry another component
+/// and are left alone.
+pub fn server_selector(project: &str, env: &str) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={MANAGER},{LABEL_INSTANCE}={project},{LABEL_ENV}={env},{LABEL_COMPONENT}=server"
+    )
 }
 
 /// True for `repository@sha256:<64 hex>`.
