@@ -17,8 +17,7 @@ use kube::api::{Api, DeleteParams, LogParams};
 use kube::{Client, ResourceExt};
 
 use super::train::{
-    Pending, apply_env_secret, check_secrets_not_in_image, ensure_namespace, read_secrets,
-    secret_name, ssa,
+    Pending, apply_env_secret, check_secrets_not_in_image, ensure_namespace, secret_name, ssa,
 };
 use super::{ClusterError, require_cluster};
 use crate::docker;
@@ -52,12 +51,7 @@ pub async fn dev(
     if opts.detach {
         return Err(ClusterError::DetachUnsupported { env });
     }
-    let Some(registry) = project.spec.registry.clone() else {
-        return Err(ClusterError::NoRegistry {
-            env,
-            file: project.file.display().to_string(),
-        });
-    };
+    let registry = super::registry(project, &env)?;
     let plan = make_plan(project)?;
     let Some(work) = plan.notebook.clone() else {
         return Err(LocalError::MissingSection {
@@ -81,7 +75,7 @@ pub async fn dev(
             })
         })?;
     check_secrets_not_in_image(project)?;
-    let secrets = read_secrets(project)?;
+    let secrets = super::environment_secrets(project)?;
 
     let kube = client::connect(project.spec.context.as_deref()).await?;
     let docker = docker::connect().await.map_err(LocalError::from)?;

@@ -173,26 +173,38 @@ pub fn require_cluster(project: &Project) -> Result<String, ClusterError> {
     Ok(env)
 }
 
-/// Builds the serving image (unless its content tag exists), pushes it to the environment's
-/// registry, reads the environment's secrets and renders the objects.
-pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterError> {
-    let env = require_cluster(project)?;
-    let Some(registry) = project.spec.registry.clone() else {
-        return Err(ClusterError::NoRegistry {
-            env,
+/// The registry a cluster environment pulls its images from.
+pub(crate) fn registry(project: &Project, env: &str) -> Result<String, ClusterError> {
+    project
+        .spec
+        .registry
+        .clone()
+        .ok_or_else(|| ClusterError::NoRegistry {
+            env: env.to_string(),
             file: project.file.display().to_string(),
-        });
-    };
-    // Secrets first: a missing file should stop us before minutes of building and pushing.
-    let secrets = match project
+        })
+}
+
+/// The environment's secrets, read from its env file, if it names one.
+pub(crate) fn environment_secrets(project: &Project) -> Result<Option<Secrets>, ClusterError> {
+    match project
         .spec
         .cluster
         .as_ref()
         .and_then(|c| c.secrets.as_ref())
     {
-        Some(p) => Some(Secrets::read(&project.path(p))?),
-        None => None,
-    };
+        Some(p) => Ok(Some(Secrets::read(&project.path(p))?)),
+        None => Ok(None),
+    }
+}
+
+/// Builds the serving image (unless its content tag exists), pushes it to the environment's
+/// registry, reads the environment's secrets and renders the objects.
+pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterError> {
+    let env = require_cluster(project)?;
+    let registry = registry(project, &env)?;
+    // Secrets first: a missing file should stop us before minutes of building and pushing.
+    let secrets = environment_secrets(project)?;
     let serving = local::serve::serving_plan(project)?;
     let spec_hash = project.hash()?.as_str().to_string();
     let docker = docker::connect().await?;

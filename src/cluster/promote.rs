@@ -311,15 +311,7 @@ fn revision_of(
 /// A stored revision's objects, typed again; its Secret filled from the secrets file as it is
 /// now (values are never stored).
 fn manifests_of(project: &Project, rev: &Revision) -> Result<Manifests, ClusterError> {
-    let secrets = match project
-        .spec
-        .cluster
-        .as_ref()
-        .and_then(|c| c.secrets.as_ref())
-    {
-        Some(p) => Some(Secrets::read(&project.path(p))?),
-        None => None,
-    };
+    let secrets = super::environment_secrets(project)?;
     let mut objects = Vec::new();
     for v in &rev.objects {
         let mut v = v.clone();

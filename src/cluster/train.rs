@@ -68,12 +68,7 @@ const LOG_RETRIES: u32 = 5;
 pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterError> {
     let mut interrupt = Interrupt::new()?;
     let env = require_cluster(project)?;
-    let Some(registry) = project.spec.registry.clone() else {
-        return Err(ClusterError::NoRegistry {
-            env,
-            file: project.file.display().to_string(),
-        });
-    };
+    let registry = super::registry(project, &env)?;
     let plan = make_plan(project)?;
     let Some(work) = plan.train.clone() else {
         return Err(LocalError::MissingSection {
@@ -89,7 +84,7 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterErr
     if work.outputs.iter().any(|o| o.as_str().ends_with(".onnx")) {
         crate::onnx::init().map_err(|source| LocalError::OnnxRuntime { source })?;
     }
-    let secrets = read_secrets(project)?;
+    let secrets = super::environment_secrets(project)?;
     let spec_hash = project.hash()?.to_string();
 
     // The cluster next: minutes of building and pushing are wasted on an unreachable one.
@@ -254,18 +249,6 @@ fn namespace(project: &Project) -> String {
 /// The Secret holding an environment's secrets (the one `promote` applies too).
 pub(crate) fn secret_name(project: &str) -> String {
     format!("{project}-secrets")
-}
-
-pub(crate) fn read_secrets(project: &Project) -> Result<Option<Secrets>, ClusterError> {
-    match project
-        .spec
-        .cluster
-        .as_ref()
-        .and_then(|c| c.secrets.as_ref())
-    {
-        Some(p) => Ok(Some(Secrets::read(&project.path(p))?)),
-        None => Ok(None),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

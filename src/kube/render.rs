@@ -490,24 +490,7 @@ pub fn render(release: &Release) -> Manifests {
             }),
             ..Default::default()
         }]),
-        node_selector: (!c.node_selector.is_empty()).then(|| c.node_selector.clone()),
-        tolerations: (!c.tolerations.is_empty()).then(|| {
-            c.tolerations
-                .iter()
-                .map(|t| Toleration {
-                    key: t.key.clone(),
-                    operator: t.operator.clone(),
-                    value: t.value.clone(),
-                    effect: t.effect.clone(),
-                    toleration_seconds: t.toleration_seconds,
-                })
-                .collect()
-        }),
-        image_pull_secrets: c
-            .image_pull_secret
-            .as_ref()
-            .map(|s| vec![LocalObjectReference { name: s.clone() }]),
-        ..Default::default()
+        ..scheduling(c)
     };
     let replicas = release.serving.replicas;
     objects.push(Object::Deployment(Deployment {
@@ -632,6 +615,31 @@ pub fn render(release: &Release) -> Manifests {
         }));
     }
     Manifests { objects }
+}
+
+/// Where an environment's pods run and what they pull with, the same for every pod of it:
+/// node selector, tolerations, image pull secret.
+pub(crate) fn scheduling(c: &Cluster) -> PodSpec {
+    PodSpec {
+        node_selector: (!c.node_selector.is_empty()).then(|| c.node_selector.clone()),
+        tolerations: (!c.tolerations.is_empty()).then(|| {
+            c.tolerations
+                .iter()
+                .map(|t| Toleration {
+                    key: t.key.clone(),
+                    operator: t.operator.clone(),
+                    value: t.value.clone(),
+                    effect: t.effect.clone(),
+                    toleration_seconds: t.toleration_seconds,
+                })
+                .collect()
+        }),
+        image_pull_secrets: c
+            .image_pull_secret
+            .as_ref()
+            .map(|s| vec![LocalObjectReference { name: s.clone() }]),
+        ..Default::default()
+    }
 }
 
 /// Requests and limits from the spec. Without a figure, modest requests so the scheduler and an

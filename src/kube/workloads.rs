@@ -8,11 +8,10 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, LocalObjectReference, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    EnvVarSource, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::render::{
     LABEL_COMPONENT, LABEL_ENV, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER, resources,
+    scheduling,
 };
 use crate::plan::{NOTEBOOK_CONTAINER_PORT, TOKEN_VAR, Workload, output_dirs};
 use crate::spec::Cluster;
@@ -71,7 +71,6 @@ impl Placement {
 
     /// Scheduling settings shared by every pod of the environment.
     fn pod(&self, containers: Vec<Container>) -> PodSpec {
-        let c = &self.cluster;
         PodSpec {
             containers,
             automount_service_account_token: Some(false),
@@ -87,24 +86,7 @@ impl Placement {
                 }),
                 ..Default::default()
             }),
-            node_selector: (!c.node_selector.is_empty()).then(|| c.node_selector.clone()),
-            tolerations: (!c.tolerations.is_empty()).then(|| {
-                c.tolerations
-                    .iter()
-                    .map(|t| Toleration {
-                        key: t.key.clone(),
-                        operator: t.operator.clone(),
-                        value: t.value.clone(),
-                        effect: t.effect.clone(),
-                        toleration_seconds: t.toleration_seconds,
-                    })
-                    .collect()
-            }),
-            image_pull_secrets: c
-                .image_pull_secret
-                .as_ref()
-                .map(|s| vec![LocalObjectReference { name: s.clone() }]),
-            ..Default::default()
+            ..scheduling(&self.cluster)
         }
     }
 
