@@ -413,7 +413,13 @@ fn problem_at(
     let in_overlay = env.map(|e| format!("environments.{e}.{field}"));
     let (pos, env_attrib) = match &in_overlay {
         Some(o) if positions.has(o) => (positions.find(o), env),
-        _ => (positions.find(&field), None),
+        // Not written in the overlay: where the base writes it, else the nearest part of the
+        // overlay (a section the overlay adds whole, say).
+        Some(o) => match positions.find(&field) {
+            Some(p) => (Some(p), None),
+            None => (positions.find(o), env),
+        },
+        None => (positions.find(&field), None),
     };
     let (line, column) = pos.unwrap_or((0, 0));
     Problem {

@@ -363,3 +363,21 @@ fn registry_prefixes() {
     assert!(check_registry("r.example.com/ml@sha256:abc").is_err());
     assert!(check_registry("r.example.com:port/ml").is_err());
 }
+
+#[test]
+fn a_section_an_overlay_adds_is_reported_where_the_overlay_writes_it() {
+    let spec = "\
+name: nb
+environment:
+  base: python:3.11-slim
+environments:
+  dev: { target: docker }
+  prod:
+    target: kubernetes
+    serve: { replicas: 2 }
+";
+    let p = only_problem(spec);
+    assert_eq!(p.field, "serve.model");
+    assert_eq!(p.line, 8, "{p:?}");
+    assert_eq!(p.env.as_deref(), Some("prod"));
+}
