@@ -8,6 +8,7 @@ use std::process::Output;
 use serde_json::Value;
 
 mod common;
+use common::fake_api::dead_kubeconfig;
 use common::ferry;
 use common::registry::{MANIFEST_TYPES, Registry};
 
@@ -136,7 +137,8 @@ fn render_says_what_is_missing_before_building_anything() {
 
     let out = ferry(root, &["render", "prod"]);
     let err = stderr(&out);
-    assert!(err.contains("prod"), "{err}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("no environment named `prod`"), "{err}");
 
     std::fs::remove_file(root.join(".env.staging")).unwrap();
     let out = ferry(root, &["render", "staging"]);
@@ -146,33 +148,6 @@ fn render_says_what_is_missing_before_building_anything() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
-}
-
-/// A kubeconfig whose only cluster listens nowhere.
-fn dead_kubeconfig(dir: &Path) -> (PathBuf, String) {
-    let port = common::free_port();
-    let server = format!("https://127.0.0.1:{port}");
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: dead
-  cluster: {{ server: \"{server}\", insecure-skip-tls-verify: true }}
-users:
-- name: u
-  user: {{ token: not-a-real-token }}
-contexts:
-- name: dead
-  context: {{ cluster: dead, user: u }}
-current-context: dead
-"
-        ),
-    )
-    .unwrap();
-    (path, server)
 }
 
 fn ferry_with_kubeconfig(root: &Path, kubeconfig: &Path, args: &[&str]) -> Output {

@@ -251,10 +251,14 @@ fn validate(dir: &Path, objects: &[Value]) {
         std::fs::write(&path, serde_yaml_ng::to_string(o).unwrap()).unwrap();
         files.push(path);
     }
+    validate_files(&files);
+}
+
+fn validate_files(files: &[std::path::PathBuf]) {
     for version in ["1.28.0", "1.33.0", "1.37.0"] {
         let out = Command::new("python3")
             .args(["-m", "kubernetes_validate", "--strict", "-k", version])
-            .args(&files)
+            .args(files)
             .output()
             .unwrap();
         let text = format!(
@@ -434,20 +438,7 @@ fn manifests_validate_against_the_official_schema_in_strict_mode() {
         let shown = dir.path().join("shown.yaml");
         std::fs::write(&shown, m.to_yaml()).unwrap();
         files.push(shown);
-        for version in ["1.28.0", "1.33.0", "1.37.0"] {
-            let out = Command::new("python3")
-                .args(["-m", "kubernetes_validate", "--strict", "-k", version])
-                .args(&files)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "{env} on {version}:\n{text}");
-            assert!(!text.contains("ERROR"), "{text}");
-        }
+        validate_files(&files);
     }
 }
 

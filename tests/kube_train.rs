@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "common/registry.rs"]
-#[allow(dead_code)]
-mod registry;
-use registry::Registry;
+mod common;
+use common::fake_api::dead_kubeconfig;
+use common::free_port;
+use common::registry::{self, Registry};
 
 const NS: &str = "churn-staging";
 const NAME: &str = "kube-train-demo";
@@ -35,15 +35,6 @@ const POD: &str = "kube-train-demo-train-20251112-092010-123-ab12-x7k2p";
 
 /// Image builds share two cores with everything else: one test builds at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// For `registry.rs`, which finds its port here.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn ferry_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
@@ -670,32 +661,6 @@ fn fixture_text(name: &str) -> String {
 
 fn ok(name: &str) -> Reply {
     Reply::Json(200, fixture(name))
-}
-
-/// A kubeconfig whose only cluster listens nowhere.
-fn dead_kubeconfig(dir: &Path) -> (PathBuf, String) {
-    let server = format!("https://127.0.0.1:{}", free_port());
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: dead
-  cluster: {{ server: \"{server}\", insecure-skip-tls-verify: true }}
-users:
-- name: u
-  user: {{ token: not-a-real-token }}
-contexts:
-- name: dead
-  context: {{ cluster: dead, user: u }}
-current-context: dead
-"
-        ),
-    )
-    .unwrap();
-    (path, server)
 }
 
 // ---------------------------------------------------------------------------------------------

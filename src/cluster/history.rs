@@ -94,12 +94,6 @@ impl History {
         self.revisions.last()
     }
 
-    /// The revision before the latest: what a rollback goes back to.
-    pub fn previous(&self) -> Option<&Revision> {
-        let n = self.revisions.len();
-        (n >= 2).then(|| &self.revisions[n - 2])
-    }
-
     fn get(&self, number: u32) -> Option<&Revision> {
         self.revisions.iter().find(|r| r.revision == number)
     }
@@ -199,13 +193,13 @@ mod tests {
     fn records_round_trip_and_know_the_previous_revision() {
         let dir = tempfile::tempdir().unwrap();
         let mut h = History::load(dir.path(), "staging").unwrap();
-        assert!(h.latest().is_none() && h.previous().is_none());
+        assert!(h.latest().is_none() && h.rollback_target().is_none());
         assert_eq!(h.next_number(), 1);
         h.record(dir.path(), revision(1)).unwrap();
         h.record(dir.path(), revision(2)).unwrap();
         let back = History::load(dir.path(), "staging").unwrap();
         assert_eq!(back, h);
-        assert_eq!(back.previous().unwrap().revision, 1);
+        assert_eq!(back.rollback_target().unwrap().revision, 1);
         assert_eq!(back.next_number(), 3);
     }
 

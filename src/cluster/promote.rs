@@ -210,18 +210,7 @@ pub async fn promote(
         };
         let outcome = match back {
             Ok(()) => {
-                let rev = revision_of(
-                    project,
-                    &history,
-                    "rollback",
-                    Some(previous.revision),
-                    None,
-                    &previous.image,
-                    &previous.spec_hash,
-                    previous.objects.clone(),
-                    previous.models.clone(),
-                    previous.secret_names.clone(),
-                );
+                let rev = rollback_revision(&history, &previous);
                 history.record(&project.root, rev)?;
                 format!("put back revision {}", previous.revision)
             }
@@ -254,18 +243,25 @@ pub async fn promote(
         .as_ref()
         .map(|s| s.names().map(str::to_string).collect())
         .unwrap_or_default();
-    let rev = revision_of(
-        project,
-        &history,
-        "promote",
-        None,
+    let rev = Revision {
+        revision: history.next_number(),
+        time: now_rfc3339(),
+        action: "promote".into(),
+        rolled_back_to: None,
         source,
-        &release.image,
-        &release.spec_hash,
-        manifests.objects.iter().map(Object::to_value).collect(),
+        spec_hash: release.spec_hash.clone(),
+        image: release.image.clone(),
         models,
+        namespace: ns.clone(),
+        context: project.spec.context.clone(),
         secret_names,
-    );
+        objects: manifests
+            .objects
+            .iter()
+            .map(|o| history::storable(&o.to_value()))
+            .collect(),
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+    };
     let number = rev.revision;
     history.record(&project.root, rev)?;
     Ok(Promoted {
@@ -278,33 +274,16 @@ pub async fn promote(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn revision_of(
-    project: &Project,
-    history: &History,
-    action: &str,
-    rolled_back_to: Option<u32>,
-    source: Option<String>,
-    image: &str,
-    spec_hash: &str,
-    objects: Vec<serde_json::Value>,
-    models: BTreeMap<String, String>,
-    secret_names: Vec<String>,
-) -> Revision {
+/// The record of putting `to` back: its image, objects and models again, as a new revision.
+fn rollback_revision(history: &History, to: &Revision) -> Revision {
     Revision {
         revision: history.next_number(),
         time: now_rfc3339(),
-        action: action.into(),
-        rolled_back_to,
-        source,
-        spec_hash: spec_hash.into(),
-        image: image.into(),
-        models,
-        namespace: namespace(project),
-        context: project.spec.context.clone(),
-        secret_names,
-        objects: objects.iter().map(history::storable).collect(),
+        action: "rollback".into(),
+        rolled_back_to: Some(to.revision),
+        source: None,
         ferry_version: env!("CARGO_PKG_VERSION").into(),
+        ..to.clone()
     }
 }
 
@@ -445,18 +424,7 @@ pub async fn rollback(
         ui,
     )
     .await?;
-    let rev = revision_of(
-        project,
-        &history,
-        "rollback",
-        Some(previous.revision),
-        None,
-        &previous.image,
-        &previous.spec_hash,
-        previous.objects.clone(),
-        previous.models.clone(),
-        previous.secret_names.clone(),
-    );
+    let rev = rollback_revision(&history, &previous);
     let number = rev.revision;
     history.record(&project.root, rev)?;
     Ok(Promoted {

@@ -39,6 +39,7 @@ use crate::images::context::DockerIgnore;
 use crate::images::push;
 use crate::kube::client::Op;
 use crate::kube::render::{LABEL_ENV, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
+use crate::kube::rollout::Severity;
 use crate::kube::workloads::{COLLECT_DONE, Placement, job_name, training_job};
 use crate::kube::{KubeError, Secrets, client};
 use crate::local::runs::{self, Output, RunRecord, Status};
@@ -680,70 +681,18 @@ pub(crate) struct Trouble {
     pub fatal: bool,
 }
 
-fn all_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
-    let s = pod.status.as_ref();
-    s.and_then(|s| s.init_container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .chain(
-            s.and_then(|s| s.container_statuses.as_ref())
-                .into_iter()
-                .flatten(),
-        )
-}
-
-/// What keeps `pod` from running, if anything does.
+/// What keeps `pod` from running, if anything does: the rollout's reading of a pod, graded for
+/// a training that waits on one pod only.
 pub(crate) fn pod_trouble(pod: &Pod) -> Option<Trouble> {
-    for cs in all_statuses(pod) {
-        let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let reason = w.reason.as_deref().unwrap_or("");
-        let fatal = match reason {
-            "ImagePullBackOff"
-            | "InvalidImageName"
-            | "ErrImageNeverPull"
-            | "CreateContainerConfigError"
-            | "CreateContainerError"
-            | "RunContainerError"
-            | "CrashLoopBackOff" => true,
-            // The first failed pull; the kubelet retries once before backing off.
-            "ErrImagePull" => false,
-            _ => continue,
-        };
-        let oom = cs
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .and_then(|t| t.reason.as_deref())
-            == Some("OOMKilled");
-        return Some(Trouble {
-            reason: if oom && reason == "CrashLoopBackOff" {
-                "OOMKilled".into()
-            } else {
-                reason.to_string()
-            },
-            container: Some(cs.name.clone()),
-            message: w.message.clone().unwrap_or_default(),
-            fatal,
-        });
-    }
-    let unschedulable = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .find(|c| {
-            c.type_ == "PodScheduled"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("Unschedulable")
-        })?;
+    let p = crate::kube::rollout::pod_problem(pod)?;
+    // The first failed pull (ErrImagePull) is retried once before the back-off; anything else
+    // that is not mere waiting for a node will not heal for a training pod.
+    let fatal = p.severity != Severity::Pending && p.reason != "ErrImagePull";
     Some(Trouble {
-        reason: "Unschedulable".into(),
-        container: None,
-        message: unschedulable.message.clone().unwrap_or_default(),
-        fatal: false,
+        reason: p.reason,
+        container: p.container,
+        message: p.message,
+        fatal,
     })
 }
 
@@ -861,7 +810,7 @@ impl Ended {
 }
 
 fn container_status<'p>(pod: &'p Pod, name: &str) -> Option<&'p ContainerStatus> {
-    all_statuses(pod).find(|c| c.name == name)
+    crate::kube::rollout::statuses(pod).find(|c| c.name == name)
 }
 
 /// Where the `train` container stands.
@@ -1625,15 +1574,7 @@ fn move_output(
     files: &BTreeMap<String, Collected>,
     outputs: &mut Vec<Output>,
 ) -> Result<(), LocalError> {
-    let from = out.under(staging);
-    let to = out.under(root);
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(LocalError::io("cannot create", parent))?;
-    }
-    if from.is_dir() && to.exists() {
-        std::fs::remove_dir_all(&to).map_err(LocalError::io("cannot replace", &to))?;
-    }
-    std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
+    crate::local::train::place_output(staging, root, out)?;
     let prefix = format!("{}/", out.as_str());
     for (path, c) in files
         .iter()

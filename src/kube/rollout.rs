@@ -343,7 +343,7 @@ fn watch_error(e: watcher::Error, namespace: &str) -> KubeError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Severity {
+pub(crate) enum Severity {
     /// Will not heal by waiting: fail now.
     Fatal,
     /// Usually does not heal: fail when it lasts.
@@ -354,12 +354,12 @@ enum Severity {
 
 /// Something wrong with one pod of the rollout.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Problem {
-    severity: Severity,
+pub(crate) struct Problem {
+    pub severity: Severity,
     /// `ImagePullBackOff`, `CrashLoopBackOff`, `Unschedulable`, `OOMKilled`, …
-    reason: String,
-    container: Option<String>,
-    message: String,
+    pub reason: String,
+    pub container: Option<String>,
+    pub message: String,
 }
 
 impl Problem {
@@ -371,7 +371,7 @@ impl Problem {
     }
 }
 
-fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+pub(crate) fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
     let s = pod.status.as_ref();
     s.and_then(|s| s.init_container_statuses.as_ref())
         .into_iter()
@@ -384,7 +384,7 @@ fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
 }
 
 /// The worst thing about a pod, if anything is wrong with it.
-fn pod_problem(pod: &Pod) -> Option<Problem> {
+pub(crate) fn pod_problem(pod: &Pod) -> Option<Problem> {
     for cs in statuses(pod) {
         let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
         let reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or("");

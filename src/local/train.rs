@@ -229,16 +229,8 @@ fn collect(
     out: &RelPath,
     outputs: &mut Vec<Output>,
 ) -> Result<(), LocalError> {
-    let from = out.under(staging);
-    let to = out.under(root);
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(LocalError::io("cannot create", parent))?;
-    }
-    if from.is_dir() {
-        if to.exists() {
-            std::fs::remove_dir_all(&to).map_err(LocalError::io("cannot replace", &to))?;
-        }
-        std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
+    let to = place_output(staging, root, out)?;
+    if to.is_dir() {
         let mut files = Vec::new();
         list_files(&to, &mut files).map_err(LocalError::io("cannot read", &to))?;
         files.sort();
@@ -246,10 +238,28 @@ fn collect(
             outputs.push(describe(root, &f)?);
         }
     } else {
-        std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
         outputs.push(describe(root, &to)?);
     }
     Ok(())
+}
+
+/// Moves one output from staging to its place in the project, replacing what was there;
+/// returns where it now is. Shared by local and cluster training.
+pub(crate) fn place_output(
+    staging: &Path,
+    root: &Path,
+    out: &RelPath,
+) -> Result<PathBuf, LocalError> {
+    let from = out.under(staging);
+    let to = out.under(root);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(LocalError::io("cannot create", parent))?;
+    }
+    if from.is_dir() && to.exists() {
+        std::fs::remove_dir_all(&to).map_err(LocalError::io("cannot replace", &to))?;
+    }
+    std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
+    Ok(to)
 }
 
 fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

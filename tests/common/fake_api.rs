@@ -193,6 +193,12 @@ impl FakeApi {
     }
 }
 
+/// A kubeconfig whose only cluster listens nowhere, and that cluster's URL.
+pub fn dead_kubeconfig(dir: &Path) -> (PathBuf, String) {
+    let server = format!("https://127.0.0.1:{}", super::free_port());
+    (kubeconfig_for(dir, &server), server)
+}
+
 pub fn kubeconfig_for(dir: &Path, server: &str) -> PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
