@@ -173,6 +173,15 @@ pub fn require_cluster(project: &Project) -> Result<String, ClusterError> {
     Ok(env)
 }
 
+/// The namespace of a cluster environment (default: the project's name).
+pub(crate) fn namespace(project: &Project) -> String {
+    project
+        .spec
+        .namespace
+        .clone()
+        .unwrap_or_else(|| project.spec.name.clone())
+}
+
 /// The registry a cluster environment pulls its images from.
 pub(crate) fn registry(project: &Project, env: &str) -> Result<String, ClusterError> {
     project

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::history::{self, History, Revision};
-use super::{ClusterError, prepare, require_cluster};
+use super::{ClusterError, namespace, prepare, require_cluster};
 use crate::kube::apply::{self, Applied, ApplyOptions};
 use crate::kube::render::{self, Manifests, Object};
 use crate::kube::rollout::{self, ClusterState};
@@ -131,14 +131,6 @@ fn refuse_unconfirmable(
         });
     }
     Ok(())
-}
-
-fn namespace(project: &Project) -> String {
-    project
-        .spec
-        .namespace
-        .clone()
-        .unwrap_or_else(|| project.spec.name.clone())
 }
 
 /// `ferry promote ENV`.

@@ -32,7 +32,7 @@ use kube::core::ObjectMeta;
 use kube::{Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use super::{ClusterError, require_cluster};
+use super::{ClusterError, namespace, require_cluster};
 use crate::docker;
 use crate::images::build as images;
 use crate::images::context::DockerIgnore;
@@ -239,14 +239,6 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterErr
     })
 }
 
-fn namespace(project: &Project) -> String {
-    project
-        .spec
-        .namespace
-        .clone()
-        .unwrap_or_else(|| project.spec.name.clone())
-}
-
 /// The Secret holding an environment's secrets (the one `promote` applies too).
 pub(crate) fn secret_name(project: &str) -> String {
     format!("{project}-secrets")
@@ -271,13 +263,7 @@ fn check_inputs_in_image(project: &Project, work: &Workload) -> Result<(), Clust
     if inputs.is_empty() {
         return Ok(());
     }
-    let file = project.root.join(".dockerignore");
-    let ignore = DockerIgnore::load(&project.root).map_err(|source| {
-        LocalError::from(images::ImageError::Read {
-            path: file.clone(),
-            source,
-        })
-    })?;
+    let (file, ignore) = dockerignore(project)?;
     match left_out(&project.root, &inputs, &ignore) {
         Ok(None) => Ok(()),
         Ok(Some((input, excluded))) => Err(ClusterError::InputNotInImage {
@@ -294,6 +280,18 @@ fn check_inputs_in_image(project: &Project, work: &Workload) -> Result<(), Clust
     }
 }
 
+/// The project's `.dockerignore` (the rules that decide what the image holds) and its path.
+fn dockerignore(project: &Project) -> Result<(PathBuf, DockerIgnore), ClusterError> {
+    let file = project.root.join(".dockerignore");
+    let ignore = DockerIgnore::load(&project.root).map_err(|source| {
+        LocalError::from(images::ImageError::Read {
+            path: file.clone(),
+            source,
+        })
+    })?;
+    Ok((file, ignore))
+}
+
 /// Refuses to push a project image that would hold the environment's secrets file: the
 /// image goes to a registry, and secrets reach the pods through their Secret only.
 pub(crate) fn check_secrets_not_in_image(project: &Project) -> Result<(), ClusterError> {
@@ -305,13 +303,7 @@ pub(crate) fn check_secrets_not_in_image(project: &Project) -> Result<(), Cluste
     else {
         return Ok(());
     };
-    let file = project.root.join(".dockerignore");
-    let ignore = DockerIgnore::load(&project.root).map_err(|source| {
-        LocalError::from(images::ImageError::Read {
-            path: file.clone(),
-            source,
-        })
-    })?;
+    let (file, ignore) = dockerignore(project)?;
     if NEVER_IN_IMAGE.contains(&secrets.top()) || ignore.is_ignored(secrets.as_str()) {
         return Ok(());
     }
