@@ -106,5 +106,21 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The engine's names for images in this registry are this registry's alone (its port
+        // is new every run): without them, every run would leave tags behind.
+        let prefix = format!("{}/", self.host);
+        if let Ok(out) = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        {
+            let tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|t| t.starts_with(&prefix))
+                .map(str::to_string)
+                .collect();
+            if !tags.is_empty() {
+                let _ = Command::new("docker").arg("rmi").args(&tags).output();
+            }
+        }
     }
 }
