@@ -3,8 +3,9 @@
 //! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
 //! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
 //! runs the dev and training loops on it; `kube` is the cluster backend and `cluster` drives
-//! it; `onnx` checks models with ONNX Runtime; `templates` holds the embedded project
-//! templates; `cli` is the thin command-line edge.
+//! it; `lock` keeps `ferry.lock`, what each environment runs; `onnx` checks models with ONNX
+//! Runtime; `templates` holds the embedded project templates; `cli` is the thin command-line
+//! edge.
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -18,6 +19,8 @@ pub mod images;
 pub mod kube;
 #[cfg(feature = "cli")]
 pub mod local;
+#[cfg(feature = "cli")]
+pub mod lock;
 pub mod onnx;
 #[cfg(feature = "cli")]
 pub mod plan;

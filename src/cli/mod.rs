@@ -149,6 +149,10 @@ enum Command {
         /// Leave a failed rollout as it is instead of putting back the previous revision.
         #[arg(long)]
         no_rollback: bool,
+        /// Promote the project as it is, even where it is not what the source environment runs
+        /// (ferry.lock records what that is).
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Re-apply the revision that ran before the latest in a cluster environment.
     Rollback {
@@ -161,6 +165,13 @@ enum Command {
     /// What runs in a cluster environment: revision, image, replicas, endpoints, drift.
     Status {
         env: String,
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// What differs between two environments: spec fields, files, models, images, Python pins.
+    Diff {
+        env1: String,
+        env2: String,
         #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
         file: PathBuf,
     },
@@ -269,6 +280,8 @@ enum CliError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -336,6 +349,7 @@ fn promote_options(
         yes: c.yes,
         force_conflicts,
         no_rollback,
+        rebuild: false,
         dry_run: c.dry_run,
         timeout: c.timeout,
     }
@@ -381,8 +395,11 @@ fn print_status(s: &crate::cluster::promote::Status) {
         s.context.as_deref().unwrap_or("current")
     );
     match (&s.revision, &s.promoted_image) {
-        (Some(r), Some(i)) => println!("  promoted   revision {r}: {i}"),
-        _ => println!("  promoted   nothing recorded on this machine"),
+        (Some(r), Some(i)) => println!(
+            "  promoted   revision {r}: {i} ({})",
+            s.recorded_in.as_deref().unwrap_or("")
+        ),
+        _ => println!("  promoted   nothing recorded in ferry.lock or on this machine"),
     }
     match s.running.deployment() {
         Some(d) => {
@@ -403,6 +420,42 @@ fn print_status(s: &crate::cluster::promote::Status) {
         for d in &s.drift {
             println!("  drift      {d}");
         }
+    }
+    for c in &s.changes {
+        println!("  changed    {c} (not promoted yet)");
+    }
+}
+
+/// A three-column table that fits the terminal: what, the first environment's, the second's.
+fn print_diff(a: &str, b: &str, changes: &[crate::lock::Change]) {
+    let width = console::Term::stdout()
+        .size_checked()
+        .map_or(100, |(_, w)| w as usize);
+    let w0 = changes
+        .iter()
+        .map(|c| c.what.chars().count())
+        .chain([4])
+        .max()
+        .unwrap_or(4)
+        .min(width / 2);
+    let col = (width.saturating_sub(w0 + 4) / 2).max(12);
+    let cut = |s: &str| -> String {
+        if s.chars().count() <= col {
+            s.to_string()
+        } else {
+            let mut t: String = s.chars().take(col.saturating_sub(1)).collect();
+            t.push('…');
+            t
+        }
+    };
+    println!(
+        "{:w0$}  {:col$}  {}",
+        "",
+        console::style(cut(a)).bold(),
+        console::style(cut(b)).bold()
+    );
+    for c in changes {
+        println!("{:w0$}  {:col$}  {}", c.what, cut(&c.was), cut(&c.now));
     }
 }
 
@@ -573,9 +626,11 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             cluster,
             force_conflicts,
             no_rollback,
+            rebuild,
         } => {
             let project = Project::load(&file, Some(&env))?;
-            let opts = promote_options(&cluster, force_conflicts, no_rollback);
+            let mut opts = promote_options(&cluster, force_conflicts, no_rollback);
+            opts.rebuild = rebuild;
             let done =
                 runtime()?.block_on(crate::cluster::promote::promote(&project, &opts, ui))?;
             print_promoted(ui, &done);
@@ -683,6 +738,28 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             match output {
                 Format::Yaml => print!("{}", prepared.manifests.to_yaml()),
                 Format::Json => print_json(&prepared.manifests.to_json()),
+            }
+        }
+        Command::Diff { env1, env2, file } => {
+            let (a, b) = (
+                Project::load(&file, Some(&env1))?,
+                Project::load(&file, Some(&env2))?,
+            );
+            let lock = crate::lock::Lock::load(&a)?;
+            let (sa, sb) = (
+                crate::lock::Snapshot::of(&a)?,
+                crate::lock::Snapshot::of(&b)?,
+            );
+            let changes = crate::lock::diff_envs(
+                (&sa, lock.environments.get(&env1)),
+                (&sb, lock.environments.get(&env2)),
+            );
+            if ui.mode() == OutputMode::Json {
+                print_json(&changes);
+            } else if changes.is_empty() {
+                ui.info(format!("{env1} and {env2} are the same"));
+            } else {
+                print_diff(&env1, &env2, &changes);
             }
         }
         Command::ServeModel { config } => crate::server::run_main(&config)?,

@@ -55,6 +55,10 @@ pub struct Revision {
     /// The objects as applied, the Secret's values left out.
     pub objects: Vec<serde_json::Value>,
     pub ferry_version: String,
+    /// The spec, files and models the revision was made from, for `ferry.lock` when the
+    /// revision is put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::lock::Snapshot>,
 }
 
 /// Every revision of an environment, oldest first.
@@ -186,6 +190,7 @@ mod tests {
                 "kind": "Secret", "data": {"DB": "aHVudGVyMg=="}
             }))],
             ferry_version: "0".into(),
+            snapshot: None,
         }
     }
 

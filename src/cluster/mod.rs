@@ -43,14 +43,27 @@ pub enum ClusterError {
     #[error(transparent)]
     History(#[from] history::HistoryError),
     #[error(
-        "{from} runs {source_image}, but the serving image of this project as it is now is {image}: promoting to {env} would not run what {from} runs\n  hint: promote {from} first (`ferry promote {from}`), or check out what {from} runs"
+        "{from} runs {source_image}, but the serving image built here from the same spec, files and models is {image}: promoting to {env} would not run what {from} runs. The rest of the image differs: ferry's own build or the ONNX Runtime library (ferry.lock says {from} was promoted by ferry {ferry})\n  hint: promote with the ferry that promoted {from}, promote {from} again first, or pass --rebuild to promote this image anyway"
     )]
     SourceDiffers {
         env: String,
         from: String,
         source_image: String,
         image: String,
+        ferry: String,
     },
+    #[error(
+        "{env} takes what {from} runs, but the project changed since {from} was promoted (revision {revision}):\n{}\n  hint: promote {from} first (`ferry promote {from}`) so {env} gets what was tried there, check out what {from} runs, or pass --rebuild to promote the project as it is",
+        changes.iter().map(|c| format!("    {c}")).collect::<Vec<_>>().join("\n")
+    )]
+    SourceChanged {
+        env: String,
+        from: String,
+        revision: String,
+        changes: Vec<crate::lock::Change>,
+    },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error(
         "{env} is protected: changing it needs a confirmation\n  hint: run in a terminal to be asked, or pass --yes"
     )]
@@ -144,6 +157,8 @@ fn list(envs: &[String]) -> String {
 #[derive(Debug)]
 pub struct Prepared {
     pub release: Release,
+    /// The local serving image that was pushed.
+    pub image: crate::images::build::Built,
     pub pushed: Pushed,
     pub manifests: Manifests,
 }
@@ -234,6 +249,7 @@ pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterErro
     let manifests = kube::render(&release);
     Ok(Prepared {
         release,
+        image,
         pushed,
         manifests,
     })

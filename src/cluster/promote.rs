@@ -9,12 +9,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::history::{self, History, Revision};
-use super::{ClusterError, namespace, prepare, require_cluster};
+use super::{ClusterError, Prepared, namespace, prepare, require_cluster};
 use crate::kube::apply::{self, Applied, ApplyOptions};
 use crate::kube::render::{self, Manifests, Object};
 use crate::kube::rollout::{self, ClusterState};
-use crate::kube::{Release, Secrets, client};
+use crate::kube::{Secrets, client};
 use crate::local::runs::now_rfc3339;
+use crate::lock::{self, ImageRef, Lock, Snapshot};
 use crate::spec::{Project, TargetKind};
 use crate::ui::Ui;
 
@@ -28,6 +29,8 @@ pub struct PromoteOptions {
     /// Check everything with the API server, change nothing.
     pub dry_run: bool,
     pub timeout: Duration,
+    /// Promote the project as it is, even where it is not what the source environment runs.
+    pub rebuild: bool,
 }
 
 /// What a promotion or rollback did.
@@ -50,41 +53,66 @@ pub fn source_env(project: &Project, env: &str) -> Option<String> {
     i.checked_sub(1).map(|j| project.environments[j].clone())
 }
 
-/// The image a promotion takes: what the source cluster environment runs (its latest revision,
-/// by digest), else the serving image of the project as it is (built and pushed).
+/// The release a promotion applies, and the source environment it takes it from.
+///
+/// With a source cluster environment (`from`, or the one written before), the project must be
+/// what that environment runs: its spec as resolved for the source, the files it names and the
+/// models must match what `ferry.lock` recorded at the source's promotion (checked before
+/// anything is built), and the serving image built from them must be the very image the source
+/// runs, by digest. `rebuild` takes the project as it is instead.
 async fn release_for(
     project: &Project,
     env: &str,
+    rebuild: bool,
     ui: &Ui,
-) -> Result<(Release, Option<String>), ClusterError> {
+) -> Result<(Prepared, Option<String>), ClusterError> {
     let source = source_env(project, env);
-    let source_revision = match &source {
-        Some(s) => {
-            let p = Project::load(&project.file, Some(s))?;
-            if p.spec.target == TargetKind::Kubernetes {
-                History::load(&project.root, s)?.latest().cloned()
-            } else {
-                None
+    let mut expected: Option<(String, String, String)> = None;
+    if let Some(s) = &source {
+        let sp = Project::load(&project.file, Some(s))?;
+        if sp.spec.target == TargetKind::Kubernetes && !rebuild {
+            let lock = Lock::load(project)?;
+            match lock.environments.get(s) {
+                Some(entry) if entry.spec_hash.is_some() => {
+                    let latest = entry.promotions.last();
+                    let changes = lock::changes(entry, &Snapshot::of(&sp)?);
+                    if !changes.is_empty() {
+                        return Err(ClusterError::SourceChanged {
+                            env: env.to_string(),
+                            from: s.clone(),
+                            revision: latest.map_or("?".into(), |p| p.revision.to_string()),
+                            changes,
+                        });
+                    }
+                    if let Some(p) = latest {
+                        expected = Some((s.clone(), p.image.clone(), lock.ferry.clone()));
+                    }
+                }
+                // No lock entry (promoted before locks, or on a machine whose lock was not
+                // committed): this machine's promotion record still says what runs there.
+                _ => {
+                    if let Some(rev) = History::load(&project.root, s)?.latest() {
+                        expected = Some((s.clone(), rev.image.clone(), rev.ferry_version.clone()));
+                    }
+                }
             }
         }
-        None => None,
-    };
+    }
     let prepared = prepare(project, ui).await?;
-    let release = prepared.release;
-    if let Some(rev) = source_revision {
-        // The source runs an image by digest; the same digest must run here, so the image
-        // built now from the same spec must be that very image.
+    if let Some((from, source_image, ferry)) = expected {
+        // The source runs an image by digest; the same digest must run here.
         let digest = |r: &str| r.rsplit_once('@').map(|x| x.1.to_string());
-        if digest(&rev.image) != digest(&release.image) {
+        if digest(&source_image) != digest(&prepared.release.image) {
             return Err(ClusterError::SourceDiffers {
                 env: env.to_string(),
-                from: source.unwrap_or_default(),
-                source_image: rev.image,
-                image: release.image,
+                from,
+                source_image,
+                image: prepared.release.image.clone(),
+                ferry,
             });
         }
     }
-    Ok((release, source))
+    Ok((prepared, source))
 }
 
 /// Asks before changing a protected environment; refuses without a terminal to ask on.
@@ -143,8 +171,10 @@ pub async fn promote(
     refuse_unconfirmable(project, &env, opts)?;
     // The cluster first: minutes of building and pushing are wasted on an unreachable one.
     let client = client::connect(project.spec.context.as_deref()).await?;
-    let (release, source) = release_for(project, &env, ui).await?;
-    let manifests = render::render(&release);
+    let snapshot = Snapshot::of(project)?;
+    let (prepared, source) = release_for(project, &env, opts.rebuild, ui).await?;
+    let release = prepared.release;
+    let manifests = prepared.manifests;
     if !opts.dry_run {
         confirm(
             project,
@@ -203,7 +233,8 @@ pub async fn promote(
         let outcome = match back {
             Ok(()) => {
                 let rev = rollback_revision(&history, &previous);
-                history.record(&project.root, rev)?;
+                history.record(&project.root, rev.clone())?;
+                lock_revision(project, &rev)?;
                 format!("put back revision {}", previous.revision)
             }
             Err(e) => format!(
@@ -253,9 +284,16 @@ pub async fn promote(
             .map(|o| history::storable(&o.to_value()))
             .collect(),
         ferry_version: env!("CARGO_PKG_VERSION").into(),
+        snapshot: Some(snapshot),
     };
     let number = rev.revision;
-    history.record(&project.root, rev)?;
+    history.record(&project.root, rev.clone())?;
+    let serving = ImageRef {
+        tag: prepared.image.tag.clone(),
+        id: prepared.image.id.clone(),
+        digest: Some(release.image.clone()),
+    };
+    lock_promotion(project, &rev, Some(serving))?;
     Ok(Promoted {
         env,
         revision: Some(number),
@@ -264,6 +302,34 @@ pub async fn promote(
         applied,
         dry_run: false,
     })
+}
+
+/// Records a revision that now runs in `ferry.lock`.
+fn lock_promotion(
+    project: &Project,
+    rev: &Revision,
+    serving: Option<ImageRef>,
+) -> Result<(), ClusterError> {
+    let promotion = lock::Promotion {
+        revision: rev.revision,
+        time: rev.time.clone(),
+        action: rev.action.clone(),
+        image: rev.image.clone(),
+        spec_hash: rev.spec_hash.clone(),
+        from: rev.source.clone(),
+    };
+    lock::record_promotion(project, rev.snapshot.clone(), serving, promotion)?;
+    Ok(())
+}
+
+/// A rollback in `ferry.lock`: the revision put back runs again, with the serving image it had.
+fn lock_revision(project: &Project, rev: &Revision) -> Result<(), ClusterError> {
+    let serving = Lock::load(project)?
+        .environments
+        .get(&lock::entry_name(project))
+        .and_then(|e| e.images.serving.clone())
+        .filter(|s| s.digest.as_deref() == Some(rev.image.as_str()));
+    lock_promotion(project, rev, serving)
 }
 
 /// The record of putting `to` back: its image, objects and models again, as a new revision.
@@ -418,7 +484,8 @@ pub async fn rollback(
     .await?;
     let rev = rollback_revision(&history, &previous);
     let number = rev.revision;
-    history.record(&project.root, rev)?;
+    history.record(&project.root, rev.clone())?;
+    lock_revision(project, &rev)?;
     Ok(Promoted {
         env,
         revision: Some(number),
@@ -443,19 +510,67 @@ pub struct Status {
     pub revision: Option<u32>,
     pub promoted_image: Option<String>,
     pub promoted_spec_hash: Option<String>,
+    /// Where the promotion record comes from: `ferry.lock` or this machine's history.
+    pub recorded_in: Option<String>,
     pub running: ClusterState,
-    /// Differences between the latest revision and the cluster, in words.
+    /// Differences between the recorded revision and the cluster, in words.
     pub drift: Vec<String>,
+    /// What changed in the project since the recorded revision was promoted (what the next
+    /// promotion would change).
+    pub changes: Vec<lock::Change>,
     /// Where the server answers inside the cluster (and outside, with an ingress).
     pub endpoints: Vec<String>,
+}
+
+/// The latest promotion of an environment as recorded: `ferry.lock` first (it travels with the
+/// code), else this machine's history.
+struct Recorded {
+    revision: u32,
+    image: String,
+    spec_hash: String,
+    namespace: Option<String>,
+    source: &'static str,
+}
+
+fn recorded(project: &Project, env: &str, lock: &Lock) -> Result<Option<Recorded>, ClusterError> {
+    let history = History::load(&project.root, env)?;
+    let local = history.latest();
+    let locked = lock.environments.get(env).and_then(|e| e.promotions.last());
+    Ok(match (locked, local) {
+        (Some(p), h) => Some(Recorded {
+            revision: p.revision,
+            image: p.image.clone(),
+            spec_hash: p.spec_hash.clone(),
+            // The namespace is the spec's, unless this machine applied the revision elsewhere.
+            namespace: h
+                .filter(|r| r.revision == p.revision && r.image == p.image)
+                .map(|r| r.namespace.clone()),
+            source: lock::LOCK_FILE,
+        }),
+        (None, Some(r)) => Some(Recorded {
+            revision: r.revision,
+            image: r.image.clone(),
+            spec_hash: r.spec_hash.clone(),
+            namespace: Some(r.namespace.clone()),
+            source: ".ferry/promotions",
+        }),
+        (None, None) => None,
+    })
 }
 
 /// `ferry status ENV`.
 pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> {
     let env = require_cluster(project)?;
-    let history = History::load(&project.root, &env)?;
-    let latest = history.latest();
-    let ns = latest.map_or_else(|| namespace(project), |r| r.namespace.clone());
+    let lock = Lock::load(project)?;
+    let latest = recorded(project, &env, &lock)?;
+    let ns = latest
+        .as_ref()
+        .and_then(|r| r.namespace.clone())
+        .unwrap_or_else(|| namespace(project));
+    let changes = match lock.environments.get(&env) {
+        Some(e) if e.spec_hash.is_some() => lock::changes(e, &Snapshot::of(project)?),
+        _ => Vec::new(),
+    };
     let step = ui.step(format!("reading what runs in {env} (namespace {ns})"));
     let client = match client::connect(project.spec.context.as_deref()).await {
         Ok(c) => c,
@@ -475,30 +590,31 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
     step.finish(format!("read what runs in {env}"));
     let mut drift = Vec::new();
     let deployment = running.deployment();
-    match (latest, deployment) {
+    match (&latest, deployment) {
         (Some(r), None) => drift.push(format!(
-            "revision {} was promoted, but no Deployment of it runs in {ns}",
-            r.revision
+            "revision {} was promoted ({}), but no Deployment of it runs in {ns}",
+            r.revision, r.source
         )),
         (None, Some(d)) => drift.push(format!(
-            "Deployment {} runs, but this project has no record of promoting it (another machine, or .ferry was removed)",
+            "Deployment {} runs, but there is no record of promoting it (neither ferry.lock nor this machine has one)",
             d.name
         )),
         (Some(r), Some(d)) => {
             for image in &d.images {
                 if *image != r.image {
                     drift.push(format!(
-                        "the Deployment runs {image}, revision {} promoted {}",
-                        r.revision, r.image
+                        "the Deployment runs {image}, but revision {} promoted {} ({})",
+                        r.revision, r.image, r.source
                     ));
                 }
             }
             if d.spec_hash.as_deref().is_some_and(|h| h != r.spec_hash) {
                 drift.push(format!(
-                    "the Deployment carries spec hash {}, revision {} has {}",
+                    "the Deployment carries spec hash {}, but revision {} has {} ({})",
                     d.spec_hash.as_deref().unwrap_or_default(),
                     r.revision,
-                    r.spec_hash
+                    r.spec_hash,
+                    r.source
                 ));
             }
         }
@@ -529,11 +645,13 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
         env,
         namespace: ns,
         context: project.spec.context.clone(),
-        revision: latest.map(|r| r.revision),
-        promoted_image: latest.map(|r| r.image.clone()),
-        promoted_spec_hash: latest.map(|r| r.spec_hash.clone()),
+        revision: latest.as_ref().map(|r| r.revision),
+        promoted_image: latest.as_ref().map(|r| r.image.clone()),
+        promoted_spec_hash: latest.as_ref().map(|r| r.spec_hash.clone()),
+        recorded_in: latest.as_ref().map(|r| r.source.to_string()),
         running,
         drift,
+        changes,
         endpoints,
     })
 }

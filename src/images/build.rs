@@ -21,6 +21,7 @@ use super::bootstrap::{self, BaseRequest, BootstrapError};
 use super::context::{Context, DockerIgnore};
 use super::wheels::{self, PythonTarget, WheelsError};
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
+use crate::lock::{self, ImageRef, Lock, PythonLock};
 use crate::plan::{Base, EnvImage, Plan, VENV, WORKDIR};
 use crate::spec::Project;
 use crate::ui::{Step, Ui, tail_block};
@@ -53,6 +54,8 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("cannot make the build context from {}: {source}", path.display())]
     Context {
         path: std::path::PathBuf,
@@ -149,6 +152,11 @@ async fn pull(docker: &Docker, reference: &str, ui: &Ui) -> Result<(), ImageErro
 }
 
 /// The environment image for `plan`, built if its inputs changed.
+///
+/// Python packages are installed from pins: exact versions and wheel hashes that `ferry.lock`
+/// keeps for these requirements and this interpreter, resolved (and recorded) only when it has
+/// none. The image's tag covers the base image id and the pins, so the same lock on the same
+/// base gives the same image, wherever it is built.
 pub async fn ensure_env_image(
     docker: &Docker,
     project: &Project,
@@ -161,6 +169,9 @@ pub async fn ensure_env_image(
         .await?
         .unwrap_or_else(|| base.clone());
     let lines = requirement_lines(project, env)?;
+    let target = probe(docker, &base, &base_id).await?;
+    let (python, resolved) = python_pins(project, &lines, &target, ui).await?;
+    let pinned = python.requirement_lines();
 
     let mut h = Sha256::new();
     for part in [RECIPE, &base_id] {
@@ -170,7 +181,7 @@ pub async fn ensure_env_image(
     for p in &env.apt_packages {
         h.update(format!("apt {p}\n").as_bytes());
     }
-    for l in &lines {
+    for l in &pinned {
         h.update(format!("req {l}\n").as_bytes());
     }
     for (k, v) in &env.env {
@@ -181,7 +192,26 @@ pub async fn ensure_env_image(
         plan.project,
         &hex::encode(h.finalize())[..12]
     );
+    let record = |id: &str| {
+        let (tag, id) = (tag.clone(), id.to_string());
+        let (base, base_id) = (base.clone(), base_id.clone());
+        let python = (!python.packages.is_empty()).then(|| python.clone());
+        lock::update_entry(project, move |e| {
+            e.images.base = Some(ImageRef {
+                tag: base,
+                id: base_id,
+                digest: None,
+            });
+            e.images.environment = Some(ImageRef {
+                tag,
+                id,
+                digest: None,
+            });
+            e.python = python;
+        })
+    };
     if let Some(id) = docker::image_id(docker, &tag).await? {
+        record(&id)?;
         return Ok(Built {
             tag,
             id,
@@ -189,40 +219,93 @@ pub async fn ensure_env_image(
         });
     }
 
-    let target = probe(docker, &base, &base_id).await?;
-    // pip runs for tens of seconds: off the async threads.
-    let wheelhouse = {
-        let (lines, ui) = (lines.clone(), ui.clone());
-        tokio::task::spawn_blocking(move || {
-            wheels::wheelhouse(&lines, &target, &cache_dir().join("wheels"), &ui)
-        })
-        .await
-        .map_err(|e| ImageError::Context {
-            path: cache_dir().join("wheels"),
-            source: std::io::Error::other(e.to_string()),
-        })??
+    // A resolution just made downloaded exactly the pinned wheels; otherwise fetch the pins.
+    let wheelhouse = match resolved {
+        Some(dir) => dir,
+        None => download(&pinned, &target, ui).await?,
     };
-
     let ctx_err = |source| ImageError::Context {
         path: wheelhouse.clone(),
         source,
     };
-    let mut reqs = lines.join("\n");
+    let mut reqs = pinned.join("\n");
     reqs.push('\n');
     let mut ctx = Context::new();
-    ctx.add_bytes("Dockerfile", env_dockerfile(&base, env).as_bytes(), 0o644)
-        .map_err(ctx_err)?;
+    ctx.add_bytes(
+        "Dockerfile",
+        env_dockerfile(&base, env, !pinned.is_empty()).as_bytes(),
+        0o644,
+    )
+    .map_err(ctx_err)?;
     ctx.add_bytes("requirements.txt", reqs.as_bytes(), 0o644)
         .map_err(ctx_err)?;
     ctx.add_tree(&wheelhouse, "wheels", &DockerIgnore::default())
         .map_err(ctx_err)?;
     let (bytes, _) = ctx.finish().map_err(ctx_err)?;
     let id = build(docker, bytes, &tag, &plan.project, "environment", ui).await?;
+    record(&id)?;
     Ok(Built {
         tag,
         id,
         built: true,
     })
+}
+
+/// The pins for `lines` on `target`: from `ferry.lock` when it has them, else resolved now
+/// (then the wheelhouse that resolution filled is returned too).
+async fn python_pins(
+    project: &Project,
+    lines: &[String],
+    target: &PythonTarget,
+    ui: &Ui,
+) -> Result<(PythonLock, Option<std::path::PathBuf>), ImageError> {
+    let mut h = Sha256::new();
+    for l in lines {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+    }
+    let requirements = format!("sha256:{}", hex::encode(h.finalize()));
+    let target_key = target.key();
+    if lines.is_empty() {
+        let none = PythonLock {
+            requirements,
+            target: target_key,
+            packages: Vec::new(),
+        };
+        return Ok((none, None));
+    }
+    if let Some(p) = Lock::load(project)?.pins(&requirements, &target_key) {
+        return Ok((p.clone(), None));
+    }
+    let dir = download(lines, target, ui).await?;
+    let packages = lock::pins_of_wheelhouse(&dir).map_err(|source| ImageError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let python = PythonLock {
+        requirements,
+        target: target_key,
+        packages,
+    };
+    Ok((python, Some(dir)))
+}
+
+/// A wheelhouse for `lines` (pip runs for tens of seconds: off the async threads).
+async fn download(
+    lines: &[String],
+    target: &PythonTarget,
+    ui: &Ui,
+) -> Result<std::path::PathBuf, ImageError> {
+    let (lines, target, ui) = (lines.to_vec(), target.clone(), ui.clone());
+    tokio::task::spawn_blocking(move || {
+        wheels::wheelhouse(&lines, &target, &cache_dir().join("wheels"), &ui)
+    })
+    .await
+    .map_err(|e| ImageError::Context {
+        path: cache_dir().join("wheels"),
+        source: std::io::Error::other(e.to_string()),
+    })?
+    .map_err(ImageError::from)
 }
 
 /// The Python a base image has, probed once per base image id.
@@ -248,7 +331,7 @@ async fn probe(docker: &Docker, base: &str, base_id: &str) -> Result<PythonTarge
 
 /// Two stages so the wheels never land in a layer of the final image: the first installs them
 /// into the virtualenv, the second copies only the virtualenv.
-fn env_dockerfile(base: &str, env: &EnvImage) -> String {
+fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool) -> String {
     let mut apt = String::new();
     if !env.apt_packages.is_empty() {
         apt = format!(
@@ -256,6 +339,7 @@ fn env_dockerfile(base: &str, env: &EnvImage) -> String {
             env.apt_packages.join(" ")
         );
     }
+    let require_hashes = if hashes { " --require-hashes" } else { "" };
     let mut envs = String::new();
     for (k, v) in &env.env {
         envs.push_str(&format!("ENV {k}={}\n", json_string(v)));
@@ -268,7 +352,7 @@ fn env_dockerfile(base: &str, env: &EnvImage) -> String {
          FROM system AS wheels\n\
          COPY requirements.txt /tmp/ferry/requirements.txt\n\
          COPY wheels/ /tmp/ferry/wheels/\n\
-         RUN {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --find-links /tmp/ferry/wheels -r /tmp/ferry/requirements.txt\n\
+         RUN {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --find-links /tmp/ferry/wheels{require_hashes} -r /tmp/ferry/requirements.txt\n\
          \n\
          FROM system\n\
          COPY --from=wheels {VENV} {VENV}\n\
@@ -309,7 +393,16 @@ pub async fn ensure_project_image(
     let (bytes, digest) = ctx.finish().map_err(ctx_err)?;
     let name = &project.spec.name;
     let tag = format!("ferry/{name}:{}", &digest[..12]);
+    let record = |id: &str| {
+        let image = ImageRef {
+            tag: tag.clone(),
+            id: id.to_string(),
+            digest: None,
+        };
+        lock::update_entry(project, move |e| e.images.project = Some(image))
+    };
     if let Some(id) = docker::image_id(docker, &tag).await? {
+        record(&id)?;
         return Ok(Built {
             tag,
             id,
@@ -317,6 +410,7 @@ pub async fn ensure_project_image(
         });
     }
     let id = build(docker, bytes, &tag, name, "project", ui).await?;
+    record(&id)?;
     Ok(Built {
         tag,
         id,
@@ -429,7 +523,8 @@ mod tests {
             extra_requirements: vec![],
             env: [("A".to_string(), "b c".to_string())].into(),
         };
-        let d = env_dockerfile("python:3.11-slim", &env);
+        let d = env_dockerfile("python:3.11-slim", &env, true);
+        assert!(d.contains("--require-hashes"));
         let apt = d.find("apt-get install").unwrap();
         let pip = d.find("pip install").unwrap();
         let copy_venv = d.find("COPY --from=wheels").unwrap();

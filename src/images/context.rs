@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use sha2::{Digest, Sha256};
 
-/// Paths never sent to the engine: ferry's own state and version control.
-const ALWAYS_IGNORED: &[&str] = &[".ferry", ".git"];
+/// Paths never sent to the engine: ferry's own state and lock (written by builds, so it must not
+/// feed them) and version control.
+const ALWAYS_IGNORED: &[&str] = &[".ferry", ".git", "ferry.lock", "ferry.lock.tmp"];
 
 /// `.dockerignore` rules, matched the way the Docker engine does: patterns are relative to the
 /// context root, `*` and `?` stay within one path component, `**` spans any number of them, a

@@ -94,8 +94,18 @@ pub struct PythonTarget {
 }
 
 impl PythonTarget {
+    /// `cp311-manylinux_2_36_x86_64`: the interpreter and the newest platform, which decide
+    /// which wheels a resolution picks.
+    pub fn key(&self) -> String {
+        format!(
+            "{}-{}",
+            self.abi(),
+            self.platforms.first().map(String::as_str).unwrap_or("any")
+        )
+    }
+
     /// `cp311` for "3.11".
-    fn abi(&self) -> String {
+    pub fn abi(&self) -> String {
         format!("cp{}", self.version.replace('.', ""))
     }
 }

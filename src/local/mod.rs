@@ -67,6 +67,8 @@ pub enum LocalError {
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error(
         "--network host needs a local Linux Docker engine (this one is remote, rootless or in a VM, so its host network is not this machine's loopback)\n  hint: leave --network out, or use --network bridge"

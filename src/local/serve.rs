@@ -203,6 +203,12 @@ pub async fn serve(
     let image = interrupt
         .guard(serving_image(&docker, project, &serving, ui))
         .await?;
+    let served = crate::lock::ImageRef {
+        tag: image.tag.clone(),
+        id: image.id.clone(),
+        digest: None,
+    };
+    crate::lock::update_entry(project, |e| e.images.serving = Some(served))?;
 
     let mut work = serving.workload.clone();
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {

@@ -202,6 +202,8 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
     let _ = std::fs::remove_dir_all(&staging);
     let rec = record(Status::Succeeded, Some(&exit), None, outputs);
     let path = rec.save(&project.root)?;
+    // The outputs are the models the environment serves next: the lock takes their sha256.
+    crate::lock::update_entry(project, |_| {})?;
     Ok(TrainResult {
         run: rec,
         record: path,

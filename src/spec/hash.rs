@@ -41,6 +41,16 @@ pub fn hash_project(project: &Project) -> Result<SpecHash, SpecError> {
     h.update(&json);
     h.update(b"\n");
 
+    for rel in referenced_files(project) {
+        hash_path(&mut h, &rel.under(&project.root), rel.as_str())?;
+    }
+    Ok(SpecHash(format!("sha256:{}", hex::encode(h.finalize()))))
+}
+
+/// The files and directories the spec names as inputs (requirements, training inputs, models),
+/// sorted, without what training writes: a run must not change the hash of the spec it ran
+/// from, and models are tracked by their own sha256.
+pub fn referenced_files(project: &Project) -> Vec<&RelPath> {
     let s = &project.spec;
     let mut files: Vec<&RelPath> = Vec::new();
     files.extend(s.environment.requirements.iter());
@@ -48,21 +58,41 @@ pub fn hash_project(project: &Project) -> Result<SpecHash, SpecError> {
         files.extend(t.inputs.iter());
     }
     if let Some(sv) = &s.serve {
-        files.push(&sv.model);
-        files.extend(sv.variants.iter().map(|v| &v.model));
-        files.extend(sv.models.iter().map(|m| &m.model));
+        files.extend(model_files(sv));
     }
-    // What training writes is a product of the spec, not part of it: a run must not change the
-    // hash of the spec it ran from. Models are tracked by their own sha256.
     if let Some(t) = &s.train {
         files.retain(|f| !t.outputs.iter().any(|o| f.starts_with(o)));
     }
     files.sort();
     files.dedup();
-    for rel in files {
-        hash_path(&mut h, &rel.under(&project.root), rel.as_str())?;
+    files
+}
+
+/// Every model file `serve` names: the main model, its variants and the further models.
+pub fn model_files(serve: &super::Serve) -> impl Iterator<Item = &RelPath> {
+    std::iter::once(&serve.model)
+        .chain(serve.variants.iter().map(|v| &v.model))
+        .chain(serve.models.iter().map(|m| &m.model))
+}
+
+/// `sha256:<hex>` of a file's bytes, or for a directory of its tree (names, links and file
+/// digests, sorted); `None` when the path does not exist.
+pub fn path_digest(root: &Path, rel: &RelPath) -> Result<Option<String>, SpecError> {
+    let path = rel.under(root);
+    let err = |source| SpecError::Hash {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(Some(format!("sha256:{}", sha256_file(&path).map_err(err)?))),
+        Ok(_) => {
+            let mut h = Sha256::new();
+            hash_path(&mut h, &path, rel.as_str())?;
+            Ok(Some(format!("sha256:{}", hex::encode(h.finalize()))))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(e)),
     }
-    Ok(SpecHash(format!("sha256:{}", hex::encode(h.finalize()))))
 }
 
 fn hash_path(h: &mut Sha256, path: &Path, name: &str) -> Result<(), SpecError> {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use hash::{SpecHash, hash_project, sha256_file};
+pub use hash::{SpecHash, hash_project, model_files, path_digest, referenced_files, sha256_file};
 pub use load::{Problem, SpecError};
 pub(crate) use load::{did_you_mean, is_dns_label};
 pub use paths::RelPath;
