@@ -131,6 +131,11 @@ environments:
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    fn lock(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.root().join("ferry.lock")).unwrap())
+            .unwrap()
+    }
+
     fn history_text(&self, env: &str) -> String {
         std::fs::read_to_string(self.root().join(format!(".ferry/promotions/{env}.json"))).unwrap()
     }
@@ -218,8 +223,9 @@ environments:
 
     fn assert_no_secret_leaked(&self) {
         let encoded = base64(SECRET);
-        for env in ["staging", "production"] {
-            let path = self.root().join(format!(".ferry/promotions/{env}.json"));
+        let paths = ["staging", "production"]
+            .map(|env| self.root().join(format!(".ferry/promotions/{env}.json")));
+        for path in paths.iter().chain([&self.root().join("ferry.lock")]) {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 assert!(
                     !text.contains(SECRET) && !text.contains(&encoded),
@@ -547,9 +553,26 @@ async fn rollback_reapplies_the_revision_before_and_status_reports_drift() {
     assert_eq!(
         status["drift"],
         serde_json::json!([format!(
-            "the Deployment runs {image2}, revision 3 promoted {image1}"
+            "the Deployment runs {image2}, but revision 3 promoted {image1} (ferry.lock)"
         )])
     );
+
+    // ferry.lock says what runs: revision 1's model again, put back by a rollback; the model
+    // on disk (revision 2's) is a change not promoted yet.
+    let lock = p.lock();
+    let staging = &lock["environments"]["staging"];
+    let promotions = staging["promotions"].as_array().unwrap();
+    assert_eq!(promotions.len(), 3);
+    assert_eq!(promotions[2]["action"], "rollback");
+    assert_eq!(promotions[2]["image"], image1.as_str());
+    assert_eq!(staging["images"]["serving"]["digest"], image1.as_str());
+    p.train(6);
+    let six = format!("sha256:{}", sha256_hex(&p.model()));
+    assert_eq!(staging["models"]["artifacts/model.onnx"], six.as_str());
+    p.train(7);
+    let changes = &status["changes"];
+    assert_eq!(changes.as_array().unwrap().len(), 1, "{changes}");
+    assert_eq!(changes[0]["what"], "model artifacts/model.onnx");
     p.assert_no_secret_leaked();
 }
 
@@ -585,22 +608,21 @@ async fn production_takes_what_staging_runs_or_nothing() {
     assert_eq!(revisions[0]["source"], "staging");
     assert_eq!(revisions[0]["image"], image.as_str());
 
-    // The model changed but staging was not promoted: production refuses.
+    // The model changed but staging was not promoted: production refuses, before building or
+    // pushing anything, and names the model.
+    let lock_before = p.lock();
+    let pushed_before = p.pushed().await;
     p.train(7);
     let mark = p.fake.seen().len();
     let out = p.ferry(&["promote", "production", "--yes"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!(
-            "staging runs {image}, but the serving image of this project as it is now is"
-        )),
+        err.contains("production takes what staging runs, but the project changed since staging was promoted (revision 1)"),
         "{err}"
     );
-    assert!(
-        err.contains("promoting to production would not run what staging runs"),
-        "{err}"
-    );
+    assert!(err.contains("model artifacts/model.onnx: sha256:"), "{err}");
+    assert!(err.contains("--rebuild"), "{err}");
     let prod_ns = format!("/namespaces/{}", p.namespace("production"));
     let touched: Vec<Seen> = p.fake.seen()[mark..]
         .iter()
@@ -608,8 +630,53 @@ async fn production_takes_what_staging_runs_or_nothing() {
         .cloned()
         .collect();
     assert!(touched.is_empty(), "{touched:#?}");
+    assert_eq!(p.pushed().await, pushed_before, "nothing was pushed");
     assert_eq!(p.running("production"), image);
     assert_eq!(p.revisions("production").len(), 1);
+    assert_eq!(p.lock(), lock_before, "a refused promotion changes no lock");
+
+    // A spec field changed (in the base spec, so staging resolves differently now): named too.
+    p.train(6);
+    let spec = std::fs::read_to_string(p.root().join("ferry.yaml")).unwrap();
+    std::fs::write(
+        p.root().join("ferry.yaml"),
+        spec.replace(
+            "  model: artifacts/model.onnx\n",
+            "  model: artifacts/model.onnx\n  batching: { max_batch_size: 16, max_delay_ms: 1 }\n",
+        ),
+    )
+    .unwrap();
+    let out = p.ferry(&["promote", "production", "--yes"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("spec field serve.batching.max_batch_size: (unset) → 16"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("model artifacts"),
+        "the model is staging's again: {err}"
+    );
+    let diff = p.ferry(&["diff", "staging", "production"]).await;
+    assert!(diff.status.success(), "{}", stderr(&diff));
+
+    // --rebuild takes the project as it is.
+    let done = p
+        .ferry_json(&["promote", "production", "--yes", "--rebuild"])
+        .await;
+    assert_ne!(done["image"], image.as_str());
+    assert_eq!(p.revisions("production").len(), 2);
+    let lock = p.lock();
+    let production = &lock["environments"]["production"];
+    assert_eq!(production["promotions"].as_array().unwrap().len(), 2);
+    assert_eq!(production["promotions"][1]["from"], "staging");
+    assert_eq!(production["spec"]["serve.batching.max_batch_size"], 16);
+    // Staging still records what it runs: the spec before the edit.
+    assert!(
+        lock["environments"]["staging"]["spec"]
+            .get("serve.batching.max_batch_size")
+            .is_none()
+    );
     p.assert_no_secret_leaked();
 }
 
@@ -674,7 +741,7 @@ async fn down_removes_ferrys_objects_and_leaves_the_namespace() {
     assert_eq!(
         status["drift"],
         serde_json::json!([format!(
-            "revision 1 was promoted, but no Deployment of it runs in {ns}"
+            "revision 1 was promoted (ferry.lock), but no Deployment of it runs in {ns}"
         )])
     );
     p.assert_no_secret_leaked();
