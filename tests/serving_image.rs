@@ -1,18 +1,24 @@
-//! The serving image against the real Docker engine: built `FROM scratch` from the test's ferry
-//! binary, ONNX Runtime and their shared libraries; non-root; no shell; tagged by content.
+//! The serving image against the real Docker engine: written by ferry from the test's ferry
+//! binary, ONNX Runtime and their shared libraries, and loaded; non-root; no shell; tagged by
+//! content; the same image ID and registry digest every time it is made from the same files.
 //!
-//! Needs a running Docker engine and ONNX Runtime (`./install.sh`). Tests run one at a time
-//! (image builds on a small machine only slow each other down) and remove every image they make.
+//! Needs a running Docker engine and ONNX Runtime (`./install.sh`); the push test also needs
+//! Debian's `docker-registry` and says it is skipped without it. Tests run one at a time (image
+//! builds on a small machine only slow each other down) and remove every image they make.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 use ferry::images::serving::{
-    ServingImageRequest, ServingModel, ensure_serving_image, library_closure, serving_context,
+    ServingContext, ServingImageRequest, ServingModel, ensure_serving_image, library_closure,
+    serving_context,
 };
 use ferry::server::config::ServingConfig;
 use ferry::ui::Ui;
+use sha2::{Digest, Sha256};
+
+mod common;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -104,6 +110,41 @@ fn flip_producer_byte(model: &Path) {
     std::fs::write(model, bytes).unwrap();
 }
 
+/// What the tests build: the test's ferry binary, ONNX Runtime, `model` as the one model.
+struct Inputs {
+    project: String,
+    binary: PathBuf,
+    runtime: PathBuf,
+    models: Vec<ServingModel>,
+    config: ServingConfig,
+}
+
+impl Inputs {
+    fn new(project: &str, model: &Path, port: u16) -> Inputs {
+        Inputs {
+            project: project.to_string(),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_ferry")),
+            runtime: runtime(),
+            models: models(model),
+            config: config(port),
+        }
+    }
+
+    fn request(&self) -> ServingImageRequest<'_> {
+        ServingImageRequest {
+            project: &self.project,
+            binary: &self.binary,
+            runtime: &self.runtime,
+            models: &self.models,
+            config: &self.config,
+        }
+    }
+
+    fn context(&self) -> ServingContext {
+        serving_context(&self.request()).unwrap()
+    }
+}
+
 /// Builds through the library on a runtime of its own, so tests stay plain (and can hold the
 /// serial lock without holding it across an await).
 fn build(
@@ -115,18 +156,89 @@ fn build(
     let d = rt
         .block_on(ferry::docker::connect())
         .expect("docker engine");
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ferry"));
-    let runtime = runtime();
-    let models = models(model);
-    let config = config(port);
-    let req = ServingImageRequest {
-        project,
-        binary: &binary,
-        runtime: &runtime,
-        models: &models,
-        config: &config,
-    };
-    rt.block_on(ensure_serving_image(&d, &req, &Ui::silent()))
+    let inputs = Inputs::new(project, model, port);
+    rt.block_on(ensure_serving_image(&d, &inputs.request(), &Ui::silent()))
+}
+
+/// The engine's diff IDs of an image's layers, bottom first.
+fn engine_layers(reference: &str) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = rt
+        .block_on(ferry::docker::connect())
+        .expect("docker engine");
+    let image = rt.block_on(d.inspect_image(reference)).unwrap();
+    image.root_fs.and_then(|r| r.layers).unwrap_or_default()
+}
+
+/// Removes an image by tag, as if it had never been made.
+fn remove(tag: &str) {
+    let out = docker(&["rmi", "-f", tag]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !docker(&["image", "inspect", tag]).status.success(),
+        "{tag} is still there"
+    );
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A writer that only hashes, to compare archives of hundreds of MB without keeping two.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Each entry of a tar: name → (mode, content).
+fn tar_entries(bytes: &[u8]) -> std::collections::BTreeMap<String, (u32, Vec<u8>)> {
+    let mut entries = std::collections::BTreeMap::new();
+    let mut ar = tar::Archive::new(bytes);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let name = if e.header().entry_type().is_dir() && !name.ends_with('/') {
+            format!("{name}/")
+        } else {
+            name
+        };
+        let h = e.header();
+        assert_eq!(
+            (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()),
+            (0, 0, 0),
+            "{name}: fixed owner and time"
+        );
+        let mode = h.mode().unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        assert!(
+            entries.insert(name.clone(), (mode, data)).is_none(),
+            "{name} twice"
+        );
+    }
+    entries
+}
+
+/// Every entry's parent directories come before it in the same tar.
+fn assert_well_formed(names: &[String]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        let trimmed = name.trim_end_matches('/');
+        if let Some((parent, _)) = trimmed.rsplit_once('/') {
+            assert!(
+                seen.contains(&format!("{parent}/")),
+                "{name} comes before its directory {parent}/ in {names:?}"
+            );
+        }
+        seen.insert(name.clone());
+    }
 }
 
 #[test]
@@ -183,74 +295,175 @@ fn a_missing_library_is_named_with_who_needs_it() {
 }
 
 #[test]
-fn the_context_is_deterministic_and_follows_the_model() {
+fn the_archive_is_deterministic_and_follows_the_model() {
     let _s = serial();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
     std::fs::copy(fixture("tiny.onnx"), &model).unwrap();
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ferry"));
-    let runtime = runtime();
-    let config = config(8080);
-    let ms = models(&model);
-    let req = ServingImageRequest {
-        project: "det",
-        binary: &binary,
-        runtime: &runtime,
-        models: &ms,
-        config: &config,
-    };
-    let a = serving_context(&req).unwrap();
-    let b = serving_context(&req).unwrap();
-    assert_eq!(a.digest, b.digest);
-    assert_eq!(a.bytes, b.bytes);
-    assert_eq!(a.tag, format!("ferry/det-serve:{}", &a.digest[..12]));
+    let inputs = Inputs::new("det", &model, 8080);
+    let a = inputs.context();
+    let b = inputs.context();
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.config, b.config);
+    assert_eq!(
+        a.id,
+        sha256(&a.config),
+        "the image ID is the config's digest"
+    );
+    assert_eq!(
+        a.tag,
+        format!("ferry/det-serve:{}", &a.id["sha256:".len()..][..12])
+    );
 
-    // Names, modes and contents of the root filesystem.
-    let mut entries = std::collections::BTreeMap::new();
-    let mut ar = tar::Archive::new(a.bytes.as_slice());
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().into_owned();
-        let mode = e.header().mode().unwrap();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        entries.insert(name, (mode, data));
+    let mut archive = Vec::new();
+    a.write_archive(&mut archive).unwrap();
+    let mut again = HashWriter(Sha256::new());
+    b.write_archive(&mut again).unwrap();
+    assert_eq!(
+        sha256(&archive),
+        format!("sha256:{}", hex::encode(again.0.finalize())),
+        "the same files give the same archive, byte for byte"
+    );
+
+    // The layout `docker load` reads.
+    let outer = tar_entries(&archive);
+    let manifest: serde_json::Value = serde_json::from_slice(&outer["manifest.json"].1).unwrap();
+    let id_hex = &a.id["sha256:".len()..];
+    let layer_names: Vec<String> = a
+        .layers
+        .iter()
+        .map(|l| format!("{}/layer.tar", &l.diff_id["sha256:".len()..]))
+        .collect();
+    assert_eq!(
+        manifest,
+        serde_json::json!([{
+            "Config": format!("{id_hex}.json"),
+            "RepoTags": [a.tag],
+            "Layers": layer_names,
+        }])
+    );
+    assert_eq!(outer[&format!("{id_hex}.json")].1, a.config);
+    let config: serde_json::Value = serde_json::from_slice(&a.config).unwrap();
+    assert_eq!(config["created"], "1970-01-01T00:00:00Z");
+    assert_eq!(config["os"], "linux");
+    assert_eq!(
+        config["architecture"],
+        match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }
+    );
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(config["config"]["Labels"]["dev.ferry.project"], "det");
+    assert_eq!(config["config"]["Labels"]["dev.ferry.role"], "serving");
+    for h in config["history"].as_array().unwrap() {
+        assert_eq!(h["created"], "1970-01-01T00:00:00Z", "{h}");
     }
-    assert_eq!(entries["rootfs/usr/bin/ferry"].0, 0o755);
+    let diff_ids: Vec<&str> = a.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    assert_eq!(config["rootfs"]["type"], "layers");
+    assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!(diff_ids));
+    for (layer, name) in a.layers.iter().zip(&layer_names) {
+        let bytes = &outer[name].1;
+        assert_eq!(sha256(bytes), layer.diff_id, "{name}");
+        assert_eq!(bytes.len() as u64, layer.size, "{name}");
+    }
+
+    // What each layer holds: the runtime below, the model and its config on top, each a
+    // well-formed tree of its own.
+    let runtime_tar = &outer[&layer_names[0]].1;
+    let model_tar = &outer[&layer_names[1]].1;
+    let rt = tar_entries(runtime_tar);
+    let names: Vec<String> = tar::Archive::new(runtime_tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_well_formed(&names);
+    assert_eq!(rt["usr/bin/ferry"].0, 0o755);
     assert_eq!(
-        entries["rootfs/usr/bin/ferry"].1,
-        std::fs::read(&binary).unwrap()
+        rt["usr/bin/ferry"].1,
+        std::fs::read(&inputs.binary).unwrap()
     );
     assert_eq!(
-        entries["rootfs/usr/lib/ferry/libonnxruntime.so"].1,
-        std::fs::read(&runtime).unwrap()
+        rt["usr/lib/ferry/libonnxruntime.so"].1,
+        std::fs::read(&inputs.runtime).unwrap()
     );
-    assert_eq!(
-        entries[&format!("rootfs{MODEL_PATH}")].1,
-        std::fs::read(&model).unwrap()
-    );
-    assert_eq!(entries[&format!("rootfs{MODEL_PATH}")].0, 0o644);
-    let served: ServingConfig =
-        serde_json::from_slice(&entries["rootfs/etc/ferry/serving.json"].1).unwrap();
-    assert_eq!(served, config);
-    let passwd = String::from_utf8_lossy(&entries["rootfs/etc/passwd"].1).into_owned();
+    for dir in ["etc/", "usr/", "usr/bin/", "usr/lib/", "usr/lib/ferry/"] {
+        assert_eq!(rt[dir].0, 0o755, "{dir}");
+    }
+    let passwd = String::from_utf8_lossy(&rt["etc/passwd"].1).into_owned();
     assert!(passwd.contains("ferry:x:65532:65532:"), "{passwd}");
+    assert!(rt.contains_key("etc/group"));
     assert!(
-        entries
-            .keys()
-            .any(|k| k.starts_with("rootfs/lib64/ld-linux")),
+        rt.keys().any(|k| k.starts_with("lib64/ld-linux")),
         "{:?}",
-        entries.keys()
+        rt.keys()
     );
     assert!(
-        !entries.keys().any(|k| k.ends_with("/sh")),
+        !rt.keys().any(|k| k.ends_with("/sh")),
         "no shell in the image"
     );
+    assert!(
+        !rt.keys()
+            .any(|k| k.starts_with("models/") || k.starts_with("etc/ferry"))
+    );
 
-    // One changed byte of the model: another tag.
+    let names: Vec<String> = tar::Archive::new(model_tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_well_formed(&names);
+    assert_eq!(
+        names,
+        [
+            "etc/",
+            "etc/ferry/",
+            "etc/ferry/serving.json",
+            "models/",
+            "models/tiny/",
+            "models/tiny/default/",
+            "models/tiny/default/model.onnx",
+        ]
+    );
+    let m = tar_entries(model_tar);
+    let model_path = &MODEL_PATH[1..];
+    assert_eq!(m[model_path].1, std::fs::read(&model).unwrap());
+    assert_eq!(m[model_path].0, 0o644);
+    let served: ServingConfig = serde_json::from_slice(&m["etc/ferry/serving.json"].1).unwrap();
+    assert_eq!(served, inputs.config);
+    drop(outer);
+    drop(archive);
+
+    // One changed byte of the model: another image, in which only the model layer differs.
     flip_producer_byte(&model);
-    let c = serving_context(&req).unwrap();
-    assert_ne!(c.digest, a.digest);
+    let c = inputs.context();
+    assert_ne!(c.id, a.id);
+    assert_ne!(c.tag, a.tag);
+    assert_eq!(c.layers[0].diff_id, a.layers[0].diff_id);
+    assert_ne!(c.layers[1].diff_id, a.layers[1].diff_id);
+
+    // A model that changes between working the image out and writing it is caught, not loaded
+    // under the old ID.
+    std::fs::copy(fixture("tiny.onnx"), &model).unwrap();
+    let err = c
+        .write_archive(std::io::sink())
+        .expect_err("the model changed")
+        .to_string();
+    assert!(
+        err.contains("model layer") && err.contains("changed"),
+        "{err}"
+    );
+    std::fs::write(&model, b"short").unwrap();
+    let err = c
+        .write_archive(std::io::sink())
+        .expect_err("the model shrank")
+        .to_string();
+    assert!(
+        err.contains("model layer") && err.contains("changed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -270,11 +483,21 @@ fn image_runs_the_binary_as_non_root_without_a_shell() {
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    assert_eq!(
+        first.id,
+        Inputs::new(&project, &model, 8080).context().id,
+        "the engine keeps the config ferry wrote, so the ID ferry computed is the image's"
+    );
     assert_eq!(inspect("{{.Config.User}}"), "65532:65532");
     assert_eq!(
         inspect("{{index .Config.Labels \"dev.ferry.project\"}}"),
         project
     );
+    assert_eq!(
+        inspect("{{index .Config.Labels \"dev.ferry.role\"}}"),
+        "serving"
+    );
+    assert_eq!(inspect("{{.Created}}"), "1970-01-01T00:00:00Z");
     assert_eq!(
         inspect("{{json .Config.Entrypoint}}"),
         r#"["/usr/bin/ferry","serve-model","--config","/etc/ferry/serving.json"]"#
@@ -359,6 +582,119 @@ fn image_runs_the_binary_as_non_root_without_a_shell() {
     let third = build(&project, &model, 8080).unwrap();
     assert_ne!(third.tag, first.tag);
     assert!(third.built);
+}
+
+#[test]
+fn a_rebuild_from_a_clean_state_gives_the_same_image_id() {
+    let _s = serial();
+    let project = project("rebuild");
+    let _cleanup = Cleanup(project.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(fixture("tiny.onnx"), &model).unwrap();
+
+    let first = build(&project, &model, 8080).unwrap();
+    assert!(first.built);
+    remove(&first.tag);
+    let second = build(&project, &model, 8080).unwrap();
+    assert!(
+        second.built,
+        "the tag was gone, so the image was made again"
+    );
+    assert_eq!(second.tag, first.tag);
+    assert_eq!(second.id, first.id);
+}
+
+#[test]
+fn a_rebuild_pushed_to_a_fresh_registry_has_the_same_digest() {
+    let _s = serial();
+    let project = project("digest");
+    let _cleanup = Cleanup(project.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(fixture("tiny.onnx"), &model).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = rt
+        .block_on(ferry::docker::connect())
+        .expect("docker engine");
+    let name = format!("{project}-serve");
+
+    // Made from a clean state and pushed to a registry of its own, twice. A fresh registry has
+    // none of the layers, so the engine compresses each one again (it has nothing to mount them
+    // from): the same digest twice means the same config, the same layer tars, and gzip output
+    // that depends only on them.
+    let mut pushed = Vec::new();
+    for round in 0..2 {
+        let Some(registry) = rt.block_on(common::registry::Registry::start(false)) else {
+            return;
+        };
+        let built = build(&project, &model, 8080).unwrap();
+        assert!(built.built, "round {round}: the image was there already");
+        let repository = registry.repository(&name);
+        let p = rt
+            .block_on(ferry::images::push::push(
+                &d,
+                &built.tag,
+                &repository,
+                &Ui::silent(),
+            ))
+            .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", registry.log()));
+        let manifest = registry_manifest(&registry.host, &name, &p.tag);
+        pushed.push((built.id, p.digest, manifest));
+        // The registry goes, and with it the engine's tags for it; then the image itself.
+        drop(registry);
+        remove(&built.tag);
+    }
+    let (first, second) = (&pushed[0], &pushed[1]);
+    assert_eq!(first.0, second.0, "the same image ID");
+    assert_eq!(
+        first.1, second.1,
+        "the same registry digest; manifests:\n{}\n{}",
+        first.2, second.2
+    );
+}
+
+/// The manifest a registry on 127.0.0.1 serves for `ml/<name>:<tag>`.
+fn registry_manifest(host: &str, name: &str, tag: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            &format!("Accept: {}", common::registry::MANIFEST_TYPES),
+            &format!("http://{host}/v2/ml/{name}/manifests/{tag}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn one_changed_byte_of_a_model_changes_only_the_model_layer() {
+    let _s = serial();
+    let project = project("layers");
+    let _cleanup = Cleanup(project.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(fixture("tiny.onnx"), &model).unwrap();
+
+    let before = build(&project, &model, 8080).unwrap();
+    let before_layers = engine_layers(&before.tag);
+    let ctx = Inputs::new(&project, &model, 8080).context();
+    let diff_ids: Vec<String> = ctx.layers.iter().map(|l| l.diff_id.clone()).collect();
+    assert_eq!(before_layers, diff_ids, "the engine keeps ferry's layers");
+
+    flip_producer_byte(&model);
+    let after = build(&project, &model, 8080).unwrap();
+    assert!(after.built);
+    assert_ne!(after.id, before.id);
+    assert_ne!(after.tag, before.tag);
+    let after_layers = engine_layers(&after.tag);
+    assert_eq!(after_layers.len(), 2, "{after_layers:?}");
+    assert_eq!(
+        after_layers[0], before_layers[0],
+        "the runtime layer is shared"
+    );
+    assert_ne!(after_layers[1], before_layers[1], "the model layer is new");
 }
 
 #[test]

@@ -48,6 +48,14 @@ pub enum ImageError {
         message: String,
         tail: Vec<String>,
     },
+    #[error("loading {tag} into the Docker engine failed: {message}")]
+    LoadFailed { tag: String, message: String },
+    #[error("cannot write the serving image's {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: std::path::PathBuf,
@@ -419,7 +427,7 @@ pub async fn ensure_project_image(
 }
 
 /// Sends a context to the engine and follows the build, showing the step being run. `role`
-/// labels the image (environment, project, serving) beside its project.
+/// labels the image (environment, project) beside its project.
 pub(crate) async fn build(
     docker: &Docker,
     context: Vec<u8>,

@@ -1,7 +1,7 @@
 //! Build contexts made in Rust: a tar stream with entries sorted and metadata fixed (so the same
 //! files give the same bytes and the same digest), filtered by the project's `.dockerignore`.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
@@ -104,9 +104,10 @@ fn clean(pat: &str) -> String {
     out.join("/")
 }
 
-/// A deterministic tar being built, with the sha256 of its bytes.
-pub struct Context {
-    tar: tar::Builder<Vec<u8>>,
+/// A deterministic tar being built: into memory (with the sha256 of its bytes at the end), or
+/// into any writer.
+pub struct Context<W: Write = Vec<u8>> {
+    tar: tar::Builder<W>,
     files: usize,
 }
 
@@ -118,7 +119,21 @@ impl Default for Context {
 
 impl Context {
     pub fn new() -> Context {
-        let mut tar = tar::Builder::new(Vec::new());
+        Context::to_writer(Vec::new())
+    }
+
+    /// The finished tar and the hex sha256 of its bytes.
+    pub fn finish(self) -> io::Result<(Vec<u8>, String)> {
+        let bytes = self.into_inner()?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        Ok((bytes, digest))
+    }
+}
+
+impl<W: Write> Context<W> {
+    /// A tar written to `w` as entries are added, so nothing is held in memory.
+    pub fn to_writer(w: W) -> Context<W> {
+        let mut tar = tar::Builder::new(w);
         tar.mode(tar::HeaderMode::Deterministic);
         tar.follow_symlinks(false);
         Context { tar, files: 0 }
@@ -133,13 +148,71 @@ impl Context {
         Ok(())
     }
 
-    /// Adds a file from disk under `name`.
+    /// Adds a file from disk under `name`, executable or not as it is on disk.
     pub fn add_file(&mut self, name: &str, path: &Path) -> io::Result<()> {
         let meta = std::fs::metadata(path)?;
-        let mut h = header(tar::EntryType::Regular, exec_mode(&meta));
-        h.set_size(meta.len());
+        self.add_file_with_mode(name, path, exec_mode(&meta))
+            .map(|_| ())
+    }
+
+    /// Adds a file from disk under `name` with `mode`, whatever its mode on disk, and returns its
+    /// size. A symlink gives its target's content.
+    pub fn add_file_with_mode(&mut self, name: &str, path: &Path, mode: u32) -> io::Result<u64> {
         let f = std::fs::File::open(path)?;
-        self.tar.append_data(&mut h, name, f)?;
+        // The size is taken from the open file, and exactly that many bytes are written: a file
+        // that shrinks meanwhile fails here instead of leaving a header that lies about its data.
+        let size = f.metadata()?.len();
+        let mut h = header(tar::EntryType::Regular, mode);
+        h.set_size(size);
+        self.tar.append_data(&mut h, name, Exact::new(f, size))?;
+        self.files += 1;
+        Ok(size)
+    }
+
+    /// Adds a directory entry; `name` without a trailing `/`.
+    pub fn add_dir(&mut self, name: &str, mode: u32) -> io::Result<()> {
+        let mut h = header(tar::EntryType::Directory, mode);
+        h.set_size(0);
+        self.tar.append_data(
+            &mut h,
+            format!("{}/", name.trim_end_matches('/')),
+            io::empty(),
+        )
+    }
+
+    /// Adds a file of `size` bytes that `write` writes straight into the tar, for content made
+    /// while the tar is written (an image layer inside an image archive). Fails when `write`
+    /// writes another number of bytes.
+    pub fn add_written(
+        &mut self,
+        name: &str,
+        size: u64,
+        mode: u32,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut h = header(tar::EntryType::Regular, mode);
+        h.set_size(size);
+        // No extension header is written here, so the name must fit the header's own field.
+        h.set_path(name)?;
+        h.set_cksum();
+        let out = self.tar.get_mut();
+        out.write_all(h.as_bytes())?;
+        let mut counted = Counted {
+            inner: &mut *out,
+            len: 0,
+        };
+        write(&mut counted)?;
+        if counted.len != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name}: {} bytes written where {size} were announced",
+                    counted.len
+                ),
+            ));
+        }
+        let pad = (512 - size % 512) % 512;
+        out.write_all(&[0u8; 512][..pad as usize])?;
         self.files += 1;
         Ok(())
     }
@@ -201,10 +274,7 @@ impl Context {
                     continue;
                 }
                 if !ignored {
-                    let mut h = header(tar::EntryType::Directory, 0o755);
-                    h.set_size(0);
-                    self.tar
-                        .append_data(&mut h, format!("{target}/"), io::empty())?;
+                    self.add_dir(&target, 0o755)?;
                 }
                 self.walk(root, &path, &child, prefix, ignore)?;
             } else if meta.is_file() && !ignored {
@@ -218,11 +288,58 @@ impl Context {
         self.files
     }
 
-    /// The finished tar and the hex sha256 of its bytes.
-    pub fn finish(self) -> io::Result<(Vec<u8>, String)> {
-        let bytes = self.tar.into_inner()?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        Ok((bytes, digest))
+    /// Ends the archive and gives back the writer.
+    pub fn into_inner(self) -> io::Result<W> {
+        self.tar.into_inner()
+    }
+}
+
+/// Reads exactly `len` bytes of `inner`: fewer is an error, more are left unread.
+struct Exact<R> {
+    inner: io::Take<R>,
+    left: u64,
+}
+
+impl<R: Read> Exact<R> {
+    fn new(inner: R, len: u64) -> Exact<R> {
+        Exact {
+            inner: inner.take(len),
+            left: len,
+        }
+    }
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file shrank while it was read ({} bytes short)",
+                    self.left
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Counts what goes through.
+struct Counted<W> {
+    inner: W,
+    len: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -311,6 +428,28 @@ mod tests {
         assert_eq!(build().1, digest);
         std::fs::write(d.join("train.py"), "print(2)\n").unwrap();
         assert_ne!(build().1, digest);
+    }
+
+    #[test]
+    fn entries_written_in_place_read_back_and_sizes_are_held_to() {
+        let mut c = Context::to_writer(Vec::new());
+        c.add_dir("layer", 0o755).unwrap();
+        c.add_written("layer/data", 700, 0o644, |w| w.write_all(&[7u8; 700]))
+            .unwrap();
+        c.add_bytes("after", b"x", 0o644).unwrap();
+        let bytes = c.into_inner().unwrap();
+        assert_eq!(names(&bytes), vec!["layer/", "layer/data", "after"]);
+        let mut a = tar::Archive::new(bytes.as_slice());
+        let mut e = a.entries().unwrap().nth(1).unwrap().unwrap();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        assert_eq!(data, vec![7u8; 700]);
+
+        let mut c = Context::to_writer(Vec::new());
+        let err = c
+            .add_written("short", 10, 0o644, |w| w.write_all(b"abc"))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -1,36 +1,58 @@
-//! The serving image: `FROM scratch` plus exactly what `ferry serve-model` needs to run — ferry's
-//! own Linux binary, the ONNX Runtime library, the shared libraries both load (found by reading
-//! their ELF headers, the way the dynamic loader would), the model files and the serving config.
-//! No base image, so nothing has to be pulled, and no shell or package manager inside.
+//! The serving image: exactly what `ferry serve-model` needs to run — ferry's own Linux binary,
+//! the ONNX Runtime library, the shared libraries both load (found by reading their ELF headers,
+//! the way the dynamic loader would), the model files and the serving config. No base image, so
+//! nothing has to be pulled, and no shell or package manager inside.
 //!
-//! The image is tagged by the sha256 of its build context, which is deterministic (see
-//! [`Context`]): the same binary, libraries, models and config give the same tag, and an
-//! existing tag is not rebuilt.
+//! No builder either: ferry writes the image itself as an image archive in the layout `docker
+//! save` writes (`manifest.json`, the image config, each layer as an uncompressed tar) and the
+//! engine loads it as it is (`POST /images/load`). Every byte of the archive follows from the
+//! files that go in — tar entries sorted, with fixed owner and time; a config with a fixed
+//! creation time and its fields in a fixed order — and the engine keeps the config and the layer
+//! tars byte for byte, so the image ID (the sha256 of the config) is the same whenever and
+//! wherever the image is made, and so is the registry digest when the same engine pushes it.
+//! A classic build would stamp the time of the build into the config instead.
+//!
+//! The image is tagged by its ID, and an existing tag is not loaded again.
+//!
+//! Two layers, the one that changes least first: the runtime (binary, ONNX Runtime, the
+//! libraries, the loader, the users) and the models with the serving config. A retrained model
+//! changes only the second, so only it is pushed again.
 //!
 //! Layout inside the image:
 //!
 //! ```text
+//! runtime layer
 //! /usr/bin/ferry                     the binary (0755)
 //! /usr/lib/ferry/libonnxruntime.so   found by `onnx::runtime_library()` as <exe>/../lib/ferry
 //! /lib64/ld-linux-x86-64.so.2        the ELF interpreter, at its PT_INTERP path
 //! /lib/x86_64-linux-gnu/libc.so.6 …  each library under the name it is needed by, in the
 //!                                    directory the host's loader found it in
-//! /etc/ferry/serving.json            the serving config (`server::config::CONFIG_PATH`)
 //! /etc/passwd, /etc/group            uid/gid 65532 named `ferry`
+//! model layer
+//! /etc/ferry/serving.json            the serving config (`server::config::CONFIG_PATH`)
 //! /models/…                          the model files, at the paths the config names
 //! ```
+//!
+//! Each layer also holds the directories above its files (0755), so it is a well-formed tree on
+//! its own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use bollard::Docker;
+use bollard::query_parameters::ImportImageOptionsBuilder;
+use bytes::Bytes;
+use futures_util::StreamExt;
 use goblin::elf::Elf;
-use goblin::elf::header::{EI_CLASS, Header, SIZEOF_IDENT};
+use goblin::elf::header::{EI_CLASS, EI_DATA, ELFDATA2LSB, Header, SIZEOF_IDENT};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use super::build::{Built, ImageError};
 use super::context::Context;
-use crate::docker;
+use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::onnx::{self, OnnxError};
 use crate::server::config::{CONFIG_PATH, ServingConfig};
 use crate::ui::{Ui, human_bytes};
@@ -44,9 +66,19 @@ pub const RUNTIME_PATH: &str = "/usr/lib/ferry/libonnxruntime.so";
 /// cluster policies written for those (runAsNonRoot, fsGroup) fit ferry's image too.
 pub const UID: u32 = 65532;
 
-/// Bump when the layout or Dockerfile changes, so an old tag is not reused for a new recipe
-/// (it is part of the context, hence of the tag).
-const RECIPE: &str = "ferry-serving-v1";
+/// Named in the image's history, so part of the config and hence of the image ID and tag: bump
+/// it when the layout or the config changes, so every image says which recipe made it.
+const RECIPE: &str = "ferry-serving-v2";
+
+/// The creation time of every serving image: a real one would make each image unique.
+const CREATED: &str = "1970-01-01T00:00:00Z";
+
+/// The role label of the image (`LABEL_ROLE`), as the other images of a project have theirs.
+const ROLE: &str = "serving";
+
+/// The `PATH` the classic builder gives an image without one, kept so the image's environment
+/// is what it was when it was built from a Dockerfile.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One model file and where the serving config expects it inside the image.
 #[derive(Clone, Debug)]
@@ -68,19 +100,44 @@ pub struct ServingImageRequest<'a> {
     pub config: &'a ServingConfig,
 }
 
-/// A finished build context for the serving image.
+/// The serving image, worked out but not written: its layers are hashed, its config is made,
+/// and [`ServingContext::write_archive`] writes it (reading the files again, so nothing large
+/// is held in memory).
 pub struct ServingContext {
-    /// The tar to send to the engine.
-    pub bytes: Vec<u8>,
-    /// sha256 of `bytes`, hex.
-    pub digest: String,
-    /// `ferry/<project>-serve:<first 12 hex of digest>`.
+    /// `ferry/<project>-serve:<first 12 hex of the image ID>`.
     pub tag: String,
+    /// `sha256:<hex>`, the sha256 of `config`: the ID the engine gives the loaded image.
+    pub id: String,
+    /// The image config, byte for byte as the archive carries it.
+    pub config: Vec<u8>,
+    /// The runtime layer, then the model layer.
+    pub layers: Vec<Layer>,
     /// Bytes of file content in the image's root filesystem (about the image's size).
     pub content_bytes: u64,
 }
 
-/// The serving image for `req`, built unless its tag already exists.
+/// One layer of the serving image.
+pub struct Layer {
+    /// "runtime layer", "model layer": for messages.
+    what: &'static str,
+    /// Paths in the image and what they hold; in this order, parents come before children.
+    entries: BTreeMap<String, Node>,
+    /// `sha256:<hex>`, the sha256 of the layer's tar: what the engine calls its diff ID.
+    pub diff_id: String,
+    /// Bytes of the layer's tar.
+    pub size: u64,
+    /// Bytes of file content in it.
+    content: u64,
+}
+
+/// What writing a layer gave.
+struct Written {
+    diff_id: String,
+    size: u64,
+    content: u64,
+}
+
+/// The serving image for `req`, loaded into the engine unless its tag already exists.
 ///
 /// Every model is loaded in ONNX Runtime first: one that is not ONNX, does not load, or has an
 /// output the server cannot send (ZipMap) fails here, before anything is built.
@@ -90,7 +147,7 @@ pub async fn ensure_serving_image(
     ui: &Ui,
 ) -> Result<Built, ImageError> {
     let step = ui.step("checking models and collecting the serving image's files");
-    // Loading models and reading a few hundred MB of binaries blocks; keep it off the runtime.
+    // Loading models and hashing a few hundred MB of binaries blocks; keep it off the runtime.
     let owned = OwnedRequest::from(req);
     let ctx = match tokio::task::spawn_blocking(move || owned.context()).await {
         Ok(Ok(ctx)) => ctx,
@@ -102,7 +159,7 @@ pub async fn ensure_serving_image(
             step.fail();
             return Err(ImageError::Context {
                 path: req.binary.to_path_buf(),
-                source: io::Error::other(format!("assembling the context panicked: {join}")),
+                source: io::Error::other(format!("assembling the image panicked: {join}")),
             });
         }
     };
@@ -118,25 +175,28 @@ pub async fn ensure_serving_image(
         "serving image files ready ({})",
         human_bytes(ctx.content_bytes)
     ));
-    let id = super::build::build(docker, ctx.bytes, &ctx.tag, req.project, "serving", ui).await?;
+    let tag = ctx.tag.clone();
+    let id = load(docker, ctx, ui).await?;
     Ok(Built {
-        tag: ctx.tag,
+        tag,
         id,
         built: true,
     })
 }
 
-/// The build context of the serving image, after checking the models. Blocking: it loads every
-/// model in ONNX Runtime and reads every file that goes into the image.
+/// The serving image for `req`, after checking the models: its layers hashed and its config
+/// made. Blocking: it loads every model in ONNX Runtime and reads every file that goes into the
+/// image.
 pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, ImageError> {
     for m in req.models {
         check_model(&m.host_path)?;
     }
     check_layout(req)?;
 
-    let mut rootfs: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut put = |image_path: String, entry: Entry| -> Result<(), ImageError> {
-        if let Some(old) = rootfs.get(&image_path)
+    // Both layers in one map, so a path is claimed once across the image.
+    let mut rootfs: BTreeMap<String, (Part, Entry)> = BTreeMap::new();
+    let mut put = |image_path: String, part: Part, entry: Entry| -> Result<(), ImageError> {
+        if let Some((_, old)) = rootfs.get(&image_path)
             && *old != entry
         {
             return Err(context_error(
@@ -148,12 +208,20 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
                 ),
             ));
         }
-        rootfs.insert(image_path, entry);
+        rootfs.insert(image_path, (part, entry));
         Ok(())
     };
 
-    put(BINARY_PATH.into(), Entry::file(req.binary, 0o755))?;
-    put(RUNTIME_PATH.into(), Entry::file(req.runtime, 0o755))?;
+    put(
+        BINARY_PATH.into(),
+        Part::Runtime,
+        Entry::file(req.binary, 0o755),
+    )?;
+    put(
+        RUNTIME_PATH.into(),
+        Part::Runtime,
+        Entry::file(req.runtime, 0o755),
+    )?;
 
     // Libraries that sit next to the binary or the runtime on the host (found through
     // `$ORIGIN`) move with them.
@@ -171,22 +239,18 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
         if let Some((dir, _)) = image_path.rsplit_once('/') {
             lib_dirs.insert(dir.to_string());
         }
-        put(image_path, Entry::file(&lib.path, 0o755))?;
+        put(image_path, Part::Runtime, Entry::file(&lib.path, 0o755))?;
     }
     for interp in &closure.interpreters {
-        put(image_path_of(interp, &[])?, Entry::file(interp, 0o755))?;
+        put(
+            image_path_of(interp, &[])?,
+            Part::Runtime,
+            Entry::file(interp, 0o755),
+        )?;
     }
-
-    let mut config = serde_json::to_vec_pretty(req.config).map_err(|e| {
-        context_error(
-            Path::new(CONFIG_PATH),
-            format!("cannot write the serving config: {e}"),
-        )
-    })?;
-    config.push(b'\n');
-    put(CONFIG_PATH.into(), Entry::bytes(config, 0o644))?;
     put(
         "/etc/passwd".into(),
+        Part::Runtime,
         Entry::bytes(
             format!("root:x:0:0:root:/root:/sbin/nologin\nferry:x:{UID}:{UID}:ferry:/nonexistent:/sbin/nologin\n")
                 .into_bytes(),
@@ -195,35 +259,317 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
     )?;
     put(
         "/etc/group".into(),
+        Part::Runtime,
         Entry::bytes(format!("root:x:0:\nferry:x:{UID}:\n").into_bytes(), 0o644),
     )?;
-    for m in req.models {
-        put(m.image_path.clone(), Entry::file(&m.host_path, 0o644))?;
-    }
 
-    let dockerfile = dockerfile(req.config.port, &lib_dirs);
-    let mut ctx = Context::new();
-    ctx.add_bytes("Dockerfile", dockerfile.as_bytes(), 0o644)
-        .map_err(|e| context_error(req.binary, e.to_string()))?;
-    let mut content_bytes = 0u64;
-    for (image_path, entry) in &rootfs {
-        let name = format!("rootfs{image_path}");
-        let data = entry.read()?;
-        content_bytes += data.len() as u64;
-        ctx.add_bytes(&name, &data, entry.mode)
-            .map_err(|e| context_error(entry.origin(), e.to_string()))?;
+    let mut config = serde_json::to_vec_pretty(req.config).map_err(|e| {
+        context_error(
+            Path::new(CONFIG_PATH),
+            format!("cannot write the serving config: {e}"),
+        )
+    })?;
+    config.push(b'\n');
+    put(
+        CONFIG_PATH.into(),
+        Part::Models,
+        Entry::bytes(config, 0o644),
+    )?;
+    for m in req.models {
+        put(
+            m.image_path.clone(),
+            Part::Models,
+            Entry::file(&m.host_path, 0o644),
+        )?;
     }
-    let (bytes, digest) = ctx
-        .finish()
-        .map_err(|e| context_error(req.binary, e.to_string()))?;
+    check_tree(&rootfs)?;
+
+    let mut parts: [BTreeMap<String, Entry>; 2] = Default::default();
+    for (path, (part, entry)) in rootfs {
+        parts[part as usize].insert(path, entry);
+    }
+    let [runtime, models] = parts;
+    let layers = vec![
+        Layer::new("runtime layer", runtime)?,
+        Layer::new("model layer", models)?,
+    ];
+    let content_bytes = layers.iter().map(|l| l.content).sum();
+
+    let config = image_config(
+        go_arch(elf_kind(req.binary)),
+        &lib_dirs,
+        req.config.port,
+        req.project,
+        &layers,
+    );
+    let config = serde_json::to_vec(&config).map_err(|e| ImageError::Write {
+        what: "config".into(),
+        source: e.into(),
+    })?;
+    let digest = hex::encode(Sha256::digest(&config));
     Ok(ServingContext {
-        bytes,
         tag: format!("ferry/{}-serve:{}", req.project, &digest[..12]),
-        digest,
+        id: format!("sha256:{digest}"),
+        config,
+        layers,
         content_bytes,
     })
 }
 
+impl ServingContext {
+    /// Writes the image archive that `docker load` (`POST /images/load`) takes: each layer's tar
+    /// as `<diff id hex>/layer.tar`, the config as `<image id hex>.json`, and `manifest.json`,
+    /// which names them and the tag. The manifest goes last, so an archive cut short is never
+    /// taken for a whole one. Blocking: it reads the image's files again, and fails when one no
+    /// longer gives the layer its diff ID.
+    pub fn write_archive(&self, w: impl Write) -> Result<(), ImageError> {
+        let err = |source: io::Error| ImageError::Write {
+            what: format!("archive ({})", self.tag),
+            source,
+        };
+        let mut tar = Context::to_writer(w);
+        let mut layer_names = Vec::new();
+        for layer in &self.layers {
+            let hex = hex_of(&layer.diff_id);
+            tar.add_dir(hex, 0o755).map_err(err)?;
+            let name = format!("{hex}/layer.tar");
+            let mut written = Ok(());
+            tar.add_written(&name, layer.size, 0o644, |out| {
+                written = layer.write(out).and_then(|w| {
+                    if w.diff_id == layer.diff_id {
+                        Ok(())
+                    } else {
+                        Err(layer.changed())
+                    }
+                });
+                // The tar needs an io::Error; the typed one is kept and returned below.
+                written
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(e.to_string()))
+            })
+            .map_err(|e| match written {
+                Err(typed) => typed,
+                // A file that changed its size shows up as a count the header does not match.
+                Ok(()) if e.kind() == io::ErrorKind::InvalidData => layer.changed(),
+                Ok(()) => err(e),
+            })?;
+            layer_names.push(name);
+        }
+        let config_name = format!("{}.json", hex_of(&self.id));
+        tar.add_bytes(&config_name, &self.config, 0o644)
+            .map_err(err)?;
+        let manifest = [ArchiveManifest {
+            config: config_name,
+            repo_tags: vec![self.tag.clone()],
+            layers: layer_names,
+        }];
+        let manifest = serde_json::to_vec(&manifest).map_err(|e| err(e.into()))?;
+        tar.add_bytes("manifest.json", &manifest, 0o644)
+            .map_err(err)?;
+        tar.into_inner().map_err(err)?;
+        Ok(())
+    }
+}
+
+impl Layer {
+    /// The layer of `files` (absolute paths in the image), with every directory above them, and
+    /// its diff ID worked out by writing it once.
+    fn new(what: &'static str, files: BTreeMap<String, Entry>) -> Result<Layer, ImageError> {
+        let mut entries = BTreeMap::new();
+        for path in files.keys() {
+            let mut dir = path.as_str();
+            while let Some((parent, _)) = dir.rsplit_once('/') {
+                if parent.is_empty() {
+                    break;
+                }
+                entries.insert(parent.to_string(), Node::Dir);
+                dir = parent;
+            }
+        }
+        entries.extend(files.into_iter().map(|(p, e)| (p, Node::File(e))));
+        let mut layer = Layer {
+            what,
+            entries,
+            diff_id: String::new(),
+            size: 0,
+            content: 0,
+        };
+        let written = layer.write(&mut io::sink())?;
+        layer.diff_id = written.diff_id;
+        layer.size = written.size;
+        layer.content = written.content;
+        Ok(layer)
+    }
+
+    /// Writes the layer's tar to `w`.
+    fn write(&self, w: &mut dyn Write) -> Result<Written, ImageError> {
+        let mut hashed = Hashed {
+            inner: w,
+            hash: Sha256::new(),
+            len: 0,
+        };
+        let out_err = |source: io::Error| ImageError::Write {
+            what: self.what.to_string(),
+            source,
+        };
+        let mut tar = Context::to_writer(&mut hashed);
+        let mut content = 0;
+        for (path, node) in &self.entries {
+            // Names in a layer are relative to its root, as the engine writes them.
+            let name = path.trim_start_matches('/');
+            match node {
+                Node::Dir => tar.add_dir(name, 0o755).map_err(out_err)?,
+                Node::File(Entry {
+                    source: Source::File(p),
+                    mode,
+                }) => {
+                    content += tar.add_file_with_mode(name, p, *mode).map_err(|source| {
+                        ImageError::Read {
+                            path: p.clone(),
+                            source,
+                        }
+                    })?;
+                }
+                Node::File(Entry {
+                    source: Source::Bytes(b),
+                    mode,
+                }) => {
+                    tar.add_bytes(name, b, *mode).map_err(out_err)?;
+                    content += b.len() as u64;
+                }
+            }
+        }
+        tar.into_inner().map_err(out_err)?;
+        let digest = hex::encode(hashed.hash.finalize());
+        Ok(Written {
+            diff_id: format!("sha256:{digest}"),
+            size: hashed.len,
+            content,
+        })
+    }
+
+    /// The paths in the layer, directories with a trailing `/`, in the order of its tar.
+    #[cfg(test)]
+    fn paths(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .map(|(p, n)| match n {
+                Node::Dir => format!("{p}/"),
+                Node::File(_) => p.clone(),
+            })
+            .collect()
+    }
+
+    fn changed(&self) -> ImageError {
+        ImageError::Write {
+            what: self.what.to_string(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "its files changed while the image was written (it is no longer {}); run the command again",
+                    self.diff_id
+                ),
+            ),
+        }
+    }
+}
+
+/// Streams the image archive to the engine's image load and returns the loaded image's ID.
+async fn load(docker: &Docker, ctx: ServingContext, ui: &Ui) -> Result<String, ImageError> {
+    let tag = ctx.tag.clone();
+    let step = ui.step(format!("loading serving image {tag}"));
+    // A few chunks in flight: the archive is as large as the image, and is never held whole.
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = Chunks {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            closed: false,
+        };
+        let written = ctx.write_archive(&mut out).and_then(|()| {
+            out.flush().map_err(|source| ImageError::Write {
+                what: format!("archive ({})", ctx.tag),
+                source,
+            })
+        });
+        if let Err(e) = &written
+            && !out.closed
+        {
+            // Ends the request with an error rather than with a short archive.
+            let _ = out.tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        (written, out.closed)
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let opts = ImportImageOptionsBuilder::default().quiet(false).build();
+    let mut stream = docker.import_image(opts, bollard::body_try_stream(body), None);
+    let mut refused = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(s) = &info.stream {
+                    for line in s.lines() {
+                        step.output_line(line);
+                    }
+                }
+                if let Some(status) = &info.status {
+                    let done = info.progress_detail.as_ref().and_then(|p| {
+                        let (current, total) = (p.current?, p.total?);
+                        Some(format!(
+                            " {} of {}",
+                            human_bytes(u64::try_from(current).ok()?),
+                            human_bytes(u64::try_from(total).ok()?)
+                        ))
+                    });
+                    step.set_detail(format!("{status}{}", done.unwrap_or_default()));
+                }
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    // Ends the request, so a writer still sending stops.
+    drop(stream);
+    let (written, closed) = match writer.await {
+        Ok(r) => r,
+        Err(join) => (
+            Err(ImageError::Write {
+                what: format!("archive ({tag})"),
+                source: io::Error::other(format!("the writer panicked: {join}")),
+            }),
+            false,
+        ),
+    };
+    let outcome = match (written, refused) {
+        // The writer's own failure comes first; one caused by the engine hanging up does not.
+        (Err(e), _) if !closed => Err(e),
+        (_, Some(e)) => Err(load_error(&tag, e)),
+        (Err(_), None) => Err(ImageError::LoadFailed {
+            tag: tag.clone(),
+            message: "the engine stopped reading the image archive without saying why".into(),
+        }),
+        (Ok(()), None) => match docker::image_id(docker, &tag).await {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(ImageError::LoadFailed {
+                tag: tag.clone(),
+                message: "the engine took the archive but has no image of that name".into(),
+            }),
+            Err(e) => Err(e.into()),
+        },
+    };
+    let id = match outcome {
+        Ok(id) => id,
+        Err(e) => {
+            step.fail();
+            return Err(e);
+        }
+    };
+    step.finish(format!("built serving image {tag}"));
+    Ok(id)
+}
 /// Every shared library the given ELF files need, recursively, as the dynamic loader would find
 /// them (each path is the directory searched plus the `DT_NEEDED` name, so it may be a symlink),
 /// followed by their ELF interpreter(s) (`PT_INTERP`). The inputs themselves are not listed.
@@ -236,25 +582,238 @@ pub fn library_closure(elf: &[&Path]) -> Result<Vec<PathBuf>, ImageError> {
         .collect())
 }
 
-fn dockerfile(port: u16, lib_dirs: &BTreeSet<String>) -> String {
+/// What `docker load` reads first: the config and layers of each image in the archive, and the
+/// tags to give it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ArchiveManifest {
+    config: String,
+    repo_tags: Vec<String>,
+    layers: Vec<String>,
+}
+
+/// The image config (the OCI image spec's, which the engine reads as its own), with its fields
+/// in the order the engine writes them. Structs rather than maps, so the bytes never depend on
+/// a hash order.
+#[derive(Serialize)]
+struct ImageConfig {
+    architecture: &'static str,
+    config: RunConfig,
+    created: &'static str,
+    history: Vec<History>,
+    os: &'static str,
+    rootfs: RootFs,
+}
+
+/// What the Dockerfile of a classic build set: the user, the environment, the entrypoint, the
+/// exposed port, and the labels the build added.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RunConfig {
+    user: String,
+    exposed_ports: BTreeMap<String, Empty>,
+    env: Vec<String>,
+    entrypoint: Vec<String>,
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct History {
+    created: &'static str,
+    created_by: String,
+}
+
+#[derive(Serialize)]
+struct RootFs {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    diff_ids: Vec<String>,
+}
+
+fn image_config(
+    architecture: &'static str,
+    lib_dirs: &BTreeSet<String>,
+    port: u16,
+    project: &str,
+    layers: &[Layer],
+) -> ImageConfig {
+    let mut env = vec![format!("PATH={DEFAULT_PATH}")];
     // The image has no /etc/ld.so.cache, so the loader falls back to its compiled-in system
     // directories, which differ between distributions; naming the directories the libraries
-    // were put in makes the lookup exact whatever host built the image.
-    let ld_path = lib_dirs.iter().cloned().collect::<Vec<_>>().join(":");
-    let env = if ld_path.is_empty() {
-        String::new()
-    } else {
-        format!("ENV LD_LIBRARY_PATH={ld_path}\n")
+    // were put in makes the lookup exact whatever host made the image.
+    if !lib_dirs.is_empty() {
+        let dirs: Vec<&str> = lib_dirs.iter().map(String::as_str).collect();
+        env.push(format!("LD_LIBRARY_PATH={}", dirs.join(":")));
+    }
+    let what = [
+        "runtime: ferry, ONNX Runtime, their shared libraries and loader, /etc/passwd, /etc/group",
+        "models and the serving config",
+    ];
+    ImageConfig {
+        architecture,
+        config: RunConfig {
+            user: format!("{UID}:{UID}"),
+            exposed_ports: BTreeMap::from([(format!("{port}/tcp"), Empty {})]),
+            env,
+            entrypoint: [BINARY_PATH, "serve-model", "--config", CONFIG_PATH]
+                .map(str::to_string)
+                .into(),
+            labels: BTreeMap::from([
+                (LABEL_PROJECT.to_string(), project.to_string()),
+                (LABEL_ROLE.to_string(), ROLE.to_string()),
+            ]),
+        },
+        created: CREATED,
+        history: layers
+            .iter()
+            .zip(what)
+            .map(|(_, what)| History {
+                created: CREATED,
+                created_by: format!("{RECIPE}: {what}"),
+            })
+            .collect(),
+        os: "linux",
+        rootfs: RootFs {
+            kind: "layers",
+            diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+        },
+    }
+}
+
+/// The Go name of the architecture of an ELF file (class and machine), as image configs write
+/// it; this machine's when the file's is not one ferry knows.
+fn go_arch(kind: Option<(u8, u16, u8)>) -> &'static str {
+    use goblin::elf::header::{EM_386, EM_AARCH64, EM_ARM, EM_PPC64, EM_RISCV, EM_S390, EM_X86_64};
+    match kind {
+        Some((_, EM_X86_64, _)) => "amd64",
+        Some((_, EM_AARCH64, _)) => "arm64",
+        Some((_, EM_386, _)) => "386",
+        Some((_, EM_ARM, _)) => "arm",
+        Some((_, EM_RISCV, _)) => "riscv64",
+        Some((_, EM_S390, _)) => "s390x",
+        Some((_, EM_PPC64, data)) if data == ELFDATA2LSB => "ppc64le",
+        _ => match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        },
+    }
+}
+
+/// The hex of a `sha256:<hex>` digest.
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// Which layer a file goes into; the index of that layer.
+#[derive(Clone, Copy)]
+enum Part {
+    Runtime = 0,
+    Models = 1,
+}
+
+/// No file may sit where another file needs a directory, in either layer: the tree would not
+/// hold both.
+fn check_tree(rootfs: &BTreeMap<String, (Part, Entry)>) -> Result<(), ImageError> {
+    for (path, (_, entry)) in rootfs {
+        let mut dir = path.as_str();
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            if let Some((_, other)) = rootfs.get(parent) {
+                return Err(context_error(
+                    entry.origin(),
+                    format!(
+                        "{path} in the image would be inside {parent}, which holds {}",
+                        other.origin().display()
+                    ),
+                ));
+            }
+            dir = parent;
+        }
+    }
+    Ok(())
+}
+
+/// The engine's refusal of an archive, with its own words.
+fn load_error(tag: &str, e: bollard::errors::Error) -> ImageError {
+    let message = match e {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        other => match DockerError::api("loading an image", other) {
+            DockerError::Api { message, .. } => message,
+            unreachable => return unreachable.into(),
+        },
     };
-    format!(
-        "# {RECIPE}\n\
-         FROM scratch\n\
-         COPY rootfs/ /\n\
-         {env}\
-         USER {UID}:{UID}\n\
-         EXPOSE {port}\n\
-         ENTRYPOINT [\"{BINARY_PATH}\", \"serve-model\", \"--config\", \"{CONFIG_PATH}\"]\n"
-    )
+    ImageError::LoadFailed {
+        tag: tag.to_string(),
+        message,
+    }
+}
+
+/// Bytes of each piece of the archive sent to the engine.
+const CHUNK: usize = 1 << 20;
+
+/// Sends what is written to the engine in chunks, from a blocking thread.
+struct Chunks {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+    /// The engine stopped reading: whatever went wrong, it says what.
+    closed: bool,
+}
+
+impl Chunks {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(Ok(chunk.into())).map_err(|_| {
+            self.closed = true;
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the engine stopped reading the image archive",
+            )
+        })
+    }
+}
+
+impl Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// Hashes and counts what goes through.
+struct Hashed<'a> {
+    inner: &'a mut dyn Write,
+    hash: Sha256,
+    len: u64,
+}
+
+impl Write for Hashed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Loads the model as the server will, and refuses what the server would refuse at start.
@@ -372,9 +931,15 @@ struct Entry {
     mode: u32,
 }
 
+/// What a path in a layer is.
+enum Node {
+    Dir,
+    File(Entry),
+}
+
 #[derive(PartialEq, Eq)]
 enum Source {
-    /// Read when the context is written; a symlink gives its target's content.
+    /// Read when the layer is written; a symlink gives its target's content.
     File(PathBuf),
     Bytes(Vec<u8>),
 }
@@ -396,17 +961,6 @@ impl Entry {
         match &self.source {
             Source::File(p) => p,
             Source::Bytes(_) => Path::new("(generated)"),
-        }
-    }
-    fn read(&self) -> Result<std::borrow::Cow<'_, [u8]>, ImageError> {
-        match &self.source {
-            Source::File(p) => std::fs::read(p)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|source| ImageError::Read {
-                    path: p.clone(),
-                    source,
-                }),
-            Source::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
         }
     }
 }
@@ -549,7 +1103,7 @@ struct Library {
 /// What the loader reads from one object.
 struct Object {
     path: PathBuf,
-    kind: (u8, u16),
+    kind: (u8, u16, u8),
     needed: Vec<String>,
     rpath: Vec<PathBuf>,
     runpath: Vec<PathBuf>,
@@ -692,8 +1246,8 @@ fn missing(name: &str, requester: &Object, dirs: &[&Path]) -> ImageError {
     }
 }
 
-/// ELF class and machine, read from the header only; None if not an ELF file.
-fn elf_kind(path: &Path) -> Option<(u8, u16)> {
+/// ELF class, machine and byte order, read from the header only; None if not an ELF file.
+fn elf_kind(path: &Path) -> Option<(u8, u16, u8)> {
     let mut f = std::fs::File::open(path).ok()?;
     if !f.metadata().ok()?.is_file() {
         return None;
@@ -701,7 +1255,7 @@ fn elf_kind(path: &Path) -> Option<(u8, u16)> {
     let mut buf = [0u8; 64];
     f.read_exact(&mut buf).ok()?;
     let h: Header = Elf::parse_header(&buf).ok()?;
-    Some((h.e_ident[EI_CLASS], h.e_machine))
+    Some((h.e_ident[EI_CLASS], h.e_machine, h.e_ident[EI_DATA]))
 }
 
 fn read_object(path: &Path, parent: Option<usize>) -> Result<Object, ImageError> {
@@ -725,7 +1279,11 @@ fn read_object(path: &Path, parent: Option<usize>) -> Result<Object, ImageError>
     };
     Ok(Object {
         path: path.to_path_buf(),
-        kind: (elf.header.e_ident[EI_CLASS], elf.header.e_machine),
+        kind: (
+            elf.header.e_ident[EI_CLASS],
+            elf.header.e_machine,
+            elf.header.e_ident[EI_DATA],
+        ),
         needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
         rpath: expand(&elf.rpaths),
         runpath: expand(&elf.runpaths),
@@ -742,9 +1300,6 @@ fn expand_origin(entry: &str, origin: &Path) -> Option<PathBuf> {
     let s = entry.replace("${ORIGIN}", &o).replace("$ORIGIN", &o);
     (!s.contains('$') && s.starts_with('/')).then(|| PathBuf::from(s))
 }
-
-// ---------------------------------------------------------------------------------------------
-// Build
 
 #[cfg(test)]
 mod tests {
@@ -803,17 +1358,143 @@ mod tests {
         assert_eq!(expand_origin("relative", o), None);
     }
 
+    fn layer_of(files: &[(&str, &[u8])]) -> Layer {
+        Layer::new(
+            "test layer",
+            files
+                .iter()
+                .map(|(p, b)| (p.to_string(), Entry::bytes(b.to_vec(), 0o644)))
+                .collect(),
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn dockerfile_runs_the_server_as_non_root_without_a_shell() {
-        let d = dockerfile(9000, &BTreeSet::from(["/lib/x86_64-linux-gnu".to_string()]));
-        assert!(d.contains("FROM scratch\n"));
-        assert!(d.contains(&format!("USER {UID}:{UID}\n")));
-        assert!(d.contains("EXPOSE 9000\n"));
-        assert!(d.contains(
-            "ENTRYPOINT [\"/usr/bin/ferry\", \"serve-model\", \"--config\", \"/etc/ferry/serving.json\"]"
-        ));
-        assert!(d.contains("ENV LD_LIBRARY_PATH=/lib/x86_64-linux-gnu\n"));
-        assert!(!d.contains("RUN"), "a scratch image has nothing to run");
+    fn the_config_runs_the_server_as_non_root_with_fixed_times() {
+        let layers = [
+            layer_of(&[("/usr/bin/ferry", b"elf")]),
+            layer_of(&[("/models/m.onnx", b"model")]),
+        ];
+        let config = image_config(
+            "amd64",
+            &BTreeSet::from(["/lib/x86_64-linux-gnu".to_string()]),
+            9000,
+            "churn",
+            &layers,
+        );
+        let json = serde_json::to_string(&config).unwrap();
+        let want = format!(
+            concat!(
+                r#"{{"architecture":"amd64","config":{{"User":"65532:65532","ExposedPorts":{{"9000/tcp":{{}}}},"#,
+                r#""Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LD_LIBRARY_PATH=/lib/x86_64-linux-gnu"],"#,
+                r#""Entrypoint":["/usr/bin/ferry","serve-model","--config","/etc/ferry/serving.json"],"#,
+                r#""Labels":{{"dev.ferry.project":"churn","dev.ferry.role":"serving"}}}},"#,
+                r#""created":"1970-01-01T00:00:00Z","history":["#,
+                r#"{{"created":"1970-01-01T00:00:00Z","created_by":"{r}: runtime: ferry, ONNX Runtime, their shared libraries and loader, /etc/passwd, /etc/group"}},"#,
+                r#"{{"created":"1970-01-01T00:00:00Z","created_by":"{r}: models and the serving config"}}],"#,
+                r#""os":"linux","rootfs":{{"type":"layers","diff_ids":["{a}","{b}"]}}}}"#
+            ),
+            r = RECIPE,
+            a = layers[0].diff_id,
+            b = layers[1].diff_id
+        );
+        assert_eq!(json, want);
+    }
+
+    #[test]
+    fn a_layer_holds_its_directories_and_is_hashed_as_written() {
+        let layer = layer_of(&[
+            ("/etc/ferry/serving.json", b"{}"),
+            ("/models/a/b/m.onnx", b"m"),
+            ("/models/a-b.onnx", b"n"),
+        ]);
+        assert_eq!(
+            layer.paths(),
+            [
+                "/etc/",
+                "/etc/ferry/",
+                "/etc/ferry/serving.json",
+                "/models/",
+                "/models/a/",
+                "/models/a-b.onnx",
+                "/models/a/b/",
+                "/models/a/b/m.onnx",
+            ]
+        );
+        let mut bytes = Vec::new();
+        let written = layer.write(&mut bytes).unwrap();
+        assert_eq!(written.diff_id, layer.diff_id);
+        assert_eq!(written.size, layer.size);
+        assert_eq!(written.size, bytes.len() as u64);
+        assert_eq!(layer.content, 4);
+        assert_eq!(
+            written.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+        );
+        let mut tar = tar::Archive::new(bytes.as_slice());
+        for e in tar.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            assert_eq!(
+                (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()),
+                (0, 0, 0)
+            );
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            assert!(!name.starts_with('/'), "{name}");
+            if name.ends_with('/') {
+                assert_eq!(h.mode().unwrap(), 0o755, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_where_a_directory_must_be_is_refused() {
+        let rootfs = BTreeMap::from([
+            (
+                "/models/a".to_string(),
+                (Part::Models, Entry::bytes(b"x".to_vec(), 0o644)),
+            ),
+            (
+                "/models/a/b.onnx".to_string(),
+                (Part::Models, Entry::bytes(b"y".to_vec(), 0o644)),
+            ),
+        ]);
+        let err = check_tree(&rootfs).unwrap_err().to_string();
+        assert!(
+            err.contains("/models/a/b.onnx") && err.contains("inside /models/a"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_refused_load_names_the_engines_words() {
+        let stream = bollard::errors::Error::DockerStreamError {
+            error: "invalid diffID for layer 1: expected sha256:aa, got sha256:bb".into(),
+        };
+        let err = load_error("ferry/p-serve:0123456789ab", stream).to_string();
+        assert!(
+            err.contains("loading ferry/p-serve:0123456789ab")
+                && err.contains("invalid diffID for layer 1: expected sha256:aa, got sha256:bb"),
+            "{err}"
+        );
+        let response = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "no space left on device".into(),
+        };
+        let err = load_error("t", response).to_string();
+        assert!(err.contains("no space left on device"), "{err}");
+    }
+
+    #[test]
+    fn architectures_have_their_go_names() {
+        use goblin::elf::header::{ELFCLASS64, EM_AARCH64, EM_X86_64};
+        assert_eq!(go_arch(Some((ELFCLASS64, EM_X86_64, ELFDATA2LSB))), "amd64");
+        assert_eq!(
+            go_arch(Some((ELFCLASS64, EM_AARCH64, ELFDATA2LSB))),
+            "arm64"
+        );
+        let here = go_arch(None);
+        assert!(!here.is_empty() && here != "x86_64" && here != "aarch64");
     }
 
     #[test]
