@@ -186,3 +186,54 @@ fn daemon_not_running_says_how_to_fix() {
     );
     assert!(err.contains("hint:"), "{err}");
 }
+
+#[test]
+fn diff_lists_what_differs_between_two_environments() {
+    let dir = project(SPEC);
+    let out = ferry(dir.path(), &["diff", "dev", "big", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        changes,
+        serde_json::json!([{
+            "what": "spec field train.resources.memory",
+            "was": "2Gi",
+            "now": "8Gi"
+        }])
+    );
+    let out = ferry(dir.path(), &["diff", "dev", "big"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("train.resources.memory"), "{table}");
+    assert!(table.contains("2Gi") && table.contains("8Gi"), "{table}");
+    let out = ferry(dir.path(), &["diff", "dev", "dev"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dev and dev are the same"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_lock_of_another_project_is_refused() {
+    let dir = project(SPEC);
+    std::fs::write(
+        dir.path().join("ferry.lock"),
+        "{\"format\": 1, \"ferry\": \"0.1.0\", \"project\": \"other\", \"environments\": {}}\n",
+    )
+    .unwrap();
+    let out = ferry(dir.path(), &["diff", "dev", "big"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("was written for the project other")
+            && err.contains("is the project demo")
+            && err.contains("lock of another spec"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    // Nothing was rewritten: the user's file is theirs to fix.
+    assert!(
+        std::fs::read_to_string(dir.path().join("ferry.lock"))
+            .unwrap()
+            .contains("\"other\"")
+    );
+}

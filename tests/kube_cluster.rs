@@ -125,8 +125,7 @@ async fn forward(client: kube::Client, ns: &str, pod: &str, port: u16) -> u16 {
 /// A ready server pod running `image`.
 async fn server_pod(client: &kube::Client, ns: &str, name: &str, image: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector =
-        format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=server");
+    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=server");
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
@@ -176,7 +175,12 @@ async fn local_prediction(root: &Path, c: &Cluster) -> Value {
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = ferry(root, c, &["predict", "request.json", "--url", &url, "--json"]).await;
+        let out = ferry(
+            root,
+            c,
+            &["predict", "request.json", "--url", &url, "--json"],
+        )
+        .await;
         if out.status.success() {
             let v: Value = serde_json::from_slice(&out.stdout).unwrap();
             return v["outputs"].clone();
@@ -199,7 +203,8 @@ async fn deployment_image(client: &kube::Client, ns: &str, name: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_churn_template_is_promoted_changed_and_rolled_back_on_a_real_cluster() {
-    let Some(c) = cluster("the_churn_template_is_promoted_changed_and_rolled_back_on_a_real_cluster")
+    let Some(c) =
+        cluster("the_churn_template_is_promoted_changed_and_rolled_back_on_a_real_cluster")
     else {
         return;
     };
@@ -218,7 +223,10 @@ async fn the_churn_template_is_promoted_changed_and_rolled_back_on_a_real_cluste
         .delete(&ns, &DeleteParams::background())
         .await;
     let listed = common::docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-    for tag in listed.lines().filter(|l| l.contains(&format!("{name}-serve:"))) {
+    for tag in listed
+        .lines()
+        .filter(|l| l.contains(&format!("{name}-serve:")))
+    {
         common::docker(&["rmi", tag]);
     }
     if let Err(e) = result {
@@ -236,7 +244,10 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     );
     assert_eq!(first["revision"], 1);
     let image1 = first["image"].as_str().unwrap().to_string();
-    assert!(image1.starts_with(&format!("{}/{name}-serve@sha256:", c.registry)), "{image1}");
+    assert!(
+        image1.starts_with(&format!("{}/{name}-serve@sha256:", c.registry)),
+        "{image1}"
+    );
     assert_eq!(deployment_image(client, ns, name).await, image1);
 
     let pod = server_pod(client, ns, name, &image1).await;
@@ -268,7 +279,10 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     assert_eq!(deployment_image(client, ns, name).await, image2);
     let pod = server_pod(client, ns, name, &image2).await;
     let port = forward(client.clone(), ns, &pod, 8080).await;
-    assert_eq!(predict(root, c, &format!("http://127.0.0.1:{port}")).await, local);
+    assert_eq!(
+        predict(root, c, &format!("http://127.0.0.1:{port}")).await,
+        local
+    );
 
     // A rollout that cannot finish (no node has the CPU it asks for): put back revision 2.
     let spec = std::fs::read_to_string(root.join("ferry.yaml")).unwrap();
@@ -285,7 +299,10 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     assert_eq!(deployment_image(client, ns, name).await, image2);
     let pod = server_pod(client, ns, name, &image2).await;
     let port = forward(client.clone(), ns, &pod, 8080).await;
-    assert_eq!(predict(root, c, &format!("http://127.0.0.1:{port}")).await, local);
+    assert_eq!(
+        predict(root, c, &format!("http://127.0.0.1:{port}")).await,
+        local
+    );
 
     let status = ferry_json(root, c, &["status", "staging"]).await;
     assert_eq!(status["revision"], 3, "{status}");
