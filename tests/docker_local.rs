@@ -134,7 +134,69 @@ fn build_is_tagged_by_content_and_a_second_build_is_a_no_op() {
         "/workspace",
     ]);
     assert!(ls.lines().any(|l| l == "train.py"), "{ls}");
-    assert!(!ls.lines().any(|l| l == "data" || l == ".ferry"), "{ls}");
+    assert!(
+        !ls.lines()
+            .any(|l| l == "data" || l == ".ferry" || l == "ferry.lock"),
+        "{ls}"
+    );
+
+    // ferry.lock records the images and the pins, and the image holds exactly the pinned
+    // versions.
+    let lock: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.root.join("ferry.lock")).unwrap()).unwrap();
+    let dev = &lock["environments"]["dev"];
+    assert_eq!(dev["images"]["environment"]["tag"], env);
+    assert_eq!(dev["images"]["project"]["tag"], proj);
+    assert!(
+        dev["images"]["base"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let pins: Vec<(String, String)> = dev["python"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let sha = p["sha256"].as_str().unwrap();
+            assert!(
+                sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+                "{p}"
+            );
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(pins.iter().any(|(n, _)| n == "scikit-learn"), "{pins:?}");
+    let freeze = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        env,
+        "pip",
+        "freeze",
+        "--all",
+    ]);
+    let normalise = |n: &str| n.to_ascii_lowercase().replace(['_', '.'], "-");
+    let installed: Vec<(String, String)> = freeze
+        .lines()
+        .filter_map(|l| l.split_once("=="))
+        .map(|(n, v)| (normalise(n), v.to_string()))
+        // What `python -m venv` brings along, unless a requirement asked for it.
+        .filter(|(n, _)| {
+            !["pip", "setuptools", "wheel"].contains(&n.as_str())
+                || pins.iter().any(|(p, _)| p == n)
+        })
+        .collect();
+    for pin in &pins {
+        assert!(installed.contains(pin), "{pin:?} not installed: {freeze}");
+    }
+    for i in &installed {
+        assert!(pins.contains(i), "{i:?} installed but not pinned");
+    }
 }
 
 #[test]

@@ -291,10 +291,10 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
         spec.replace("cpu: 100m", "cpu: 512"),
     )
     .unwrap();
-    let out = ferry(root, c, &["promote", "staging", "--timeout", "180s"]).await;
+    let out = ferry(root, c, &["promote", "staging", "--timeout", "60s"]).await;
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("Unschedulable"), "{err}");
+    assert!(err.contains("cannot be scheduled"), "{err}");
     assert!(err.contains("put back revision 2"), "{err}");
     assert_eq!(deployment_image(client, ns, name).await, image2);
     let pod = server_pod(client, ns, name, &image2).await;
