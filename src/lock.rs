@@ -185,6 +185,9 @@ pub struct Promotion {
     pub action: String,
     pub image: String,
     pub spec_hash: String,
+    /// `sha256:` of the serving ConfigMap's data as applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
 }
@@ -749,6 +752,7 @@ mod tests {
                 action: "promote".into(),
                 image: format!("r@sha256:{n}"),
                 spec_hash: s.spec_hash.clone(),
+                config: None,
                 from: None,
             };
             record_promotion(&p, Some(s), None, promo).unwrap();

@@ -494,6 +494,46 @@ async fn a_failed_rollout_puts_the_previous_revision_back_unless_told_not_to() {
     assert_eq!(p.deployments_written("staging", mark), vec![image3.clone()]);
     assert_eq!(p.running("staging"), image3);
     assert_eq!(p.history_text("staging"), history);
+
+    // Ctrl-C while the rollout is watched: a promotion that did not finish, so the revision
+    // that ran before (3, image 2) is put back and recorded.
+    let mark = p.fake.seen().len();
+    let mut cmd = common::ferry_cmd(p.root(), &["promote", "staging", "--timeout", "120s"]);
+    cmd.env("KUBECONFIG", &p.kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = tokio::process::Command::from(cmd).spawn().unwrap();
+    let started = Instant::now();
+    while p.deployments_written("staging", mark).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no apply");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().await.unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted while waiting for the rollout in staging"),
+        "{err}"
+    );
+    assert!(err.contains("ferry put back revision 3"), "{err}");
+    assert_eq!(
+        p.deployments_written("staging", mark),
+        vec![image3.clone(), image2.clone()]
+    );
+    assert_eq!(p.running("staging"), image2);
+    let revisions = p.revisions("staging");
+    assert_eq!(revisions.len(), 4);
+    assert_eq!(revisions[3]["action"], "rollback");
+    assert_eq!(revisions[3]["rolled_back_to"], 3);
     p.assert_no_secret_leaked();
 }
 
@@ -555,6 +595,19 @@ async fn rollback_reapplies_the_revision_before_and_status_reports_drift() {
         serde_json::json!([format!(
             "the Deployment runs {image2}, but revision 3 promoted {image1} (ferry.lock)"
         )])
+    );
+    // And a hand edit of the serving config.
+    let config_map = format!(
+        "/api/v1/namespaces/{}/configmaps/promote-back-serving",
+        p.namespace("staging")
+    );
+    p.fake.edit(&config_map, |c| {
+        c["data"]["serving.json"] = "{\"edited\": true}".into();
+    });
+    let status = p.ferry_json(&["status", "staging"]).await;
+    assert_eq!(
+        status["drift"][1],
+        "the ConfigMap promote-back-serving was changed in the cluster: its content is not what revision 3 applied (ferry.lock)"
     );
 
     // ferry.lock says what runs: revision 1's model again, put back by a rollback; the model

@@ -316,6 +316,12 @@ fn lock_promotion(
         action: rev.action.clone(),
         image: rev.image.clone(),
         spec_hash: rev.spec_hash.clone(),
+        config: rev
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap")
+            .and_then(|o| serde_json::from_value(o["data"].clone()).ok())
+            .map(|data| render::config_digest(&data)),
         from: rev.source.clone(),
     };
     lock::record_promotion(project, rev.snapshot.clone(), serving, promotion)?;
@@ -528,6 +534,7 @@ struct Recorded {
     revision: u32,
     image: String,
     spec_hash: String,
+    config: Option<String>,
     namespace: Option<String>,
     source: &'static str,
 }
@@ -541,6 +548,7 @@ fn recorded(project: &Project, env: &str, lock: &Lock) -> Result<Option<Recorded
             revision: p.revision,
             image: p.image.clone(),
             spec_hash: p.spec_hash.clone(),
+            config: p.config.clone(),
             // The namespace is the spec's, unless this machine applied the revision elsewhere.
             namespace: h
                 .filter(|r| r.revision == p.revision && r.image == p.image)
@@ -551,6 +559,7 @@ fn recorded(project: &Project, env: &str, lock: &Lock) -> Result<Option<Recorded
             revision: r.revision,
             image: r.image.clone(),
             spec_hash: r.spec_hash.clone(),
+            config: None,
             namespace: Some(r.namespace.clone()),
             source: ".ferry/promotions",
         }),
@@ -616,6 +625,18 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
                     r.spec_hash,
                     r.source
                 ));
+            }
+            let config_map = format!("{}-serving", project.spec.name);
+            match (&r.config, running.configs.get(&config_map)) {
+                (Some(want), Some(have)) if want != have => drift.push(format!(
+                    "the ConfigMap {config_map} was changed in the cluster: its content is not what revision {} applied ({})",
+                    r.revision, r.source
+                )),
+                (Some(_), None) => drift.push(format!(
+                    "the ConfigMap {config_map} of revision {} is missing",
+                    r.revision
+                )),
+                _ => {}
             }
         }
         (None, None) => {}

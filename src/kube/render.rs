@@ -312,6 +312,29 @@ impl Manifests {
     }
 }
 
+/// `sha256:` over a ConfigMap's data, keys sorted: what `ferry.lock` records of the serving
+/// config a revision applied, to tell a hand edit in the cluster.
+pub fn config_digest(data: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+impl Manifests {
+    /// The digest of the serving ConfigMap's data, if the manifests have one.
+    pub fn config_digest(&self) -> Option<String> {
+        self.objects.iter().find_map(|o| match o {
+            Object::ConfigMap(c) => Some(config_digest(c.data.as_ref()?)),
+            _ => None,
+        })
+    }
+}
+
 /// The serving config as the ConfigMap holds it (stable text: it is hashed).
 fn config_json(release: &Release) -> String {
     serde_json::to_string_pretty(&release.serving.config).unwrap_or_default()

@@ -58,6 +58,9 @@ pub struct ClusterState {
     pub namespace: String,
     /// The Deployments the selector matches (ferry makes one per environment).
     pub deployments: Vec<DeploymentState>,
+    /// The ConfigMaps the selector matches, by name: the digest of their data.
+    #[serde(default)]
+    pub configs: std::collections::BTreeMap<String, String>,
 }
 
 impl ClusterState {
@@ -896,9 +899,22 @@ pub async fn current_state(
         })
         .collect();
     deployments.sort_by(|a, b| a.name.cmp(&b.name));
+    let maps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| Op::new("list", "configmaps").namespace(namespace).error(e))?;
+    let configs = maps
+        .items
+        .iter()
+        .map(|c| {
+            let data = c.data.clone().unwrap_or_default();
+            (c.name_any(), super::render::config_digest(&data))
+        })
+        .collect();
     Ok(ClusterState {
         namespace: namespace.to_string(),
         deployments,
+        configs,
     })
 }
 
