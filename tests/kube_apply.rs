@@ -828,8 +828,21 @@ async fn a_deployment_that_does_not_exist_fails_at_once() {
 async fn the_current_state_is_read_from_the_deployment() {
     let fake = FakeApi::start().await;
     fake.on("GET", DEPLOYMENTS, ok("deployments-churn-running.json"));
+    fake.on(
+        "GET",
+        "/api/v1/namespaces/churn-staging/configmaps",
+        ok("configmaps-churn.json"),
+    );
     let client = fake.client().await;
     let state = current_state(&client, NS, SELECTOR).await.unwrap();
+    // The serving config's digest, as `ferry.lock` records it for drift.
+    let cm: Value = serde_json::from_str(&fixture_text("configmap-churn-serving.json")).unwrap();
+    let data: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(cm["data"].clone()).unwrap();
+    assert_eq!(
+        state.configs.get("churn-serving"),
+        Some(&ferry::kube::render::config_digest(&data))
+    );
     let d = state.deployment().unwrap();
     assert_eq!(d.name, "churn");
     assert_eq!(d.images, vec![IMAGE.to_string()]);
