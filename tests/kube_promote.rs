@@ -226,7 +226,7 @@ environments:
         let paths = ["staging", "production"]
             .map(|env| self.root().join(format!(".ferry/promotions/{env}.json")));
         for path in paths.iter().chain([&self.root().join("ferry.lock")]) {
-            if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(text) = std::fs::read_to_string(path) {
                 assert!(
                     !text.contains(SECRET) && !text.contains(&encoded),
                     "{}",

@@ -277,13 +277,21 @@ enum CliError {
     #[error(transparent)]
     Local(#[from] LocalError),
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    // Boxed: the cluster errors carry whole lists of changes, and every CLI result pays for
+    // the largest variant.
+    Cluster(Box<crate::cluster::ClusterError>),
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl From<crate::cluster::ClusterError> for CliError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        CliError::Cluster(Box::new(e))
+    }
 }
 
 impl CliError {
@@ -664,7 +672,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                     .block_on(crate::cluster::train::train(&project, ui))
                     .map_err(|e| match e {
                         crate::cluster::ClusterError::Local(l) => CliError::Local(l),
-                        e => CliError::Cluster(e),
+                        e => CliError::Cluster(Box::new(e)),
                     })?
             } else {
                 runtime()?.block_on(local::train::train(&project, ui))?
