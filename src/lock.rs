@@ -88,6 +88,9 @@ pub struct Lock {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvLock {
+    /// The ferry that last wrote this entry.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ferry: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
     /// The resolved spec, one leaf field per key (`serve.batching.max_batch_size`).
@@ -545,6 +548,7 @@ pub fn update_entry(project: &Project, f: impl FnOnce(&mut EnvLock)) -> Result<(
             set_snapshot(entry, s);
         }
         f(entry);
+        entry.ferry = env!("CARGO_PKG_VERSION").to_string();
     })
 }
 
@@ -566,6 +570,7 @@ pub fn record_promotion(
     let name = entry_name(project);
     update(project, |lock| {
         let entry = lock.environments.entry(name).or_default();
+        entry.ferry = env!("CARGO_PKG_VERSION").to_string();
         match snapshot {
             Some(s) => set_snapshot(entry, s),
             None => entry.spec_hash = Some(promotion.spec_hash.clone()),

@@ -333,4 +333,40 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
             ("rollback", image2.as_str())
         ]
     );
+
+    // Hand edits in the cluster are drift against ferry.lock: the Deployment's image, then the
+    // serving config.
+    let patch = |v: Value| kube::api::Patch::Strategic(v);
+    let pp = kube::api::PatchParams::default();
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &pp,
+            &patch(
+                serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "server", "image": image1}
+                ]}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            &format!("{name}-serving"),
+            &pp,
+            &patch(serde_json::json!({"data": {"serving.json": "{}"}})),
+        )
+        .await
+        .unwrap();
+    let status = ferry_json(root, c, &["status", "staging"]).await;
+    assert_eq!(
+        status["drift"],
+        serde_json::json!([
+            format!("the Deployment runs {image1}, but revision 3 promoted {image2} (ferry.lock)"),
+            format!(
+                "the ConfigMap {name}-serving was changed in the cluster: its content is not what revision 3 applied (ferry.lock)"
+            )
+        ]),
+        "{status}"
+    );
 }

@@ -85,7 +85,7 @@ async fn release_for(
                         });
                     }
                     if let Some(p) = latest {
-                        expected = Some((s.clone(), p.image.clone(), lock.ferry.clone()));
+                        expected = Some((s.clone(), p.image.clone(), entry.ferry.clone()));
                     }
                 }
                 // No lock entry (promoted before locks, or on a machine whose lock was not
