@@ -234,6 +234,15 @@ environments:
                 );
             }
         }
+        // Nor in any layer of the serving images made for this project.
+        let listed = common::docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        for image in listed
+            .lines()
+            .filter(|l| l.starts_with(&format!("ferry/{}-serve:", self.name)))
+        {
+            assert!(!common::image_holds(image, SECRET.as_bytes()), "{image}");
+            assert!(!common::image_holds(image, encoded.as_bytes()), "{image}");
+        }
         let printed = self.printed.lock().unwrap();
         assert!(!printed.contains(SECRET), "{printed}");
         assert!(!printed.contains(&encoded), "{printed}");

@@ -860,6 +860,8 @@ async fn a_training_that_fails_in_the_cluster_is_recorded_and_its_job_deleted() 
         "{image}"
     );
     assert_eq!(pod["containers"][0]["image"], image);
+    // The secrets file stays out of the image the cluster pulls: no layer holds its value.
+    assert!(!common::image_holds(image, b"hunter2"));
     let head = reqwest::Client::new()
         .head(format!(
             "http://{}/v2/ml/{NAME}/manifests/{digest}",

@@ -183,3 +183,34 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
 }
+
+/// Whether any layer (or the config) of a local image holds `needle`: `docker save` writes the
+/// layers uncompressed, so a byte search sees every file the image carries.
+#[allow(dead_code)]
+pub fn image_holds(image: &str, needle: &[u8]) -> bool {
+    use std::io::Read;
+    let mut child = Command::new("docker")
+        .args(["save", image])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    // Keep the tail of the previous chunk, so a match across a chunk boundary is seen.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut found = false;
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        carry.extend_from_slice(&buf[..n]);
+        if carry.windows(needle.len()).any(|w| w == needle) {
+            found = true;
+        }
+        let keep = needle.len().saturating_sub(1).min(carry.len());
+        carry.drain(..carry.len() - keep);
+    }
+    assert!(child.wait().unwrap().success(), "docker save {image}");
+    found
+}
