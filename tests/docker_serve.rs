@@ -149,10 +149,10 @@ fn serve_predict_logs_down() {
     let inspect = docker(&[
         "inspect",
         "-f",
-        "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}}",
+        "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}}",
         id,
     ]);
-    assert_eq!(inspect, "65532:65532 true [ALL]");
+    assert_eq!(inspect, "65532:65532 true [ALL] [no-new-privileges]");
     // This engine runs on this kernel, so the server shares the host's network (no proxy) and
     // listens on loopback only.
     assert_eq!(
