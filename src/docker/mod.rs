@@ -86,7 +86,7 @@ fn connection_error(e: &bollard::errors::Error) -> Option<DockerError> {
             use std::io::ErrorKind as K;
             match io.kind() {
                 K::PermissionDenied => return Some(DockerError::PermissionDenied { host: host() }),
-                K::NotFound | K::ConnectionRefused | K::ConnectionReset | K::TimedOut => {
+                K::NotFound | K::ConnectionRefused | K::TimedOut => {
                     return Some(DockerError::Unreachable {
                         host: host(),
                         cause: io.to_string(),
@@ -118,7 +118,11 @@ fn lost_connection(e: &bollard::errors::Error) -> Option<String> {
             use std::io::ErrorKind as K;
             if matches!(
                 io.kind(),
-                K::BrokenPipe | K::UnexpectedEof | K::ConnectionAborted | K::NotConnected
+                K::ConnectionReset
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::ConnectionAborted
+                    | K::NotConnected
             ) {
                 return Some(io.to_string());
             }
@@ -223,6 +227,29 @@ mod tests {
             "{mapped:?}"
         );
         assert!(mapped.to_string().contains("systemctl start docker"));
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_hangs_up_mid_request_is_reported_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hangup.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            }
+        });
+        let docker =
+            Docker::connect_with_unix(&sock.to_string_lossy(), 5, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        let err = docker.version().await.unwrap_err();
+        let mapped = DockerError::api("asking for the version", err);
+        assert!(matches!(mapped, DockerError::Lost { .. }), "{mapped:?}");
+        assert!(
+            mapped.to_string().contains("while asking for the version"),
+            "{mapped}"
+        );
     }
 
     #[test]
