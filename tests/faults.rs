@@ -314,7 +314,7 @@ async fn the_daemon_lost_during_a_build_is_named_and_nothing_is_tagged() {
         "the build never reached the proxy: {}",
         stderr(&out)
     );
-    assert_clean_failure(&out, "Docker daemon");
+    assert_clean_failure(&out, "lost the connection to the Docker daemon");
     assert!(stderr(&out).contains(&proxy.host()), "{}", stderr(&out));
     assert_eq!(
         p.images(),
@@ -344,7 +344,7 @@ async fn the_daemon_lost_during_training_records_a_failed_run_and_keeps_the_mode
     let proxy = DockerProxy::start("/start", 0, Duration::from_secs(2));
     let out = ferry(p.root(), Some(&proxy.host()), &["train", "-f", "slow.yaml"]).await;
     assert!(proxy.was_cut(), "the run never started: {}", stderr(&out));
-    assert_clean_failure(&out, "Docker daemon");
+    assert_clean_failure(&out, "lost the connection to the Docker daemon");
     assert!(stderr(&out).contains(&proxy.host()), "{}", stderr(&out));
 
     let runs = ferry_ok(p.root(), &["runs"]).await;
