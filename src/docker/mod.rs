@@ -25,6 +25,14 @@ pub enum DockerError {
     )]
     Unreachable { host: String, cause: String },
     #[error(
+        "lost the connection to the Docker daemon at {host} while {action}: {cause}\n  hint: check that the daemon still runs (`docker info`); nothing half-made was kept, so run the command again once it answers"
+    )]
+    Lost {
+        host: String,
+        action: String,
+        cause: String,
+    },
+    #[error(
         "permission denied on the Docker socket {host}\n  hint: add your user to the docker group (`sudo usermod -aG docker $USER`, then log in again), or run with sudo"
     )]
     PermissionDenied { host: String },
@@ -39,17 +47,22 @@ pub enum DockerError {
 impl DockerError {
     /// Wraps an engine error that happened while doing `action`.
     pub fn api(action: impl Into<String>, e: bollard::errors::Error) -> DockerError {
+        let action = action.into();
         if let Some(conn) = connection_error(&e) {
             return conn;
+        }
+        if let Some(cause) = lost_connection(&e) {
+            return DockerError::Lost {
+                host: host(),
+                action,
+                cause,
+            };
         }
         let message = match &e {
             bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        DockerError::Api {
-            action: action.into(),
-            message,
-        }
+        DockerError::Api { action, message }
     }
 }
 
@@ -73,7 +86,7 @@ fn connection_error(e: &bollard::errors::Error) -> Option<DockerError> {
             use std::io::ErrorKind as K;
             match io.kind() {
                 K::PermissionDenied => return Some(DockerError::PermissionDenied { host: host() }),
-                K::NotFound | K::ConnectionRefused | K::ConnectionReset | K::TimedOut => {
+                K::NotFound | K::ConnectionRefused | K::TimedOut => {
                     return Some(DockerError::Unreachable {
                         host: host(),
                         cause: io.to_string(),
@@ -94,9 +107,47 @@ fn connection_error(e: &bollard::errors::Error) -> Option<DockerError> {
     None
 }
 
+/// A connection that broke after the daemon answered (it stopped, crashed or restarted in the
+/// middle of a request): hyper reports these as a body or message cut short, which says nothing
+/// about the daemon unless named as such.
+fn lost_connection(e: &bollard::errors::Error) -> Option<String> {
+    let mut chain = Vec::new();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::ConnectionReset
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::ConnectionAborted
+                    | K::NotConnected
+            ) {
+                return Some(io.to_string());
+            }
+        }
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    const CUT_SHORT: [&str; 5] = [
+        "connection closed before message completed",
+        "before message completed",
+        "error reading a body from connection",
+        "connection error",
+        "broken pipe",
+    ];
+    chain
+        .iter()
+        .find(|t| CUT_SHORT.iter().any(|c| t.to_lowercase().contains(c)))
+        .map(|_| chain.last().cloned().unwrap_or_default())
+}
+
 /// Connects to the engine the user's environment points at, and agrees on an API version.
+/// DOCKER_HOST decides the transport (`unix://`, `tcp://`, `http://`): bollard's local defaults
+/// would read only a `unix://` value and silently use the default socket for any other.
 pub async fn connect() -> Result<Docker, DockerError> {
-    let docker = Docker::connect_with_local_defaults().map_err(|e| {
+    let docker = Docker::connect_with_defaults().map_err(|e| {
         connection_error(&e).unwrap_or(DockerError::Unreachable {
             host: host(),
             cause: e.to_string(),
@@ -176,6 +227,29 @@ mod tests {
             "{mapped:?}"
         );
         assert!(mapped.to_string().contains("systemctl start docker"));
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_hangs_up_mid_request_is_reported_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hangup.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            }
+        });
+        let docker =
+            Docker::connect_with_unix(&sock.to_string_lossy(), 5, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        let err = docker.version().await.unwrap_err();
+        let mapped = DockerError::api("asking for the version", err);
+        assert!(matches!(mapped, DockerError::Lost { .. }), "{mapped:?}");
+        assert!(
+            mapped.to_string().contains("while asking for the version"),
+            "{mapped}"
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ async fn pull(docker: &Docker, reference: &str, ui: &Ui) -> Result<(), ImageErro
             }
             Err(e) => {
                 step.fail();
-                let message = match DockerError::api("pull", e) {
+                let message = match DockerError::api("pulling the base image", e) {
                     DockerError::Api { message, .. } => message,
                     other => return Err(other.into()),
                 };
@@ -501,7 +501,7 @@ pub(crate) async fn build(
 }
 
 fn build_error(e: bollard::errors::Error) -> String {
-    match DockerError::api("build", e) {
+    match DockerError::api("sending the build context and following the build", e) {
         DockerError::Api { message, .. } => message,
         other => other.to_string(),
     }

@@ -416,10 +416,16 @@ async fn run(
                 continue;
             }
             step.set_detail(format!("applying {}", t.label()));
-            let after = t
-                .patch(client, false, opts.force_conflicts)
-                .await
-                .map_err(|e| t.op("patch").error(e))?;
+            let after = match t.patch(client, false, opts.force_conflicts).await {
+                Ok(after) => after,
+                Err(e) => {
+                    let failure = t.op("patch").error(e);
+                    if out.objects.is_empty() {
+                        return Err(failure);
+                    }
+                    return Err(partly_applied(failure, targets, i, &skipped, &done, &out));
+                }
+            };
             let change = match &before[i] {
                 None => Change::Created,
                 Some(b) if unchanged(b, &after) => Change::Unchanged,
@@ -433,6 +439,65 @@ async fn run(
     let pruned = prune(client, namespace, selector, &keep, opts.dry_run, step).await?;
     out.objects.extend(pruned);
     Ok(out)
+}
+
+/// A write failed after others succeeded: the namespace holds part of the new revision, and the
+/// user must hear which part, since no rollback can be trusted to reach a server that just
+/// went away.
+fn partly_applied(
+    failure: KubeError,
+    targets: &[Target],
+    failed: usize,
+    skipped: &[bool],
+    done: &[bool],
+    out: &Applied,
+) -> KubeError {
+    let lost = matches!(failure, KubeError::Disconnected { .. });
+    let mut not_applied: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i > failed && !skipped[i] && !done[i])
+        .map(|(_, t)| t.label())
+        .collect();
+    let unsure = if lost {
+        Some(targets[failed].label())
+    } else {
+        not_applied.insert(0, targets[failed].label());
+        None
+    };
+    KubeError::PartlyApplied {
+        failure: Box::new(failure),
+        applied: out.objects.iter().map(Outcome::to_string).collect(),
+        unsure,
+        not_applied,
+    }
+}
+
+pub(crate) fn partly_applied_report(
+    failure: &KubeError,
+    applied: &[String],
+    unsure: Option<&str>,
+    not_applied: &[String],
+) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = format!(
+        "{failure}\n  applied before that: {}\n  not applied: {}",
+        list(applied),
+        list(not_applied)
+    );
+    if let Some(u) = unsure {
+        out.push_str(&format!(
+            "\n  unknown: {u} (the connection broke during its write)"
+        ));
+    }
+    out.push_str("\n  hint: once the API server answers, run the same command again (applying twice is harmless), and `ferry status ENV` shows what the cluster runs meanwhile");
+    out
 }
 
 /// Applies `which` targets with `dryRun=All`, every one of them even after a failure, so the

@@ -109,6 +109,14 @@ pub enum KubeError {
         /// Set when the namespace had to be created before its objects could be checked.
         created_namespace: Option<String>,
     },
+    #[error("{}", apply::partly_applied_report(failure, applied, unsure.as_deref(), not_applied))]
+    PartlyApplied {
+        failure: Box<KubeError>,
+        applied: Vec<String>,
+        /// The object whose write broke off: it may or may not have reached the server.
+        unsure: Option<String>,
+        not_applied: Vec<String>,
+    },
     #[error("interrupted while {action}")]
     Interrupted { action: String },
     #[error("{}", rollout::failure_report(reason, details, logs))]

@@ -149,7 +149,18 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
                 Err(e) => Err(e),
             };
             let _ = docker::remove_container(&docker, &cid).await;
-            exit?
+            match exit {
+                Ok(exit) => exit,
+                Err(e) => {
+                    // The daemon went away (or failed) mid-run: how the command ended is
+                    // unknown, so the run failed; its log so far is kept, its outputs are not.
+                    let _ = log.flush();
+                    let _ = std::fs::remove_dir_all(&staging);
+                    record(Status::Failed, None, Some(e.to_string()), vec![])
+                        .save(&project.root)?;
+                    return Err(e.into());
+                }
+            }
         }
     };
     let _ = log.flush();

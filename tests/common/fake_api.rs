@@ -72,8 +72,14 @@ impl Seen {
     }
 }
 
+type Cut = Box<dyn Fn(&Seen) -> bool + Send + Sync>;
+
 #[derive(Default)]
 struct State {
+    /// When a request matches, the server goes away (see `FakeApi::cut_at`).
+    cut: Mutex<Option<Cut>>,
+    down: std::sync::atomic::AtomicBool,
+    serving: Mutex<Option<tokio::task::AbortHandle>>,
     routes: Mutex<Vec<Route>>,
     seen: Mutex<Vec<Seen>>,
     /// `None`: only the routes answer.
@@ -91,9 +97,7 @@ impl FakeApi {
         let state = Arc::new(State::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let s = state.clone();
-        let app = axum::Router::new().fallback(move |req: Request| handle(s.clone(), req));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        serve(state.clone(), listener);
         let fake = FakeApi {
             addr,
             state,
@@ -175,6 +179,30 @@ impl FakeApi {
         });
     }
 
+    /// From the first request `when` matches on, the server is gone: that request and every
+    /// later one on an open connection has its connection cut without an answer (and is not
+    /// stored), and new connections are refused.
+    pub fn cut_at(&self, when: impl Fn(&Seen) -> bool + Send + Sync + 'static) {
+        *self.state.cut.lock().unwrap() = Some(Box::new(when));
+    }
+
+    /// The server back on the same address, with what it stored before the cut.
+    pub async fn restore(&self) {
+        *self.state.cut.lock().unwrap() = None;
+        if let Some(h) = self.state.serving.lock().unwrap().take() {
+            h.abort();
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.state
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        serve(self.state.clone(), listener);
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.state.down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -230,6 +258,26 @@ current-context: fake
     path
 }
 
+fn serve(state: Arc<State>, listener: tokio::net::TcpListener) {
+    let s = state.clone();
+    let app = axum::Router::new().fallback(move |req: Request| handle(s.clone(), req));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    *state.serving.lock().unwrap() = Some(task.abort_handle());
+}
+
+/// An answer that never completes: hyper drops the connection when its body fails.
+fn cut_connection() -> Response {
+    let fail = futures_util::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other("the server went away"))
+    });
+    Response::builder()
+        .status(200)
+        .body(Body::from_stream(fail))
+        .unwrap()
+}
+
 async fn handle(state: Arc<State>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query: Vec<(String, String)> = Query::try_from_uri(&parts.uri)
@@ -253,6 +301,19 @@ async fn handle(state: Arc<State>, req: Request) -> Response {
         accept: header(header::ACCEPT),
         body: serde_json::from_slice(&bytes).ok(),
     };
+    {
+        use std::sync::atomic::Ordering;
+        let matches = state.cut.lock().unwrap().as_ref().is_some_and(|f| f(&seen));
+        if matches && !state.down.swap(true, Ordering::SeqCst) {
+            // Closing the listener: new connections are refused from now on.
+            if let Some(h) = state.serving.lock().unwrap().take() {
+                h.abort();
+            }
+        }
+        if state.down.load(Ordering::SeqCst) {
+            return cut_connection();
+        }
+    }
     state.seen.lock().unwrap().push(seen.clone());
 
     let reply = {

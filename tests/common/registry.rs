@@ -25,6 +25,7 @@ pub fn registry_binary() -> Option<PathBuf> {
 pub struct Registry {
     child: Child,
     pub host: String,
+    binary: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -56,7 +57,7 @@ impl Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(binary)
+        let child = Command::new(&binary)
             .arg("serve")
             .arg(&config_path)
             .stdout(log.try_clone().unwrap())
@@ -66,6 +67,7 @@ impl Registry {
         let mut registry = Registry {
             child,
             host,
+            binary,
             _dir: dir,
         };
         registry.wait_ready().await;
@@ -91,6 +93,34 @@ impl Registry {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Where the registry keeps blobs, manifests and uploads in progress.
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("storage")
+    }
+
+    /// Kills the registry process (SIGKILL: it gets no chance to finish anything).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same address with the same storage.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join("registry.log"))
+            .unwrap();
+        self.child = Command::new(&self.binary)
+            .arg("serve")
+            .arg(self._dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_ready().await;
     }
 
     pub fn log(&self) -> String {
