@@ -27,7 +27,7 @@ pub mod plan;
 #[cfg(feature = "cli")]
 pub mod predict;
 pub mod server;
-#[cfg(feature = "cli")]
+#[cfg(feature = "spec")]
 pub mod spec;
 #[cfg(feature = "cli")]
 pub mod templates;

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::VariantMetrics;
 use super::model::{HostTensor, Signature};
-use super::tensor::OutputView;
+use super::tensor::{OutputView, TensorData};
 
 /// A job's requested outputs as (output index, tensor), in the order asked for.
 pub(crate) type Outputs = Vec<(usize, HostTensor)>;
@@ -221,10 +221,7 @@ pub(crate) struct Worker {
     pub label: String,
 }
 
-/// Outcome of one merged run whose outputs could not be split by rows.
-struct NotPerRow(String);
-
-enum RunError {
+pub(crate) enum RunError {
     /// The merged run worked but its outputs do not have one row per input row.
     NotPerRow(String),
     Failed(String),
@@ -366,52 +363,10 @@ impl Worker {
     fn run_merged(&mut self, batch: &[Job]) -> Result<Vec<Outputs>, RunError> {
         let rows: Vec<usize> = batch.iter().map(|j| j.rows.unwrap_or(0)).collect();
         let total: usize = rows.iter().sum();
-        let mut merged = Vec::with_capacity(batch[0].inputs.len());
-        for (i, first) in batch[0].inputs.iter().enumerate() {
-            let mut data = super::tensor::TensorData::with_capacity(
-                first.data.datatype(),
-                first.data.len() / rows[0].max(1) * total,
-            );
-            for job in batch {
-                data.extend_from(&job.inputs[i].data)
-                    .map_err(|e| RunError::Failed(e.to_string()))?;
-            }
-            let mut shape = first.shape.clone();
-            shape[0] = total;
-            merged.push(HostTensor { shape, data });
-        }
-        self.infer(merged, total, |views| {
-            if let Some((shape, _)) = views.iter().find(|(shape, _)| shape.first() != Some(&total)) {
-                return Err(NotPerRow(format!(
-                    "a merged run of {total} rows returned an output of shape {shape:?}, so its rows cannot be split back"
-                )));
-            }
-            let mut offset = 0;
-            let results = batch
-                .iter()
-                .zip(&rows)
-                .map(|(job, &n)| {
-                    let part = job
-                        .outputs
-                        .iter()
-                        .map(|&o| {
-                            let (shape, view) = &views[o];
-                            let row_len: usize = shape[1..].iter().product();
-                            let mut part_shape = shape.clone();
-                            part_shape[0] = n;
-                            let tensor = HostTensor {
-                                shape: part_shape,
-                                data: view.copy(offset * row_len..(offset + n) * row_len),
-                            };
-                            (o, tensor)
-                        })
-                        .collect();
-                    offset += n;
-                    part
-                })
-                .collect();
-            Ok(results)
-        })
+        let inputs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
+        let wanted: Vec<&[usize]> = batch.iter().map(|j| j.outputs.as_slice()).collect();
+        let merged = merge_inputs(&inputs, &rows).map_err(RunError::Failed)?;
+        self.infer(merged, total, |views| split_outputs(views, &rows, &wanted))
     }
 
     /// Runs the session and hands all outputs to `split` while ONNX Runtime still owns them,
@@ -420,7 +375,7 @@ impl Worker {
         &mut self,
         inputs: Vec<HostTensor>,
         rows: usize,
-        split: impl FnOnce(&[(Vec<usize>, OutputView<'_>)]) -> Result<T, NotPerRow>,
+        split: impl FnOnce(&[(Vec<usize>, OutputView<'_>)]) -> Result<T, RunError>,
     ) -> Result<T, RunError> {
         let values = inputs
             .into_iter()
@@ -445,8 +400,81 @@ impl Worker {
                 .map_err(|e| RunError::Failed(format!("output '{}': {e}", spec.name)))?;
             views.push(view);
         }
-        split(&views).map_err(|NotPerRow(reason)| RunError::NotPerRow(reason))
+        split(&views)
     }
+}
+
+/// Concatenates the jobs' inputs (`inputs[j]` is job `j`'s, in the session's order, with
+/// `rows[j]` rows) along the first axis into one batch.
+pub(crate) fn merge_inputs(
+    inputs: &[&[HostTensor]],
+    rows: &[usize],
+) -> Result<Vec<HostTensor>, String> {
+    let Some(first_job) = inputs.first() else {
+        return Ok(Vec::new());
+    };
+    let total: usize = rows.iter().sum();
+    let first_rows = rows.first().copied().unwrap_or(0).max(1);
+    let mut merged = Vec::with_capacity(first_job.len());
+    for (i, first) in first_job.iter().enumerate() {
+        let mut data =
+            TensorData::with_capacity(first.data.datatype(), first.data.len() / first_rows * total);
+        for job in inputs {
+            // Compatible jobs have the same inputs; anything else is refused, not indexed.
+            let tensor = job
+                .get(i)
+                .ok_or_else(|| format!("a merged job lacks input {i}"))?;
+            data.extend_from(&tensor.data).map_err(|e| e.to_string())?;
+        }
+        let mut shape = first.shape.clone();
+        let Some(batch_axis) = shape.first_mut() else {
+            return Err(format!("input {i} is a scalar, which cannot be batched"));
+        };
+        *batch_axis = total;
+        merged.push(HostTensor { shape, data });
+    }
+    Ok(merged)
+}
+
+/// Splits the outputs of a merged run back by rows: for job `j` (`rows[j]` rows), the outputs
+/// `wanted[j]` in that order. Outputs without one row per input row cannot be split
+/// ([`RunError::NotPerRow`]).
+pub(crate) fn split_outputs(
+    views: &[(Vec<usize>, OutputView<'_>)],
+    rows: &[usize],
+    wanted: &[&[usize]],
+) -> Result<Vec<Outputs>, RunError> {
+    let total: usize = rows.iter().sum();
+    if let Some((shape, _)) = views
+        .iter()
+        .find(|(shape, _)| shape.first() != Some(&total))
+    {
+        return Err(RunError::NotPerRow(format!(
+            "a merged run of {total} rows returned an output of shape {shape:?}, so its rows cannot be split back"
+        )));
+    }
+    let mut offset = 0;
+    let mut results = Vec::with_capacity(rows.len());
+    for (outputs, &n) in wanted.iter().zip(rows) {
+        let mut part = Vec::with_capacity(outputs.len());
+        for &o in *outputs {
+            let (shape, view) = views
+                .get(o)
+                .ok_or_else(|| RunError::Failed(format!("the model has no output {o}")))?;
+            // The first dimension is `total` (checked above), so the view holds every row.
+            let row_len: usize = shape[1..].iter().product();
+            let mut part_shape = shape.clone();
+            part_shape[0] = n;
+            let tensor = HostTensor {
+                shape: part_shape,
+                data: view.copy(offset * row_len..(offset + n) * row_len),
+            };
+            part.push((o, tensor));
+        }
+        results.push(part);
+        offset += n;
+    }
+    Ok(results)
 }
 
 /// Admission to a worker's queue; the counterpart of [`Worker::run`]'s accounting.

@@ -21,6 +21,8 @@
 
 mod batch;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod metrics;
 mod model;

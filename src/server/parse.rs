@@ -57,8 +57,7 @@ pub(crate) fn parse_infer(
 }
 
 /// The general parser alone (tests compare it with [`parse_infer`]).
-#[cfg(test)]
-fn parse_infer_general(
+pub(crate) fn parse_infer_general(
     body: &[u8],
     json_length: Option<usize>,
     max_elements: usize,
@@ -112,8 +111,7 @@ pub(crate) fn parse_instances(
     finish_instances(parsed, datatype)
 }
 
-#[cfg(test)]
-fn parse_instances_general(
+pub(crate) fn parse_instances_general(
     body: &[u8],
     datatype: DataType,
     max_elements: usize,

@@ -473,6 +473,27 @@ impl<'a> OutputView<'a> {
         Ok((dims, view))
     }
 
+    /// A view of a host buffer, as if ONNX Runtime had returned it: the fuzz tests split
+    /// batches without a model.
+    pub(crate) fn of(data: &'a TensorData) -> OutputView<'a> {
+        use half::slice::HalfFloatSliceExt;
+        match data {
+            TensorData::Bool(v) => OutputView::Bool(v),
+            TensorData::Uint8(v) => OutputView::Uint8(v),
+            TensorData::Uint16(v) => OutputView::Uint16(v),
+            TensorData::Uint32(v) => OutputView::Uint32(v),
+            TensorData::Uint64(v) => OutputView::Uint64(v),
+            TensorData::Int8(v) => OutputView::Int8(v),
+            TensorData::Int16(v) => OutputView::Int16(v),
+            TensorData::Int32(v) => OutputView::Int32(v),
+            TensorData::Int64(v) => OutputView::Int64(v),
+            TensorData::Fp16(v) => OutputView::Fp16(v.reinterpret_cast()),
+            TensorData::Fp32(v) => OutputView::Fp32(v),
+            TensorData::Fp64(v) => OutputView::Fp64(v),
+            TensorData::Bytes(v) => OutputView::Bytes(v.clone()),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             OutputView::Bool(v) => v.len(),

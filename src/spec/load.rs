@@ -243,12 +243,16 @@ pub(super) fn load(file: &Path, env: Option<&str>) -> Result<Project, SpecError>
             });
         }
     };
+    load_str(&text, file, env)
+}
+
+pub(super) fn load_str(text: &str, file: &Path, env: Option<&str>) -> Result<Project, SpecError> {
     let root = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let root = std::path::absolute(&root).unwrap_or(root);
-    let (spec, envs) = parse(&text, file, &root)?;
+    let (spec, envs) = parse(text, file, &root)?;
 
     let env_name = match env {
         Some(e) => Some(e.to_string()),
@@ -271,7 +275,7 @@ pub(super) fn load(file: &Path, env: Option<&str>) -> Result<Project, SpecError>
     Ok(Project {
         root,
         file: file.to_path_buf(),
-        environments: file_order(&text, &spec),
+        environments: file_order(text, &spec),
         spec: resolved,
     })
 }

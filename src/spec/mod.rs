@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hash::{SpecHash, hash_project, model_files, path_digest, referenced_files, sha256_file};
 pub use load::{Problem, SpecError};
+#[cfg(feature = "cli")]
 pub(crate) use load::{did_you_mean, is_dns_label};
 pub use paths::RelPath;
 pub use quantity::{Cpu, Memory};
@@ -339,6 +340,13 @@ impl Project {
     /// convention), otherwise the base spec.
     pub fn load(file: &Path, env: Option<&str>) -> Result<Project, SpecError> {
         load::load(file, env)
+    }
+
+    /// As [`Project::load`], with the spec's text already read: `file` is where it lives (its
+    /// directory is the project root, where referenced files are looked up) and names it in
+    /// messages. The fuzz tests drive the loader through this.
+    pub fn load_str(text: &str, file: &Path, env: Option<&str>) -> Result<Project, SpecError> {
+        load::load_str(text, file, env)
     }
 
     /// Finds `ferry.yaml` in `dir` (no walking up: the project is where the user is).
