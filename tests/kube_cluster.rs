@@ -155,6 +155,20 @@ async fn predict(root: &Path, c: &Cluster, url: &str) -> Value {
     answer["outputs"].clone()
 }
 
+/// The answer of a ready server pod running `image`, through a port-forward to it.
+async fn cluster_prediction(
+    root: &Path,
+    c: &Cluster,
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    image: &str,
+) -> Value {
+    let pod = server_pod(client, ns, name, image).await;
+    let port = forward(client.clone(), ns, &pod, 8080).await;
+    predict(root, c, &format!("http://127.0.0.1:{port}")).await
+}
+
 /// The same model served on this machine (`ferry serve --native`): its answer.
 async fn local_prediction(root: &Path, c: &Cluster) -> Value {
     struct Kill(Child);
@@ -250,9 +264,7 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     );
     assert_eq!(deployment_image(client, ns, name).await, image1);
 
-    let pod = server_pod(client, ns, name, &image1).await;
-    let port = forward(client.clone(), ns, &pod, 8080).await;
-    let remote = predict(root, c, &format!("http://127.0.0.1:{port}")).await;
+    let remote = cluster_prediction(root, c, client, ns, name, &image1).await;
     let local = local_prediction(root, c).await;
     assert_eq!(remote, local, "the cluster answers as this machine does");
     assert!(remote.as_array().is_some_and(|o| !o.is_empty()), "{remote}");
@@ -277,10 +289,8 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     let image2 = second["image"].as_str().unwrap().to_string();
     assert_ne!(image1, image2);
     assert_eq!(deployment_image(client, ns, name).await, image2);
-    let pod = server_pod(client, ns, name, &image2).await;
-    let port = forward(client.clone(), ns, &pod, 8080).await;
     assert_eq!(
-        predict(root, c, &format!("http://127.0.0.1:{port}")).await,
+        cluster_prediction(root, c, client, ns, name, &image2).await,
         local
     );
 
@@ -297,10 +307,8 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     assert!(err.contains("cannot be scheduled"), "{err}");
     assert!(err.contains("put back revision 2"), "{err}");
     assert_eq!(deployment_image(client, ns, name).await, image2);
-    let pod = server_pod(client, ns, name, &image2).await;
-    let port = forward(client.clone(), ns, &pod, 8080).await;
     assert_eq!(
-        predict(root, c, &format!("http://127.0.0.1:{port}")).await,
+        cluster_prediction(root, c, client, ns, name, &image2).await,
         local
     );
 
