@@ -4,15 +4,20 @@
 //! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
 //! runs the dev and training loops on it; `kube` is the cluster backend and `cluster` drives
 //! it; `lock` keeps `ferry.lock`, what each environment runs; `onnx` checks models with ONNX
-//! Runtime; `templates` holds the embedded project templates; `cli` is the thin command-line
+//! Runtime; `templates` holds the embedded project templates; `ci`, `monitoring` and `doctor` write
+//! the CI workflow, the monitoring files and the machine check; `cli` is the thin command-line
 //! edge.
 
+#[cfg(feature = "cli")]
+pub mod ci;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "cli")]
 pub mod cluster;
 #[cfg(feature = "cli")]
 pub mod docker;
+#[cfg(feature = "cli")]
+pub mod doctor;
 #[cfg(feature = "cli")]
 pub mod images;
 #[cfg(feature = "cli")]
@@ -21,6 +26,8 @@ pub mod kube;
 pub mod local;
 #[cfg(feature = "cli")]
 pub mod lock;
+#[cfg(feature = "cli")]
+pub mod monitoring;
 pub mod onnx;
 #[cfg(feature = "cli")]
 pub mod plan;

@@ -57,6 +57,9 @@ enum Command {
         /// Write into a non-empty directory (same-named files are replaced).
         #[arg(long)]
         force: bool,
+        /// Leave out the GitHub Actions workflow (`.github/workflows/ferry.yml`).
+        #[arg(long)]
+        no_ci: bool,
     },
     /// List the templates.
     Templates,
@@ -203,6 +206,40 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Write the GitHub Actions workflow for the spec's environments (`ferry init` writes one):
+    /// build, test, train, promote.
+    Ci {
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+        /// Replace a workflow that differs from the one this spec gives (edits are lost).
+        #[arg(long, conflicts_with = "stdout")]
+        force: bool,
+        /// Print the workflow instead of writing it.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// Write a Prometheus scrape config and a Grafana dashboard for the model server.
+    Monitoring {
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+        /// Only this environment (default: every environment that serves a model).
+        #[arg(short = 'e', long = "env", value_name = "ENV")]
+        env: Option<String>,
+        /// Where the two files go.
+        #[arg(short, long, default_value = "monitoring", value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print a completion script for a shell (e.g. `ferry completions bash > ~/.local/share/bash-completion/completions/ferry`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Check what ferry needs on this machine (Docker, ONNX Runtime, debootstrap, Python) and,
+    /// in a project, its registries and cluster contexts; each problem with its fix.
+    Doctor {
+        #[arg(short = 'f', long = "file", default_value = SPEC_FILE, value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Show the logs of this project's containers (server, notebook).
     Logs {
         #[command(flatten)]
@@ -286,6 +323,12 @@ enum CliError {
     Lock(#[from] crate::lock::LockError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Ci(#[from] crate::ci::CiError),
+    #[error(transparent)]
+    Monitoring(#[from] crate::monitoring::MonitoringError),
+    #[error("{failed} of {total} checks failed; the fix for each is above")]
+    ChecksFailed { failed: usize, total: usize },
 }
 
 impl From<crate::cluster::ClusterError> for CliError {
@@ -301,6 +344,13 @@ impl CliError {
             _ => 1,
         }
     }
+}
+
+/// The command line's definition, for completions and for checking `ferry …` lines written
+/// elsewhere (the CI workflow).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 /// Runs ferry with the process's arguments; returns the exit code.
@@ -324,7 +374,8 @@ pub fn main() -> i32 {
 }
 
 fn report(e: &CliError, mode: OutputMode) {
-    if mode == OutputMode::Json {
+    // The doctor's report is already the JSON result; a second document would break parsers.
+    if mode == OutputMode::Json && !matches!(e, CliError::ChecksFailed { .. }) {
         let j = serde_json::json!({ "error": e.to_string() });
         println!("{j}");
     }
@@ -486,8 +537,13 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             name,
             offline,
             force,
+            no_ci,
         } => {
-            let created = templates::init(&dir, &template, name.as_deref(), offline, force)?;
+            let mut created = templates::init(&dir, &template, name.as_deref(), offline, force)?;
+            if !no_ci {
+                created.files.push(crate::ci::init(&dir)?);
+                created.files.sort();
+            }
             if ui.mode() == OutputMode::Json {
                 print_json(&created);
             } else {
@@ -884,6 +940,62 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 if let Some(v) = answer.variant {
                     ui.info(format!("(variant {v})"));
                 }
+            }
+        }
+        Command::Ci {
+            file,
+            force,
+            stdout,
+        } => {
+            let project = Project::load(&file, None)?;
+            if stdout {
+                print!("{}", crate::ci::workflow(&project)?);
+            } else {
+                let w = crate::ci::write(&project, force)?;
+                if ui.mode() == OutputMode::Json {
+                    print_json(&w);
+                } else {
+                    ui.info(format!(
+                        "{} {} {}",
+                        console::style("✓").green(),
+                        w.path.display(),
+                        if w.changed { "written" } else { "up to date" }
+                    ));
+                }
+            }
+        }
+        Command::Monitoring { file, env, out } => {
+            let project = Project::load(&file, None)?;
+            let written = crate::monitoring::write(&project, env.as_deref(), &out)?;
+            if ui.mode() == OutputMode::Json {
+                print_json(&written);
+            } else {
+                for f in &written.files {
+                    ui.info(format!("{} wrote {}", console::style("✓").green(), f.display()));
+                }
+                ui.info(format!(
+                    "scraping: {}; import the dashboard in Grafana (Dashboards → New → Import)",
+                    written.jobs.join(", ")
+                ));
+            }
+        }
+        Command::Completions { shell } => {
+            let mut cmd = crate::cli::command();
+            clap_complete::generate(shell, &mut cmd, "ferry", &mut std::io::stdout());
+        }
+        Command::Doctor { file } => {
+            let report = runtime()?.block_on(crate::doctor::run(&file, ui));
+            if ui.mode() == OutputMode::Json {
+                print_json(&report);
+            } else {
+                crate::doctor::print(&report, ui);
+            }
+            let failed = report.failed();
+            if failed > 0 {
+                return Err(CliError::ChecksFailed {
+                    failed,
+                    total: report.checks.len(),
+                });
             }
         }
         Command::Logs {

@@ -779,7 +779,7 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Effective uid 0? `None` when it cannot be told (then debootstrap reports it itself).
-fn is_root() -> Option<bool> {
+pub(crate) fn is_root() -> Option<bool> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     let effective = uids.split_whitespace().nth(1)?;
@@ -787,7 +787,7 @@ fn is_root() -> Option<bool> {
 }
 
 /// Looks for `name` on PATH and in the sbin directories, which a sudo'd PATH may lack.
-fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))

@@ -420,7 +420,7 @@ fn stream_error(
 /// Turns the engine's message for a failed push into an error that says what to do. The
 /// messages are Go errors from the engine's registry client, e.g.
 /// `Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`.
-fn classify(
+pub(crate) fn classify(
     registry: &str,
     target: &str,
     message: String,
@@ -689,6 +689,18 @@ pub fn docker_config_dir() -> Option<PathBuf> {
         Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
         _ => dirs::home_dir().map(|h| h.join(".docker")),
     }
+}
+
+/// The credentials the Docker config holds for `registry`, and where they come from (a file,
+/// or a credential helper); `None` when it has none. For `ferry doctor`.
+pub fn credentials_for(registry: &str) -> Result<Option<(String, DockerCredentials)>, PushError> {
+    let Some(dir) = docker_config_dir() else {
+        return Ok(None);
+    };
+    let found = lookup_credentials(&dir, registry, &|helper, server| {
+        run_helper(&format!("docker-credential-{helper}"), server)
+    })?;
+    Ok(found.credentials.map(|f| (f.from, f.credentials)))
 }
 
 /// The parts of `config.json` that hold credentials.
