@@ -170,7 +170,10 @@ pub fn workflow(project: &Project) -> Result<String, CiError> {
     let ferry = if bootstrap { "sudo -E ferry" } else { "ferry" };
     let mut jobs: Vec<(Vec<String>, String, Value)> = Vec::new();
     let mut steps = install_steps(bootstrap);
-    steps.push(step_run("Check the spec (every environment)", "ferry validate"));
+    steps.push(step_run(
+        "Check the spec (every environment)",
+        "ferry validate",
+    ));
     steps.push(step_run("Build the images", &format!("{ferry} build")));
     steps.push(step_run(
         "Run the project's tests in the project image",
@@ -305,7 +308,10 @@ pub fn workflow(project: &Project) -> Result<String, CiError> {
             &format!("Promote to {}", p.env),
             &format!("ferry promote {}{yes}", p.env),
         ));
-        steps.push(step_run("What runs there now", &format!("ferry status {}", p.env)));
+        steps.push(step_run(
+            "What runs there now",
+            &format!("ferry status {}", p.env),
+        ));
         steps.push(step_uses(
             &format!("Keep what {} runs for the next promotion", p.env),
             "actions/upload-artifact@v4",
@@ -406,7 +412,10 @@ fn header(name: &str, trains: bool, promotions: &[Promotion], no_serve: &[String
     match promotions {
         [] => {
             h.push(String::new());
-            h.push("Nothing is promoted: ferry.yaml has no `target: kubernetes` environment that".into());
+            h.push(
+                "Nothing is promoted: ferry.yaml has no `target: kubernetes` environment that"
+                    .into(),
+            );
             h.push("serves a model. Add a serve: section and environments such as".into());
             h.push("  staging:    { target: kubernetes, context: staging, namespace: NAME-staging, registry: HOST/PATH }".into());
             h.push("  production: { target: kubernetes, context: prod, namespace: NAME, registry: HOST/PATH }".into());
@@ -435,7 +444,10 @@ fn header(name: &str, trains: bool, promotions: &[Promotion], no_serve: &[String
     }
     h.push(String::new());
     h.push("Set up once, in the repository's Settings → Secrets and variables → Actions:".into());
-    h.push("  variable FERRY_REPOSITORY  the git URL of ferry's source; its install.sh builds ferry".into());
+    h.push(
+        "  variable FERRY_REPOSITORY  the git URL of ferry's source; its install.sh builds ferry"
+            .into(),
+    );
     h.push("                             and fetches ONNX Runtime on the runner".into());
     h.push("  variable FERRY_VERSION     the tag or commit of ferry to install (the build is cached by it)".into());
     if !promotions.is_empty() {
@@ -450,7 +462,9 @@ fn header(name: &str, trains: bool, promotions: &[Promotion], no_serve: &[String
                 .unwrap_or_default()
         )];
         if let Some(host) = &p.registry_host {
-            needs.push(format!("REGISTRY_USERNAME and REGISTRY_PASSWORD for {host}"));
+            needs.push(format!(
+                "REGISTRY_USERNAME and REGISTRY_PASSWORD for {host}"
+            ));
         }
         if let Some(f) = &p.secrets_file {
             needs.push(format!("FERRY_SECRETS (the lines of {f})"));

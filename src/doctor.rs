@@ -327,18 +327,21 @@ fn onnx_check(project: Option<&Project>) -> Check {
             crate::onnx::DYLIB_ENV
         ));
     }
-    // ort reads the build string through a pointer the library hands out; guard against a
-    // malformed one rather than trust it.
-    let build = std::panic::catch_unwind(ort::info).unwrap_or_default();
-    let version = build
-        .split(',')
-        .find_map(|p| p.trim().strip_prefix("git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| "(version unknown)".into());
+    let version = library_version(&path)
+        .or_else(|| {
+            // ort reads the build string through a pointer the library hands out; guard
+            // against a malformed one rather than trust it.
+            let build = std::panic::catch_unwind(ort::info).unwrap_or_default();
+            build
+                .split(',')
+                .find_map(|p| p.trim().strip_prefix("git-branch=rel-"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "version unknown".into());
     let providers = execution_providers();
     let cuda = providers.iter().any(|p| p == "CUDAExecutionProvider");
     let detail = format!(
-        "{version} at {}; execution providers: {}; CUDA provider: {}",
+        "ONNX Runtime {version} at {}; execution providers: {}; CUDA provider: {}",
         path.display(),
         providers
             .iter()
@@ -366,6 +369,19 @@ fn onnx_check(project: Option<&Project>) -> Check {
         .fix("install a GPU build of ONNX Runtime (with the CUDA provider) and point ORT_DYLIB_PATH at it");
     }
     Check::new(name, Status::Ok, detail)
+}
+
+/// The version in the library's real file name: releases ship `libonnxruntime.so.1.32.0` with
+/// `libonnxruntime.so` a link to it (the build string often says only `git-branch=HEAD`).
+fn library_version(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let name = real.file_name()?.to_str()?;
+    let v = name
+        .strip_prefix("libonnxruntime.so.")
+        .or_else(|| name.strip_prefix("libonnxruntime.")?.strip_suffix(".dylib"))?;
+    v.split('.')
+        .all(|p| p.parse::<u32>().is_ok())
+        .then(|| v.to_string())
 }
 
 /// The execution providers the loaded library was built with (`CPUExecutionProvider`,
@@ -525,10 +541,7 @@ async fn registry_check(
             return Check::new(
                 name,
                 Status::Fail,
-                format!(
-                    "{host} did not answer within {}s",
-                    REMOTE_TIMEOUT.as_secs()
-                ),
+                format!("{host} did not answer within {}s", REMOTE_TIMEOUT.as_secs()),
             )
             .fix(format!(
                 "check the address in environments.{}.registry and the network (VPN, proxy)",
@@ -545,9 +558,14 @@ async fn registry_check(
         }
     };
     let lower = message.to_ascii_lowercase();
-    if ["manifest unknown", "not found", "name unknown", "does not exist"]
-        .iter()
-        .any(|m| lower.contains(m))
+    if [
+        "manifest unknown",
+        "not found",
+        "name unknown",
+        "does not exist",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
     {
         return Check::new(name, Status::Ok, format!("{host} answers; {login}"));
     }
@@ -722,7 +740,10 @@ mod tests {
             Status::Fail,
             "cannot reach the Docker daemon at unix:///x: gone\n  hint: start it",
         );
-        assert_eq!(c.detail, "cannot reach the Docker daemon at unix:///x: gone");
+        assert_eq!(
+            c.detail,
+            "cannot reach the Docker daemon at unix:///x: gone"
+        );
         assert_eq!(c.fix.as_deref(), Some("start it"));
     }
 

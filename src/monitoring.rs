@@ -59,19 +59,21 @@ pub struct Written {
 /// same names are replaced, as they are generated.
 pub fn write(project: &Project, env: Option<&str>, out: &Path) -> Result<Written, MonitoringError> {
     let (config, jobs) = prometheus_config(project, env)?;
-    let dashboard = serde_json::to_string_pretty(&dashboard(project)).map_err(|e| {
-        MonitoringError::Encode {
+    let dashboard =
+        serde_json::to_string_pretty(&dashboard(project)).map_err(|e| MonitoringError::Encode {
             what: "the dashboard",
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |source| MonitoringError::Write { path, source }
     };
     std::fs::create_dir_all(out).map_err(werr(out))?;
     let mut files = Vec::new();
-    for (name, text) in [(PROMETHEUS_FILE, config), (DASHBOARD_FILE, dashboard + "\n")] {
+    for (name, text) in [
+        (PROMETHEUS_FILE, config),
+        (DASHBOARD_FILE, dashboard + "\n"),
+    ] {
         let path = out.join(name);
         std::fs::write(&path, text).map_err(werr(&path))?;
         files.push(path);
@@ -133,7 +135,10 @@ pub fn prometheus_config(
                             ),
                             (
                                 "labels",
-                                ymap([(PROJECT_LABEL, ys(name)), (ENVIRONMENT_LABEL, ys(&env_name))]),
+                                ymap([
+                                    (PROJECT_LABEL, ys(name)),
+                                    (ENVIRONMENT_LABEL, ys(&env_name)),
+                                ]),
                             ),
                         ])]),
                     ),
@@ -225,7 +230,10 @@ fn kubernetes_job(job: &str, project: &str, env: &str, namespace: &str) -> Yaml 
             "relabel_configs",
             Yaml::Sequence(vec![
                 rule(vec![
-                    ("source_labels", sources(&[meta("annotation", SCRAPE_ANNOTATION)])),
+                    (
+                        "source_labels",
+                        sources(&[meta("annotation", SCRAPE_ANNOTATION)]),
+                    ),
                     ("action", ys("keep")),
                     ("regex", ys("true")),
                 ]),
@@ -242,12 +250,18 @@ fn kubernetes_job(job: &str, project: &str, env: &str, namespace: &str) -> Yaml 
                     ("regex", ys(format!("{project};server;{env}"))),
                 ]),
                 rule(vec![
-                    ("source_labels", sources(&["__meta_kubernetes_pod_phase".into()])),
+                    (
+                        "source_labels",
+                        sources(&["__meta_kubernetes_pod_phase".into()]),
+                    ),
                     ("action", ys("drop")),
                     ("regex", ys("Pending|Succeeded|Failed")),
                 ]),
                 rule(vec![
-                    ("source_labels", sources(&[meta("annotation", PATH_ANNOTATION)])),
+                    (
+                        "source_labels",
+                        sources(&[meta("annotation", PATH_ANNOTATION)]),
+                    ),
                     ("action", ys("replace")),
                     ("regex", ys("(.+)")),
                     ("target_label", ys("__metrics_path__")),
@@ -271,11 +285,17 @@ fn kubernetes_job(job: &str, project: &str, env: &str, namespace: &str) -> Yaml 
                     ("replacement", ys(env)),
                 ]),
                 rule(vec![
-                    ("source_labels", sources(&["__meta_kubernetes_namespace".into()])),
+                    (
+                        "source_labels",
+                        sources(&["__meta_kubernetes_namespace".into()]),
+                    ),
                     ("target_label", ys("namespace")),
                 ]),
                 rule(vec![
-                    ("source_labels", sources(&["__meta_kubernetes_pod_name".into()])),
+                    (
+                        "source_labels",
+                        sources(&["__meta_kubernetes_pod_name".into()]),
+                    ),
                     ("target_label", ys("pod")),
                 ]),
             ]),
@@ -425,9 +445,18 @@ pub fn dashboard(project: &Project) -> Value {
         "s",
         (12, 4, 12, 8),
         vec![
-            (quantile("0.5", latency, ", model, variant"), "p50 {{model}}/{{variant}}"),
-            (quantile("0.9", latency, ", model, variant"), "p90 {{model}}/{{variant}}"),
-            (quantile("0.99", latency, ", model, variant"), "p99 {{model}}/{{variant}}"),
+            (
+                quantile("0.5", latency, ", model, variant"),
+                "p50 {{model}}/{{variant}}",
+            ),
+            (
+                quantile("0.9", latency, ", model, variant"),
+                "p90 {{model}}/{{variant}}",
+            ),
+            (
+                quantile("0.99", latency, ", model, variant"),
+                "p99 {{model}}/{{variant}}",
+            ),
         ],
     );
     panel(
@@ -437,7 +466,10 @@ pub fn dashboard(project: &Project) -> Value {
         "reqps",
         (0, 12, 12, 8),
         vec![(
-            format!("sum by (model, variant, status) ({})", rate(requests, &errors)),
+            format!(
+                "sum by (model, variant, status) ({})",
+                rate(requests, &errors)
+            ),
             "{{model}}/{{variant}} {{status}}",
         )],
     );
@@ -463,9 +495,7 @@ pub fn dashboard(project: &Project) -> Value {
         "none",
         (0, 20, 12, 8),
         vec![(
-            format!(
-                "sum by (le) (increase(ferry_batch_size_bucket{all}[$__rate_interval]))"
-            ),
+            format!("sum by (le) (increase(ferry_batch_size_bucket{all}[$__rate_interval]))"),
             "{{le}}",
         )],
     );
@@ -487,8 +517,14 @@ pub fn dashboard(project: &Project) -> Value {
         "s",
         (0, 28, 12, 8),
         vec![
-            (quantile("0.5", inference, ", model, variant"), "p50 {{model}}/{{variant}}"),
-            (quantile("0.99", inference, ", model, variant"), "p99 {{model}}/{{variant}}"),
+            (
+                quantile("0.5", inference, ", model, variant"),
+                "p50 {{model}}/{{variant}}",
+            ),
+            (
+                quantile("0.99", inference, ", model, variant"),
+                "p99 {{model}}/{{variant}}",
+            ),
         ],
     );
     panel(

@@ -65,9 +65,7 @@ fn ferry_invocations(script: &str) -> Vec<Vec<String>> {
                     .iter()
                     .any(|op| before.ends_with(op));
             let after = &rest[i + "ferry ".len()..];
-            let end = after
-                .find(['|', ')', ';', '&', '>'])
-                .unwrap_or(after.len());
+            let end = after.find(['|', ')', ';', '&', '>']).unwrap_or(after.len());
             if at_command {
                 found.push(
                     after[..end]
@@ -124,7 +122,10 @@ fn staging_on_main_and_production_on_a_tag_with_an_approval() {
     assert!(!production_if.contains("refs/heads"), "{production_if}");
 
     assert_eq!(job("promote-staging")["environment"]["name"], "staging");
-    assert_eq!(job("promote-production")["environment"]["name"], "production");
+    assert_eq!(
+        job("promote-production")["environment"]["name"],
+        "production"
+    );
     assert_eq!(
         job("promote-production")["environment"]["url"],
         "https://churn.example.com"
@@ -141,7 +142,11 @@ fn staging_on_main_and_production_on_a_tag_with_an_approval() {
     let paths: Vec<&str> = upload["with"]["path"].as_str().unwrap().lines().collect();
     assert_eq!(
         paths,
-        ["artifacts/model.onnx", "artifacts/metrics.json", "ferry.lock"]
+        [
+            "artifacts/model.onnx",
+            "artifacts/metrics.json",
+            "ferry.lock"
+        ]
     );
     for id in ["promote-staging", "promote-production"] {
         let steps = job(id)["steps"].as_sequence().unwrap();
@@ -165,9 +170,9 @@ fn staging_on_main_and_production_on_a_tag_with_an_approval() {
     };
     assert!(pos(TRAINING_ARTIFACT) < pos("promoted-staging"));
     assert!(
-        prod_steps
-            .iter()
-            .any(|s| s["run"].as_str().is_some_and(|r| r.contains("> .env.production"))),
+        prod_steps.iter().any(|s| s["run"]
+            .as_str()
+            .is_some_and(|r| r.contains("> .env.production"))),
         "the secrets file is written from a secret"
     );
 }
@@ -233,7 +238,11 @@ fn a_project_without_cluster_environments_or_training_says_what_to_add() {
 #[test]
 fn an_offline_spec_gets_debootstrap_on_the_runner() {
     let (_d, project) = churn_with("");
-    assert!(workflow(&project).unwrap().contains("apt-get install -y -qq debootstrap"));
+    assert!(
+        workflow(&project)
+            .unwrap()
+            .contains("apt-get install -y -qq debootstrap")
+    );
     let dir = tempfile::tempdir().unwrap();
     templates::init(dir.path(), "churn", Some("x"), false, false).unwrap();
     let online = Project::load_dir(dir.path(), None).unwrap();

@@ -971,7 +971,11 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 print_json(&written);
             } else {
                 for f in &written.files {
-                    ui.info(format!("{} wrote {}", console::style("✓").green(), f.display()));
+                    ui.info(format!(
+                        "{} wrote {}",
+                        console::style("✓").green(),
+                        f.display()
+                    ));
                 }
                 ui.info(format!(
                     "scraping: {}; import the dashboard in Grafana (Dashboards → New → Import)",
