@@ -179,7 +179,7 @@ pub fn workflow(project: &Project) -> Result<String, CiError> {
         "Run the project's tests in the project image",
         &format!(
             "if [ -d tests ] || ls test_*.py >/dev/null 2>&1; then\n  \
-               image=$({ferry} build --quiet --json | jq -r .project.tag)\n  \
+               image=$({ferry} build --json | jq -r .project.tag)\n  \
                docker run --rm --network none \"$image\" python -m pytest -q\n\
              else\n  \
                echo \"no tests/ and no test_*.py: nothing to test\"\n\

@@ -858,7 +858,10 @@ fn monitoring_a_spec_that_serves_nothing_says_what_to_add() {
     let out = ferry(&dir.path().join("demo"), &["monitoring"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("serves no model") && err.contains("serve:"), "{err}");
+    assert!(
+        err.contains("serves no model") && err.contains("serve:"),
+        "{err}"
+    );
     let missing = ferry(&dir.path().join("demo"), &["monitoring", "--env", "nope"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"));
