@@ -128,7 +128,10 @@ pub fn available_providers() -> Result<Vec<String>, OnnxError> {
     if !status.0.is_null() {
         return Err(OnnxError::RuntimeLoad {
             path: runtime_library().unwrap_or_default(),
-            message: format!("cannot list its execution providers: {}", message_of(status.0)),
+            message: format!(
+                "cannot list its execution providers: {}",
+                message_of(status.0)
+            ),
         });
     }
     let mut names = Vec::new();
@@ -139,7 +142,11 @@ pub fn available_providers() -> Result<Vec<String>, OnnxError> {
         // SAFETY: ONNX Runtime gave `count` C strings at `list`, valid until released below.
         let name = unsafe { *list.add(i) };
         if !name.is_null() {
-            names.push(unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
+            names.push(
+                unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     // SAFETY: the list and count are exactly what GetAvailableProviders gave; not used after.

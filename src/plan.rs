@@ -141,36 +141,36 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
     let notebook = s.notebook.as_ref().map(|nb| {
         let Resources { cpu, memory, gpu } = nb.resources.clone();
         Workload {
-        role: "notebook",
-        argv: [
-            "jupyter",
-            "lab",
-            "--ip=0.0.0.0",
-            "--no-browser",
-            "--ServerApp.root_dir=/workspace",
-            // The container runs as the project's owner, which is root on some machines; the
-            // container boundary, not Jupyter's check, is what protects the host there.
-            "--allow-root",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("--port={NOTEBOOK_CONTAINER_PORT}")])
-        .collect(),
-        env: e.env.clone(),
-        workdir: WORKDIR.into(),
-        volumes: vec![Volume {
-            path: VolumePath::Project,
-            read_only: false,
-        }],
-        ports: vec![Port {
-            container: NOTEBOOK_CONTAINER_PORT,
-            published: nb.port,
-        }],
-        cpu,
-        memory,
-        gpu,
-        outputs: Vec::new(),
-    }
+            role: "notebook",
+            argv: [
+                "jupyter",
+                "lab",
+                "--ip=0.0.0.0",
+                "--no-browser",
+                "--ServerApp.root_dir=/workspace",
+                // The container runs as the project's owner, which is root on some machines; the
+                // container boundary, not Jupyter's check, is what protects the host there.
+                "--allow-root",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--port={NOTEBOOK_CONTAINER_PORT}")])
+            .collect(),
+            env: e.env.clone(),
+            workdir: WORKDIR.into(),
+            volumes: vec![Volume {
+                path: VolumePath::Project,
+                read_only: false,
+            }],
+            ports: vec![Port {
+                container: NOTEBOOK_CONTAINER_PORT,
+                published: nb.port,
+            }],
+            cpu,
+            memory,
+            gpu,
+            outputs: Vec::new(),
+        }
     });
 
     let train = s.train.as_ref().map(|t| {

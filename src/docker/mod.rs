@@ -258,8 +258,15 @@ fn hook_installed() -> bool {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(
-        ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .map(std::path::PathBuf::from),
+        [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
+        .map(std::path::PathBuf::from),
     );
     dirs.iter().any(|d| d.join(NVIDIA_HOOK).is_file())
 }

@@ -199,12 +199,12 @@ fn no_gpu(e: &bollard::errors::Error, spec: &ContainerSpec) -> Option<DockerErro
         "nvidia-container-cli",
         "NVIDIA_VISIBLE_DEVICES",
     ];
-    (spec.gpus.is_some_and(|n| n > 0) && gpu_words.iter().any(|w| message.contains(w))).then(
-        || DockerError::NoGpu {
+    (spec.gpus.is_some_and(|n| n > 0) && gpu_words.iter().any(|w| message.contains(w))).then(|| {
+        DockerError::NoGpu {
             reason: message.clone(),
             field: gpu_field(spec),
-        },
-    )
+        }
+    })
 }
 
 /// The spec field that asked for the GPU: the role names the section.
@@ -375,8 +375,7 @@ mod tests {
     fn the_engines_refusal_of_a_gpu_names_the_field_and_the_fix() {
         let refusal = || bollard::errors::Error::DockerResponseServerError {
             status_code: 500,
-            message: r#"could not select device driver "nvidia" with capabilities: [[gpu]]"#
-                .into(),
+            message: r#"could not select device driver "nvidia" with capabilities: [[gpu]]"#.into(),
         };
         let err = start_error(refusal(), &spec(Some(1)));
         assert!(matches!(err, DockerError::NoGpu { .. }), "{err:?}");

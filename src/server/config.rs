@@ -181,7 +181,11 @@ mod env_tests {
         let cuda: ServingConfig =
             serde_json::from_str(r#"{"models": [], "device": "cuda"}"#).unwrap();
         assert_eq!(cuda.device, Device::Cuda);
-        assert!(serde_json::to_string(&cuda).unwrap().contains(r#""device":"cuda""#));
+        assert!(
+            serde_json::to_string(&cuda)
+                .unwrap()
+                .contains(r#""device":"cuda""#)
+        );
         let err = serde_json::from_str::<ServingConfig>(r#"{"models": [], "device": "tpu"}"#)
             .unwrap_err()
             .to_string();

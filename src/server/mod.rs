@@ -413,21 +413,22 @@ fn open_all(config: &ServingConfig) -> Result<Vec<Opened>, ServerError> {
         .collect();
     let open = |(model, variant): (&str, &config::VariantConfig)| -> Result<Opened, ServerError> {
         let started = Instant::now();
-        let session = model::open_session(&variant.path, config.device).map_err(|source| match source {
-            OnnxError::RuntimeNotFound { .. } | OnnxError::RuntimeLoad { .. } => {
-                ServerError::Runtime(source)
-            }
-            OnnxError::Provider { .. } => ServerError::Cuda {
-                model: model.to_string(),
-                variant: variant.name.clone(),
-                source,
-            },
-            source => ServerError::Model {
-                model: model.to_string(),
-                variant: variant.name.clone(),
-                source,
-            },
-        })?;
+        let session =
+            model::open_session(&variant.path, config.device).map_err(|source| match source {
+                OnnxError::RuntimeNotFound { .. } | OnnxError::RuntimeLoad { .. } => {
+                    ServerError::Runtime(source)
+                }
+                OnnxError::Provider { .. } => ServerError::Cuda {
+                    model: model.to_string(),
+                    variant: variant.name.clone(),
+                    source,
+                },
+                source => ServerError::Model {
+                    model: model.to_string(),
+                    variant: variant.name.clone(),
+                    source,
+                },
+            })?;
         let signature = Signature::of(&session, &variant.path)?;
         Ok((session, signature, started.elapsed()))
     };

@@ -606,7 +606,12 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                 Some("a TCP port between 1 and 65535".into()),
             );
         }
-        if nb.resources.memory.as_ref().is_some_and(|m| m.bytes < MIN_MEMORY) {
+        if nb
+            .resources
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.bytes < MIN_MEMORY)
+        {
             bad(
                 "notebook.resources.memory",
                 "Docker needs at least 6Mi of memory for a container".into(),

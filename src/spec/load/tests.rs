@@ -423,7 +423,10 @@ fn cuda_without_a_gpu_is_refused_where_the_overlay_drops_the_gpu() {
     assert_eq!(p.field, "serve.device");
     assert_eq!(p.env, None, "the device is written in the base: {p:?}");
     assert_eq!(p.line, 17, "{p:?}");
-    assert!(p.message.contains("serve.resources.gpu is not set"), "{p:?}");
+    assert!(
+        p.message.contains("serve.resources.gpu is not set"),
+        "{p:?}"
+    );
     assert!(p.hint.as_deref().unwrap().contains("gpu: 1"), "{p:?}");
 
     let p = only_problem(&GOOD.replace(
@@ -452,8 +455,8 @@ fn the_notebook_takes_resources_and_cpu_specs_hash_as_before() {
     ));
     let hash = |d: &tempfile::TempDir| Project::load_dir(d.path(), None).unwrap().hash().unwrap();
     assert_eq!(hash(&plain), hash(&explicit));
-    let resolved = serde_json::to_string(&Project::load_dir(plain.path(), None).unwrap().spec)
-        .unwrap();
+    let resolved =
+        serde_json::to_string(&Project::load_dir(plain.path(), None).unwrap().spec).unwrap();
     assert!(!resolved.contains("device"), "{resolved}");
 
     let p = only_problem(&GOOD.replace(
