@@ -422,7 +422,7 @@ fn cuda_without_a_gpu_is_refused_where_the_overlay_drops_the_gpu() {
     let p = only_problem(&spec);
     assert_eq!(p.field, "serve.device");
     assert_eq!(p.env, None, "the device is written in the base: {p:?}");
-    assert_eq!(p.line, 17, "{p:?}");
+    assert_eq!(p.line, 15, "{p:?}");
     assert!(
         p.message.contains("serve.resources.gpu is not set"),
         "{p:?}"
