@@ -38,6 +38,13 @@ pub enum OnnxError {
 
     #[error("model {} failed to load in ONNX Runtime: {message}", path.display())]
     ModelLoad { path: PathBuf, message: String },
+
+    #[error("ONNX Runtime could not start its {provider} for model {}: {message}", path.display())]
+    Provider {
+        provider: &'static str,
+        path: PathBuf,
+        message: String,
+    },
 }
 
 /// One input or output of a model, in Open Inference Protocol terms.
@@ -91,6 +98,63 @@ pub fn environment() -> Result<&'static Environment, OnnxError> {
         .get_or_init(create_environment)
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// The name ONNX Runtime gives its CUDA execution provider.
+pub const CUDA_PROVIDER: &str = "CUDAExecutionProvider";
+
+/// The execution providers the loaded library was built with, in its order of preference, e.g.
+/// `CUDAExecutionProvider, CPUExecutionProvider` for a GPU build.
+pub fn available_providers() -> Result<Vec<String>, OnnxError> {
+    use std::ffi::{CStr, c_char, c_int};
+    environment()?;
+    let api = ort::api();
+    let message_of = |status: *mut ort::sys::OrtStatus| {
+        // SAFETY: `status` is a non-null status ONNX Runtime just returned; its message is read
+        // before the status is released, and never after.
+        unsafe {
+            let text = CStr::from_ptr((api.GetErrorMessage)(status))
+                .to_string_lossy()
+                .into_owned();
+            (api.ReleaseStatus)(status);
+            text
+        }
+    };
+    let mut list: *mut *mut c_char = std::ptr::null_mut();
+    let mut count: c_int = 0;
+    // SAFETY: the function table is ONNX Runtime's own, loaded by `environment`; both out
+    // pointers are valid for writes.
+    let status = unsafe { (api.GetAvailableProviders)(&mut list, &mut count) };
+    if !status.0.is_null() {
+        return Err(OnnxError::RuntimeLoad {
+            path: runtime_library().unwrap_or_default(),
+            message: format!(
+                "cannot list its execution providers: {}",
+                message_of(status.0)
+            ),
+        });
+    }
+    let mut names = Vec::new();
+    if list.is_null() {
+        return Ok(names);
+    }
+    for i in 0..usize::try_from(count).unwrap_or(0) {
+        // SAFETY: ONNX Runtime gave `count` C strings at `list`, valid until released below.
+        let name = unsafe { *list.add(i) };
+        if !name.is_null() {
+            names.push(
+                unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    // SAFETY: the list and count are exactly what GetAvailableProviders gave; not used after.
+    let status = unsafe { (api.ReleaseAvailableProviders)(list, count) };
+    if !status.0.is_null() {
+        message_of(status.0);
+    }
+    Ok(names)
 }
 
 /// Opens a model in a new session with default options.
@@ -467,6 +531,17 @@ mod tests {
             environment().expect("environment"),
             environment().expect("environment")
         ));
+    }
+
+    #[test]
+    fn the_cpu_provider_is_always_listed() {
+        require_runtime();
+        let providers = available_providers().expect("providers");
+        assert!(
+            providers.iter().any(|p| p == "CPUExecutionProvider"),
+            "{providers:?}"
+        );
+        assert!(providers.iter().all(|p| p.ends_with("ExecutionProvider")));
     }
 
     #[test]

@@ -138,36 +138,39 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
         extra_requirements.push(NOTEBOOK_PACKAGE.to_string());
     }
 
-    let notebook = s.notebook.as_ref().map(|nb| Workload {
-        role: "notebook",
-        argv: [
-            "jupyter",
-            "lab",
-            "--ip=0.0.0.0",
-            "--no-browser",
-            "--ServerApp.root_dir=/workspace",
-            // The container runs as the project's owner, which is root on some machines; the
-            // container boundary, not Jupyter's check, is what protects the host there.
-            "--allow-root",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("--port={NOTEBOOK_CONTAINER_PORT}")])
-        .collect(),
-        env: e.env.clone(),
-        workdir: WORKDIR.into(),
-        volumes: vec![Volume {
-            path: VolumePath::Project,
-            read_only: false,
-        }],
-        ports: vec![Port {
-            container: NOTEBOOK_CONTAINER_PORT,
-            published: nb.port,
-        }],
-        cpu: None,
-        memory: None,
-        gpu: None,
-        outputs: Vec::new(),
+    let notebook = s.notebook.as_ref().map(|nb| {
+        let Resources { cpu, memory, gpu } = nb.resources.clone();
+        Workload {
+            role: "notebook",
+            argv: [
+                "jupyter",
+                "lab",
+                "--ip=0.0.0.0",
+                "--no-browser",
+                "--ServerApp.root_dir=/workspace",
+                // The container runs as the project's owner, which is root on some machines; the
+                // container boundary, not Jupyter's check, is what protects the host there.
+                "--allow-root",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--port={NOTEBOOK_CONTAINER_PORT}")])
+            .collect(),
+            env: e.env.clone(),
+            workdir: WORKDIR.into(),
+            volumes: vec![Volume {
+                path: VolumePath::Project,
+                read_only: false,
+            }],
+            ports: vec![Port {
+                container: NOTEBOOK_CONTAINER_PORT,
+                published: nb.port,
+            }],
+            cpu,
+            memory,
+            gpu,
+            outputs: Vec::new(),
+        }
     });
 
     let train = s.train.as_ref().map(|t| {
@@ -296,6 +299,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             models: configs,
             limits: Limits::default(),
             variant_key_header: "x-ferry-key".into(),
+            device: sv.device,
         },
         models,
         replicas: sv.replicas.unwrap_or(1),
@@ -367,6 +371,23 @@ mod tests {
         assert!(!names_notebook_server("numpy==2.0\npandas\n"));
         assert!(names_notebook_server("numpy\njupyterlab==4.2.0\n"));
         assert!(names_notebook_server("Notebook>=7"));
+    }
+
+    #[test]
+    fn gpus_and_the_device_reach_every_workload_that_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ferry.yaml"),
+            "name: vision\nenvironment: { bootstrap: bookworm }\nnotebook: { resources: { gpu: 1, cpu: 2 } }\ntrain:\n  command: python train.py\n  outputs: [artifacts/model.onnx]\n  resources: { gpu: 2 }\nserve:\n  model: artifacts/model.onnx\n  device: cuda\n  resources: { gpu: 1 }\n",
+        )
+        .unwrap();
+        let p = plan(&Project::load_dir(dir.path(), None).unwrap(), "");
+        let nb = p.notebook.unwrap();
+        assert_eq!((nb.gpu, nb.cpu.map(|c| c.millis)), (Some(1), Some(2000)));
+        assert_eq!(p.train.unwrap().gpu, Some(2));
+        let s = p.serve.unwrap();
+        assert_eq!(s.workload.gpu, Some(1));
+        assert_eq!(s.config.device, crate::server::config::Device::Cuda);
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum DockerError {
     #[error("Docker engine: {action}: {message}")]
     Api { action: String, message: String },
     #[error(
+        "this Docker engine cannot give containers a GPU: {reason}\n  hint: install the NVIDIA Container Toolkit on the Docker host (then `sudo nvidia-ctk runtime configure --runtime=docker` and restart Docker), or remove {field}, or run in a cluster environment (`--env` with a `target: kubernetes` environment)"
+    )]
+    NoGpu { reason: String, field: String },
+    #[error(
         "port {port} on 127.0.0.1 is already in use\n  hint: stop what uses it (`ferry down`, or see `ss -ltnp | grep {port}`), or choose another port with {flag}"
     )]
     PortBusy { port: u16, flag: String },
@@ -191,6 +195,82 @@ pub async fn shares_host_loopback(docker: &Docker) -> bool {
     local && linux && !desktop && !rootless && cfg!(target_os = "linux")
 }
 
+/// The program through which an engine without an `nvidia` runtime still gives containers GPUs
+/// (the NVIDIA Container Toolkit installs it; the engine runs it as a hook).
+const NVIDIA_HOOK: &str = "nvidia-container-runtime-hook";
+
+/// Fails before anything is built or started when the engine certainly cannot give a container
+/// GPUs; `field` is the spec field that asks for them. An engine elsewhere (remote, Docker
+/// Desktop) cannot be looked at that closely, so there the engine's own refusal at start says so.
+pub async fn check_gpu_support(docker: &Docker, field: &str) -> Result<(), DockerError> {
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| DockerError::api("asking the engine for its runtimes", e))?;
+    let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+    runtimes.sort();
+    let desktop = info
+        .operating_system
+        .as_deref()
+        .is_some_and(|os| os.contains("Docker Desktop"));
+    let local = host().starts_with("unix://") && !desktop && cfg!(target_os = "linux");
+    match gpu_verdict(
+        &runtimes,
+        info.default_runtime.as_deref(),
+        local,
+        local && hook_installed(),
+    ) {
+        None => Ok(()),
+        Some(reason) => Err(DockerError::NoGpu {
+            reason,
+            field: field.to_string(),
+        }),
+    }
+}
+
+/// Why the engine cannot give GPUs, or None when it can (or might: `local` is false when the
+/// engine is not on this machine, so its files cannot be looked at).
+fn gpu_verdict(
+    runtimes: &[String],
+    default_runtime: Option<&str>,
+    local: bool,
+    hook_installed: bool,
+) -> Option<String> {
+    let nvidia = |r: &str| r.contains("nvidia");
+    if runtimes.iter().any(|r| nvidia(r)) || default_runtime.is_some_and(nvidia) || !local {
+        return None;
+    }
+    (!hook_installed).then(|| {
+        format!(
+            "it has no nvidia runtime (its runtimes: {}) and {NVIDIA_HOOK} is not installed",
+            if runtimes.is_empty() {
+                "none".to_string()
+            } else {
+                runtimes.join(", ")
+            }
+        )
+    })
+}
+
+/// Whether the NVIDIA hook is where the engine's `PATH` would find it.
+fn hook_installed() -> bool {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(
+        [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
+        .map(std::path::PathBuf::from),
+    );
+    dirs.iter().any(|d| d.join(NVIDIA_HOOK).is_file())
+}
+
 /// Fails early, with a useful message, when a port the user asked for is taken.
 pub fn check_port_free(port: u16, flag: &str) -> Result<(), DockerError> {
     match std::net::TcpListener::bind(("127.0.0.1", port)) {
@@ -250,6 +330,24 @@ mod tests {
             mapped.to_string().contains("while asking for the version"),
             "{mapped}"
         );
+    }
+
+    #[test]
+    fn gpus_are_refused_only_where_the_engine_certainly_has_no_way_to_give_them() {
+        let runc = ["io.containerd.runc.v2".to_string(), "runc".to_string()];
+        let reason = gpu_verdict(&runc, Some("runc"), true, false).expect("no GPU");
+        assert_eq!(
+            reason,
+            "it has no nvidia runtime (its runtimes: io.containerd.runc.v2, runc) and nvidia-container-runtime-hook is not installed"
+        );
+        // `nvidia-ctk runtime configure` registers a runtime; an engine may also default to it.
+        let with_nvidia = ["nvidia".to_string(), "runc".to_string()];
+        assert_eq!(gpu_verdict(&with_nvidia, Some("runc"), true, false), None);
+        assert_eq!(gpu_verdict(&runc, Some("nvidia"), true, false), None);
+        // The toolkit's hook alone is enough for the engine's nvidia device driver.
+        assert_eq!(gpu_verdict(&runc, Some("runc"), true, true), None);
+        // An engine elsewhere is left to say it at start.
+        assert_eq!(gpu_verdict(&runc, Some("runc"), false, false), None);
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount as ApiMount, MountType, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, HostConfig, Mount as ApiMount, MountType, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -34,6 +36,8 @@ pub struct ContainerSpec {
     pub ports: Vec<(u16, u16)>,
     pub nano_cpus: Option<i64>,
     pub memory: Option<i64>,
+    /// NVIDIA GPUs to give the container (a device request, as `docker run --gpus N`).
+    pub gpus: Option<u32>,
     /// `uid:gid`, so files written to bind mounts belong to the user.
     pub user: Option<String>,
     pub labels: HashMap<String, String>,
@@ -79,6 +83,22 @@ pub async fn run_spec(docker: &Docker, spec: &ContainerSpec) -> Result<String, D
     // A leftover with the same name (a crash, a killed ferry) would block the create.
     remove_container(docker, &spec.name).await?;
 
+    let opts = CreateContainerOptionsBuilder::default()
+        .name(&spec.name)
+        .build();
+    let created = docker
+        .create_container(Some(opts), create_body(spec))
+        .await
+        .map_err(|e| create_error(e, spec))?;
+    if let Err(e) = docker.start_container(&created.id, None).await {
+        let _ = remove_container(docker, &created.id).await;
+        return Err(start_error(e, spec));
+    }
+    Ok(created.id)
+}
+
+/// What the engine is asked to create for `spec`.
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let published: &[(u16, u16)] = if spec.host_network { &[] } else { &spec.ports };
     let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = published
         .iter()
@@ -103,7 +123,7 @@ pub async fn run_spec(docker: &Docker, spec: &ContainerSpec) -> Result<String, D
             ..Default::default()
         })
         .collect();
-    let body = ContainerCreateBody {
+    ContainerCreateBody {
         image: Some(spec.image.clone()),
         // An empty argv runs the image's own entrypoint.
         cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
@@ -122,6 +142,7 @@ pub async fn run_spec(docker: &Docker, spec: &ContainerSpec) -> Result<String, D
             memory: spec.memory,
             // Without this a memory limit is doubled by swap and an OOM shows up as a crawl.
             memory_swap: spec.memory,
+            device_requests: gpu_request(spec.gpus),
             // A real init reaps children and forwards SIGTERM, so stop is quick and clean.
             init: Some(true),
             security_opt: Some(vec!["no-new-privileges".into()]),
@@ -130,26 +151,31 @@ pub async fn run_spec(docker: &Docker, spec: &ContainerSpec) -> Result<String, D
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let opts = CreateContainerOptionsBuilder::default()
-        .name(&spec.name)
-        .build();
-    let created = docker
-        .create_container(Some(opts), body)
-        .await
-        .map_err(|e| create_error(e, &spec.image))?;
-    if let Err(e) = docker.start_container(&created.id, None).await {
-        let _ = remove_container(docker, &created.id).await;
-        return Err(start_error(e, spec));
     }
-    Ok(created.id)
 }
 
-fn create_error(e: bollard::errors::Error, image: &str) -> DockerError {
-    DockerError::api(format!("creating a container from {image}"), e)
+/// `--gpus N`: N GPUs from the engine's NVIDIA device driver (the NVIDIA Container Toolkit).
+fn gpu_request(gpus: Option<u32>) -> Option<Vec<DeviceRequest>> {
+    let n = gpus.filter(|n| *n > 0)?;
+    Some(vec![DeviceRequest {
+        driver: Some("nvidia".into()),
+        count: Some(i64::from(n)),
+        capabilities: Some(vec![vec!["gpu".into()]]),
+        ..Default::default()
+    }])
+}
+
+fn create_error(e: bollard::errors::Error, spec: &ContainerSpec) -> DockerError {
+    if let Some(gpu) = no_gpu(&e, spec) {
+        return gpu;
+    }
+    DockerError::api(format!("creating a container from {}", spec.image), e)
 }
 
 fn start_error(e: bollard::errors::Error, spec: &ContainerSpec) -> DockerError {
+    if let Some(gpu) = no_gpu(&e, spec) {
+        return gpu;
+    }
     let text = e.to_string();
     if (text.contains("port is already allocated") || text.contains("address already in use"))
         && let Some((_, h)) = spec.ports.first()
@@ -160,6 +186,33 @@ fn start_error(e: bollard::errors::Error, spec: &ContainerSpec) -> DockerError {
         };
     }
     DockerError::api(format!("starting container {}", spec.name), e)
+}
+
+/// The engine's refusal of a device request: it has no driver that gives GPUs (no NVIDIA
+/// Container Toolkit), or the driver failed to (no GPU, no kernel driver).
+fn no_gpu(e: &bollard::errors::Error, spec: &ContainerSpec) -> Option<DockerError> {
+    let bollard::errors::Error::DockerResponseServerError { message, .. } = e else {
+        return None;
+    };
+    let gpu_words = [
+        "could not select device driver",
+        "nvidia-container-cli",
+        "NVIDIA_VISIBLE_DEVICES",
+    ];
+    (spec.gpus.is_some_and(|n| n > 0) && gpu_words.iter().any(|w| message.contains(w))).then(|| {
+        DockerError::NoGpu {
+            reason: message.clone(),
+            field: gpu_field(spec),
+        }
+    })
+}
+
+/// The spec field that asked for the GPU: the role names the section.
+fn gpu_field(spec: &ContainerSpec) -> String {
+    match spec.labels.get(super::LABEL_ROLE) {
+        Some(role) => format!("{role}.resources.gpu"),
+        None => "resources.gpu".into(),
+    }
 }
 
 /// Follows a container's output until it exits, line by line.
@@ -275,4 +328,66 @@ pub async fn find_containers(
             labels: c.labels.unwrap_or_default(),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(gpus: Option<u32>) -> ContainerSpec {
+        ContainerSpec {
+            name: "ferry-x-train".into(),
+            image: "ferry/x-env:1".into(),
+            gpus,
+            labels: HashMap::from([(super::super::LABEL_ROLE.to_string(), "train".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_gpu_count_becomes_one_nvidia_device_request() {
+        let body = create_body(&spec(Some(2)));
+        let host = body.host_config.unwrap();
+        let requests = host.device_requests.expect("a device request");
+        assert_eq!(requests.len(), 1);
+        let r = &requests[0];
+        assert_eq!(r.driver.as_deref(), Some("nvidia"));
+        assert_eq!(r.count, Some(2));
+        assert_eq!(r.capabilities, Some(vec![vec!["gpu".to_string()]]));
+        assert_eq!(r.device_ids, None);
+        // The request travels as the engine's API spells it, as `docker run --gpus 2` sends it.
+        let json = serde_json::to_value(&requests).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"Driver": "nvidia", "Count": 2, "Capabilities": [["gpu"]]}])
+        );
+    }
+
+    #[test]
+    fn no_gpu_or_zero_asks_for_no_device() {
+        for gpus in [None, Some(0)] {
+            let host = create_body(&spec(gpus)).host_config.unwrap();
+            assert_eq!(host.device_requests, None, "{gpus:?}");
+        }
+    }
+
+    #[test]
+    fn the_engines_refusal_of_a_gpu_names_the_field_and_the_fix() {
+        let refusal = || bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: r#"could not select device driver "nvidia" with capabilities: [[gpu]]"#.into(),
+        };
+        let err = start_error(refusal(), &spec(Some(1)));
+        assert!(matches!(err, DockerError::NoGpu { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("this Docker engine cannot give containers a GPU: could not select device driver \"nvidia\""),
+            "{text}"
+        );
+        assert!(text.contains("NVIDIA Container Toolkit"), "{text}");
+        assert!(text.contains("train.resources.gpu"), "{text}");
+        // Without a GPU asked for, the same words are the engine's own business.
+        let err = start_error(refusal(), &spec(None));
+        assert!(matches!(err, DockerError::Api { .. }), "{err:?}");
+    }
 }

@@ -54,13 +54,29 @@ use super::build::{Built, ImageError};
 use super::context::Context;
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::onnx::{self, OnnxError};
-use crate::server::config::{CONFIG_PATH, ServingConfig};
+use crate::server::config::{CONFIG_PATH, Device, ServingConfig};
 use crate::ui::{Ui, human_bytes};
 
 /// Where the binary goes; the library goes to `<dir of exe>/../lib/ferry/`, the first place
 /// `onnx::runtime_library()` looks when `ORT_DYLIB_PATH` is unset.
 pub const BINARY_PATH: &str = "/usr/bin/ferry";
 pub const RUNTIME_PATH: &str = "/usr/lib/ferry/libonnxruntime.so";
+/// Where ONNX Runtime looks for its provider libraries: the directory it was loaded from.
+const RUNTIME_DIR: &str = "/usr/lib/ferry";
+
+/// The libraries of ONNX Runtime's CUDA execution provider, which a GPU build of ONNX Runtime
+/// keeps beside `libonnxruntime.so` and loads from there when a session asks for CUDA.
+pub const CUDA_PROVIDER_LIBRARIES: [&str; 2] = [
+    "libonnxruntime_providers_shared.so",
+    "libonnxruntime_providers_cuda.so",
+];
+
+/// Libraries of the NVIDIA kernel driver: the NVIDIA Container Toolkit mounts the node's own
+/// into a container given a GPU, and they must match its kernel module, so an image never
+/// carries them.
+fn is_driver_library(name: &str) -> bool {
+    name.starts_with("libcuda.so") || name.starts_with("libnvidia-")
+}
 
 /// The user the server runs as: not root, and the uid distroless images use for "nonroot", so
 /// cluster policies written for those (runAsNonRoot, fsGroup) fit ferry's image too.
@@ -114,6 +130,9 @@ pub struct ServingContext {
     pub layers: Vec<Layer>,
     /// Bytes of file content in the image's root filesystem (about the image's size).
     pub content_bytes: u64,
+    /// Libraries the CUDA execution provider needs that are not in the image: the driver's,
+    /// which a GPU node provides, and those not found on this machine (each with what needs it).
+    pub left_out: Vec<String>,
 }
 
 /// One layer of the serving image.
@@ -175,6 +194,12 @@ pub async fn ensure_serving_image(
         "serving image files ready ({})",
         human_bytes(ctx.content_bytes)
     ));
+    if !ctx.left_out.is_empty() {
+        ui.warn(format!(
+            "the CUDA execution provider will look for these libraries on the node, as they are not in the image: {}\n  hint: the NVIDIA Container Toolkit (or device plugin) provides the driver's; put the CUDA and cuDNN libraries beside the ONNX Runtime library (or install them where the loader finds them) so they go into the image",
+            ctx.left_out.join(", ")
+        ));
+    }
     let tag = ctx.tag.clone();
     let id = load(docker, ctx, ui).await?;
     Ok(Built {
@@ -223,17 +248,44 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
         Entry::file(req.runtime, 0o755),
     )?;
 
+    let providers = match req.config.device {
+        Device::Cpu => Vec::new(),
+        Device::Cuda => cuda_providers(req.runtime)?,
+    };
+    for p in &providers {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        put(
+            format!("{RUNTIME_DIR}/{name}"),
+            Part::Runtime,
+            Entry::file(p, 0o755),
+        )?;
+    }
+
     // Libraries that sit next to the binary or the runtime on the host (found through
     // `$ORIGIN`) move with them.
     let mut moved: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(d) = req.runtime.parent() {
-        moved.push((d.to_path_buf(), "/usr/lib/ferry"));
+        moved.push((d.to_path_buf(), RUNTIME_DIR));
     }
     if let Some(d) = req.binary.parent() {
         moved.push((d.to_path_buf(), "/usr/bin"));
     }
-    let closure = resolve_closure(&[req.binary, req.runtime], &Resolver::host())?;
+    let mut roots: Vec<(&Path, bool)> = vec![(req.binary, false), (req.runtime, false)];
+    roots.extend(providers.iter().map(|p| (p.as_path(), true)));
+    let mut resolver = Resolver::host();
     let mut lib_dirs = BTreeSet::new();
+    if !providers.is_empty() {
+        // The image names the runtime's directory in LD_LIBRARY_PATH, so the CUDA libraries
+        // the provider needs are found there first, in the image as on this machine.
+        if let Some(d) = req.runtime.parent() {
+            resolver.library_path.push(d.to_path_buf());
+        }
+        lib_dirs.insert(RUNTIME_DIR.to_string());
+        // Where the NVIDIA Container Toolkit mounts the driver's libraries; a scratch image has
+        // no ld.so.cache to find them by.
+        lib_dirs.extend(driver_dirs());
+    }
+    let closure = resolve_closure(&roots, &resolver)?;
     for lib in &closure.libraries {
         let image_path = image_path_of(&lib.path, &moved)?;
         if let Some((dir, _)) = image_path.rsplit_once('/') {
@@ -294,6 +346,7 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
         Layer::new("model layer", models)?,
     ];
     let content_bytes = layers.iter().map(|l| l.content).sum();
+    let left_out = closure.left_out;
 
     let config = image_config(
         go_arch(elf_kind(req.binary)),
@@ -313,7 +366,44 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
         config,
         layers,
         content_bytes,
+        left_out,
     })
+}
+
+/// The CUDA provider's libraries beside the ONNX Runtime library; an error naming what is
+/// missing when the library there is not a GPU build.
+fn cuda_providers(runtime: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let dir = runtime.parent().unwrap_or(Path::new("/"));
+    let missing: Vec<&str> = CUDA_PROVIDER_LIBRARIES
+        .into_iter()
+        .filter(|name| !dir.join(name).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(context_error(
+            runtime,
+            format!(
+                "serve.device is cuda, but {} {} not beside this ONNX Runtime library, so it has no CUDA execution provider to put in the serving image\n  hint: use a GPU build of ONNX Runtime (the onnxruntime-gpu wheel or the onnxruntime-linux-x64-gpu release ship these files beside libonnxruntime.so) and point {} at it, or set serve.device: cpu",
+                missing.join(" and "),
+                if missing.len() == 1 { "is" } else { "are" },
+                onnx::DYLIB_ENV
+            ),
+        ));
+    }
+    Ok(CUDA_PROVIDER_LIBRARIES
+        .into_iter()
+        .map(|name| dir.join(name))
+        .collect())
+}
+
+/// The directories the NVIDIA Container Toolkit puts the driver's libraries in.
+fn driver_dirs() -> Vec<String> {
+    let mut dirs = vec!["/usr/lib64".to_string()];
+    match std::env::consts::ARCH {
+        "x86_64" => dirs.push("/usr/lib/x86_64-linux-gnu".into()),
+        "aarch64" => dirs.push("/usr/lib/aarch64-linux-gnu".into()),
+        _ => {}
+    }
+    dirs
 }
 
 impl ServingContext {
@@ -574,7 +664,8 @@ async fn load(docker: &Docker, ctx: ServingContext, ui: &Ui) -> Result<String, I
 /// them (each path is the directory searched plus the `DT_NEEDED` name, so it may be a symlink),
 /// followed by their ELF interpreter(s) (`PT_INTERP`). The inputs themselves are not listed.
 pub fn library_closure(elf: &[&Path]) -> Result<Vec<PathBuf>, ImageError> {
-    let c = resolve_closure(elf, &Resolver::host())?;
+    let roots: Vec<(&Path, bool)> = elf.iter().map(|p| (*p, false)).collect();
+    let c = resolve_closure(&roots, &Resolver::host())?;
     Ok(c.libraries
         .into_iter()
         .map(|l| l.path)
@@ -1001,8 +1092,11 @@ impl OwnedRequest {
 // ---------------------------------------------------------------------------------------------
 // Shared-library closure
 
-/// Where the loader looks after an object's own RPATH/RUNPATH.
+/// Where the loader looks besides an object's own RPATH/RUNPATH.
 struct Resolver {
+    /// What the image's LD_LIBRARY_PATH makes the loader search, on this machine: after RPATH,
+    /// before RUNPATH.
+    library_path: Vec<PathBuf>,
     /// `/etc/ld.so.conf` (what `ld.so.cache` is built from), then the loader's built-in dirs.
     system_dirs: Vec<PathBuf>,
 }
@@ -1028,7 +1122,10 @@ impl Resolver {
         dirs.extend(["/lib64", "/usr/lib64", "/lib", "/usr/lib"].map(PathBuf::from));
         let mut seen = BTreeSet::new();
         dirs.retain(|d| seen.insert(d.clone()));
-        Resolver { system_dirs: dirs }
+        Resolver {
+            library_path: Vec::new(),
+            system_dirs: dirs,
+        }
     }
 }
 
@@ -1093,6 +1190,8 @@ fn glob_files(pattern: &Path) -> Vec<PathBuf> {
 struct Closure {
     libraries: Vec<Library>,
     interpreters: Vec<PathBuf>,
+    /// Libraries needed by optional roots that were not taken: `name (needed by FILE)`.
+    left_out: Vec<String>,
 }
 
 struct Library {
@@ -1111,16 +1210,22 @@ struct Object {
     interpreter: Option<String>,
     /// Index of the object that needed this one; RPATHs are inherited along this chain.
     parent: Option<usize>,
+    /// Loaded only by an optional root: a library it needs may be missing (left to the node).
+    optional: bool,
 }
 
-fn resolve_closure(roots: &[&Path], resolver: &Resolver) -> Result<Closure, ImageError> {
+/// The closure of `roots`, each with whether it is optional: what an optional root needs and
+/// cannot be found (or is the GPU driver's) is listed in `left_out` instead of failing.
+fn resolve_closure(roots: &[(&Path, bool)], resolver: &Resolver) -> Result<Closure, ImageError> {
     let mut objects: Vec<Object> = Vec::new();
     // needed name or soname → index of the object that satisfies it, as the loader reuses an
     // already loaded object whose name matches.
     let mut loaded: HashMap<String, usize> = HashMap::new();
     let mut libraries = Vec::new();
-    for root in roots {
-        let obj = read_object(root, None)?;
+    let mut left_out = Vec::new();
+    for (root, optional) in roots {
+        let mut obj = read_object(root, None)?;
+        obj.optional = *optional;
         if let Some(s) = &obj.soname {
             loaded.entry(s.clone()).or_insert(objects.len());
         }
@@ -1135,8 +1240,27 @@ fn resolve_closure(roots: &[&Path], resolver: &Resolver) -> Result<Closure, Imag
             if loaded.contains_key(&name) {
                 continue;
             }
-            let path = find_library(&name, me, &objects, resolver)?;
-            let obj = read_object(&path, Some(me))?;
+            let optional = objects[me].optional;
+            let leave = |why: &str, left_out: &mut Vec<String>| {
+                let entry = format!("{name} ({why} {})", objects[me].path.display());
+                if !left_out.contains(&entry) {
+                    left_out.push(entry);
+                }
+            };
+            if optional && is_driver_library(&name) {
+                leave("the GPU driver's, needed by", &mut left_out);
+                continue;
+            }
+            let path = match find_library(&name, me, &objects, resolver) {
+                Ok(p) => p,
+                Err(_) if optional => {
+                    leave("not found, needed by", &mut left_out);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut obj = read_object(&path, Some(me))?;
+            obj.optional = optional;
             let idx = objects.len();
             loaded.insert(name, idx);
             if let Some(s) = &obj.soname {
@@ -1181,6 +1305,7 @@ fn resolve_closure(roots: &[&Path], resolver: &Resolver) -> Result<Closure, Imag
     Ok(Closure {
         libraries,
         interpreters,
+        left_out,
     })
 }
 
@@ -1212,6 +1337,7 @@ fn find_library(
             at = objects[i].parent;
         }
     }
+    dirs.extend(resolver.library_path.iter().map(PathBuf::as_path));
     dirs.extend(requester.runpath.iter().map(PathBuf::as_path));
     dirs.extend(resolver.system_dirs.iter().map(PathBuf::as_path));
     for d in &dirs {
@@ -1290,6 +1416,7 @@ fn read_object(path: &Path, parent: Option<usize>) -> Result<Object, ImageError>
         soname: elf.soname.map(str::to_string),
         interpreter: elf.interpreter.map(str::to_string),
         parent,
+        optional: false,
     })
 }
 

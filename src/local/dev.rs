@@ -66,6 +66,7 @@ async fn start(
         port.published = p;
     }
     let published = work.ports.first().map_or(0, |p| p.published);
+    super::check_gpus(docker, &work).await?;
     let env = images::ensure_env_image(docker, project, &plan, ui).await?;
 
     // Our own earlier container may hold the port; anything else holding it is an error.

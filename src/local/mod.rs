@@ -186,6 +186,15 @@ impl Interrupt {
     }
 }
 
+/// Checks, before anything is built or started, that the engine can give the workload the GPUs
+/// it asks for.
+async fn check_gpus(docker: &bollard::Docker, w: &Workload) -> Result<(), LocalError> {
+    if w.gpu.is_some_and(|n| n > 0) {
+        docker::check_gpu_support(docker, &format!("{}.resources.gpu", w.role)).await?;
+    }
+    Ok(())
+}
+
 /// Labels that tie a container to this project directory.
 fn labels(project: &Project, role: &str) -> HashMap<String, String> {
     HashMap::from([
@@ -241,6 +250,7 @@ fn container_spec(
         ports: w.ports.iter().map(|p| (p.container, p.published)).collect(),
         nano_cpus: w.cpu.as_ref().map(|c| c.nanos()),
         memory: w.memory.as_ref().map(|m| m.bytes as i64),
+        gpus: w.gpu,
         user: owner(&project.root),
         labels: labels(project, w.role),
         hardened: false,

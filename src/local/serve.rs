@@ -200,6 +200,7 @@ pub async fn serve(
     let mut interrupt = Interrupt::new()?;
     let serving = serving_plan(project)?;
     let docker = docker::connect().await?;
+    super::check_gpus(&docker, &serving.workload).await?;
     let image = interrupt
         .guard(serving_image(&docker, project, &serving, ui))
         .await?;

@@ -40,6 +40,7 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
     }
     let spec_hash = project.hash()?.to_string();
     let docker = docker::connect().await?;
+    super::check_gpus(&docker, &work).await?;
     let image = interrupt
         .guard(async {
             let env = images::ensure_env_image(&docker, project, &plan, ui).await?;

@@ -24,6 +24,34 @@ pub struct ServingConfig {
     /// Header whose value pins a client to one variant (sticky A/B assignment).
     #[serde(default = "default_key_header")]
     pub variant_key_header: String,
+    /// Where the models run. Left out when `cpu`, so a CPU config reads (and hashes) as it did
+    /// before devices existed.
+    #[serde(default, skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
+}
+
+/// The device ONNX Runtime runs the models on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider; the server refuses to start without it rather
+    /// than serve on the CPU where a GPU was asked for.
+    Cuda,
+}
+
+impl Device {
+    pub fn is_cpu(&self) -> bool {
+        *self == Device::Cpu
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
 }
 
 /// One model name clients address; served by one or more weighted variants.
@@ -143,6 +171,25 @@ mod env_tests {
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 9001));
         let c = config().listen_from_env(|_| None).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8080));
+    }
+
+    #[test]
+    fn the_device_is_cpu_unless_named_and_cpu_is_never_written() {
+        assert_eq!(config().device, Device::Cpu);
+        let json = serde_json::to_string(&config()).unwrap();
+        assert!(!json.contains("device"), "{json}");
+        let cuda: ServingConfig =
+            serde_json::from_str(r#"{"models": [], "device": "cuda"}"#).unwrap();
+        assert_eq!(cuda.device, Device::Cuda);
+        assert!(
+            serde_json::to_string(&cuda)
+                .unwrap()
+                .contains(r#""device":"cuda""#)
+        );
+        let err = serde_json::from_str::<ServingConfig>(r#"{"models": [], "device": "tpu"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `tpu`"), "{err}");
     }
 
     #[test]

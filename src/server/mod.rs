@@ -62,6 +62,27 @@ pub enum ServerError {
     #[error(transparent)]
     Runtime(OnnxError),
 
+    #[error(
+        "serve.device is cuda, but the ONNX Runtime library at {} has no CUDA execution provider (available: {})\n  hint: use a GPU build of ONNX Runtime (libonnxruntime.so with libonnxruntime_providers_cuda.so and libonnxruntime_providers_shared.so beside it, as the onnxruntime-gpu wheel and the onnxruntime-linux-x64-gpu release ship them) by pointing {} at it, or set serve.device: cpu",
+        library.display(),
+        list_or_none(available),
+        crate::onnx::DYLIB_ENV
+    )]
+    NoCudaProvider {
+        library: PathBuf,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "serve.device is cuda, but model '{model}' (variant '{variant}'): {source}\n  hint: the CUDA execution provider needs an NVIDIA GPU and its driver, and the CUDA and cuDNN libraries that build of ONNX Runtime was made for where the loader finds them (beside libonnxruntime.so or on LD_LIBRARY_PATH); in a container the GPU must be given to it (serve.resources.gpu); or set serve.device: cpu"
+    )]
+    Cuda {
+        model: String,
+        variant: String,
+        #[source]
+        source: OnnxError,
+    },
+
     #[error("model '{model}' (variant '{variant}'): {source}")]
     Model {
         model: String,
@@ -95,6 +116,29 @@ pub enum ServerError {
 
     #[error("serving HTTP failed: {0}")]
     Serve(#[source] std::io::Error),
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Fails unless the loaded ONNX Runtime library can run models on `device`.
+fn check_device(device: config::Device) -> Result<(), ServerError> {
+    if device.is_cpu() {
+        return Ok(());
+    }
+    let available = crate::onnx::available_providers().map_err(ServerError::Runtime)?;
+    if available.iter().any(|p| p == crate::onnx::CUDA_PROVIDER) {
+        return Ok(());
+    }
+    Err(ServerError::NoCudaProvider {
+        library: crate::onnx::runtime_library().unwrap_or_default(),
+        available,
+    })
 }
 
 /// Reads the serving config (JSON, see [`config::CONFIG_PATH`]).
@@ -183,6 +227,7 @@ impl Drop for Variant {
 pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
     check_config(config)?;
     crate::onnx::environment().map_err(ServerError::Runtime)?;
+    check_device(config.device)?;
     let key_header = HeaderName::from_bytes(config.variant_key_header.as_bytes())
         .map_err(|e| ServerError::Config(format!("variant_key_header: {e}")))?;
 
@@ -368,16 +413,22 @@ fn open_all(config: &ServingConfig) -> Result<Vec<Opened>, ServerError> {
         .collect();
     let open = |(model, variant): (&str, &config::VariantConfig)| -> Result<Opened, ServerError> {
         let started = Instant::now();
-        let session = model::open_session(&variant.path).map_err(|source| match source {
-            OnnxError::RuntimeNotFound { .. } | OnnxError::RuntimeLoad { .. } => {
-                ServerError::Runtime(source)
-            }
-            source => ServerError::Model {
-                model: model.to_string(),
-                variant: variant.name.clone(),
-                source,
-            },
-        })?;
+        let session =
+            model::open_session(&variant.path, config.device).map_err(|source| match source {
+                OnnxError::RuntimeNotFound { .. } | OnnxError::RuntimeLoad { .. } => {
+                    ServerError::Runtime(source)
+                }
+                OnnxError::Provider { .. } => ServerError::Cuda {
+                    model: model.to_string(),
+                    variant: variant.name.clone(),
+                    source,
+                },
+                source => ServerError::Model {
+                    model: model.to_string(),
+                    variant: variant.name.clone(),
+                    source,
+                },
+            })?;
         let signature = Signature::of(&session, &variant.path)?;
         Ok((session, signature, started.elapsed()))
     };
@@ -481,6 +532,7 @@ pub async fn run(
             addr: addr.clone(),
             source,
         })?;
+    let device = config.device;
     let summary: Vec<String> = config
         .models
         .iter()
@@ -493,8 +545,12 @@ pub async fn run(
         .await
         .map_err(|e| ServerError::Config(format!("loading models: {e}")))??;
     eprintln!(
-        "ferry serve-model: serving {} on http://{addr} (ready in {} ms)",
+        "ferry serve-model: serving {} on http://{addr}{} (ready in {} ms)",
         summary.join(", "),
+        match device {
+            config::Device::Cpu => "",
+            config::Device::Cuda => " with the CUDA execution provider",
+        },
         started.elapsed().as_millis()
     );
     serve(server, listener, shutdown).await

@@ -7,6 +7,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 use serde::Serialize;
 
+use super::config::Device;
 use super::parse::InputTensor;
 use super::tensor::{DataType, TensorData};
 use crate::onnx::OnnxError;
@@ -285,7 +286,11 @@ fn onnx_element_name(ty: TensorElementType) -> String {
 /// Opens `path` in the process's ONNX Runtime environment with one thread per session: the
 /// server runs one session per worker thread, and on small machines extra intra-op threads
 /// would only fight the HTTP threads for the same cores.
-pub(crate) fn open_session(path: &Path) -> Result<Session, OnnxError> {
+///
+/// On `Device::Cuda` the CUDA execution provider must register: a library without it, or one
+/// that cannot start it (no GPU, no CUDA libraries), is an error, never a quiet fall back to the
+/// CPU.
+pub(crate) fn open_session(path: &Path, device: Device) -> Result<Session, OnnxError> {
     let model_error = |message: String| OnnxError::ModelLoad {
         path: path.to_path_buf(),
         message,
@@ -299,12 +304,23 @@ pub(crate) fn open_session(path: &Path) -> Result<Session, OnnxError> {
         return Err(model_error("is a directory, not an ONNX model file".into()));
     }
     let env = crate::onnx::environment()?;
-    Session::builder(env)
+    let builder = Session::builder(env)
         .map_err(|e| model_error(e.to_string()))?
         .with_intra_threads(1)
         .map_err(|e| model_error(e.to_string()))?
         .with_inter_threads(1)
-        .map_err(|e| model_error(e.to_string()))?
+        .map_err(|e| model_error(e.to_string()))?;
+    let mut builder = match device {
+        Device::Cpu => builder,
+        Device::Cuda => builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| OnnxError::Provider {
+                provider: crate::onnx::CUDA_PROVIDER,
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?,
+    };
+    builder
         .commit_from_file(path)
         .map_err(|e| model_error(e.to_string()))
 }

@@ -9,7 +9,7 @@ use saphyr_parser::{Event, Parser};
 use serde_yaml_ng::Value;
 
 use super::quantity::{CPU_HINT, memory_hint};
-use super::{Cluster, Project, RelPath, Resolved, Spec, TargetKind};
+use super::{Cluster, Device, Project, RelPath, Resolved, Spec, TargetKind};
 
 /// One thing wrong with a spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -598,14 +598,26 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
         }
     }
 
-    if let Some(nb) = &spec.notebook
-        && nb.port == 0
-    {
-        bad(
-            "notebook.port",
-            "port 0 is not allowed".into(),
-            Some("a TCP port between 1 and 65535".into()),
-        );
+    if let Some(nb) = &spec.notebook {
+        if nb.port == 0 {
+            bad(
+                "notebook.port",
+                "port 0 is not allowed".into(),
+                Some("a TCP port between 1 and 65535".into()),
+            );
+        }
+        if nb
+            .resources
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.bytes < MIN_MEMORY)
+        {
+            bad(
+                "notebook.resources.memory",
+                "Docker needs at least 6Mi of memory for a container".into(),
+                None,
+            );
+        }
     }
 
     if let Some(t) = &spec.train {
@@ -653,7 +665,7 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
             }
         }
         if let Some(c) = &t.resources.memory
-            && c.bytes < 6 * 1024 * 1024
+            && c.bytes < MIN_MEMORY
         {
             bad(
                 "train.resources.memory",
@@ -751,6 +763,16 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                 "serve.autoscale",
                 format!("min {} and max {} do not make a range", a.min, a.max),
                 Some("1 <= min <= max".into()),
+            );
+        }
+        // A container is given a GPU only when it asks for one (a device request locally,
+        // `nvidia.com/gpu` in a cluster, where the device plugin hides every GPU from pods that
+        // do not request one), so a CUDA server without `gpu` could never start.
+        if s.device == Device::Cuda && s.resources.gpu.unwrap_or(0) == 0 {
+            bad(
+                "serve.device",
+                "`cuda` needs a GPU, but serve.resources.gpu is not set, so the server's container would be given none".into(),
+                Some("add `resources: { gpu: 1 }` under `serve`, or set `device: cpu`".into()),
             );
         }
     }
@@ -1019,6 +1041,9 @@ fn check_registry(r: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The least memory Docker lets a container have.
+const MIN_MEMORY: u64 = 6 * 1024 * 1024;
 
 const KNOWN_SUITES: &[&str] = &["bookworm", "trixie", "bullseye"];
 

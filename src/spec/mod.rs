@@ -22,6 +22,9 @@ pub(crate) use load::{did_you_mean, is_dns_label};
 pub use paths::RelPath;
 pub use quantity::{Cpu, Memory};
 
+/// `serve.device`: the serving config's own type, so the spec and the server cannot disagree.
+pub use crate::server::config::Device;
+
 /// The file name ferry looks for.
 pub const SPEC_FILE: &str = "ferry.yaml";
 
@@ -66,6 +69,9 @@ pub struct Environment {
 pub struct Notebook {
     #[serde(default = "default_notebook_port")]
     pub port: u16,
+    /// What the notebook's container may use; `gpu` gives it GPUs as training gets them.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 fn default_notebook_port() -> u16 {
@@ -154,6 +160,10 @@ pub struct Serve {
     pub autoscale: Option<Autoscale>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// `cpu` (default) or `cuda`: ONNX Runtime's CUDA execution provider, which needs
+    /// `resources.gpu` so the server's container is given a GPU.
+    #[serde(default, skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
 }
 
 fn default_serve_port() -> u16 {

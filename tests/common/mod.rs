@@ -79,6 +79,7 @@ pub fn config_with(models: Vec<ModelConfig>, limits: Limits) -> ServingConfig {
         models,
         limits,
         variant_key_header: "x-ferry-key".into(),
+        device: Default::default(),
     }
 }
 

@@ -381,3 +381,87 @@ environments:
     assert_eq!(p.line, 8, "{p:?}");
     assert_eq!(p.env.as_deref(), Some("prod"));
 }
+
+#[test]
+fn serve_device_defaults_to_cpu_and_an_environment_can_choose_cuda() {
+    let spec = GOOD.replace(
+        "    serve:\n      replicas: 3\n",
+        "    serve:\n      replicas: 3\n      device: cuda\n      resources: { gpu: 1 }\n",
+    );
+    let dir = project(&spec);
+    let dev = Project::load_dir(dir.path(), None).unwrap();
+    assert_eq!(dev.spec.serve.as_ref().unwrap().device, Device::Cpu);
+    let staging = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    let s = staging.spec.serve.as_ref().unwrap();
+    assert_eq!((s.device, s.resources.gpu), (Device::Cuda, Some(1)));
+}
+
+#[test]
+fn an_unknown_device_is_named_with_the_choices() {
+    let p = only_problem(&GOOD.replace(
+        "  model: artifacts/model.onnx\n",
+        "  model: artifacts/model.onnx\n  device: gpu\n",
+    ));
+    assert_eq!(p.field, "serve.device");
+    assert_eq!(p.message, "unknown value `gpu`");
+    assert_eq!(p.hint.as_deref(), Some("one of: cpu, cuda"));
+}
+
+#[test]
+fn cuda_without_a_gpu_is_refused_where_the_overlay_drops_the_gpu() {
+    // The base is fine; the cluster environment removes the GPU the server needs.
+    let spec = GOOD
+        .replace(
+            "  model: artifacts/model.onnx\n",
+            "  model: artifacts/model.onnx\n  device: cuda\n  resources: { gpu: 1 }\n",
+        )
+        .replace(
+            "    serve:\n      replicas: 3\n",
+            "    serve:\n      replicas: 3\n      resources: { gpu: null }\n",
+        );
+    let p = only_problem(&spec);
+    assert_eq!(p.field, "serve.device");
+    assert_eq!(p.env, None, "the device is written in the base: {p:?}");
+    assert_eq!(p.line, 15, "{p:?}");
+    assert!(
+        p.message.contains("serve.resources.gpu is not set"),
+        "{p:?}"
+    );
+    assert!(p.hint.as_deref().unwrap().contains("gpu: 1"), "{p:?}");
+
+    let p = only_problem(&GOOD.replace(
+        "  model: artifacts/model.onnx\n",
+        "  model: artifacts/model.onnx\n  device: cuda\n  resources: { gpu: 0 }\n",
+    ));
+    assert_eq!(p.field, "serve.device");
+}
+
+#[test]
+fn the_notebook_takes_resources_and_cpu_specs_hash_as_before() {
+    let dir = project(&GOOD.replace(
+        "  port: 8888\n",
+        "  port: 8888\n  resources: { gpu: 1, memory: 2Gi }\n",
+    ));
+    let p = Project::load_dir(dir.path(), None).unwrap();
+    let nb = p.spec.notebook.as_ref().unwrap();
+    assert_eq!(nb.resources.gpu, Some(1));
+    assert_eq!(nb.resources.memory.as_ref().unwrap().bytes, 2 << 30);
+
+    // Neither field is written when unset, so a spec without them keeps its hash.
+    let plain = project(GOOD);
+    let explicit = project(&GOOD.replace(
+        "  model: artifacts/model.onnx\n",
+        "  model: artifacts/model.onnx\n  device: cpu\n",
+    ));
+    let hash = |d: &tempfile::TempDir| Project::load_dir(d.path(), None).unwrap().hash().unwrap();
+    assert_eq!(hash(&plain), hash(&explicit));
+    let resolved =
+        serde_json::to_string(&Project::load_dir(plain.path(), None).unwrap().spec).unwrap();
+    assert!(!resolved.contains("device"), "{resolved}");
+
+    let p = only_problem(&GOOD.replace(
+        "  port: 8888\n",
+        "  port: 8888\n  resources: { memory: 1Mi }\n",
+    ));
+    assert_eq!(p.field, "notebook.resources.memory");
+}
