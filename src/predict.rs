@@ -175,13 +175,33 @@ async fn request_for(
         .get("datatype")
         .and_then(Value::as_str)
         .unwrap_or("FP32");
-    let cols = rows.first().map_or(0, Vec::len);
-    if let Some(want) = inputs[0]
+    let shape = inputs[0]
         .get("shape")
         .and_then(Value::as_array)
-        .and_then(|s| s.get(1))
-        .and_then(Value::as_i64)
-        .filter(|w| *w > 0)
+        .map(|s| s.iter().filter_map(Value::as_i64).collect::<Vec<_>>())
+        .unwrap_or_default();
+    request_body(name, datatype, &shape, &rows)
+}
+
+/// The v2 request that fills input `name` (of the model's `shape`) with `rows`. A rank-1 input
+/// (e.g. a batch of ids) takes one value per row.
+fn request_body(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    rows: &[Vec<f64>],
+) -> Result<Value, PredictError> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let rank_one = shape.len() == 1;
+    if rank_one && cols != 1 {
+        return Err(PredictError::BadInput {
+            what: format!("input `{name}`"),
+            message: format!(
+                "the model takes one value per row; got {cols}\n  hint: separate rows with ';', e.g. --values '1;2;3'"
+            ),
+        });
+    }
+    if let Some(&want) = shape.get(1).filter(|w| **w > 0)
         && want as usize != cols
     {
         return Err(PredictError::BadInput {
@@ -202,11 +222,16 @@ async fn request_for(
             }
         })
         .collect();
+    let dims = if rank_one {
+        json!([rows.len()])
+    } else {
+        json!([rows.len(), cols])
+    };
     Ok(json!({
         "inputs": [{
             "name": name,
             "datatype": datatype,
-            "shape": [rows.len(), cols],
+            "shape": dims,
             "data": data,
         }]
     }))
@@ -393,6 +418,24 @@ mod tests {
                 .to_string()
                 .contains("rows.csv:3")
         );
+    }
+
+    #[test]
+    fn a_rank_one_input_takes_one_value_per_row() {
+        let rows = parse_rows("7;42", "--values", ';').unwrap();
+        let body = request_body("user_id", "INT64", &[-1], &rows).unwrap();
+        assert_eq!(body["inputs"][0]["shape"], json!([2]));
+        assert_eq!(body["inputs"][0]["data"], json!([7, 42]));
+        let body = request_body("features", "FP32", &[-1, 1], &rows).unwrap();
+        assert_eq!(body["inputs"][0]["shape"], json!([2, 1]));
+        let rows = parse_rows("7,42", "--values", ';').unwrap();
+        let err = request_body("user_id", "INT64", &[-1], &rows).unwrap_err();
+        assert!(
+            err.to_string().contains("one value per row; got 2"),
+            "{err}"
+        );
+        let err = request_body("features", "FP32", &[-1, 3], &rows).unwrap_err();
+        assert!(err.to_string().contains("needs 3 values; got 2"), "{err}");
     }
 
     #[test]

@@ -187,6 +187,7 @@ mod tests {
         let names: Vec<String> = list().into_iter().map(|t| t.name).collect();
         assert!(names.contains(&"churn".to_string()), "{names:?}");
         assert!(names.contains(&"notebook".to_string()), "{names:?}");
+        assert!(names.contains(&"recommender".to_string()), "{names:?}");
         assert!(list().iter().all(|t| !t.description.is_empty()));
     }
 
