@@ -3,7 +3,7 @@
 //! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
 //! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
 //! runs the dev and training loops on it; `kube` is the cluster backend and `cluster` drives
-//! it; `lock` keeps `ferry.lock`, what each environment runs; `onnx` checks models with ONNX
+//! it; `notebook` runs a notebook as the training workload; `lock` keeps `ferry.lock`, what each environment runs; `onnx` checks models with ONNX
 //! Runtime; `templates` holds the embedded project templates; `cli` is the thin command-line
 //! edge.
 
@@ -22,6 +22,8 @@ pub mod local;
 #[cfg(feature = "cli")]
 pub mod lock;
 pub mod onnx;
+#[cfg(feature = "cli")]
+pub mod notebook;
 #[cfg(feature = "cli")]
 pub mod plan;
 #[cfg(feature = "cli")]
