@@ -21,9 +21,9 @@ pub mod kube;
 pub mod local;
 #[cfg(feature = "cli")]
 pub mod lock;
-pub mod onnx;
 #[cfg(feature = "cli")]
 pub mod notebook;
+pub mod onnx;
 #[cfg(feature = "cli")]
 pub mod plan;
 #[cfg(feature = "cli")]

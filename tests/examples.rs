@@ -102,16 +102,36 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
     assert!(injected["source"].to_string().contains("seed = 11"));
     let text = serde_json::to_string(&nb).unwrap();
     assert!(text.contains("test ROC AUC"), "the cells' outputs are kept");
-    assert!(nb_run["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|o| o["path"] == "artifacts/model.onnx"));
-    assert!(runs[2]["notebook"].is_null(), "train.py's run has no notebook");
-    assert!(printed.contains(&format!("notebook {}", nb_run["notebook"].as_str().unwrap())));
+    assert!(
+        nb_run["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["path"] == "artifacts/model.onnx")
+    );
+    assert!(
+        runs[2]["notebook"].is_null(),
+        "train.py's run has no notebook"
+    );
+    assert!(printed.contains(&format!(
+        "notebook {}",
+        nb_run["notebook"].as_str().unwrap()
+    )));
 
     // serve + predict: a table with a row per customer of request.json.
-    assert!(printed.contains("probabilities"), "{printed}");
+    let table = printed
+        .split("$ ferry predict request.json\n")
+        .nth(1)
+        .expect("the predict step ran");
+    let rows: Vec<&str> = table.lines().take(3).collect();
+    assert!(
+        rows[0].starts_with("row") && rows[0].contains("probabilities"),
+        "{table}"
+    );
+    assert!(
+        rows[1].starts_with('0') && rows[2].starts_with('1'),
+        "{table}"
+    );
 
     // promote: the staging Deployment runs the image ferry pushed, by digest.
     if registry.is_some() {
@@ -126,7 +146,9 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
         let lock = json(&root.join("ferry.lock"));
         let staging = &lock["environments"]["staging"];
         assert!(
-            staging.to_string().contains(image.rsplit('@').next().unwrap()),
+            staging
+                .to_string()
+                .contains(image.rsplit('@').next().unwrap()),
             "ferry.lock records the promoted digest: {staging}"
         );
     }

@@ -102,7 +102,12 @@ enum Command {
         #[arg(long, value_name = "NOTEBOOK.ipynb")]
         notebook: Option<PathBuf>,
         /// NAME=VALUE for the notebook's cell tagged `parameters` (repeatable).
-        #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", requires = "notebook")]
+        #[arg(
+            short = 'p',
+            long = "param",
+            value_name = "NAME=VALUE",
+            requires = "notebook"
+        )]
         params: Vec<String>,
     },
     /// List training runs, newest first.

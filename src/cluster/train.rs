@@ -177,7 +177,9 @@ pub async fn train(
             let reason = match &work.notebook {
                 // The init container's volumes go with the failed pod: the log, which has
                 // the runner's account of the failing cell, is what is left of the notebook.
-                Some(nb) => crate::notebook::failure_reason(nb, &run.log_path, None, ended.describe()),
+                Some(nb) => {
+                    crate::notebook::failure_reason(nb, &run.log_path, None, ended.describe())
+                }
                 None => ended.describe(),
             };
             return Err(Failure::Train {
@@ -582,7 +584,13 @@ impl<'a> Run<'a> {
             log_path,
             log: std::sync::Mutex::new(log),
             notebook: work.notebook.as_ref().map(|nb| {
-                dir.join(nb.executed.as_str().rsplit('/').next().unwrap_or("notebook.ipynb"))
+                dir.join(
+                    nb.executed
+                        .as_str()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("notebook.ipynb"),
+                )
             }),
             dir,
         })
@@ -614,16 +622,12 @@ impl<'a> Run<'a> {
                 .unwrap_or(&self.log_path)
                 .to_string_lossy()
                 .into_owned(),
-            notebook: self
-                .notebook
-                .as_ref()
-                .filter(|p| p.exists())
-                .map(|p| {
-                    p.strip_prefix(&self.project.root)
-                        .unwrap_or(p)
-                        .to_string_lossy()
-                        .into_owned()
-                }),
+            notebook: self.notebook.as_ref().filter(|p| p.exists()).map(|p| {
+                p.strip_prefix(&self.project.root)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned()
+            }),
         }
     }
 

@@ -60,7 +60,12 @@ pub async fn train(
     let log_path = run_dir.join("train.log");
     // A notebook run keeps its executed notebook beside the log, whatever the outcome.
     let kept = work.notebook.as_ref().map(|nb| {
-        let name = nb.executed.as_str().rsplit('/').next().unwrap_or("notebook.ipynb");
+        let name = nb
+            .executed
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or("notebook.ipynb");
         (nb.executed.under(&staging), run_dir.join(name))
     });
     let keep_notebook = || {
@@ -194,7 +199,9 @@ pub async fn train(
     };
     if exit.code != 0 || exit.oom_killed {
         let reason = match &work.notebook {
-            Some(nb) => notebook::failure_reason(nb, &log_path, executed.as_deref(), exit.describe()),
+            Some(nb) => {
+                notebook::failure_reason(nb, &log_path, executed.as_deref(), exit.describe())
+            }
             None => exit.describe(),
         };
         fail(reason.clone(), &exit)?;

@@ -41,7 +41,9 @@ pub enum NotebookError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bad parameter {param:?}: {reason}\n  hint: parameters are NAME=VALUE, NAME a Python identifier, e.g. -p epochs=20 -p data=data/customers.csv")]
+    #[error(
+        "bad parameter {param:?}: {reason}\n  hint: parameters are NAME=VALUE, NAME a Python identifier, e.g. -p epochs=20 -p data=data/customers.csv"
+    )]
     BadParam { param: String, reason: &'static str },
 }
 
@@ -127,7 +129,12 @@ impl Request {
 
     /// The file name the executed notebook keeps in the run's directory.
     pub fn executed_name(&self) -> String {
-        let name = self.notebook.as_str().rsplit('/').next().unwrap_or("notebook");
+        let name = self
+            .notebook
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or("notebook");
         if name.ends_with(".ipynb") {
             name.to_string()
         } else {
@@ -300,8 +307,11 @@ mod tests {
         std::fs::write(dir.path().join("script.py"), "print(1)\n").unwrap();
         let e = err(Path::new("script.py"));
         assert!(e.contains("is not a Jupyter notebook: not JSON"), "{e}");
-        std::fs::write(dir.path().join("old.ipynb"), r#"{"nbformat": 3, "worksheets": []}"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join("old.ipynb"),
+            r#"{"nbformat": 3, "worksheets": []}"#,
+        )
+        .unwrap();
         assert!(err(Path::new("old.ipynb")).contains("nbformat 3"));
         std::fs::write(dir.path().join("odd.ipynb"), r#"{"nbformat": 4}"#).unwrap();
         assert!(err(Path::new("odd.ipynb")).contains("no `cells` list"));
