@@ -255,6 +255,7 @@ mod tests {
     use super::*;
 
     fn project(dir: &Path) -> Project {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::write(
             dir.join("ferry.yaml"),
             "name: nb\nenvironment: { bootstrap: bookworm }\ntrain:\n  command: python train.py\n  inputs: [data/]\n  outputs: [artifacts/model.onnx]\n  resources: { cpu: 2, memory: 1Gi }\n",
