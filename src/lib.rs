@@ -3,9 +3,10 @@
 //! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
 //! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
 //! runs the dev and training loops on it; `kube` is the cluster backend and `cluster` drives
-//! it; `lock` keeps `ferry.lock`, what each environment runs; `onnx` checks models with ONNX
-//! Runtime; `templates` holds the embedded project templates; `ci`, `monitoring` and `doctor` write
-//! the CI workflow, the monitoring files and the machine check; `cli` is the thin command-line
+//! it; `notebook` runs a notebook as the training workload; `lock` keeps `ferry.lock`, what each
+//! environment runs; `onnx` checks models with ONNX Runtime; `templates` holds the embedded
+//! project templates; `ci`, `monitoring` and `doctor` write the CI workflow, the monitoring
+//! files and the machine check; `cli` is the thin command-line
 //! edge.
 
 #[cfg(feature = "cli")]
@@ -28,6 +29,8 @@ pub mod local;
 pub mod lock;
 #[cfg(feature = "cli")]
 pub mod monitoring;
+#[cfg(feature = "cli")]
+pub mod notebook;
 pub mod onnx;
 #[cfg(feature = "cli")]
 pub mod plan;

@@ -90,7 +90,22 @@ pub struct Workload {
     pub gpu: Option<u32>,
     /// Files the workload must leave behind (training outputs).
     pub outputs: Vec<RelPath>,
+    /// Set when the workload executes a notebook (`ferry train --notebook`).
+    pub notebook: Option<NotebookRun>,
 }
+
+/// A notebook executed headless as the training workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotebookRun {
+    /// The notebook as the project holds it.
+    pub source: RelPath,
+    /// Where the executed copy is written (in a writable volume): kept with the run record.
+    pub executed: RelPath,
+}
+
+/// What executing a notebook headless needs in the environment; a notebook server
+/// (jupyterlab) brings both.
+pub const NOTEBOOK_EXECUTOR: [&str; 2] = ["nbclient", "ipykernel"];
 
 /// A project path mounted at the same place under the workdir.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +185,7 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
             memory,
             gpu,
             outputs: Vec::new(),
+            notebook: None,
         }
     });
 
@@ -200,6 +216,7 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
             memory,
             gpu,
             outputs: t.outputs.clone(),
+            notebook: None,
         }
     });
 
@@ -292,6 +309,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             memory,
             gpu,
             outputs: Vec::new(),
+            notebook: None,
         },
         config: ServingConfig {
             host: "0.0.0.0".into(),
@@ -304,6 +322,23 @@ fn serving(project: &str, sv: &Serve) -> Serving {
         models,
         replicas: sv.replicas.unwrap_or(1),
         autoscale: sv.autoscale.clone(),
+    }
+}
+
+/// Makes the environment able to execute notebooks headless: adds what [`NOTEBOOK_EXECUTOR`]
+/// names unless the requirements or the notebook server already bring it. The environment
+/// of a spec with `notebook:` is therefore the same image for `ferry train --notebook`.
+pub fn add_notebook_executor(env: &mut EnvImage, user_requirements: &str) {
+    let has_server = env.extra_requirements.iter().any(|r| r == NOTEBOOK_PACKAGE)
+        || names_notebook_server(user_requirements);
+    if has_server {
+        return;
+    }
+    let named = requirement_names(user_requirements);
+    for p in NOTEBOOK_EXECUTOR {
+        if !named.iter().any(|n| n == p) && !env.extra_requirements.iter().any(|r| r == p) {
+            env.extra_requirements.push(p.to_string());
+        }
     }
 }
 
@@ -335,16 +370,25 @@ fn sorted(v: &[String]) -> Vec<String> {
 
 /// True when a requirements file already brings a notebook server.
 fn names_notebook_server(requirements: &str) -> bool {
-    requirements.lines().any(|l| {
-        let name: String = l
-            .trim()
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect::<String>()
-            .to_ascii_lowercase()
-            .replace('_', "-");
-        matches!(name.as_str(), "jupyterlab" | "notebook" | "jupyter")
-    })
+    requirement_names(requirements)
+        .iter()
+        .any(|n| matches!(n.as_str(), "jupyterlab" | "notebook" | "jupyter"))
+}
+
+/// The package names a requirements file lists, normalised (lowercase, `-` for `_`).
+fn requirement_names(requirements: &str) -> Vec<String> {
+    requirements
+        .lines()
+        .map(|l| {
+            l.trim()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect::<String>()
+                .to_ascii_lowercase()
+                .replace('_', "-")
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

@@ -644,3 +644,211 @@ fn dev_rebuilds_and_restarts_when_requirements_change() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A notebook written into the churn project for one test, removed afterwards so the other
+/// tests see the project (and its image) as the template makes it.
+struct TempNotebook(PathBuf);
+
+impl TempNotebook {
+    fn new(root: &Path, name: &str, cells: &[&str]) -> TempNotebook {
+        let cells: Vec<Value> = cells
+            .iter()
+            .map(|src| {
+                serde_json::json!({"cell_type": "code", "metadata": {}, "execution_count": null,
+                                   "outputs": [], "source": src})
+            })
+            .collect();
+        let nb =
+            serde_json::json!({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 4});
+        let path = root.join(name);
+        std::fs::write(&path, serde_json::to_vec(&nb).unwrap()).unwrap();
+        TempNotebook(path)
+    }
+}
+
+impl Drop for TempNotebook {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn train_from_a_notebook_keeps_the_executed_notebook_and_collects_the_model() {
+    let _g = serial();
+    let f = churn();
+    let built = ok_json(&f.root, &["build", "--json"]);
+    let run = ok_json(
+        &f.root,
+        &[
+            "train",
+            "--notebook",
+            "train.ipynb",
+            "-p",
+            "seed=11",
+            "--json",
+        ],
+    );
+    assert_eq!(run["status"], "succeeded");
+    // The churn environment has a notebook server, which brings the executor: the run uses
+    // the very image `ferry build` made.
+    assert_eq!(run["image"], built["project"]["tag"]);
+    assert_eq!(run["command"][0], "python");
+    assert_eq!(run["command"][3], "/workspace/train.ipynb");
+
+    let model = f.root.join("artifacts/model.onnx");
+    let recorded = run["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["path"] == "artifacts/model.onnx")
+        .expect("the model is collected");
+    assert_eq!(recorded["sha256"].as_str().unwrap(), sha256(&model));
+    ferry::onnx::check_model(&model).expect("the notebook's model loads");
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(f.root.join("artifacts/metrics.json")).unwrap())
+            .unwrap();
+    assert!(metrics["auc"].as_f64().unwrap() > 0.7, "{metrics}");
+    let lock = std::fs::read_to_string(f.root.join("ferry.lock")).unwrap();
+    assert!(
+        lock.contains(&sha256(&model)),
+        "ferry.lock takes the new model's sha256"
+    );
+
+    let id = run["id"].as_str().unwrap();
+    let kept = run["notebook"]
+        .as_str()
+        .expect("the executed notebook is recorded");
+    assert_eq!(kept, format!(".ferry/runs/{id}/train.ipynb"));
+    let nb: Value = serde_json::from_slice(&std::fs::read(f.root.join(kept)).unwrap()).unwrap();
+    let cells = nb["cells"].as_array().unwrap();
+    let injected = cells
+        .iter()
+        .position(|c| c["metadata"]["tags"][0] == "injected-parameters")
+        .expect("an injected parameters cell");
+    assert_eq!(
+        cells[injected - 1]["metadata"]["tags"][0],
+        "parameters",
+        "injected right after the cell tagged parameters"
+    );
+    assert!(cells[injected]["source"].to_string().contains("seed = 11"));
+    for c in cells.iter().filter(|c| c["cell_type"] == "code") {
+        assert!(c["execution_count"].is_number(), "every cell ran: {c}");
+    }
+    let outputs = serde_json::to_string(&nb).unwrap();
+    assert!(outputs.contains("test ROC AUC"), "outputs are kept");
+    let log = std::fs::read_to_string(f.root.join(run["log"].as_str().unwrap())).unwrap();
+    assert!(log.contains("ferry-notebook: running cell 3 of 9"), "{log}");
+    assert!(
+        log.contains("test ROC AUC"),
+        "cell output is streamed to the log"
+    );
+    assert!(
+        !f.root.join(".ferry-notebook").exists(),
+        "nothing lands in the project"
+    );
+
+    let out = ferry(&f.root, &["runs"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&format!("notebook {kept}")), "{listed}");
+    assert!(project_containers(&f.root).is_empty());
+}
+
+#[test]
+fn a_failing_notebook_cell_is_named_and_the_partial_notebook_kept() {
+    let _g = serial();
+    let f = churn();
+    let model = f.root.join("artifacts/model.onnx");
+    let before = model.exists().then(|| sha256(&model));
+    let _nb = TempNotebook::new(
+        &f.root,
+        "broken.ipynb",
+        &[
+            "print('before the failure')",
+            "raise ValueError('no customers in ' + 'Q3')",
+            "print('never printed')",
+        ],
+    );
+    let out = ferry(&f.root, &["train", "--notebook", "broken.ipynb"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("broken.ipynb failed at cell 2 of 3: ValueError: no customers in Q3"),
+        "{err}"
+    );
+    assert!(err.contains("before the failure"), "streamed: {err}");
+    assert_eq!(
+        model.exists().then(|| sha256(&model)),
+        before,
+        "the previous model is untouched"
+    );
+
+    let runs = ok_json(&f.root, &["runs", "--json"]);
+    let last = &runs[0];
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["outputs"].as_array().unwrap().len(), 0);
+    let kept = last["notebook"]
+        .as_str()
+        .expect("the partial notebook is kept");
+    assert!(err.contains(kept), "the error says where it is: {err}");
+    let nb: Value = serde_json::from_slice(&std::fs::read(f.root.join(kept)).unwrap()).unwrap();
+    let cells = nb["cells"].as_array().unwrap();
+    assert!(
+        cells[0]["outputs"][0]["text"]
+            .to_string()
+            .contains("before the failure"),
+        "the cells before the failure kept their output"
+    );
+    let error = &cells[1]["outputs"][0];
+    assert_eq!(error["output_type"], "error");
+    assert_eq!(error["ename"], "ValueError");
+    assert!(
+        error["traceback"].to_string().contains("no customers in"),
+        "{error}"
+    );
+    assert!(cells[2]["execution_count"].is_null(), "cell 3 never ran");
+    assert!(project_containers(&f.root).is_empty());
+}
+
+#[test]
+fn bad_notebook_paths_are_refused_before_anything_runs() {
+    let _g = serial();
+    let f = churn();
+    let count = || {
+        std::fs::read_dir(f.root.join(".ferry/runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = count();
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), r#"{"cells": [], "nbformat": 4}"#).unwrap();
+    let outside = outside.path().to_string_lossy().into_owned();
+    for (args, says) in [
+        (
+            vec!["--notebook", "missing.ipynb"],
+            "missing.ipynb does not exist",
+        ),
+        (
+            vec!["--notebook", "train.py"],
+            "train.py is not a Jupyter notebook: not JSON",
+        ),
+        (
+            vec!["--notebook", outside.as_str()],
+            "is outside the project directory",
+        ),
+        (
+            vec!["--notebook", "train.ipynb", "-p", "seed"],
+            "bad parameter \"seed\": no `=`",
+        ),
+        (vec!["-p", "seed=3"], "--notebook"),
+    ] {
+        let mut all = vec!["train"];
+        all.extend(args.iter().copied());
+        let out = ferry(&f.root, &all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{all:?}");
+        assert!(err.contains(says), "{all:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(count(), before, "no run was started");
+    assert!(project_containers(&f.root).is_empty());
+}

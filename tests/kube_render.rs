@@ -378,6 +378,94 @@ fn training_is_a_job_whose_outputs_wait_for_collection() {
     }
 }
 
+/// `ferry train --notebook` in a cluster: the same Job as for the command, with the notebook
+/// runner as the command and one more volume for the executed notebook.
+#[test]
+fn a_notebook_run_is_the_same_job_with_the_runner_as_its_command() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path(), "production");
+    let spec = SPEC.replacen("\nserve:\n", &format!("\n{TRAIN}serve:\n"), 1);
+    std::fs::write(dir.path().join("ferry.yaml"), spec).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("train.ipynb"),
+        r#"{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}"#,
+    )
+    .unwrap();
+    let p = Project::load_dir(dir.path(), Some("production")).unwrap();
+    let req = ferry::notebook::Request::new(
+        &p,
+        Path::new("train.ipynb"),
+        dir.path(),
+        &["seed=11".to_string()],
+    )
+    .unwrap();
+    let command_plan = ferry::local::make_plan(&p).unwrap();
+    let plan = ferry::local::make_plan_with(&p, Some(&req)).unwrap();
+    assert_eq!(
+        plan.env_image, command_plan.env_image,
+        "with a notebook server in the environment, the image is the command run's"
+    );
+    let run = |plan: &ferry::plan::Plan| {
+        let job = training_job(&placement(&p), plan.train.as_ref().unwrap(), "r1");
+        serde_json::to_value(&job).unwrap()
+    };
+    let (v, plain) = (run(&plan), run(&command_plan));
+    let train = &v["spec"]["template"]["spec"]["initContainers"][0];
+    let command: Vec<&str> = train["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(command[..2], ["python", "-c"]);
+    assert_eq!(command[2], ferry::notebook::RUNNER);
+    assert_eq!(
+        command[3..],
+        [
+            "/workspace/train.ipynb",
+            "/workspace/.ferry-notebook/train.ipynb",
+            "seed=11"
+        ]
+    );
+    let plain_train = &plain["spec"]["template"]["spec"]["initContainers"][0];
+    for field in [
+        "image",
+        "resources",
+        "env",
+        "envFrom",
+        "securityContext",
+        "workingDir",
+    ] {
+        assert_eq!(train[field], plain_train[field], "{field}");
+    }
+    let mounts: Vec<&str> = train["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/tmp",
+            "/workspace/artifacts",
+            "/workspace/reports",
+            "/workspace/.ferry-notebook"
+        ]
+    );
+    let collect = &v["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        collect["volumeMounts"]
+            .to_string()
+            .contains("/workspace/.ferry-notebook"),
+        "the collector holds the executed notebook until ferry has copied it"
+    );
+    if have_validator() {
+        validate(dir.path(), &[v]);
+    }
+}
+
 /// A promotion prunes, and `ferry down ENV` removes, what matches the server selector: never
 /// the notebook's or training's objects.
 #[test]

@@ -100,6 +100,18 @@ enum Command {
     Train {
         #[command(flatten)]
         spec: SpecArgs,
+        /// Execute this notebook headless (nbclient) in place of `train.command`; the executed
+        /// notebook is kept with the run record.
+        #[arg(long, value_name = "NOTEBOOK.ipynb")]
+        notebook: Option<PathBuf>,
+        /// NAME=VALUE for the notebook's cell tagged `parameters` (repeatable).
+        #[arg(
+            short = 'p',
+            long = "param",
+            value_name = "NAME=VALUE",
+            requires = "notebook"
+        )]
+        params: Vec<String>,
     },
     /// List training runs, newest first.
     Runs {
@@ -720,18 +732,40 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             let names = runtime()?.block_on(local::dev::down(&root))?;
             print_removed(ui, names);
         }
-        Command::Train { spec } => {
+        Command::Train {
+            spec,
+            notebook,
+            params,
+        } => {
             let project = load(&spec)?;
+            let notebook = match notebook {
+                Some(path) => {
+                    let cwd = std::env::current_dir().map_err(|source| LocalError::Io {
+                        what: "cannot read the current directory",
+                        path: PathBuf::from("."),
+                        source,
+                    })?;
+                    Some(
+                        crate::notebook::Request::new(&project, &path, &cwd, &params)
+                            .map_err(LocalError::from)?,
+                    )
+                }
+                None => None,
+            };
             let r = if project.spec.target == crate::spec::TargetKind::Kubernetes {
                 // A failed training exits with its own code, as locally: keep its local error.
                 runtime()?
-                    .block_on(crate::cluster::train::train(&project, ui))
+                    .block_on(crate::cluster::train::train(
+                        &project,
+                        notebook.as_ref(),
+                        ui,
+                    ))
                     .map_err(|e| match e {
                         crate::cluster::ClusterError::Local(l) => CliError::Local(l),
                         e => CliError::Cluster(Box::new(e)),
                     })?
             } else {
-                runtime()?.block_on(local::train::train(&project, ui))?
+                runtime()?.block_on(local::train::train(&project, notebook.as_ref(), ui))?
             };
             if ui.mode() == OutputMode::Json {
                 print_json(&r.run);
@@ -749,6 +783,9 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                         crate::ui::human_bytes(o.size),
                         &o.sha256[..16]
                     ));
+                }
+                if let Some(nb) = &r.run.notebook {
+                    ui.info(format!("  executed notebook: {nb}"));
                 }
             }
         }
@@ -773,7 +810,8 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                     let outs = r
                         .outputs
                         .iter()
-                        .map(|o| o.path.as_str())
+                        .map(|o| o.path.clone())
+                        .chain(r.notebook.iter().map(|n| format!("notebook {n}")))
                         .collect::<Vec<_>>()
                         .join(", ");
                     println!(

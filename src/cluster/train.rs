@@ -44,7 +44,7 @@ use crate::kube::workloads::{COLLECT_DONE, Placement, job_name, training_job};
 use crate::kube::{KubeError, Secrets, client};
 use crate::local::runs::{self, Output, RunRecord, Status};
 use crate::local::train::TrainResult;
-use crate::local::{Interrupt, LocalError, make_plan};
+use crate::local::{Interrupt, LocalError, make_plan_with};
 use crate::onnx::OnnxError;
 use crate::plan::Workload;
 use crate::spec::{Project, RelPath};
@@ -66,11 +66,16 @@ const COMPLETE_WAIT: Duration = Duration::from_secs(2 * 60);
 const LOG_RETRIES: u32 = 5;
 
 /// `ferry train` in a cluster.
-pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterError> {
+/// `ferry train` in a cluster: `train.command`, or `notebook` in its place.
+pub async fn train(
+    project: &Project,
+    notebook: Option<&crate::notebook::Request>,
+    ui: &Ui,
+) -> Result<TrainResult, ClusterError> {
     let mut interrupt = Interrupt::new()?;
     let env = require_cluster(project)?;
     let registry = super::registry(project, &env)?;
-    let plan = make_plan(project)?;
+    let plan = make_plan_with(project, notebook)?;
     let Some(work) = plan.train.clone() else {
         return Err(LocalError::MissingSection {
             file: project.file.clone(),
@@ -169,9 +174,17 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterErr
         let pod = wait_started(&ctx, ui).await?;
         let ended = follow_training(&ctx, &pod, &run, ui).await?;
         if ended.exit_code != 0 || ended.reason == "OOMKilled" {
+            let reason = match &work.notebook {
+                // The init container's volumes go with the failed pod: the log, which has
+                // the runner's account of the failing cell, is what is left of the notebook.
+                Some(nb) => {
+                    crate::notebook::failure_reason(nb, &run.log_path, None, ended.describe())
+                }
+                None => ended.describe(),
+            };
             return Err(Failure::Train {
                 code: ended.exit_code,
-                reason: ended.describe(),
+                reason,
             });
         }
         let files = collect_outputs(&ctx, &pod, &work, &run, ui).await?;
@@ -197,6 +210,15 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, ClusterErr
         .outputs
         .iter()
         .try_for_each(|out| move_output(&run.staging, &project.root, out, &files, &mut outputs));
+    if let (Some(nb), Some(to)) = (&work.notebook, &run.notebook) {
+        let from = nb.executed.under(&run.staging);
+        if let Err(e) = std::fs::rename(&from, to) {
+            ui.warn(format!(
+                "cannot keep the executed notebook {}: {e}",
+                to.display()
+            ));
+        }
+    }
     if let Err(e) = moved {
         delete_job(&ctx, ui).await;
         let _ = std::fs::remove_dir_all(&run.staging);
@@ -501,6 +523,8 @@ struct Run<'a> {
     staging: PathBuf,
     log_path: PathBuf,
     log: std::sync::Mutex<std::fs::File>,
+    /// Where a notebook run's executed notebook is kept.
+    notebook: Option<PathBuf>,
 }
 
 /// How a run that did not succeed ended.
@@ -556,10 +580,19 @@ impl<'a> Run<'a> {
             image_id: image_id.to_string(),
             spec_hash: spec_hash.to_string(),
             command: work.argv.clone(),
-            dir,
             staging,
             log_path,
             log: std::sync::Mutex::new(log),
+            notebook: work.notebook.as_ref().map(|nb| {
+                dir.join(
+                    nb.executed
+                        .as_str()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("notebook.ipynb"),
+                )
+            }),
+            dir,
         })
     }
 
@@ -589,6 +622,12 @@ impl<'a> Run<'a> {
                 .unwrap_or(&self.log_path)
                 .to_string_lossy()
                 .into_owned(),
+            notebook: self.notebook.as_ref().filter(|p| p.exists()).map(|p| {
+                p.strip_prefix(&self.project.root)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned()
+            }),
         }
     }
 
@@ -1228,7 +1267,10 @@ async fn collect_all(
     step.set_detail("waiting for the collector container");
     wait_collector(ctx, pod).await?;
     let mut all = BTreeMap::new();
-    for (i, out) in work.outputs.iter().enumerate() {
+    // A notebook run's executed notebook comes out the way the outputs do (it is kept with
+    // the run, not moved into the project).
+    let executed = work.notebook.as_ref().map(|nb| &nb.executed);
+    for (i, out) in work.outputs.iter().chain(executed).enumerate() {
         step.set_detail(format!("hashing {out} in the pod"));
         let mut listing: Vec<u8> = Vec::new();
         let listed = exec_output(ctx, pod, listing_command(&ctx.workdir, out), &mut listing).await;

@@ -162,7 +162,11 @@ pub fn training_job(p: &Placement, train: &Workload, run_id: &str) -> Job {
     let mut labels = p.labels("train");
     labels.insert("ferry.dev/run".into(), run_label(run_id));
 
-    let outputs = output_dirs(&train.outputs);
+    let mut outputs = output_dirs(&train.outputs);
+    // A notebook run writes the executed notebook to a directory of its own.
+    if let Some(dir) = train.notebook.as_ref().and_then(|nb| nb.executed.parent()) {
+        outputs.push(dir);
+    }
     let mut volumes = vec![empty_dir("tmp"), empty_dir("collect")];
     let mut mounts = vec![VolumeMount {
         name: "tmp".into(),

@@ -69,6 +69,8 @@ pub enum LocalError {
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
+    Notebook(#[from] crate::notebook::NotebookError),
+    #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error(
         "--network host needs a local Linux Docker engine (this one is remote, rootless or in a VM, so its host network is not this machine's loopback)\n  hint: leave --network out, or use --network bridge"
@@ -135,6 +137,15 @@ pub async fn build(project: &Project, ui: &Ui) -> Result<BuildResult, LocalError
 }
 
 pub fn make_plan(project: &Project) -> Result<Plan, LocalError> {
+    make_plan_with(project, None)
+}
+
+/// The plan, with the training workload running `notebook` in place of `train.command` when
+/// one is given (and the environment made able to run it).
+pub fn make_plan_with(
+    project: &Project,
+    notebook: Option<&crate::notebook::Request>,
+) -> Result<Plan, LocalError> {
     let reqs = match &project.spec.environment.requirements {
         Some(r) => {
             let p = project.path(r);
@@ -142,7 +153,15 @@ pub fn make_plan(project: &Project) -> Result<Plan, LocalError> {
         }
         None => String::new(),
     };
-    Ok(plan::plan(project, &reqs))
+    let mut plan = plan::plan(project, &reqs);
+    if let Some(req) = notebook {
+        plan::add_notebook_executor(&mut plan.env_image, &reqs);
+        plan.train = plan
+            .train
+            .as_ref()
+            .map(|t| crate::notebook::workload(t, req));
+    }
+    Ok(plan)
 }
 
 /// Ctrl-C and SIGTERM, caught from the moment this is made: an operation that owns containers

@@ -43,6 +43,10 @@ pub struct RunRecord {
     pub outputs: Vec<Output>,
     /// The log file, relative to the project.
     pub log: String,
+    /// A notebook run's executed notebook (relative to the project), kept whether the run
+    /// succeeded or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<String>,
 }
 
 pub fn runs_dir(root: &Path) -> PathBuf {
@@ -190,6 +194,7 @@ mod tests {
             reason: None,
             outputs: vec![],
             log: "x".into(),
+            notebook: None,
         };
         mk("20260101-000000-0001", Status::Succeeded)
             .save(dir.path())

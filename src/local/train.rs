@@ -10,9 +10,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::runs::{self, Output, RunRecord, Status};
-use super::{Interrupt, LocalError, container_spec, make_plan, root_key};
+use super::{Interrupt, LocalError, container_spec, make_plan_with, root_key};
 use crate::docker::{self, Exit};
 use crate::images::build as images;
+use crate::notebook::{self, Request};
 use crate::plan::VolumePath;
 use crate::spec::{Project, RelPath, sha256_file};
 use crate::ui::Ui;
@@ -23,9 +24,14 @@ pub struct TrainResult {
     pub record: PathBuf,
 }
 
-pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError> {
+/// Runs the training workload: `train.command`, or `notebook` in its place.
+pub async fn train(
+    project: &Project,
+    notebook: Option<&Request>,
+    ui: &Ui,
+) -> Result<TrainResult, LocalError> {
     let mut interrupt = Interrupt::new()?;
-    let plan = make_plan(project)?;
+    let plan = make_plan_with(project, notebook)?;
     let Some(work) = plan.train.clone() else {
         return Err(LocalError::MissingSection {
             file: project.file.clone(),
@@ -53,6 +59,25 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
     let staging = run_dir.join("out");
     std::fs::create_dir_all(&staging).map_err(LocalError::io("cannot create", &staging))?;
     let log_path = run_dir.join("train.log");
+    // A notebook run keeps its executed notebook beside the log, whatever the outcome.
+    let kept = work.notebook.as_ref().map(|nb| {
+        let name = nb
+            .executed
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or("notebook.ipynb");
+        (nb.executed.under(&staging), run_dir.join(name))
+    });
+    let keep_notebook = || {
+        if let Some((from, to)) = &kept {
+            // Absent when the run ended before the first cell: nothing to keep then.
+            let _ = std::fs::rename(from, to);
+        }
+        kept.as_ref()
+            .filter(|(_, to)| to.exists())
+            .map(|(_, to)| relative(&project.root, to))
+    };
     let mut log =
         std::fs::File::create(&log_path).map_err(LocalError::io("cannot create", &log_path))?;
     for v in &work.volumes {
@@ -90,11 +115,11 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
         exit_code: exit.map(|e| e.code),
         reason,
         outputs,
-        log: log_path
-            .strip_prefix(&project.root)
-            .unwrap_or(&log_path)
-            .to_string_lossy()
-            .into_owned(),
+        log: relative(&project.root, &log_path),
+        notebook: kept
+            .as_ref()
+            .filter(|(_, to)| to.exists())
+            .map(|(_, to)| relative(&project.root, to)),
     };
 
     ui.info(format!(
@@ -134,6 +159,7 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
     let exit = match outcome {
         None => {
             let _ = docker::remove_container(&docker, &cid).await;
+            keep_notebook();
             let _ = std::fs::remove_dir_all(&staging);
             record(
                 Status::Interrupted,
@@ -156,6 +182,7 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
                     // The daemon went away (or failed) mid-run: how the command ended is
                     // unknown, so the run failed; its log so far is kept, its outputs are not.
                     let _ = log.flush();
+                    keep_notebook();
                     let _ = std::fs::remove_dir_all(&staging);
                     record(Status::Failed, None, Some(e.to_string()), vec![])
                         .save(&project.root)?;
@@ -166,12 +193,18 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
     };
     let _ = log.flush();
 
+    let executed = keep_notebook();
     let fail = |reason: String, exit: &Exit| -> Result<PathBuf, LocalError> {
         let _ = std::fs::remove_dir_all(&staging);
         record(Status::Failed, Some(exit), Some(reason), vec![]).save(&project.root)
     };
     if exit.code != 0 || exit.oom_killed {
-        let reason = exit.describe();
+        let reason = match &work.notebook {
+            Some(nb) => {
+                notebook::failure_reason(nb, &log_path, executed.as_deref(), exit.describe())
+            }
+            None => exit.describe(),
+        };
         fail(reason.clone(), &exit)?;
         return Err(LocalError::TrainFailed {
             code: if exit.code == 0 { 1 } else { exit.code },
@@ -220,6 +253,13 @@ pub async fn train(project: &Project, ui: &Ui) -> Result<TrainResult, LocalError
         run: rec,
         record: path,
     })
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn is_output_dir(volumes: &[crate::plan::Volume], p: &RelPath) -> bool {

@@ -110,6 +110,27 @@ def verify(path, model, X):
     return diff
 
 
+def save_metrics(out_dir, *, auc, acc, y, n_train, n_test, max_diff, feature_names):
+    """Writes metrics.json beside the model (train.ipynb writes the same file)."""
+    metrics = {
+        "auc": round(auc, 4),
+        "accuracy": round(acc, 4),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "churn_rate": round(float(y.mean()), 4),
+        "onnx_max_abs_diff": max_diff,
+        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, len(feature_names)]},
+        "outputs": {"label": "int64 [N], 1 = churns",
+                    "probabilities": "float32 [N, 2], columns [stays, churns]"},
+        "features": feature_names,
+    }
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    return metrics_path
+
+
 def main():
     ap = argparse.ArgumentParser(description="Train the churn model and export it to ONNX.")
     ap.add_argument("--data", default="data/customers.csv")
@@ -142,22 +163,9 @@ def main():
     export_onnx(model, len(feature_names), args.out)
     max_diff = verify(args.out, model, X_test)
 
-    metrics = {
-        "auc": round(auc, 4),
-        "accuracy": round(acc, 4),
-        "n_train": int(len(y_train)),
-        "n_test": int(len(y_test)),
-        "churn_rate": round(float(y.mean()), 4),
-        "onnx_max_abs_diff": max_diff,
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, len(feature_names)]},
-        "outputs": {"label": "int64 [N], 1 = churns",
-                    "probabilities": "float32 [N, 2], columns [stays, churns]"},
-        "features": feature_names,
-    }
-    metrics_path = os.path.join(out_dir, "metrics.json")
-    with open(metrics_path, "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
+    metrics_path = save_metrics(out_dir, auc=auc, acc=acc, y=y, n_train=len(y_train),
+                                n_test=len(y_test), max_diff=max_diff,
+                                feature_names=feature_names)
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes) and {metrics_path}")
 
 
