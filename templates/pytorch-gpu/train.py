@@ -100,7 +100,7 @@ def train(model, X, y, device, epochs, batch_size, seed):
             loss = loss_fn(logit, yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         if epoch % 10 == 9 or epoch == epochs - 1:
             print(f"epoch {epoch + 1}/{epochs}: loss {total / len(X):.4f}")
     model.eval()
