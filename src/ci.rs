@@ -261,7 +261,7 @@ pub fn workflow(project: &Project) -> Result<String, CiError> {
         if let Some(host) = &p.registry_host {
             let mut with = Mapping::new();
             // docker/login-action logs in to Docker Hub when no registry is given.
-            if host != "docker.io" {
+            if host != crate::images::push::DOCKER_HUB {
                 with.insert(s("registry"), s(host.as_str()));
             }
             with.insert(s("username"), s("${{ secrets.REGISTRY_USERNAME }}"));

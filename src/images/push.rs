@@ -24,7 +24,7 @@ use crate::docker::DockerError;
 use crate::ui::{Step, Ui, human_bytes};
 
 /// What a registry without an explicit host in the reference is.
-const DOCKER_HUB: &str = "docker.io";
+pub(crate) const DOCKER_HUB: &str = "docker.io";
 /// The key `docker login` stores Docker Hub's credentials under, and what helpers expect.
 const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
 
