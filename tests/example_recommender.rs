@@ -323,7 +323,9 @@ async fn the_recommender_walkthrough_trains_serves_and_recommends() {
                 yaml.contains(&format!("image: {}/ml/recs-demo-serve@sha256:", r.host)),
                 "{yaml}"
             );
-            validate(&root.join("staging.yaml"));
+            if common::have_manifest_validator() {
+                common::validate_manifests(&[root.join("staging.yaml")]);
+            }
         }
         None => assert!(stdout.contains("REGISTRY is not set"), "{stdout}"),
     }
@@ -428,29 +430,4 @@ async fn the_recommender_walkthrough_trains_serves_and_recommends() {
     );
     drop(_down);
     let _ = std::fs::remove_dir_all(&base);
-}
-
-/// Strict schema validation of rendered objects, as `tests/kube_render.rs` does, where the
-/// validator is installed.
-fn validate(file: &Path) {
-    let probe = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--version"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "skipped validation: kubernetes-validate is not installed (pip install kubernetes-validate)"
-        );
-        return;
-    }
-    let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.33.0"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
 }

@@ -481,30 +481,7 @@ fn the_pytorch_gpu_template_asks_a_cluster_for_gpus() {
             f
         })
         .collect();
-    validate(&files);
-}
-
-/// Strict schema validation, as tests/kube_render.rs does it (skipped without the validator).
-fn validate(files: &[PathBuf]) {
-    let probe = std::process::Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--version"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
-        );
-        return;
-    }
-    for version in ["1.28.0", "1.33.0"] {
-        let out = std::process::Command::new("python3")
-            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
-            .args(files)
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert!(
-            out.status.success() && !t.contains("ERROR"),
-            "{version}:\n{t}"
-        );
+    if common::have_manifest_validator() {
+        common::validate_manifests(&files);
     }
 }

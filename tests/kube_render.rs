@@ -2,6 +2,8 @@
 //! mode against the official Kubernetes schema (PyPI's kubernetes-validate; the test says
 //! "skipped" where it is not installed, `.ci/run` installs it).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -229,19 +231,6 @@ fn a_tag_is_refused_where_a_digest_is_needed() {
     assert!(err.contains("by digest"), "{err}");
 }
 
-fn have_validator() -> bool {
-    let probe = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--version"])
-        .output();
-    let ok = probe.is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
-        );
-    }
-    ok
-}
-
 /// Strict validation of objects on Kubernetes 1.28 (the oldest a cluster is likely to run), 1.33
 /// (the API ferry is built against) and the newest the validator knows.
 fn validate(dir: &Path, objects: &[Value]) {
@@ -251,26 +240,7 @@ fn validate(dir: &Path, objects: &[Value]) {
         std::fs::write(&path, serde_yaml_ng::to_string(o).unwrap()).unwrap();
         files.push(path);
     }
-    validate_files(&files);
-}
-
-fn validate_files(files: &[std::path::PathBuf]) {
-    for version in ["1.28.0", "1.33.0", "1.37.0"] {
-        let out = Command::new("python3")
-            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
-            .args(files)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && !text.contains("ERROR"),
-            "{version}:\n{text}"
-        );
-    }
+    common::validate_manifests(&files);
 }
 
 fn placement(p: &Project) -> Placement {
@@ -365,7 +335,7 @@ fn training_is_a_job_whose_outputs_wait_for_collection() {
         "10Gi"
     );
 
-    if have_validator() {
+    if common::have_manifest_validator() {
         validate(
             dir.path(),
             &[
@@ -461,7 +431,7 @@ fn a_notebook_run_is_the_same_job_with_the_runner_as_its_command() {
             .contains("/workspace/.ferry-notebook"),
         "the collector holds the executed notebook until ferry has copied it"
     );
-    if have_validator() {
+    if common::have_manifest_validator() {
         validate(dir.path(), &[v]);
     }
 }
@@ -510,7 +480,7 @@ fn job_names_fit_the_label_limit() {
 /// kubernetes-validate, strict: unknown fields are errors.
 #[test]
 fn manifests_validate_against_the_official_schema_in_strict_mode() {
-    if !have_validator() {
+    if !common::have_manifest_validator() {
         return;
     }
     for env in ["staging", "production"] {
@@ -526,7 +496,7 @@ fn manifests_validate_against_the_official_schema_in_strict_mode() {
         let shown = dir.path().join("shown.yaml");
         std::fs::write(&shown, m.to_yaml()).unwrap();
         files.push(shown);
-        validate_files(&files);
+        common::validate_manifests(&files);
     }
 }
 
@@ -581,7 +551,7 @@ fn every_template_renders_valid_objects_for_every_environment() {
         .collect();
     names.sort();
     assert!(names.len() >= 2, "{names:?}");
-    let validator = have_validator();
+    let validator = common::have_manifest_validator();
     for template in names {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))

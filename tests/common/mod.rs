@@ -215,3 +215,39 @@ pub fn image_holds(image: &str, needle: &[u8]) -> bool {
     assert!(child.wait().unwrap().success(), "docker save {image}");
     found
 }
+
+/// Whether the official-schema validator (PyPI's kubernetes-validate) is installed; says
+/// "skipped" where it is not, so a skipped check is visible in the test output.
+pub fn have_manifest_validator() -> bool {
+    let probe = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output();
+    let ok = probe.is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
+        );
+    }
+    ok
+}
+
+/// Strict validation of manifest files on Kubernetes 1.28 (the oldest a cluster is likely to
+/// run), 1.33 (the API ferry is built against) and the newest the validator knows.
+pub fn validate_manifests(files: &[PathBuf]) {
+    for version in ["1.28.0", "1.33.0", "1.37.0"] {
+        let out = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+            .args(files)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "{version}:\n{text}"
+        );
+    }
+}
