@@ -162,6 +162,23 @@ fn completions_name_the_subcommands() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
 }
 
+/// `ferry completions bash | head -1`: a reader that stops early is not an error (the script is
+/// larger than a pipe's buffer, so the write fails with a broken pipe).
+#[test]
+fn completions_to_a_closed_pipe_exit_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ferry_cmd(dir.path(), &["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Doctor
 

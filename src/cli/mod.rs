@@ -341,6 +341,8 @@ enum CliError {
     Monitoring(#[from] crate::monitoring::MonitoringError),
     #[error("{failed} of {total} checks failed; the fix for each is above")]
     ChecksFailed { failed: usize, total: usize },
+    #[error("cannot write the completion script to stdout: {0}")]
+    Stdout(std::io::Error),
 }
 
 impl From<crate::cluster::ClusterError> for CliError {
@@ -367,6 +369,7 @@ pub fn command() -> clap::Command {
 
 /// Runs ferry with the process's arguments; returns the exit code.
 pub fn main() -> i32 {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let mode = if cli.json {
         OutputMode::Json
@@ -383,6 +386,26 @@ pub fn main() -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// Output piped into a reader that stops early (`ferry validate -o yaml | head`) makes
+/// `println!` panic. Like a Unix tool killed by SIGPIPE, ferry then stops without a panic
+/// report and with status 141. SIGPIPE itself stays ignored: restoring it would also kill ferry
+/// on a Docker socket that closes mid-write, which must be an error ferry reports.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
 }
 
 fn report(e: &CliError, mode: OutputMode) {
@@ -1023,7 +1046,18 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
         }
         Command::Completions { shell } => {
             let mut cmd = crate::cli::command();
-            clap_complete::generate(shell, &mut cmd, "ferry", &mut std::io::stdout());
+            // Generated into memory first: clap_complete panics on a failed write, and a
+            // reader that stops early (`ferry completions bash | head`) is not an error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ferry", &mut script);
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&script).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(CliError::Stdout(e));
+                }
+                _ => {}
+            }
         }
         Command::Doctor { file } => {
             let report = runtime()?.block_on(crate::doctor::run(&file, ui));
