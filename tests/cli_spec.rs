@@ -63,13 +63,7 @@ fn validate_prints_the_resolved_spec() {
 fn output_to_a_closed_pipe_stops_without_a_panic() {
     let dir = project(SPEC);
     for args in [&["validate"][..], &["templates"][..]] {
-        let mut child = common::ferry_cmd(dir.path(), args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = common::ferry_to_closed_pipe(dir.path(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");

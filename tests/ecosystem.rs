@@ -167,13 +167,7 @@ fn completions_name_the_subcommands() {
 #[test]
 fn completions_to_a_closed_pipe_exit_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = ferry_cmd(dir.path(), &["completions", "bash"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = common::ferry_to_closed_pipe(dir.path(), &["completions", "bash"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?}: {stderr}", out.status);

@@ -251,3 +251,16 @@ pub fn validate_manifests(files: &[PathBuf]) {
         );
     }
 }
+
+/// Runs ferry with its stdout a pipe whose reader has already gone (`ferry … | head` after
+/// `head` exits). The read end is closed before ferry starts: closed after the spawn, a
+/// concurrent test's fork could still hold it while ferry writes.
+pub fn ferry_to_closed_pipe(dir: &Path, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    ferry_cmd(dir, args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
