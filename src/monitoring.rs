@@ -333,6 +333,12 @@ pub fn dashboard(project: &Project) -> Value {
             rate(metric, &all)
         )
     };
+    // One series per percentile, model and variant.
+    let percentiles = |metric: &str, qs: &[(&str, &'static str)]| -> Vec<(String, &'static str)> {
+        qs.iter()
+            .map(|&(q, legend)| (quantile(q, metric, ", model, variant"), legend))
+            .collect()
+    };
     let requests = "ferry_requests_total";
     let latency = "ferry_request_duration_seconds_bucket";
     let inference = "ferry_inference_duration_seconds_bucket";
@@ -444,20 +450,14 @@ pub fn dashboard(project: &Project) -> Value {
         "Time from request to response, per model and variant, from ferry_request_duration_seconds.",
         "s",
         (12, 4, 12, 8),
-        vec![
-            (
-                quantile("0.5", latency, ", model, variant"),
-                "p50 {{model}}/{{variant}}",
-            ),
-            (
-                quantile("0.9", latency, ", model, variant"),
-                "p90 {{model}}/{{variant}}",
-            ),
-            (
-                quantile("0.99", latency, ", model, variant"),
-                "p99 {{model}}/{{variant}}",
-            ),
-        ],
+        percentiles(
+            latency,
+            &[
+                ("0.5", "p50 {{model}}/{{variant}}"),
+                ("0.9", "p90 {{model}}/{{variant}}"),
+                ("0.99", "p99 {{model}}/{{variant}}"),
+            ],
+        ),
     );
     panel(
         "timeseries",
@@ -516,16 +516,13 @@ pub fn dashboard(project: &Project) -> Value {
         "Time ONNX Runtime spends per inference run (a whole batch).",
         "s",
         (0, 28, 12, 8),
-        vec![
-            (
-                quantile("0.5", inference, ", model, variant"),
-                "p50 {{model}}/{{variant}}",
-            ),
-            (
-                quantile("0.99", inference, ", model, variant"),
-                "p99 {{model}}/{{variant}}",
-            ),
-        ],
+        percentiles(
+            inference,
+            &[
+                ("0.5", "p50 {{model}}/{{variant}}"),
+                ("0.99", "p99 {{model}}/{{variant}}"),
+            ],
+        ),
     );
     panel(
         "bargauge",

@@ -70,6 +70,16 @@ fn release(dir: &Path, env: &str) -> Release {
     Release::new(&p, serving, IMAGE.into(), hash, secrets).unwrap()
 }
 
+/// Where a container's volumes are mounted, in order.
+fn mount_paths(container: &Value) -> Vec<&str> {
+    container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect()
+}
+
 fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
     objects.iter().find(|o| o["kind"] == kind)
 }
@@ -293,12 +303,7 @@ fn training_is_a_job_whose_outputs_wait_for_collection() {
     );
     assert_eq!(train["resources"]["limits"]["memory"], "4Gi");
     assert_eq!(train["envFrom"][0]["secretRef"]["name"], "churn-secrets");
-    let mounts: Vec<&str> = train["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
+    let mounts = mount_paths(train);
     assert_eq!(
         mounts,
         ["/tmp", "/workspace/artifacts", "/workspace/reports"]
@@ -409,12 +414,7 @@ fn a_notebook_run_is_the_same_job_with_the_runner_as_its_command() {
     ] {
         assert_eq!(train[field], plain_train[field], "{field}");
     }
-    let mounts: Vec<&str> = train["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
+    let mounts = mount_paths(train);
     assert_eq!(
         mounts,
         [
