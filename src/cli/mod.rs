@@ -379,13 +379,29 @@ pub fn main() -> i32 {
         OutputMode::Human
     };
     let ui = Ui::new(mode);
-    match run(cli.command, &ui) {
+    let result = run(cli.command, &ui);
+    clean_leftovers(&ui);
+    match result {
         Ok(()) => 0,
         Err(e) => {
             report(&e, mode);
             e.exit_code()
         }
     }
+}
+
+/// Removes what a build cut off by Ctrl-C (or failing) left in the engine, before the command's
+/// own report.
+fn clean_leftovers(ui: &Ui) {
+    if !crate::images::leftovers::any() {
+        return;
+    }
+    let Ok(rt) = runtime() else { return };
+    rt.block_on(async {
+        if let Ok(docker) = crate::docker::connect().await {
+            crate::images::leftovers::clean(&docker, &|m| ui.info(m)).await;
+        }
+    });
 }
 
 /// Output piped into a reader that stops early (`ferry validate -o yaml | head`) makes

@@ -18,7 +18,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::bootstrap::{self, BaseRequest, BootstrapError};
+use super::code;
 use super::context::{Context, DockerIgnore};
+use super::leftovers;
 use super::wheels::{self, PythonTarget, WheelsError};
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::lock::{self, ImageRef, Lock, PythonLock};
@@ -374,8 +376,27 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
 
-/// The project image: the environment image plus the code, tagged by both.
+/// The project image: the environment image plus the code. Written by ferry and loaded (see
+/// `code`); built the classic way where the engine cannot load it so.
 pub async fn ensure_project_image(
+    docker: &Docker,
+    project: &Project,
+    env: &Built,
+    ui: &Ui,
+) -> Result<Built, ImageError> {
+    if code::written_here() && !code::containerd_store(docker).await {
+        match code::ensure(docker, project, env, ui).await {
+            Err(ImageError::LoadFailed { message, .. }) => ui.warn(format!(
+                "the engine did not load the project image as written ({message}); building it instead"
+            )),
+            other => return other,
+        }
+    }
+    build_project_image(docker, project, env, ui).await
+}
+
+/// The project image by a classic build of `FROM env` + `COPY`, tagged by the context's hash.
+async fn build_project_image(
     docker: &Docker,
     project: &Project,
     env: &Built,
@@ -401,16 +422,8 @@ pub async fn ensure_project_image(
     let (bytes, digest) = ctx.finish().map_err(ctx_err)?;
     let name = &project.spec.name;
     let tag = format!("ferry/{name}:{}", &digest[..12]);
-    let record = |id: &str| {
-        let image = ImageRef {
-            tag: tag.clone(),
-            id: id.to_string(),
-            digest: None,
-        };
-        lock::update_entry(project, move |e| e.images.project = Some(image))
-    };
     if let Some(id) = docker::image_id(docker, &tag).await? {
-        record(&id)?;
+        code::record(project, &tag, &id)?;
         return Ok(Built {
             tag,
             id,
@@ -418,7 +431,8 @@ pub async fn ensure_project_image(
         });
     }
     let id = build(docker, bytes, &tag, name, "project", ui).await?;
-    record(&id)?;
+    code::record(project, &tag, &id)?;
+    code::untag_superseded(docker, project, &tag).await;
     Ok(Built {
         tag,
         id,
@@ -449,6 +463,7 @@ pub(crate) async fn build(
         .forcerm(true)
         .labels(&labels)
         .build();
+    let trace = leftovers::build_started();
     let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context.into())));
     let mut current = String::from("the first step");
     let mut id = None;
@@ -473,6 +488,7 @@ pub(crate) async fn build(
                     step.set_detail(line);
                 } else if let Some(layer) = line.trim().strip_prefix("---> ") {
                     if !layer.contains(' ') {
+                        trace.saw(layer);
                         last_layer = Some(layer.to_string());
                     }
                 } else {
@@ -496,6 +512,7 @@ pub(crate) async fn build(
         // Best effort: a stage image still used by another build stays until its next run.
         let _ = docker.remove_image(&stage, Some(opts), None).await;
     }
+    trace.finished();
     step.finish(format!("built {what} {tag}"));
     Ok(id)
 }

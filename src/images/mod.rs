@@ -1,9 +1,12 @@
-//! Images: build contexts, content-addressed tags, builds through the Docker API, and the
+//! Images: build contexts, content-addressed tags, builds through the Docker API, the project
+//! image written by ferry, and the
 //! offline path (a base bootstrapped from Debian packages, Python wheels fetched on the host).
 
 pub mod bootstrap;
 pub mod build;
+pub mod code;
 pub mod context;
+pub mod leftovers;
 pub mod push;
 pub mod serving;
 pub mod wheels;

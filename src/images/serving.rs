@@ -830,7 +830,7 @@ fn check_tree(rootfs: &BTreeMap<String, (Part, Entry)>) -> Result<(), ImageError
 }
 
 /// The engine's refusal of an archive, with its own words.
-fn load_error(tag: &str, e: bollard::errors::Error) -> ImageError {
+pub(crate) fn load_error(tag: &str, e: bollard::errors::Error) -> ImageError {
     let message = match e {
         bollard::errors::Error::DockerStreamError { error } => error,
         other => match DockerError::api("loading an image", other) {

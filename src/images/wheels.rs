@@ -144,6 +144,8 @@ pub async fn probe_target(docker: &Docker, image: &str) -> Result<PythonTarget, 
         .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
         .await?;
     let id = created.id;
+    // Cut off by Ctrl-C, the container is removed by the CLI on its way out.
+    let registered = super::leftovers::container_created(&id);
 
     // Removed explicitly rather than with auto-remove, which races with reading the logs.
     let result = run_probe(docker, &id).await;
@@ -153,6 +155,7 @@ pub async fn probe_target(docker: &Docker, image: &str) -> Result<PythonTarget, 
             Some(RemoveContainerOptionsBuilder::new().force(true).build()),
         )
         .await;
+    registered.removed();
 
     let (code, output) = result?;
     if code != 0 {

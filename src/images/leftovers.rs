@@ -1,0 +1,230 @@
+//! What a build leaves in the engine when it does not finish, and its removal.
+//!
+//! The classic builder commits every step to an image. A build that finishes is tagged and its
+//! steps are the image's own layers; one that is cancelled (Ctrl-C drops the connection) or
+//! fails leaves its last step as an untagged, dangling image — for an environment that can be a
+//! full virtualenv, hundreds of MB. Helper containers (the Python probe) are left the same way
+//! when their future is dropped.
+//!
+//! Builds and helper containers register here while they run and deregister when they end on
+//! their own. Whatever is still registered when a command returns was cut off; the CLI calls
+//! [`clean`] then. Cancelling does not stop a commit the engine is in the middle of, so cleaning
+//! first waits for the build's step container to go (the builder removes it when it stops) and
+//! then removes the steps seen plus any step committed after the connection closed.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+
+/// How long cleaning waits for the engine to stop an interrupted build's step.
+const STOP_WAIT: Duration = Duration::from_secs(180);
+
+static PENDING: Mutex<Pending> = Mutex::new(Pending {
+    next: 0,
+    builds: Vec::new(),
+    containers: Vec::new(),
+});
+
+struct Pending {
+    next: u64,
+    builds: Vec<(u64, Trace)>,
+    containers: Vec<(u64, String)>,
+}
+
+/// The images one build made, as its output named them.
+#[derive(Clone, Debug, Default)]
+struct Trace {
+    /// Unix seconds when the build started (the engine's `Created` has this resolution).
+    started: i64,
+    /// Every image ID the build printed (`---> <id>`), oldest first: FROM images, cached and
+    /// committed steps.
+    seen: Vec<String>,
+}
+
+fn pending() -> std::sync::MutexGuard<'static, Pending> {
+    // A panic while holding the lock leaves plain data behind; it is still usable.
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A running build's registration: note each image it prints; [`BuildGuard::finished`] when it
+/// succeeded. Dropped without that (failed or cut off), its images stay registered for [`clean`].
+pub struct BuildGuard {
+    key: u64,
+}
+
+/// Registers a build that starts now.
+pub fn build_started() -> BuildGuard {
+    let mut p = pending();
+    p.next += 1;
+    let key = p.next;
+    p.builds.push((
+        key,
+        Trace {
+            started: unix_now(),
+            seen: Vec::new(),
+        },
+    ));
+    BuildGuard { key }
+}
+
+impl BuildGuard {
+    /// The build printed `---> id`.
+    pub fn saw(&self, id: &str) {
+        let mut p = pending();
+        if let Some((_, t)) = p.builds.iter_mut().find(|(k, _)| *k == self.key) {
+            let id = full_id(id);
+            if !t.seen.contains(&id) {
+                t.seen.push(id);
+            }
+        }
+    }
+
+    /// The build finished and is tagged: nothing of it is left over.
+    pub fn finished(self) {
+        pending().builds.retain(|(k, _)| *k != self.key);
+    }
+}
+
+/// The engine prints short IDs; filters and removal take them, but comparisons need one form.
+fn full_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").to_string()
+}
+
+/// A helper container's registration; dropped without [`ContainerGuard::removed`], the
+/// container is removed by [`clean`].
+pub struct ContainerGuard {
+    key: u64,
+}
+
+pub fn container_created(id: &str) -> ContainerGuard {
+    let mut p = pending();
+    p.next += 1;
+    let key = p.next;
+    p.containers.push((key, id.to_string()));
+    ContainerGuard { key }
+}
+
+impl ContainerGuard {
+    pub fn removed(self) {
+        pending().containers.retain(|(k, _)| *k != self.key);
+    }
+}
+
+/// Whether anything was cut off and waits for [`clean`].
+pub fn any() -> bool {
+    let p = pending();
+    !p.builds.is_empty() || !p.containers.is_empty()
+}
+
+/// Removes what builds and helper containers that did not end on their own left behind; reports
+/// through `say` what it waits for. Best effort: the engine refusing (an image another build now
+/// uses) leaves that image, never fails the command.
+pub async fn clean(docker: &Docker, say: &dyn Fn(&str)) {
+    let (builds, containers) = {
+        let mut p = pending();
+        (
+            std::mem::take(&mut p.builds),
+            std::mem::take(&mut p.containers),
+        )
+    };
+    for (_, id) in containers {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(&id, Some(opts)).await;
+    }
+    for (_, trace) in builds {
+        clean_build(docker, &trace, say).await;
+    }
+}
+
+async fn clean_build(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
+    if trace.seen.is_empty() {
+        return;
+    }
+    wait_for_step(docker, trace, say).await;
+    let Ok(images) = docker
+        .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
+        .await
+    else {
+        return;
+    };
+    let tagged = |i: &bollard::models::ImageSummary| {
+        i.repo_tags
+            .iter()
+            .any(|t| !t.is_empty() && t != "<none>:<none>")
+    };
+    // The steps seen, then any image committed on top of them after the output stopped being
+    // read (its parent is a step of this build, and it is no older than the build).
+    let mut ours: BTreeSet<String> = trace.seen.iter().cloned().collect();
+    loop {
+        let more: Vec<String> = images
+            .iter()
+            .filter(|i| {
+                !ours.contains(&full_id(&i.id))
+                    && ours.contains(&full_id(&i.parent_id))
+                    && i.created >= trace.started - 1
+                    && !tagged(i)
+            })
+            .map(|i| full_id(&i.id))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        ours.extend(more);
+    }
+    // Newest first, so a child goes before its parent; tagged images (the base, another
+    // project's environment) are never removed, and the engine refuses an image with children.
+    let mut order: Vec<&bollard::models::ImageSummary> = images
+        .iter()
+        .filter(|i| ours.contains(&full_id(&i.id)) && !tagged(i))
+        .collect();
+    order.sort_by_key(|i| std::cmp::Reverse(i.created));
+    for image in order {
+        let opts = RemoveImageOptionsBuilder::default().build();
+        let _ = docker.remove_image(&image.id, Some(opts), None).await;
+    }
+}
+
+/// Waits until no container runs a step on top of the build's last image (the step the engine
+/// was in when the connection closed; the builder removes its container when it stops).
+async fn wait_for_step(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
+    let Some(last) = trace.seen.last() else {
+        return;
+    };
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let filters = std::collections::HashMap::from([("ancestor", vec![last.as_str()])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let running = match docker.list_containers(Some(opts)).await {
+            Ok(list) => list.iter().any(|c| {
+                c.image_id.as_deref().map(full_id).as_deref() == Some(last.as_str())
+                    && c.created.unwrap_or(0) >= trace.started - 1
+            }),
+            Err(_) => false,
+        };
+        if !running || start.elapsed() > STOP_WAIT {
+            return;
+        }
+        if !said {
+            say("waiting for the engine to stop the interrupted build's current step");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
