@@ -200,6 +200,119 @@ fn build_is_tagged_by_content_and_a_second_build_is_a_no_op() {
 }
 
 #[test]
+fn a_code_edit_is_a_new_project_image_written_without_a_build() {
+    let _g = serial();
+    let f = churn();
+    // A copy of the project (with its lock, so nothing is resolved again) on the same images.
+    let root = f.root.with_file_name("churn-edit");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    for name in [
+        "ferry.yaml",
+        "requirements.txt",
+        "train.py",
+        ".dockerignore",
+        "ferry.lock",
+        "data/customers.csv",
+    ] {
+        std::fs::copy(f.root.join(name), root.join(name)).unwrap();
+    }
+    let env = f.build["environment"]["tag"].as_str().unwrap();
+    let first = ok_json(&root, &["build", "--json"]);
+    let p1 = first["project"]["tag"].as_str().unwrap().to_string();
+    let p1_id = first["project"]["id"].as_str().unwrap().to_string();
+    assert_eq!(first["environment"]["built"], false);
+
+    // The image is the environment's layers plus one of code, with the environment's config
+    // and the project's labels, and its ID is the one ferry computed.
+    let layers = |image: &str| -> Vec<String> {
+        serde_json::from_str(&docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .RootFS.Layers}}",
+            image,
+        ]))
+        .unwrap()
+    };
+    let (env_layers, p1_layers) = (layers(env), layers(&p1));
+    assert_eq!(p1_layers.len(), env_layers.len() + 1);
+    assert_eq!(p1_layers[..env_layers.len()], env_layers[..]);
+    assert_eq!(docker(&["image", "inspect", "-f", "{{.Id}}", &p1]), p1_id);
+    assert_eq!(
+        docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"dev.ferry.role\"}} {{.Config.WorkingDir}} {{json .Config.Env}}",
+            &p1
+        ]),
+        format!(
+            "project /workspace {}",
+            docker(&["image", "inspect", "-f", "{{json .Config.Env}}", env])
+        )
+    );
+
+    // An image another environment of the lock names is kept; this checkout's superseded ones
+    // go.
+    let lock_path = root.join("ferry.lock");
+    let mut lock: Value =
+        serde_json::from_str(&std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+    lock["environments"]["staging"] = lock["environments"]["dev"].clone();
+    std::fs::write(&lock_path, serde_json::to_string_pretty(&lock).unwrap()).unwrap();
+
+    // One edit: the edited code runs, in an image whose tag and ID the run record names.
+    let train = std::fs::read_to_string(root.join("train.py")).unwrap();
+    std::fs::write(
+        root.join("train.py"),
+        format!("print('edited code', flush=True)\n{train}"),
+    )
+    .unwrap();
+    let out = ferry(&root, &["train"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("edited code"), "{stderr}");
+    assert!(stderr.contains("wrote project image"), "{stderr}");
+    assert!(!stderr.contains("building"), "nothing built: {stderr}");
+    let runs = ok_json(&root, &["runs", "--json"]);
+    let p2 = runs[0]["image"].as_str().unwrap().to_string();
+    assert_ne!(p2, p1);
+    assert_eq!(
+        runs[0]["image_id"].as_str().unwrap(),
+        docker(&["image", "inspect", "-f", "{{.Id}}", &p2])
+    );
+    assert_eq!(layers(&p2)[..env_layers.len()], env_layers[..]);
+    let lock: Value = serde_json::from_str(&std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+    assert_eq!(lock["environments"]["dev"]["images"]["project"]["tag"], p2);
+    // p1 is named by the staging entry: kept.
+    assert_eq!(docker(&["images", "-q", &p1]).lines().count(), 1);
+
+    // Another edit: p2 (named by no entry any more) is untagged, p1 still kept, and the same
+    // code again gives the same image, byte for byte (the same ID), without writing it.
+    std::fs::write(root.join("train.py"), format!("# another\n{train}")).unwrap();
+    let third = ok_json(&root, &["build", "--json"]);
+    let p3 = third["project"]["tag"].as_str().unwrap().to_string();
+    assert_eq!(
+        docker(&["images", "-q", &p2]),
+        "",
+        "superseded {p2} untagged"
+    );
+    assert_eq!(docker(&["images", "-q", &p1]).lines().count(), 1);
+    let again = ok_json(&root, &["build", "--json"]);
+    assert_eq!(again["project"]["tag"], p3.as_str());
+    assert_eq!(again["project"]["built"], false);
+    assert_eq!(again["project"]["id"], third["project"]["id"]);
+    docker(&["rmi", &p3]);
+    let remade = ok_json(&root, &["build", "--json"]);
+    assert_eq!(remade["project"]["built"], true);
+    assert_eq!(remade["project"]["id"], third["project"]["id"]);
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &p1, &p3])
+        .output();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn train_writes_a_loadable_model_and_records_it() {
     let _g = serial();
     let f = churn();
@@ -369,66 +482,169 @@ fn ctrl_c_during_training_removes_the_container_and_records_no_artifact() {
     assert!(!dir.join(".run.json.tmp").exists());
 }
 
+/// Image IDs of the engine's dangling images (untagged, no children).
+fn dangling_images() -> std::collections::BTreeSet<String> {
+    docker(&["images", "-q", "--no-trunc", "--filter", "dangling=true"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a container of an image build (a step's container) runs `needle`.
+fn build_step_running(needle: &str) -> bool {
+    docker(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"])
+        .lines()
+        .any(|c| c.contains(needle))
+}
+
+/// Starts `ferry build` in `root`, waits until `ready` holds, interrupts it, and checks that it
+/// stops with 130 and leaves no container, no dangling image and nothing labelled with the
+/// project in the engine.
+fn interrupt_build_when(root: &Path, what: &str, mut ready: impl FnMut(&str) -> bool) {
+    let project = "churn-stop";
+    let dangling_before = dangling_images();
+    let containers_before: std::collections::BTreeSet<String> =
+        docker(&["ps", "-aq", "--no-trunc"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+    let mut child = ferry_cmd(root, &["build"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    'wait: loop {
+        while let Ok(l) = rx.try_recv() {
+            let hit = ready(&l);
+            seen.push(l);
+            if hit {
+                break 'wait;
+            }
+        }
+        if ready("") {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before {what}:\n{}",
+            seen.join("\n")
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no {what} within 600 s:\n{}",
+            seen.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "interrupted {what}:\n{}\n{}",
+        seen.join("\n"),
+        rest.join("\n")
+    );
+    let left: Vec<String> = dangling_images()
+        .difference(&dangling_before)
+        .cloned()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "interrupted {what}, the build left dangling images {left:?}; ferry said:\n{}",
+        rest.join("\n")
+    );
+    let containers: Vec<String> = docker(&["ps", "-aq", "--no-trunc"])
+        .lines()
+        .filter(|c| !containers_before.contains(*c))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        containers.is_empty(),
+        "interrupted {what}, containers left: {containers:?}"
+    );
+    let label = format!("label=dev.ferry.project={project}");
+    assert_eq!(
+        docker(&["images", "-aq", "--filter", &label]),
+        "",
+        "interrupted {what}: an image labelled with the project is left"
+    );
+    assert_eq!(docker(&["ps", "-aq", "--filter", &label]), "");
+}
+
 #[test]
-fn ctrl_c_during_a_build_leaves_no_container_and_no_image() {
+fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
     let _g = serial();
     let f = churn();
-    // A copy of the project with a big file, so its image build takes a while.
-    let root = f.root.with_file_name("churn-big");
+    // A project of its own with one small requirement and no notebook, on the churn project's
+    // base: its environment build has every kind of step (COPY, RUN, a second stage) and is
+    // short; each interruption below makes it run again from the first uncached step.
+    let root = f.root.with_file_name("churn-stop");
     let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    for name in [
-        "ferry.yaml",
-        "requirements.txt",
-        "train.py",
-        ".dockerignore",
-    ] {
-        std::fs::copy(f.root.join(name), root.join(name)).unwrap();
-    }
     std::fs::create_dir_all(root.join("data")).unwrap();
-    let big: Vec<u8> = (0..400u32 * 1024 * 1024 / 4)
+    std::fs::write(
+        root.join("ferry.yaml"),
+        "name: churn-stop\n\
+         environment:\n  bootstrap: bookworm\n  requirements: requirements.txt\n  system_packages: [libgomp1]\n\
+         train:\n  command: python train.py\n  outputs: [artifacts/model.onnx]\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("requirements.txt"), "six==1.16.0\n").unwrap();
+    std::fs::write(root.join("train.py"), "print('train')\n").unwrap();
+    std::fs::write(root.join(".dockerignore"), "data/\nweights.bin\n").unwrap();
+
+    // While the requirements are installed (a RUN step), and while the second stage copies
+    // the virtualenv out of the first (a COPY whose commit walks the image).
+    interrupt_build_when(&root, "during `pip install`", |_| {
+        build_step_running("/opt/venv/bin/pip install")
+    });
+    interrupt_build_when(&root, "while the virtualenv is copied", |_| {
+        build_step_running("#(nop) COPY dir:") && build_step_running("in /opt/venv")
+    });
+
+    // While the project image is written: a big file makes the code layer take a while.
+    std::fs::write(root.join(".dockerignore"), "data/\n").unwrap();
+    let out = ferry(&root, &["build", "--json"]);
+    // First the environment, whole: the interruption below is of the project image only.
+    assert!(out.status.success(), "{out:?}");
+    let big: Vec<u8> = (0..300u32 * 1024 * 1024 / 4)
         .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
         .collect();
     std::fs::write(root.join("weights.bin"), big).unwrap();
-    let containers_before = docker(&["ps", "-aq"]).lines().count();
-    let images_before = docker(&["images", "-q", "ferry/churn-demo"]);
-
+    let tags_before = docker(&["images", "-q", "ferry/churn-stop"]);
+    // The environment image is kept by the check below; only the project's own go.
+    let env_label = "label=dev.ferry.role=environment";
+    let env_images = docker(&["images", "-q", "--filter", env_label]);
     let mut child = ferry_cmd(&root, &["build"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let start = Instant::now();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(600))
-            .expect("build output");
-        if line.contains("building project image") {
+    let lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    for l in lines {
+        if l.contains("writing project image") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(600));
     }
-    std::thread::sleep(Duration::from_millis(500));
     interrupt(&child);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(child.wait().unwrap().code(), Some(130));
     assert_eq!(
-        docker(&["images", "-q", "ferry/churn-demo"]),
-        images_before,
-        "no image was tagged for the interrupted build"
+        docker(&["images", "-q", "ferry/churn-stop"]),
+        tags_before,
+        "no project image tagged for the interrupted write"
     );
-    wait_for(
-        "intermediate containers to go",
-        Duration::from_secs(60),
-        || docker(&["ps", "-aq"]).lines().count() <= containers_before,
-    );
+    assert_eq!(docker(&["images", "-q", "--filter", env_label]), env_images);
     let _ = std::fs::remove_dir_all(&root);
 }
 

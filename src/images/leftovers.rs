@@ -85,7 +85,7 @@ impl BuildGuard {
     pub fn saw(&self, id: &str) {
         let mut p = pending();
         if let Some((_, t)) = p.builds.iter_mut().find(|(k, _)| *k == self.key) {
-            let id = full_id(id);
+            let id = short_id(id);
             if !t.seen.contains(&id) {
                 t.seen.push(id);
             }
@@ -98,9 +98,10 @@ impl BuildGuard {
     }
 }
 
-/// The engine prints short IDs; filters and removal take them, but comparisons need one form.
-fn full_id(id: &str) -> String {
-    id.trim_start_matches("sha256:").to_string()
+/// The build prints IDs cut to 12 hex digits, listings give them whole: compared in the short
+/// form.
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
 /// A helper container's registration; dropped without [`ContainerGuard::removed`], the
@@ -160,41 +161,45 @@ async fn clean_build(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
     else {
         return;
     };
+    for id in leftover_images(&images, trace) {
+        let opts = RemoveImageOptionsBuilder::default().build();
+        let _ = docker.remove_image(&id, Some(opts), None).await;
+    }
+}
+
+/// The images of `trace` to remove, children before parents: the steps it printed and any step
+/// committed on top of them after its output stopped being read (a parent among them, no older
+/// than the build). Tagged images (the base, another project's environment) are never among
+/// them; the engine itself refuses an image that still has children.
+fn leftover_images(images: &[bollard::models::ImageSummary], trace: &Trace) -> Vec<String> {
     let tagged = |i: &bollard::models::ImageSummary| {
         i.repo_tags
             .iter()
             .any(|t| !t.is_empty() && t != "<none>:<none>")
     };
-    // The steps seen, then any image committed on top of them after the output stopped being
-    // read (its parent is a step of this build, and it is no older than the build).
     let mut ours: BTreeSet<String> = trace.seen.iter().cloned().collect();
     loop {
         let more: Vec<String> = images
             .iter()
             .filter(|i| {
-                !ours.contains(&full_id(&i.id))
-                    && ours.contains(&full_id(&i.parent_id))
+                !ours.contains(&short_id(&i.id))
+                    && ours.contains(&short_id(&i.parent_id))
                     && i.created >= trace.started - 1
                     && !tagged(i)
             })
-            .map(|i| full_id(&i.id))
+            .map(|i| short_id(&i.id))
             .collect();
         if more.is_empty() {
             break;
         }
         ours.extend(more);
     }
-    // Newest first, so a child goes before its parent; tagged images (the base, another
-    // project's environment) are never removed, and the engine refuses an image with children.
     let mut order: Vec<&bollard::models::ImageSummary> = images
         .iter()
-        .filter(|i| ours.contains(&full_id(&i.id)) && !tagged(i))
+        .filter(|i| ours.contains(&short_id(&i.id)) && !tagged(i))
         .collect();
     order.sort_by_key(|i| std::cmp::Reverse(i.created));
-    for image in order {
-        let opts = RemoveImageOptionsBuilder::default().build();
-        let _ = docker.remove_image(&image.id, Some(opts), None).await;
-    }
+    order.into_iter().map(|i| i.id.clone()).collect()
 }
 
 /// Waits until no container runs a step on top of the build's last image (the step the engine
@@ -213,7 +218,7 @@ async fn wait_for_step(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
             .build();
         let running = match docker.list_containers(Some(opts)).await {
             Ok(list) => list.iter().any(|c| {
-                c.image_id.as_deref().map(full_id).as_deref() == Some(last.as_str())
+                c.image_id.as_deref().map(short_id).as_deref() == Some(last.as_str())
                     && c.created.unwrap_or(0) >= trace.started - 1
             }),
             Err(_) => false,
@@ -226,5 +231,65 @@ async fn wait_for_step(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::ImageSummary;
+
+    fn image(id: &str, parent: &str, created: i64, tag: Option<&str>) -> ImageSummary {
+        ImageSummary {
+            id: format!("sha256:{id}{}", "0".repeat(64 - id.len())),
+            parent_id: if parent.is_empty() {
+                String::new()
+            } else {
+                format!("sha256:{parent}{}", "0".repeat(64 - parent.len()))
+            },
+            created,
+            repo_tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_steps_seen_and_a_late_commit_go_children_first_and_tagged_images_stay() {
+        let images = vec![
+            image("base00000001", "", 10, Some("ferry-base:bookworm")),
+            image("venv00000001", "base00000001", 50, None),
+            image("reqs00000001", "venv00000001", 101, None),
+            image("whls00000001", "reqs00000001", 102, None),
+            // Committed after the connection closed: never printed.
+            image("late00000001", "whls00000001", 103, None),
+            // Another build's step on the same base, older than this build.
+            image("othr00000001", "base00000001", 20, None),
+            // A tagged image on top of a step: not this build's to remove.
+            image("tagd00000001", "venv00000001", 104, Some("ferry/x-env:1")),
+        ];
+        let trace = Trace {
+            started: 100,
+            seen: [
+                "base00000001",
+                "venv00000001",
+                "reqs00000001",
+                "whls00000001",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let ids: Vec<String> = leftover_images(&images, &trace)
+            .iter()
+            .map(|i| short_id(i))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "late00000001",
+                "whls00000001",
+                "reqs00000001",
+                "venv00000001"
+            ]
+        );
     }
 }

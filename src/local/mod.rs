@@ -53,7 +53,9 @@ pub enum LocalError {
         #[source]
         source: OnnxError,
     },
-    #[error("interrupted; the container was removed and no artifact was recorded")]
+    #[error(
+        "interrupted; what it had started was stopped and removed, and no artifact was recorded"
+    )]
     Interrupted,
     #[error("the notebook did not become ready: {reason}{}", last_lines(tail))]
     NotebookFailed { reason: String, tail: Vec<String> },
