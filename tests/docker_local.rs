@@ -564,11 +564,20 @@ fn interrupt_build_when(root: &Path, what: &str, mut ready: impl FnMut(&str) -> 
         "interrupted {what}, the build left dangling images {left:?}; ferry said:\n{}",
         rest.join("\n")
     );
-    let containers: Vec<String> = docker(&["ps", "-aq", "--no-trunc"])
-        .lines()
-        .filter(|c| !containers_before.contains(*c))
-        .map(str::to_string)
-        .collect();
+    // The build's step containers (their commands name the virtualenv or ferry's build
+    // directory); other containers may come and go meanwhile.
+    let containers: Vec<String> = docker(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.Command}}",
+    ])
+    .lines()
+    .filter(|c| !containers_before.iter().any(|b| c.starts_with(b.as_str())))
+    .filter(|c| c.contains("/opt/venv") || c.contains("/tmp/ferry"))
+    .map(str::to_string)
+    .collect();
     assert!(
         containers.is_empty(),
         "interrupted {what}, containers left: {containers:?}"
@@ -591,6 +600,11 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
     // short; each interruption below makes it run again from the first uncached step.
     let root = f.root.with_file_name("churn-stop");
     let _ = std::fs::remove_dir_all(&root);
+    // Images of an earlier run of this test would make its builds no-ops.
+    let label = "label=dev.ferry.project=churn-stop";
+    for image in docker(&["images", "-q", "--filter", label]).lines() {
+        docker(&["rmi", "-f", image]);
+    }
     std::fs::create_dir_all(root.join("data")).unwrap();
     std::fs::write(
         root.join("ferry.yaml"),
@@ -603,13 +617,17 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
     std::fs::write(root.join("train.py"), "print('train')\n").unwrap();
     std::fs::write(root.join(".dockerignore"), "data/\nweights.bin\n").unwrap();
 
-    // While the requirements are installed (a RUN step), and while the second stage copies
-    // the virtualenv out of the first (a COPY whose commit walks the image).
-    interrupt_build_when(&root, "during `pip install`", |_| {
-        build_step_running("/opt/venv/bin/pip install")
-    });
-    interrupt_build_when(&root, "while the virtualenv is copied", |_| {
-        build_step_running("#(nop) COPY dir:") && build_step_running("in /opt/venv")
+    // While the requirements are installed (a RUN step), and once the first stage is committed
+    // (virtualenv and wheels: the big image an interrupted build used to leave) and the second
+    // stage copies the virtualenv out of it.
+    let pip = "/opt/venv/bin/pip install";
+    interrupt_build_when(&root, "during `pip install`", |_| build_step_running(pip));
+    let mut installing = false;
+    interrupt_build_when(&root, "after the first stage", |_| {
+        let running = build_step_running(pip);
+        let committed = installing && !running;
+        installing |= running;
+        committed
     });
 
     // While the project image is written: a big file makes the code layer take a while.
@@ -631,8 +649,17 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let lines = BufReader::new(stderr).lines().map_while(Result::ok);
-    for l in lines {
+    let (tx, rx) = mpsc::channel::<String>();
+    // Read to the end: ferry must not find its stderr closed.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(600))
+            .expect("ferry build's output");
         if l.contains("writing project image") {
             break;
         }
