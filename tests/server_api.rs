@@ -517,8 +517,229 @@ async fn variants_split_traffic_sticky_by_key_and_are_measured() {
         );
     }
     assert!(metrics.contains("# TYPE ferry_request_duration_seconds histogram"));
-    assert!(metrics.contains("# TYPE ferry_requests counter"));
-    assert!(metrics.trim_end().ends_with("# EOF"));
+    assert!(metrics.contains("# TYPE ferry_requests_total counter"));
+    server.stop().await;
+}
+
+/// A GET of `/metrics` with `accept` (if any): the content type and the text.
+async fn scrape(server: &TestServer, accept: Option<&str>) -> (String, String) {
+    let mut request = server.client.get(format!("{}/metrics", server.base));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (content_type, response.text().await.unwrap())
+}
+
+/// Runs `program` with `args`, `input` on its stdin; its status, stdout and stderr.
+async fn run_with_input(program: &str, args: &[&str], input: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether `program` runs at all; says "skipped" where it does not, so a skipped check shows.
+fn have(program: &str, args: &[&str], what: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: {what} is not installed");
+    }
+    ok
+}
+
+/// The families the Python Prometheus client reads from `text` in `format` (`text` or
+/// `openmetrics`), as the fixture script prints them.
+async fn python_families(text: &str, format: &str) -> serde_json::Map<String, Value> {
+    let script = fixture("read_metrics.py");
+    let (ok, stdout, stderr) =
+        run_with_input("python3", &[script.to_str().unwrap(), format], text).await;
+    assert!(ok, "the {format} parser refused /metrics: {stderr}\n{text}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The value of one sample the Python client read.
+fn python_sample(
+    families: &serde_json::Map<String, Value>,
+    family: &str,
+    name: &str,
+    labels: &Value,
+) -> f64 {
+    families[family]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == name && &s[1] == labels)
+        .unwrap_or_else(|| panic!("no {name} {labels} in {family}"))[2]
+        .as_f64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_read_by_promtool_and_the_python_parsers() {
+    let server = TestServer::start(config(vec![
+        model("churn", "churn.onnx", Some((64, 2))),
+        model("tiny", "tiny.onnx", None),
+    ]))
+    .await;
+    for rows in [1, 2, 3] {
+        assert_eq!(server.infer("tiny", &tiny_request(rows)).await.0, 200);
+    }
+    assert_eq!(server.infer("tiny", &json!({"inputs": []})).await.0, 400);
+    assert_eq!(server.infer("nope", &tiny_request(1)).await.0, 404);
+
+    // The text format 0.0.4 by default, and wherever the Accept header does not prefer
+    // OpenMetrics.
+    for accept in [None, Some("*/*"), Some("text/plain;version=0.0.4")] {
+        let (content_type, text) = scrape(&server, accept).await;
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+    let (_, text) = scrape(&server, None).await;
+    let want_types = [
+        ("ferry_requests", "counter"),
+        ("ferry_request_duration_seconds", "histogram"),
+        ("ferry_batch_size", "histogram"),
+        ("ferry_queue_depth", "gauge"),
+        ("ferry_inference_duration_seconds", "histogram"),
+        ("ferry_model_load_seconds", "gauge"),
+    ];
+    for (family, kind) in want_types {
+        // In 0.0.4 a counter family is named as its series.
+        let described = if kind == "counter" {
+            format!("{family}_total")
+        } else {
+            family.to_string()
+        };
+        assert!(
+            text.contains(&format!("\n# TYPE {described} {kind}\n")),
+            "{family}: {text}"
+        );
+        assert!(
+            text.contains(&format!("\n# HELP {described} "))
+                || text.starts_with(&format!("# HELP {described} ")),
+            "{family}: {text}"
+        );
+    }
+
+    if have(
+        "promtool",
+        &["--version"],
+        "promtool (Debian's prometheus package)",
+    ) {
+        let (ok, stdout, stderr) = run_with_input("promtool", &["check", "metrics"], &text).await;
+        assert!(
+            ok && stdout.is_empty() && stderr.is_empty(),
+            "promtool check metrics:\n{stdout}{stderr}\n{text}"
+        );
+    }
+
+    let python = have(
+        "python3",
+        &["-c", "import prometheus_client"],
+        "the Python package prometheus-client",
+    );
+    let ok_tiny = json!({"model": "tiny", "variant": "main", "status": "200"});
+    if python {
+        let families = python_families(&text, "text").await;
+        let types: Vec<(&str, &str)> = families
+            .iter()
+            .map(|(name, f)| (name.as_str(), f["type"].as_str().unwrap()))
+            .collect();
+        assert_eq!(types.len(), want_types.len(), "{families:?}");
+        for (family, kind) in want_types {
+            assert!(
+                types.contains(&(family, kind)),
+                "{family} is not a {kind}: {types:?}"
+            );
+            assert!(
+                !families[family]["help"].as_str().unwrap().is_empty(),
+                "{family}"
+            );
+        }
+        assert_eq!(
+            python_sample(
+                &families,
+                "ferry_requests",
+                "ferry_requests_total",
+                &ok_tiny
+            ),
+            3.0
+        );
+        assert_eq!(
+            python_sample(
+                &families,
+                "ferry_batch_size",
+                "ferry_batch_size_sum",
+                &json!({"model": "tiny", "variant": "main"})
+            ),
+            6.0
+        );
+    }
+
+    // OpenMetrics for a scraper that asks for it, as Prometheus does.
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in [prometheus_accept, "application/openmetrics-text"] {
+        let (content_type, text) = scrape(&server, Some(accept)).await;
+        assert_eq!(
+            content_type,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("\n# TYPE ferry_requests counter\n"), "{text}");
+        assert!(
+            sample(
+                &text,
+                r#"ferry_requests_total{model="tiny",variant="main",status="200"}"#
+            ) == Some(3.0),
+            "{text}"
+        );
+    }
+    if python {
+        let (_, text) = scrape(&server, Some(prometheus_accept)).await;
+        let families = python_families(&text, "openmetrics").await;
+        for (family, kind) in want_types {
+            assert_eq!(families[family]["type"], kind, "{family}");
+            assert!(
+                !families[family]["help"].as_str().unwrap().is_empty(),
+                "{family}"
+            );
+        }
+        assert_eq!(families.len(), want_types.len(), "{families:?}");
+        assert_eq!(
+            python_sample(
+                &families,
+                "ferry_requests",
+                "ferry_requests_total",
+                &ok_tiny
+            ),
+            3.0
+        );
+    }
     server.stop().await;
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -20,14 +20,13 @@ use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use tokio::sync::oneshot;
 
 use super::batch::{Job, JobQueue, queue_full};
+use super::exposition::{self, Format};
 use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
 use super::parse::{InferRequest, parse_infer, parse_instances};
 use super::tensor::{Nested, TensorData};
 use super::{AppState, Model, Variant};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const OPENMETRICS: HeaderValue =
-    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 /// Header naming the variant that answered.
 pub const VARIANT_HEADER: &str = "x-ferry-variant";
@@ -213,17 +212,15 @@ async fn v1_model(State(state): State<Arc<AppState>>, Path(model): Path<String>)
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut text = String::with_capacity(16 * 1024);
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}"),
-        )
-        .response();
-    }
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = exposition::encode(&state.metrics.families(), format);
     let mut response = Response::new(Body::from(text));
-    response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     response
 }
 

@@ -21,6 +21,7 @@
 
 mod batch;
 pub mod config;
+mod exposition;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
