@@ -57,6 +57,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // `{model}` takes the whole segment, so `churn:predict` arrives here as one name.
         .route("/v1/models/{model}", get(v1_model).post(v1_predict))
         .route("/metrics", get(metrics))
+        .merge(super::triton::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -81,7 +82,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn response(&self) -> Response {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    pub(crate) fn response(&self) -> Response {
         #[derive(Serialize)]
         struct Body<'a> {
             error: &'a str,
@@ -103,7 +108,7 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-fn ok_json(body: impl Into<Body>) -> Response {
+pub(crate) fn ok_json(body: impl Into<Body>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
@@ -126,7 +131,7 @@ async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
     ok_json(state.server_metadata.clone())
 }
 
-fn find_model<'s>(
+pub(crate) fn find_model<'s>(
     state: &'s AppState,
     name: &str,
     version: Option<&str>,
@@ -326,9 +331,13 @@ async fn serve_inference(
     response
         .headers_mut()
         .insert(VARIANT_HEADER, variant.header.clone());
+    let took = started.elapsed();
     variant
         .metrics
-        .request_done(response.status().as_u16(), started.elapsed().as_secs_f64());
+        .request_done(response.status().as_u16(), took.as_secs_f64());
+    model
+        .stats
+        .request_done(response.status() == StatusCode::OK, took);
     response
 }
 
