@@ -1,5 +1,5 @@
 //! The HTTP surface: Open Inference Protocol v2 REST (with the binary tensor data extension),
-//! KServe v1 `predict`, `/metrics`.
+//! KServe v1 `predict`, `/metrics`; Triton's config and statistics endpoints are in `triton`.
 //!
 //! Handlers are plain functions over the shared state with no middleware stack; limits (body
 //! size, timeout, queue) are enforced inline so each refusal gets its own status and message.
