@@ -74,7 +74,8 @@ async fn health_and_metadata_follow_the_protocol() {
     assert_eq!(status, 200);
     assert_eq!(
         meta,
-        json!({"name": "ferry", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]})
+        json!({"name": "ferry", "version": env!("CARGO_PKG_VERSION"),
+            "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
     );
 
     let expected = json!({
@@ -517,8 +518,229 @@ async fn variants_split_traffic_sticky_by_key_and_are_measured() {
         );
     }
     assert!(metrics.contains("# TYPE ferry_request_duration_seconds histogram"));
-    assert!(metrics.contains("# TYPE ferry_requests counter"));
-    assert!(metrics.trim_end().ends_with("# EOF"));
+    assert!(metrics.contains("# TYPE ferry_requests_total counter"));
+    server.stop().await;
+}
+
+/// A GET of `/metrics` with `accept` (if any): the content type and the text.
+async fn scrape(server: &TestServer, accept: Option<&str>) -> (String, String) {
+    let mut request = server.client.get(format!("{}/metrics", server.base));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (content_type, response.text().await.unwrap())
+}
+
+/// Runs `program` with `args`, `input` on its stdin; its status, stdout and stderr.
+async fn run_with_input(program: &str, args: &[&str], input: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether `program` runs at all; says "skipped" where it does not, so a skipped check shows.
+fn have(program: &str, args: &[&str], what: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: {what} is not installed");
+    }
+    ok
+}
+
+/// The families the Python Prometheus client reads from `text` in `format` (`text` or
+/// `openmetrics`), as the fixture script prints them.
+async fn python_families(text: &str, format: &str) -> serde_json::Map<String, Value> {
+    let script = fixture("read_metrics.py");
+    let (ok, stdout, stderr) =
+        run_with_input("python3", &[script.to_str().unwrap(), format], text).await;
+    assert!(ok, "the {format} parser refused /metrics: {stderr}\n{text}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The value of one sample the Python client read.
+fn python_sample(
+    families: &serde_json::Map<String, Value>,
+    family: &str,
+    name: &str,
+    labels: &Value,
+) -> f64 {
+    families[family]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == name && &s[1] == labels)
+        .unwrap_or_else(|| panic!("no {name} {labels} in {family}"))[2]
+        .as_f64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_read_by_promtool_and_the_python_parsers() {
+    let server = TestServer::start(config(vec![
+        model("churn", "churn.onnx", Some((64, 2))),
+        model("tiny", "tiny.onnx", None),
+    ]))
+    .await;
+    for rows in [1, 2, 3] {
+        assert_eq!(server.infer("tiny", &tiny_request(rows)).await.0, 200);
+    }
+    assert_eq!(server.infer("tiny", &json!({"inputs": []})).await.0, 400);
+    assert_eq!(server.infer("nope", &tiny_request(1)).await.0, 404);
+
+    // The text format 0.0.4 by default, and wherever the Accept header does not prefer
+    // OpenMetrics.
+    for accept in [None, Some("*/*"), Some("text/plain;version=0.0.4")] {
+        let (content_type, text) = scrape(&server, accept).await;
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+    let (_, text) = scrape(&server, None).await;
+    let want_types = [
+        ("ferry_requests", "counter"),
+        ("ferry_request_duration_seconds", "histogram"),
+        ("ferry_batch_size", "histogram"),
+        ("ferry_queue_depth", "gauge"),
+        ("ferry_inference_duration_seconds", "histogram"),
+        ("ferry_model_load_seconds", "gauge"),
+    ];
+    for (family, kind) in want_types {
+        // In 0.0.4 a counter family is named as its series.
+        let described = if kind == "counter" {
+            format!("{family}_total")
+        } else {
+            family.to_string()
+        };
+        assert!(
+            text.contains(&format!("\n# TYPE {described} {kind}\n")),
+            "{family}: {text}"
+        );
+        assert!(
+            text.contains(&format!("\n# HELP {described} "))
+                || text.starts_with(&format!("# HELP {described} ")),
+            "{family}: {text}"
+        );
+    }
+
+    if have(
+        "promtool",
+        &["--version"],
+        "promtool (Debian's prometheus package)",
+    ) {
+        let (ok, stdout, stderr) = run_with_input("promtool", &["check", "metrics"], &text).await;
+        assert!(
+            ok && stdout.is_empty() && stderr.is_empty(),
+            "promtool check metrics:\n{stdout}{stderr}\n{text}"
+        );
+    }
+
+    let python = have(
+        "python3",
+        &["-c", "import prometheus_client"],
+        "the Python package prometheus-client",
+    );
+    let ok_tiny = json!({"model": "tiny", "variant": "main", "status": "200"});
+    if python {
+        let families = python_families(&text, "text").await;
+        let types: Vec<(&str, &str)> = families
+            .iter()
+            .map(|(name, f)| (name.as_str(), f["type"].as_str().unwrap()))
+            .collect();
+        assert_eq!(types.len(), want_types.len(), "{families:?}");
+        for (family, kind) in want_types {
+            assert!(
+                types.contains(&(family, kind)),
+                "{family} is not a {kind}: {types:?}"
+            );
+            assert!(
+                !families[family]["help"].as_str().unwrap().is_empty(),
+                "{family}"
+            );
+        }
+        assert_eq!(
+            python_sample(
+                &families,
+                "ferry_requests",
+                "ferry_requests_total",
+                &ok_tiny
+            ),
+            3.0
+        );
+        assert_eq!(
+            python_sample(
+                &families,
+                "ferry_batch_size",
+                "ferry_batch_size_sum",
+                &json!({"model": "tiny", "variant": "main"})
+            ),
+            6.0
+        );
+    }
+
+    // OpenMetrics for a scraper that asks for it, as Prometheus does.
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in [prometheus_accept, "application/openmetrics-text"] {
+        let (content_type, text) = scrape(&server, Some(accept)).await;
+        assert_eq!(
+            content_type,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("\n# TYPE ferry_requests counter\n"), "{text}");
+        assert!(
+            sample(
+                &text,
+                r#"ferry_requests_total{model="tiny",variant="main",status="200"}"#
+            ) == Some(3.0),
+            "{text}"
+        );
+    }
+    if python {
+        let (_, text) = scrape(&server, Some(prometheus_accept)).await;
+        let families = python_families(&text, "openmetrics").await;
+        for (family, kind) in want_types {
+            assert_eq!(families[family]["type"], kind, "{family}");
+            assert!(
+                !families[family]["help"].as_str().unwrap().is_empty(),
+                "{family}"
+            );
+        }
+        assert_eq!(families.len(), want_types.len(), "{families:?}");
+        assert_eq!(
+            python_sample(
+                &families,
+                "ferry_requests",
+                "ferry_requests_total",
+                &ok_tiny
+            ),
+            3.0
+        );
+    }
     server.stop().await;
 }
 
@@ -1171,5 +1393,254 @@ async fn throughput() {
         binary_body.len(),
         best[1]
     );
+    server.stop().await;
+}
+
+/// `{"count": .., "ns": ..}` of one phase in a model's Triton statistics.
+fn phase(stats: &Value, name: &str) -> (u64, u64) {
+    let p = &stats["inference_stats"][name];
+    (p["count"].as_u64().unwrap(), p["ns"].as_u64().unwrap())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The counts a model's statistics must agree on after `requests` successful requests of
+/// `rows` rows in all (batching model) and `failed` failed ones.
+fn assert_statistics(stats: &Value, requests: u64, inferences: u64, failed: u64, since_ms: u64) {
+    let (success, success_ns) = phase(stats, "success");
+    assert_eq!(success, requests, "{stats}");
+    assert!(success_ns > 0, "{stats}");
+    let (fail, fail_ns) = phase(stats, "fail");
+    assert_eq!(fail, failed, "{stats}");
+    assert_eq!(fail_ns > 0, failed > 0, "{stats}");
+    for name in ["queue", "compute_input", "compute_infer", "compute_output"] {
+        let (count, ns) = phase(stats, name);
+        assert_eq!(count, requests, "{name}: {stats}");
+        assert!(ns > 0, "{name}: {stats}");
+    }
+    // A request's compute phases are within its time from request to response.
+    let (_, infer_ns) = phase(stats, "compute_infer");
+    assert!(infer_ns <= success_ns, "{stats}");
+    assert_eq!(stats["inference_count"], inferences, "{stats}");
+    let executions = stats["execution_count"].as_u64().unwrap();
+    assert!((1..=requests).contains(&executions), "{stats}");
+    let batches = stats["batch_stats"].as_array().unwrap();
+    let runs: u64 = batches
+        .iter()
+        .map(|b| b["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(runs, executions, "{stats}");
+    let rows: u64 = batches
+        .iter()
+        .map(|b| b["batch_size"].as_u64().unwrap() * b["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, inferences, "{stats}");
+    let last = stats["last_inference"].as_u64().unwrap();
+    assert!((since_ms..=unix_ms()).contains(&last), "{stats}");
+    assert_eq!(phase(stats, "cache_hit"), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_model_config_and_statistics() {
+    let server = TestServer::start(config(vec![
+        model("churn", "churn.onnx", Some((64, 2))),
+        model("tiny", "tiny.onnx", None),
+    ]))
+    .await;
+
+    let (status, churn) = server.get("/v2/models/churn/config").await;
+    assert_eq!(status, 200, "{churn}");
+    assert_eq!(churn["name"], "churn");
+    assert_eq!(churn["platform"], "onnxruntime_onnx");
+    assert_eq!(churn["backend"], "onnxruntime");
+    assert_eq!(churn["max_batch_size"], 64);
+    assert_eq!(
+        churn["input"],
+        json!([{"name": "features", "data_type": "TYPE_FP32", "format": "FORMAT_NONE",
+            "dims": [78], "is_shape_tensor": false, "allow_ragged_batch": false, "optional": false}])
+    );
+    let outputs: Vec<(&str, &str, &Value)> = churn["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap(),
+                o["data_type"].as_str().unwrap(),
+                &o["dims"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            ("label", "TYPE_INT64", &json!([])),
+            ("probabilities", "TYPE_FP32", &json!([2]))
+        ]
+    );
+    assert_eq!(
+        churn["dynamic_batching"],
+        json!({"preferred_batch_size": [], "max_queue_delay_microseconds": 2000, "preserve_ordering": false})
+    );
+    assert_eq!(churn["instance_group"][0]["kind"], "KIND_CPU");
+    assert_eq!(churn["instance_group"][0]["count"], 1);
+    assert_eq!(
+        server.get("/v2/models/churn/versions/1/config").await,
+        (200, churn)
+    );
+
+    let (status, tiny) = server.get("/v2/models/tiny/config").await;
+    assert_eq!(status, 200, "{tiny}");
+    assert_eq!(tiny["max_batch_size"], 0);
+    assert_eq!(tiny["input"][0]["dims"], json!([-1, 3]));
+    assert!(tiny.get("dynamic_batching").is_none(), "{tiny}");
+
+    // Unknown models and versions: the usual 404.
+    for path in [
+        "/v2/models/nope/config",
+        "/v2/models/churn/versions/7/config",
+        "/v2/models/nope/stats",
+        "/v2/models/churn/versions/7/stats",
+    ] {
+        let (status, err) = server.get(path).await;
+        assert_eq!(status, 404, "{path}");
+        let message = err["error"].as_str().unwrap();
+        assert!(
+            message.contains("'nope'") || message.contains("no version '7'"),
+            "{message}"
+        );
+    }
+
+    // Nothing measured yet.
+    let (status, before) = server.get("/v2/models/churn/stats").await;
+    assert_eq!(status, 200, "{before}");
+    let entry = &before["model_stats"][0];
+    assert_eq!(
+        (entry["name"].clone(), entry["version"].clone()),
+        (json!("churn"), json!("1"))
+    );
+    assert_eq!(
+        (
+            entry["inference_count"].clone(),
+            entry["last_inference"].clone()
+        ),
+        (json!(0), json!(0))
+    );
+    assert_eq!(phase(entry, "success"), (0, 0));
+
+    let since = unix_ms();
+    let expected = churn_expected();
+    let rows = expected["features"].as_array().unwrap();
+    // Concurrent, so that some may be merged into one run.
+    let requests: Vec<String> = (1..=3).map(|n| churn_request(&rows[..n])).collect();
+    let answers = join_all(
+        requests
+            .iter()
+            .chain(&requests)
+            .map(|r| server.post("/v2/models/churn/infer", r.clone())),
+    )
+    .await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    let (status, _) = server
+        .post(
+            "/v2/models/churn/infer",
+            churn_request(&rows[..1]).replace("78]", "77]"),
+        )
+        .await;
+    assert_eq!(status, 400);
+    // Requests for other models or versions are not this model's.
+    assert_eq!(server.infer("tiny", &tiny_request(2)).await.0, 200);
+    assert_eq!(
+        server
+            .post("/v2/models/churn/versions/9/infer", requests[0].clone())
+            .await
+            .0,
+        404
+    );
+
+    let (_, stats) = server.get("/v2/models/churn/stats").await;
+    let [entry] = stats["model_stats"].as_array().unwrap().as_slice() else {
+        panic!("one model: {stats}");
+    };
+    assert_statistics(entry, 6, 2 * (1 + 2 + 3), 1, since);
+    let (_, versioned) = server.get("/v2/models/churn/versions/1/stats").await;
+    assert_eq!(versioned["model_stats"][0]["inference_count"], 12);
+
+    let (status, all) = server.get("/v2/models/stats").await;
+    assert_eq!(status, 200, "{all}");
+    let names: Vec<&str> = all["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["churn", "tiny"]);
+    let tiny = &all["model_stats"][1];
+    // Without batching, a request of 2 rows is one inference of batch size 1, as in Triton.
+    assert_statistics(tiny, 1, 1, 0, since);
+    assert_eq!(tiny["batch_stats"][0]["batch_size"], 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritons_client_reads_config_and_statistics() {
+    if !have(
+        "python3",
+        &["-c", "import tritonclient.http, numpy"],
+        "the Python package tritonclient[http]",
+    ) {
+        return;
+    }
+    let server = TestServer::start(config(vec![
+        model("churn", "churn.onnx", Some((64, 2))),
+        model("tiny", "tiny.onnx", None),
+    ]))
+    .await;
+    let script = fixture("triton_client.py");
+    let addr = server.addr.to_string();
+    let since = unix_ms();
+    for (name, rows, inferences) in [("churn", ["1", "4", "2"], 7), ("tiny", ["5", "5", "5"], 3)] {
+        let mut args = vec![script.to_str().unwrap(), addr.as_str(), name];
+        args.extend(rows);
+        let (ok, stdout, stderr) = run_with_input("python3", &args, "").await;
+        assert!(ok, "{name}: {stderr}");
+        let got: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let extensions = got["server"]["extensions"].as_array().unwrap();
+        for extension in ["model_configuration", "statistics"] {
+            assert!(extensions.contains(&json!(extension)), "{got}");
+        }
+        assert_eq!(got["config"]["name"], name);
+        assert_eq!(got["error"]["status"], "400", "{got}");
+        let stats = &got["stats"]["model_stats"][0];
+        assert_eq!(stats["name"], name);
+        assert_statistics(stats, 3, inferences, 1, since);
+        assert_eq!(
+            &got["version_stats"]["model_stats"][0]["inference_count"],
+            &stats["inference_count"]
+        );
+        let all = got["all_stats"]["model_stats"].as_array().unwrap();
+        assert_eq!(all.len(), 2, "{got}");
+        if name == "churn" {
+            assert_eq!(got["config"]["max_batch_size"], 64);
+            let shapes: Vec<&Value> = got["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| &o["probabilities"])
+                .collect();
+            assert_eq!(shapes, [&json!([1, 2]), &json!([4, 2]), &json!([2, 2])]);
+        } else {
+            assert_eq!(got["config"]["max_batch_size"], 0);
+            assert_eq!(got["outputs"][0]["Y"], json!([8, 3]));
+        }
+    }
     server.stop().await;
 }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::VariantMetrics;
 use super::model::{HostTensor, Signature};
+use super::stats::{Execution, ModelStats};
 use super::tensor::{OutputView, TensorData};
 
 /// A job's requested outputs as (output index, tensor), in the order asked for.
@@ -216,6 +217,7 @@ pub(crate) struct Worker {
     pub signature: Arc<Signature>,
     pub batching: Option<Batching>,
     pub metrics: VariantMetrics,
+    pub stats: Arc<ModelStats>,
     pub queue: Arc<JobQueue>,
     /// `model 'm' variant 'v'`, for the log.
     pub label: String,
@@ -308,8 +310,19 @@ impl Worker {
             }
             return;
         }
+        let started = Instant::now();
         match self.run_merged(&batch) {
-            Ok(results) => {
+            Ok((results, run)) => {
+                let requests: Vec<(usize, Duration)> = batch
+                    .iter()
+                    .map(|job| {
+                        (
+                            job.row_count(),
+                            started.saturating_duration_since(job.enqueued),
+                        )
+                    })
+                    .collect();
+                self.stats.executed(&run, &requests);
                 for (job, result) in batch.into_iter().zip(results) {
                     // The client may have gone meanwhile; nothing to do then.
                     let _ = job.reply.send(Ok(result));
@@ -334,10 +347,11 @@ impl Worker {
     }
 
     fn run_alone(&mut self, mut job: Job) {
+        let started = Instant::now();
         let rows = job.row_count();
         let inputs = std::mem::take(&mut job.inputs);
         let outputs = std::mem::take(&mut job.outputs);
-        let result = self.infer(inputs, rows, |views| {
+        let result = self.infer(inputs, rows, Duration::ZERO, |views| {
             Ok(vec![
                 outputs
                     .iter()
@@ -353,30 +367,42 @@ impl Worker {
             ])
         });
         let result = match result {
-            Ok(mut results) => results.pop().ok_or_else(|| "no outputs".to_string()),
+            Ok((mut results, run)) => {
+                self.stats.executed(
+                    &run,
+                    &[(rows, started.saturating_duration_since(job.enqueued))],
+                );
+                results.pop().ok_or_else(|| "no outputs".to_string())
+            }
             Err(RunError::NotPerRow(reason) | RunError::Failed(reason)) => Err(reason),
         };
         let _ = job.reply.send(result);
     }
 
-    /// Runs the jobs as one batch; the per-job outputs in job order.
-    fn run_merged(&mut self, batch: &[Job]) -> Result<Vec<Outputs>, RunError> {
+    /// Runs the jobs as one batch; the per-job outputs in job order, and the run's timing.
+    fn run_merged(&mut self, batch: &[Job]) -> Result<(Vec<Outputs>, Execution), RunError> {
+        let merging = Instant::now();
         let rows: Vec<usize> = batch.iter().map(|j| j.rows.unwrap_or(0)).collect();
         let total: usize = rows.iter().sum();
         let inputs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
         let wanted: Vec<&[usize]> = batch.iter().map(|j| j.outputs.as_slice()).collect();
         let merged = merge_inputs(&inputs, &rows).map_err(RunError::Failed)?;
-        self.infer(merged, total, |views| split_outputs(views, &rows, &wanted))
+        self.infer(merged, total, merging.elapsed(), |views| {
+            split_outputs(views, &rows, &wanted)
+        })
     }
 
     /// Runs the session and hands all outputs to `split` while ONNX Runtime still owns them,
-    /// so each job copies only its own slice.
+    /// so each job copies only its own slice. `merged` is the time it took to make `inputs`,
+    /// counted with their preparation.
     fn infer<T>(
         &mut self,
         inputs: Vec<HostTensor>,
         rows: usize,
+        merged: Duration,
         split: impl FnOnce(&[(Vec<usize>, OutputView<'_>)]) -> Result<T, RunError>,
-    ) -> Result<T, RunError> {
+    ) -> Result<(T, Execution), RunError> {
+        let preparing = Instant::now();
         let values = inputs
             .into_iter()
             .map(|t| t.data.into_ort(&t.shape).map(SessionInputValue::from))
@@ -387,9 +413,10 @@ impl Worker {
             .session
             .run(values.as_slice())
             .map_err(|e| RunError::Failed(format!("inference failed: {e}")))?;
+        let ran = Instant::now();
         self.metrics
             .inference_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe((ran - started).as_secs_f64());
         self.metrics.batch_size.observe(rows as f64);
         let mut views = Vec::with_capacity(self.signature.outputs.len());
         for spec in &self.signature.outputs {
@@ -400,7 +427,13 @@ impl Worker {
                 .map_err(|e| RunError::Failed(format!("output '{}': {e}", spec.name)))?;
             views.push(view);
         }
-        split(&views)
+        let split = split(&views)?;
+        let run = Execution {
+            compute_input: merged + (started - preparing),
+            compute_infer: ran - started,
+            compute_output: ran.elapsed(),
+        };
+        Ok((split, run))
     }
 }
 

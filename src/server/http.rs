@@ -1,5 +1,5 @@
 //! The HTTP surface: Open Inference Protocol v2 REST (with the binary tensor data extension),
-//! KServe v1 `predict`, `/metrics`.
+//! KServe v1 `predict`, `/metrics`; Triton's config and statistics endpoints are in `triton`.
 //!
 //! Handlers are plain functions over the shared state with no middleware stack; limits (body
 //! size, timeout, queue) are enforced inline so each refusal gets its own status and message.
@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -20,14 +20,13 @@ use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use tokio::sync::oneshot;
 
 use super::batch::{Job, JobQueue, queue_full};
+use super::exposition::{self, Format};
 use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
 use super::parse::{InferRequest, parse_infer, parse_instances};
 use super::tensor::{Nested, TensorData};
 use super::{AppState, Model, Variant};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const OPENMETRICS: HeaderValue =
-    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 /// Header naming the variant that answered.
 pub const VARIANT_HEADER: &str = "x-ferry-variant";
@@ -58,6 +57,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // `{model}` takes the whole segment, so `churn:predict` arrives here as one name.
         .route("/v1/models/{model}", get(v1_model).post(v1_predict))
         .route("/metrics", get(metrics))
+        .merge(super::triton::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -82,7 +82,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn response(&self) -> Response {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    pub(crate) fn response(&self) -> Response {
         #[derive(Serialize)]
         struct Body<'a> {
             error: &'a str,
@@ -104,7 +108,7 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-fn ok_json(body: impl Into<Body>) -> Response {
+pub(crate) fn ok_json(body: impl Into<Body>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
@@ -127,7 +131,7 @@ async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
     ok_json(state.server_metadata.clone())
 }
 
-fn find_model<'s>(
+pub(crate) fn find_model<'s>(
     state: &'s AppState,
     name: &str,
     version: Option<&str>,
@@ -213,17 +217,15 @@ async fn v1_model(State(state): State<Arc<AppState>>, Path(model): Path<String>)
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut text = String::with_capacity(16 * 1024);
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}"),
-        )
-        .response();
-    }
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = exposition::encode(&state.metrics.families(), format);
     let mut response = Response::new(Body::from(text));
-    response.headers_mut().insert(CONTENT_TYPE, OPENMETRICS);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     response
 }
 
@@ -329,9 +331,13 @@ async fn serve_inference(
     response
         .headers_mut()
         .insert(VARIANT_HEADER, variant.header.clone());
+    let took = started.elapsed();
     variant
         .metrics
-        .request_done(response.status().as_u16(), started.elapsed().as_secs_f64());
+        .request_done(response.status().as_u16(), took.as_secs_f64());
+    model
+        .stats
+        .request_done(response.status() == StatusCode::OK, took);
     response
 }
 

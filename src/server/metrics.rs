@@ -1,160 +1,339 @@
-//! Prometheus metrics. The names are a contract with dashboards: keep them.
+//! Prometheus metrics: the families `/metrics` exposes and the handles the request path updates.
+//! The names are a contract with dashboards (`crate::monitoring`): keep them.
 //!
 //! Every variant gets its handles at load time, so the request path increments atomics (and
-//! takes one short histogram lock) instead of looking label sets up in the families.
+//! takes one short histogram lock) instead of looking label sets up. The values are kept here,
+//! not in a client library's registry, because `/metrics` is written in two formats (see
+//! `exposition`), and that needs the values themselves rather than one library's encoder.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use super::exposition::{Family, HistogramValue, Labels, Series};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct VariantLabels {
-    pub model: String,
-    pub variant: String,
-}
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RequestLabels {
-    pub model: String,
-    pub variant: String,
-    pub status: u16,
-}
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 
-#[derive(Clone)]
-struct Buckets(fn() -> Histogram);
-
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        (self.0)()
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
+/// A whole number that goes up and down.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one and returns the value before.
+    pub(crate) fn inc(&self) -> i64 {
+        self.0.fetch_add(1, Ordering::AcqRel)
+    }
+
+    pub(crate) fn dec(&self) {
+        self.dec_by(1);
+    }
+
+    pub(crate) fn dec_by(&self, n: i64) {
+        self.0.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A measurement that is set rather than counted.
+#[derive(Debug, Default)]
+pub(crate) struct FloatGauge(AtomicU64);
+
+impl FloatGauge {
+    pub(crate) fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Observations counted into fixed buckets.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    /// Upper bounds, ascending; the `+Inf` bucket is implied.
+    bounds: &'static [f64],
+    state: Mutex<HistogramState>,
+}
+
+#[derive(Debug)]
+struct HistogramState {
+    /// Per bucket, not cumulative; one more than `bounds` (the `+Inf` bucket).
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len() + 1],
+                sum: 0.0,
+                count: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn observe(&self, value: f64) {
+        // Bucket `i` counts values up to and including `bounds[i]`.
+        let bucket = self.bounds.partition_point(|&bound| bound < value);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.counts[bucket] += 1;
+        state.sum += value;
+        state.count += 1;
+    }
+
+    fn value(&self) -> HistogramValue {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cumulative = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&state.counts)
+            .map(|(bound, &n)| {
+                cumulative += n;
+                (bound, cumulative)
+            })
+            .collect();
+        HistogramValue {
+            buckets,
+            sum: state.sum,
+            count: state.count,
+        }
+    }
+}
+
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    std::iter::successors(Some(start), |b| Some(b * factor))
+        .take(count)
+        .collect()
+}
+
 /// Seconds, from 50 µs to about 27 s.
-fn seconds_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
-}
-
+static SECONDS: LazyLock<Vec<f64>> = LazyLock::new(|| exponential(0.00005, 2.0, 20));
 /// Rows per inference run: 1, 2, 4, ... 4096.
-fn rows_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+static ROWS: LazyLock<Vec<f64>> = LazyLock::new(|| exponential(1.0, 2.0, 13));
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+struct RequestLabels {
+    model: String,
+    variant: String,
+    status: u16,
 }
 
+/// One variant's series, shared by its handles and by the exposition.
+#[derive(Debug)]
+struct VariantSeries {
+    model: String,
+    variant: String,
+    request_duration: Arc<Histogram>,
+    batch_size: Arc<Histogram>,
+    queue_depth: Arc<Gauge>,
+    inference_duration: Arc<Histogram>,
+    model_load: Arc<FloatGauge>,
+}
+
+impl VariantSeries {
+    fn labels(&self) -> Labels {
+        vec![
+            ("model", self.model.clone()),
+            ("variant", self.variant.clone()),
+        ]
+    }
+}
+
+type RequestCounters = RwLock<HashMap<RequestLabels, Arc<Counter>>>;
+
+#[derive(Default)]
 pub(crate) struct Metrics {
-    pub registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: Family<VariantLabels, Histogram, Buckets>,
-    batch_size: Family<VariantLabels, Histogram, Buckets>,
-    queue_depth: Family<VariantLabels, Gauge>,
-    inference_duration: Family<VariantLabels, Histogram, Buckets>,
-    model_load: Family<VariantLabels, Gauge<f64, AtomicU64>>,
+    requests: Arc<RequestCounters>,
+    variants: Mutex<Vec<Arc<VariantSeries>>>,
 }
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration = Family::new_with_constructor(Buckets(seconds_histogram));
-        let batch_size = Family::new_with_constructor(Buckets(rows_histogram));
-        let queue_depth = Family::<VariantLabels, Gauge>::default();
-        let inference_duration = Family::new_with_constructor(Buckets(seconds_histogram));
-        let model_load = Family::<VariantLabels, Gauge<f64, AtomicU64>>::default();
-        // The client appends `_total` to counters.
-        registry.register(
-            "ferry_requests",
-            "Inference requests by model, variant and HTTP status",
-            requests.clone(),
-        );
-        registry.register(
-            "ferry_request_duration_seconds",
-            "Time from request to response, in seconds",
-            request_duration.clone(),
-        );
-        registry.register(
-            "ferry_batch_size",
-            "Rows per inference run",
-            batch_size.clone(),
-        );
-        registry.register(
-            "ferry_queue_depth",
-            "Requests admitted and waiting for an inference run",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "ferry_inference_duration_seconds",
-            "Time ONNX Runtime spent per inference run, in seconds",
-            inference_duration.clone(),
-        );
-        registry.register(
-            "ferry_model_load_seconds",
-            "Time taken to load the model variant, in seconds",
-            model_load.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            request_duration,
-            batch_size,
-            queue_depth,
-            inference_duration,
-            model_load,
-        }
+        Metrics::default()
     }
 
     pub(crate) fn variant(&self, model: &str, variant: &str) -> VariantMetrics {
-        let labels = VariantLabels {
+        let series = Arc::new(VariantSeries {
             model: model.to_string(),
             variant: variant.to_string(),
-        };
+            request_duration: Arc::new(Histogram::new(&SECONDS)),
+            batch_size: Arc::new(Histogram::new(&ROWS)),
+            queue_depth: Arc::default(),
+            inference_duration: Arc::new(Histogram::new(&SECONDS)),
+            model_load: Arc::default(),
+        });
+        self.variants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(series.clone());
         let status = |status: u16| {
-            self.requests.get_or_create_owned(&RequestLabels {
-                model: model.to_string(),
-                variant: variant.to_string(),
-                status,
-            })
+            counter(
+                &self.requests,
+                RequestLabels {
+                    model: model.to_string(),
+                    variant: variant.to_string(),
+                    status,
+                },
+            )
         };
         VariantMetrics {
             ok: status(200),
             bad_request: status(400),
-            labels: labels.clone(),
             requests: self.requests.clone(),
-            request_duration: self.request_duration.get_or_create_owned(&labels),
-            batch_size: self.batch_size.get_or_create_owned(&labels),
-            queue_depth: self.queue_depth.get_or_create_owned(&labels),
-            inference_duration: self.inference_duration.get_or_create_owned(&labels),
-            model_load: self.model_load.get_or_create_owned(&labels),
+            request_duration: series.request_duration.clone(),
+            batch_size: series.batch_size.clone(),
+            queue_depth: series.queue_depth.clone(),
+            inference_duration: series.inference_duration.clone(),
+            model_load: series.model_load.clone(),
+            series,
         }
     }
 
     /// Counts a request that never reached a variant (unknown model or version). The labels stay
     /// fixed so that clients probing names cannot grow the series without bound.
     pub(crate) fn unrouted(&self, model: Option<&str>, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
+        counter(
+            &self.requests,
+            RequestLabels {
                 model: model.unwrap_or("").to_string(),
                 variant: String::new(),
                 status,
-            })
-            .inc();
+            },
+        )
+        .inc();
     }
+
+    /// Every family with its current values, in a fixed order (series sorted by labels).
+    pub(crate) fn families(&self) -> Vec<Family> {
+        let mut requests: Vec<(RequestLabels, u64)> = self
+            .requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(labels, counter)| (labels.clone(), counter.get()))
+            .collect();
+        requests.sort_unstable();
+        let requests = requests
+            .into_iter()
+            .map(|(l, n)| {
+                let labels = vec![
+                    ("model", l.model),
+                    ("variant", l.variant),
+                    ("status", l.status.to_string()),
+                ];
+                (labels, n)
+            })
+            .collect();
+
+        let mut variants = self
+            .variants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        variants.sort_by(|a, b| (&a.model, &a.variant).cmp(&(&b.model, &b.variant)));
+        let histograms = |pick: fn(&VariantSeries) -> &Histogram| {
+            Series::Histogram(
+                variants
+                    .iter()
+                    .map(|v| (v.labels(), pick(v).value()))
+                    .collect(),
+            )
+        };
+        vec![
+            Family {
+                name: "ferry_requests",
+                help: "Inference requests by model, variant and HTTP status.",
+                series: Series::Counter(requests),
+            },
+            Family {
+                name: "ferry_request_duration_seconds",
+                help: "Time from request to response, in seconds.",
+                series: histograms(|v| &v.request_duration),
+            },
+            Family {
+                name: "ferry_batch_size",
+                help: "Rows per inference run.",
+                series: histograms(|v| &v.batch_size),
+            },
+            Family {
+                name: "ferry_queue_depth",
+                help: "Requests admitted and waiting for an inference run.",
+                series: Series::Gauge(
+                    variants
+                        .iter()
+                        .map(|v| (v.labels(), v.queue_depth.get() as f64))
+                        .collect(),
+                ),
+            },
+            Family {
+                name: "ferry_inference_duration_seconds",
+                help: "Time ONNX Runtime spent per inference run, in seconds.",
+                series: histograms(|v| &v.inference_duration),
+            },
+            Family {
+                name: "ferry_model_load_seconds",
+                help: "Time taken to load the model variant, in seconds.",
+                series: Series::Gauge(
+                    variants
+                        .iter()
+                        .map(|v| (v.labels(), v.model_load.get()))
+                        .collect(),
+                ),
+            },
+        ]
+    }
+}
+
+fn counter(family: &RequestCounters, labels: RequestLabels) -> Arc<Counter> {
+    if let Some(counter) = family
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&labels)
+    {
+        return counter.clone();
+    }
+    family
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(labels)
+        .or_default()
+        .clone()
 }
 
 /// One variant's handles.
 #[derive(Clone)]
 pub(crate) struct VariantMetrics {
-    labels: VariantLabels,
-    ok: Counter,
-    bad_request: Counter,
-    requests: Family<RequestLabels, Counter>,
-    pub request_duration: Histogram,
-    pub batch_size: Histogram,
-    pub queue_depth: Gauge,
-    pub inference_duration: Histogram,
-    pub model_load: Gauge<f64, AtomicU64>,
+    series: Arc<VariantSeries>,
+    ok: Arc<Counter>,
+    bad_request: Arc<Counter>,
+    requests: Arc<RequestCounters>,
+    pub request_duration: Arc<Histogram>,
+    pub batch_size: Arc<Histogram>,
+    pub queue_depth: Arc<Gauge>,
+    pub inference_duration: Arc<Histogram>,
+    pub model_load: Arc<FloatGauge>,
 }
 
 impl VariantMetrics {
@@ -162,15 +341,106 @@ impl VariantMetrics {
         match status {
             200 => self.ok.inc(),
             400 => self.bad_request.inc(),
-            other => self
-                .requests
-                .get_or_create(&RequestLabels {
-                    model: self.labels.model.clone(),
-                    variant: self.labels.variant.clone(),
+            other => counter(
+                &self.requests,
+                RequestLabels {
+                    model: self.series.model.clone(),
+                    variant: self.series.variant.clone(),
                     status: other,
-                })
-                .inc(),
+                },
+            )
+            .inc(),
         };
         self.request_duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_inclusive() {
+        static BOUNDS: [f64; 3] = [1.0, 2.0, 4.0];
+        let h = Histogram::new(&BOUNDS);
+        for v in [0.5, 1.0, 1.5, 4.0, 9.0] {
+            h.observe(v);
+        }
+        let value = h.value();
+        assert_eq!(
+            value.buckets,
+            vec![(1.0, 2), (2.0, 3), (4.0, 4), (f64::INFINITY, 5)]
+        );
+        assert_eq!(value.count, 5);
+        assert_eq!(value.sum, 16.0);
+    }
+
+    #[test]
+    fn bucket_bounds_match_the_dashboards() {
+        assert_eq!(SECONDS.len(), 20);
+        assert_eq!(SECONDS[0], 0.00005);
+        assert!((SECONDS[19] - 26.2144).abs() < 1e-9, "{}", SECONDS[19]);
+        assert_eq!(ROWS.first(), Some(&1.0));
+        assert_eq!(ROWS.last(), Some(&4096.0));
+    }
+
+    #[test]
+    fn families_hold_every_variant_and_status() {
+        let metrics = Metrics::new();
+        let b = metrics.variant("m", "b");
+        let a = metrics.variant("m", "a");
+        a.request_done(200, 0.001);
+        a.request_done(503, 0.002);
+        b.queue_depth.inc();
+        b.model_load.set(0.25);
+        metrics.unrouted(None, 404);
+        let families = metrics.families();
+        let names: Vec<&str> = families.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            [
+                "ferry_requests",
+                "ferry_request_duration_seconds",
+                "ferry_batch_size",
+                "ferry_queue_depth",
+                "ferry_inference_duration_seconds",
+                "ferry_model_load_seconds"
+            ]
+        );
+        let Series::Counter(requests) = &families[0].series else {
+            panic!("ferry_requests is a counter");
+        };
+        let flat: Vec<(String, u64)> = requests
+            .iter()
+            .map(|(labels, n)| {
+                let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (text.join(","), *n)
+            })
+            .collect();
+        assert_eq!(
+            flat,
+            [
+                ("model=,variant=,status=404".to_string(), 1),
+                ("model=m,variant=a,status=200".to_string(), 1),
+                ("model=m,variant=a,status=400".to_string(), 0),
+                ("model=m,variant=a,status=503".to_string(), 1),
+                ("model=m,variant=b,status=200".to_string(), 0),
+                ("model=m,variant=b,status=400".to_string(), 0),
+            ]
+        );
+        let Series::Gauge(depth) = &families[3].series else {
+            panic!("ferry_queue_depth is a gauge");
+        };
+        assert_eq!(depth[0].1, 0.0, "variant a first");
+        assert_eq!(depth[1].1, 1.0);
+        let Series::Gauge(load) = &families[5].series else {
+            panic!("ferry_model_load_seconds is a gauge");
+        };
+        assert_eq!(load[1].1, 0.25);
+        let Series::Histogram(durations) = &families[1].series else {
+            panic!("ferry_request_duration_seconds is a histogram");
+        };
+        assert_eq!(durations[0].1.count, 2);
+        assert_eq!(durations[1].1.count, 0);
     }
 }

@@ -21,13 +21,16 @@
 
 mod batch;
 pub mod config;
+mod exposition;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
 mod metrics;
 mod model;
 mod parse;
+mod stats;
 mod tensor;
+mod triton;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,6 +52,7 @@ pub use model::SignatureError;
 use self::batch::{Batching, JobQueue, Worker};
 use self::metrics::{Metrics, VariantMetrics};
 use self::model::{IoSpec, Signature};
+use self::stats::ModelStats;
 use crate::onnx::OnnxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +206,9 @@ pub(crate) struct Model {
     variants: Vec<Variant>,
     weights: Vec<u32>,
     metadata: Bytes,
+    /// Triton's model configuration, as JSON.
+    triton_config: Bytes,
+    stats: Arc<ModelStats>,
 }
 
 pub(crate) struct Variant {
@@ -238,6 +245,8 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
     for model_config in &config.models {
         let mut variants = Vec::with_capacity(model_config.variants.len());
         let mut first_signature: Option<(String, Arc<Signature>)> = None;
+        // The variants agree on their interface, so the first decides whether the model batches.
+        let mut model_stats: Option<Arc<ModelStats>> = None;
         for variant_config in &model_config.variants {
             let Some((session, signature, load_time)) = sessions.next() else {
                 return Err(ServerError::Config(
@@ -273,6 +282,9 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                     None
                 }
             });
+            let stats = model_stats
+                .get_or_insert_with(|| Arc::new(ModelStats::new(batching.is_some())))
+                .clone();
             let variant_metrics = metrics.variant(&model_config.name, &variant_config.name);
             variant_metrics.model_load.set(load_time.as_secs_f64());
             let queue = Arc::new(JobQueue::new());
@@ -281,6 +293,7 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 signature: signature.clone(),
                 batching,
                 metrics: variant_metrics.clone(),
+                stats,
                 queue: queue.clone(),
                 label,
             };
@@ -305,6 +318,21 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
         }
         let signature = &variants[0].signature;
         let metadata = model_metadata(&model_config.name, &model_config.version, signature)?;
+        let variant_names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+        let triton_config = serde_json::to_vec(&triton::model_config(&triton::Described {
+            name: &model_config.name,
+            signature,
+            batching: model_config.batching.filter(|_| variants[0].mergeable),
+            device: config.device,
+            variants: &variant_names,
+        }))
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+        let Some(stats) = model_stats else {
+            return Err(ServerError::Config(format!(
+                "model '{}' has no variants",
+                model_config.name
+            )));
+        };
         models.insert(
             model_config.name.clone(),
             Model {
@@ -313,6 +341,8 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 weights: model_config.variants.iter().map(|v| v.weight).collect(),
                 variants,
                 metadata,
+                triton_config: Bytes::from(triton_config),
+                stats,
             },
         );
     }
@@ -321,7 +351,9 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
     let server_metadata = serde_json::to_vec(&serde_json::json!({
         "name": "ferry",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": std::iter::once("binary_tensor_data")
+            .chain(triton::EXTENSIONS)
+            .collect::<Vec<_>>(),
     }))
     .map_err(|e| ServerError::Config(e.to_string()))?;
     Ok(Server {
