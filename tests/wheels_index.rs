@@ -242,16 +242,10 @@ fn a_version_that_does_not_exist_lists_those_that_do() {
     let index = serve_index();
     let e = error(&index.url, "pandas==99.0");
     match &e {
-        WheelsError::UnknownVersion {
-            package,
-            version,
-            versions,
-            with_wheel,
-            ..
-        } => {
-            assert_eq!((package.as_str(), version.as_str()), ("pandas", "99.0"));
-            assert_eq!(versions, &["2.2.3", "2.2.2", "2.1.0"]);
-            assert_eq!(with_wheel, &["2.2.3", "2.2.2"]);
+        WheelsError::UnknownVersion(v) => {
+            assert_eq!((v.package.as_str(), v.version.as_str()), ("pandas", "99.0"));
+            assert_eq!(v.versions, ["2.2.3", "2.2.2", "2.1.0"]);
+            assert_eq!(v.with_wheel, ["2.2.3", "2.2.2"]);
         }
         _ => panic!("{e:?}"),
     }
@@ -269,11 +263,9 @@ fn a_package_with_wheels_for_other_platforms_only_says_none_fits() {
     let index = serve_index();
     let e = error(&index.url, "macpkg");
     match &e {
-        WheelsError::NoWheel {
-            with_wheel, newest, ..
-        } => {
-            assert!(with_wheel.is_empty(), "{with_wheel:?}");
-            let (v, tags) = newest.as_ref().expect("the newest version");
+        WheelsError::NoWheel(n) => {
+            assert!(n.with_wheel.is_empty(), "{:?}", n.with_wheel);
+            let (v, tags) = n.newest.as_ref().expect("the newest version");
             assert_eq!(v, "1.1");
             assert!(
                 tags.iter()
@@ -294,7 +286,7 @@ fn a_version_without_a_wheel_lists_the_versions_that_have_one() {
     let index = serve_index();
     let e = error(&index.url, "mixed==2.0");
     assert!(
-        matches!(&e, WheelsError::NoWheel { with_wheel, .. } if with_wheel == &["1.0"]),
+        matches!(&e, WheelsError::NoWheel(n) if n.with_wheel == ["1.0"]),
         "{e:?}"
     );
     let text = e.to_string();

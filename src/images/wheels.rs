@@ -26,6 +26,8 @@ mod dists;
 mod index;
 mod version;
 
+pub use index::{NoWheel, UnknownVersion};
+
 /// Written last into a finished wheelhouse; a directory without it is never used.
 pub const COMPLETE_MARKER: &str = ".ferry-complete";
 
@@ -63,35 +65,10 @@ pub enum WheelsError {
         /// Where pip looked (credentials redacted).
         index: String,
     },
-    #[error("`{package}` has no version {version} on the package index; it has {}\n  hint: {}",
-        version_list(versions, *total),
-        unknown_version_hint(with_wheel, python, platform))]
-    UnknownVersion {
-        package: String,
-        version: String,
-        /// Newest first, the first few.
-        versions: Vec<String>,
-        total: usize,
-        /// Newest first, those with a wheel for the target.
-        with_wheel: Vec<String>,
-        python: String,
-        platform: String,
-    },
-    #[error("no wheel of `{package}` for Python {python} on {platform}{}\n  hint: ferry installs \
-        only binary wheels offline; {}",
-        no_wheel_detail(name, with_wheel, newest.as_ref()),
-        no_wheel_hint(name, with_wheel))]
-    NoWheel {
-        /// The requirement as pip printed it.
-        package: String,
-        name: String,
-        python: String,
-        platform: String,
-        /// Newest first, the versions with a wheel for the target.
-        with_wheel: Vec<String>,
-        /// The newest version and the tags of its wheels.
-        newest: Option<(String, Vec<String>)>,
-    },
+    #[error("{0}")]
+    UnknownVersion(Box<UnknownVersion>),
+    #[error("{0}")]
+    NoWheel(Box<NoWheel>),
     #[error(
         "pip found no wheel of `{package}` for Python {python} on {platform}, and the package \
          index could not be asked why: {why}\n  hint: check the name and version in the \
@@ -127,63 +104,6 @@ fn unknown_package_hint(suggested: bool, listed: bool, index: &str) -> String {
              close to it"
         ),
         (false, false) => format!("check the name in the requirements file (pip's index: {index})"),
-    }
-}
-
-fn version_list(versions: &[String], total: usize) -> String {
-    if versions.is_empty() {
-        return "no versions at all".into();
-    }
-    let more = total.saturating_sub(versions.len());
-    let tail = if more > 0 {
-        format!(" and {more} older")
-    } else {
-        String::new()
-    };
-    format!("{}{tail}", versions.join(", "))
-}
-
-fn unknown_version_hint(with_wheel: &[String], python: &str, platform: &str) -> String {
-    if with_wheel.is_empty() {
-        format!(
-            "pin an existing version; none has a wheel for Python {python} on {platform}, which \
-             ferry needs to install it offline"
-        )
-    } else {
-        format!(
-            "pin an existing version; those with a wheel for Python {python} on {platform}: {}",
-            with_wheel.join(", ")
-        )
-    }
-}
-
-fn no_wheel_detail(
-    name: &str,
-    with_wheel: &[String],
-    newest: Option<&(String, Vec<String>)>,
-) -> String {
-    if !with_wheel.is_empty() {
-        return format!(
-            "; versions of {name} that have one: {}",
-            with_wheel.join(", ")
-        );
-    }
-    let ships = match newest {
-        Some((v, tags)) if tags.is_empty() => format!(" (its newest, {v}, ships source only)"),
-        Some((v, tags)) => format!(
-            " (its newest, {v}, ships wheels for {})",
-            tags.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
-        ),
-        None => String::new(),
-    };
-    format!("; no version of {name} on the package index has one{ships}")
-}
-
-fn no_wheel_hint(name: &str, with_wheel: &[String]) -> String {
-    if with_wheel.is_empty() {
-        format!("drop {name}, or use a base image whose Python and platform it ships wheels for")
-    } else {
-        format!("pin one of those versions of {name}, or drop it")
     }
 }
 

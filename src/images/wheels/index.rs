@@ -6,6 +6,7 @@
 //! (`index_query.py`), so whatever index, mirror, find-links, certificates, proxy and
 //! credentials `pip download` used apply here too; ferry itself names no index.
 
+use std::fmt;
 use std::process::Stdio;
 
 use serde::Deserialize;
@@ -46,6 +47,104 @@ pub(super) struct IndexFile {
     pub yanked: bool,
     #[serde(default)]
     pub requires_python: Option<String>,
+}
+
+/// A pinned version the index does not have.
+#[derive(Debug)]
+pub struct UnknownVersion {
+    pub package: String,
+    pub version: String,
+    /// Newest first, the first few.
+    pub versions: Vec<String>,
+    pub total: usize,
+    /// Newest first, those with a wheel for the target.
+    pub with_wheel: Vec<String>,
+    pub python: String,
+    pub platform: String,
+}
+
+impl fmt::Display for UnknownVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (python, platform) = (&self.python, &self.platform);
+        write!(
+            f,
+            "`{}` has no version {} on the package index; it has ",
+            self.package, self.version
+        )?;
+        if self.versions.is_empty() {
+            f.write_str("no versions at all")?;
+        } else {
+            f.write_str(&self.versions.join(", "))?;
+            let more = self.total.saturating_sub(self.versions.len());
+            if more > 0 {
+                write!(f, " and {more} older")?;
+            }
+        }
+        if self.with_wheel.is_empty() {
+            write!(
+                f,
+                "\n  hint: pin an existing version; none has a wheel for Python {python} on \
+                 {platform}, which ferry needs to install it offline"
+            )
+        } else {
+            write!(
+                f,
+                "\n  hint: pin an existing version; those with a wheel for Python {python} on \
+                 {platform}: {}",
+                self.with_wheel.join(", ")
+            )
+        }
+    }
+}
+
+/// A project the index has, with no wheel the target installs that meets the requirement.
+#[derive(Debug)]
+pub struct NoWheel {
+    /// The requirement as pip printed it.
+    pub package: String,
+    pub name: String,
+    pub python: String,
+    pub platform: String,
+    /// Newest first, the versions with a wheel for the target.
+    pub with_wheel: Vec<String>,
+    /// The newest version and the tags of its wheels.
+    pub newest: Option<(String, Vec<String>)>,
+}
+
+impl fmt::Display for NoWheel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = &self.name;
+        write!(
+            f,
+            "no wheel of `{}` for Python {} on {}",
+            self.package, self.python, self.platform
+        )?;
+        if !self.with_wheel.is_empty() {
+            return write!(
+                f,
+                "; versions of {name} that have one: {}\n  hint: ferry installs only binary \
+                 wheels offline; pin one of those versions of {name}, or drop it",
+                self.with_wheel.join(", ")
+            );
+        }
+        write!(f, "; no version of {name} on the package index has one")?;
+        match &self.newest {
+            Some((v, tags)) if tags.is_empty() => {
+                write!(f, " (its newest, {v}, ships source only)")?
+            }
+            Some((v, tags)) => write!(
+                f,
+                " (its newest, {v}, ships wheels for {})",
+                tags.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+            )?,
+            None => {}
+        }
+        write!(
+            f,
+            "\n  hint: ferry installs only binary wheels offline; drop {name}, or use a base \
+             image whose Python and platform it ships wheels for"
+        )
+    }
 }
 
 /// The error for `requirement` (as pip printed it), which pip found nothing for on `target`.
@@ -132,7 +231,7 @@ pub(super) fn explain(
     if let Some(pin) = &req.pinned {
         let pin = Version::parse(pin);
         if !all.iter().any(|v| v.same(&pin)) {
-            return WheelsError::UnknownVersion {
+            return WheelsError::UnknownVersion(Box::new(UnknownVersion {
                 package: req.name.clone(),
                 version: pin.text,
                 total: all.len(),
@@ -140,7 +239,7 @@ pub(super) fn explain(
                 with_wheel: listed(&with_wheel),
                 python: target.version.clone(),
                 platform: platform(target),
-            };
+            }));
         }
     }
 
@@ -155,14 +254,14 @@ pub(super) fn explain(
         tags.dedup();
         (n.text.clone(), tags)
     });
-    WheelsError::NoWheel {
+    WheelsError::NoWheel(Box::new(NoWheel {
         package: requirement.to_string(),
         name: req.name.clone(),
         python: target.version.clone(),
         platform: platform(target),
         with_wheel: listed(&with_wheel),
         newest: newest_ships,
-    }
+    }))
 }
 
 /// Distinct versions, newest first; pre-releases only when there is nothing else.
@@ -258,22 +357,17 @@ mod tests {
             "pandas-2.10.0.tar.gz",
         ]);
         match verdict("pandas==99.0", &f) {
-            WheelsError::UnknownVersion {
-                versions,
-                with_wheel,
-                total,
-                ..
-            } => {
-                assert_eq!(versions, ["2.10.0", "2.2.3", "2.2.2"]);
-                assert_eq!(with_wheel, ["2.2.3"]);
-                assert_eq!(total, 3);
+            WheelsError::UnknownVersion(v) => {
+                assert_eq!(v.versions, ["2.10.0", "2.2.3", "2.2.2"]);
+                assert_eq!(v.with_wheel, ["2.2.3"]);
+                assert_eq!(v.total, 3);
             }
             e => panic!("{e:?}"),
         }
         // `2.2.3.0` is 2.2.3: that version exists, it is the wheel that is missing.
         assert!(matches!(
             verdict("pandas==2.2.2.0", &f),
-            WheelsError::NoWheel { .. }
+            WheelsError::NoWheel(_)
         ));
     }
 
@@ -288,12 +382,10 @@ mod tests {
         f.files[1].requires_python = Some(">=3.12".into());
         f.files[2].yanked = true;
         match verdict("mixed==2.0", &f) {
-            WheelsError::NoWheel {
-                with_wheel, newest, ..
-            } => {
-                assert_eq!(with_wheel, ["1.0"]);
+            WheelsError::NoWheel(n) => {
+                assert_eq!(n.with_wheel, ["1.0"]);
                 assert_eq!(
-                    newest,
+                    n.newest,
                     Some((
                         "2.0".to_string(),
                         vec!["cp312-cp312-manylinux2014_x86_64".to_string()]
