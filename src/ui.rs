@@ -234,6 +234,46 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Rows of cells under a header, each column as wide as its widest cell (in terminal columns)
+/// and two spaces from the next; columns whose index is in `right` are aligned to the right
+/// (numbers, durations). The last column is not padded, so lines carry no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
+    let columns = lines.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            lines
+                .iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| console::measure_text_width(cell))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in lines {
+        let mut line = String::new();
+        for (c, width) in widths.iter().enumerate() {
+            let cell = row.get(c).map(String::as_str).unwrap_or("");
+            let pad = " ".repeat(width.saturating_sub(console::measure_text_width(cell)));
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if right.contains(&c) {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
@@ -259,6 +299,26 @@ mod tests {
         assert_eq!(tail.len(), TAIL_LINES);
         assert_eq!(tail.first().map(String::as_str), Some("line 30"));
         assert_eq!(tail.last().map(String::as_str), Some("line 49"));
+    }
+
+    #[test]
+    fn table_columns_are_as_wide_as_their_widest_cell() {
+        let rows = vec![
+            vec![
+                "a-very-long-first-cell".to_string(),
+                "1.5s".into(),
+                "x".into(),
+            ],
+            vec!["b".to_string(), "12m03s".into(), "é, ü".into()],
+        ];
+        let t = table(&["NAME", "TIME", "NOTE"], &rows, &[1]);
+        assert_eq!(
+            t,
+            "NAME                      TIME  NOTE\n\
+             a-very-long-first-cell    1.5s  x\n\
+             b                       12m03s  é, ü\n"
+        );
+        assert_eq!(table(&["ONLY"], &[], &[]), "ONLY\n");
     }
 
     #[test]

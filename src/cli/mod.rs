@@ -836,36 +836,44 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             } else if list.is_empty() {
                 ui.info("no runs yet; start one with `ferry train`");
             } else {
-                println!(
-                    "{:<22} {:<11} {:>9}  {:<14} OUTPUTS",
-                    "RUN", "STATUS", "DURATION", "SPEC"
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        let status = match r.status {
+                            runs::Status::Succeeded => "succeeded".to_string(),
+                            runs::Status::Failed => {
+                                format!("failed({})", r.exit_code.unwrap_or(-1))
+                            }
+                            runs::Status::Interrupted => "interrupted".to_string(),
+                        };
+                        let outs = r
+                            .outputs
+                            .iter()
+                            .map(|o| o.path.clone())
+                            .chain(r.notebook.iter().map(|n| format!("notebook {n}")))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        vec![
+                            r.id.clone(),
+                            status,
+                            human_duration(std::time::Duration::from_secs_f64(r.duration_secs)),
+                            r.spec_hash
+                                .trim_start_matches("sha256:")
+                                .chars()
+                                .take(12)
+                                .collect(),
+                            if outs.is_empty() { "-".into() } else { outs },
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    crate::ui::table(
+                        &["RUN", "STATUS", "DURATION", "SPEC", "OUTPUTS"],
+                        &rows,
+                        &[2]
+                    )
                 );
-                for r in list {
-                    let status = match r.status {
-                        runs::Status::Succeeded => "succeeded".to_string(),
-                        runs::Status::Failed => format!("failed({})", r.exit_code.unwrap_or(-1)),
-                        runs::Status::Interrupted => "interrupted".to_string(),
-                    };
-                    let outs = r
-                        .outputs
-                        .iter()
-                        .map(|o| o.path.clone())
-                        .chain(r.notebook.iter().map(|n| format!("notebook {n}")))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    println!(
-                        "{:<22} {:<11} {:>9}  {:<14} {}",
-                        r.id,
-                        status,
-                        human_duration(std::time::Duration::from_secs_f64(r.duration_secs)),
-                        r.spec_hash
-                            .trim_start_matches("sha256:")
-                            .chars()
-                            .take(12)
-                            .collect::<String>(),
-                        if outs.is_empty() { "-" } else { &outs }
-                    );
-                }
             }
         }
         Command::Render { env, file, output } => {

@@ -22,6 +22,12 @@ use sha2::{Digest, Sha256};
 
 use crate::ui::Ui;
 
+mod dists;
+mod index;
+mod version;
+
+pub use index::{NoWheel, UnknownVersion};
+
 /// Written last into a finished wheelhouse; a directory without it is never used.
 pub const COMPLETE_MARKER: &str = ".ferry-complete";
 
@@ -47,15 +53,33 @@ pub enum WheelsError {
          python3 and pip (e.g. `sudo apt-get install python3-pip`)"
     )]
     PythonNotFound,
+    #[error("no package `{package}` on the package index{}\n  hint: {}",
+        suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default(),
+        unknown_package_hint(suggestion.is_some(), *listed, index))]
+    UnknownPackage {
+        package: String,
+        /// The closest name the index lists.
+        suggestion: Option<String>,
+        /// Whether the index's project list was read (so "nothing close" is known).
+        listed: bool,
+        /// Where pip looked (credentials redacted).
+        index: String,
+    },
+    #[error("{0}")]
+    UnknownVersion(Box<UnknownVersion>),
+    #[error("{0}")]
+    NoWheel(Box<NoWheel>),
     #[error(
-        "no wheel of `{package}` for Python {python} on {platform}\n  hint: ferry installs only \
-         binary wheels offline; pin a version of {package} that ships manylinux wheels for Python \
-         {python} (see the package's files on its index), or drop it"
+        "pip found no wheel of `{package}` for Python {python} on {platform}, and the package \
+         index could not be asked why: {why}\n  hint: check the name and version in the \
+         requirements file; ferry installs only binary wheels offline, so the version must ship \
+         manylinux wheels for Python {python}"
     )]
-    NoWheel {
+    NotFound {
         package: String,
         python: String,
         platform: String,
+        why: String,
     },
     #[error("pip failed to download the wheels ({status}):\n{}", tail.join("\n"))]
     PipFailed { status: String, tail: Vec<String> },
@@ -70,6 +94,17 @@ pub enum WheelsError {
         #[source]
         source: io::Error,
     },
+}
+
+fn unknown_package_hint(suggested: bool, listed: bool, index: &str) -> String {
+    match (suggested, listed) {
+        (true, _) => format!("correct the name in the requirements file (pip's index: {index})"),
+        (false, true) => format!(
+            "check the name in the requirements file: nothing on pip's index ({index}) is \
+             close to it"
+        ),
+        (false, false) => format!("check the name in the requirements file (pip's index: {index})"),
+    }
 }
 
 impl WheelsError {
@@ -107,6 +142,57 @@ impl PythonTarget {
     /// `cp311` for "3.11".
     pub fn abi(&self) -> String {
         format!("cp{}", self.version.replace('.', ""))
+    }
+}
+
+/// The host's Python with pip, and what its environment differs in from ferry's: pip reads its
+/// index, find-links and certificates from the environment and its config files, so the same
+/// settings reach `pip download` and the index query that explains a failure.
+#[derive(Debug, Clone)]
+pub struct Pip {
+    python: PathBuf,
+    env: Vec<(String, Option<String>)>,
+}
+
+impl Pip {
+    /// `python3` (or `python`, if that is a Python 3) with a working pip.
+    pub fn find() -> Result<Pip, WheelsError> {
+        for name in ["python3", "python"] {
+            let ok = Command::new(name)
+                .args([
+                    "-c",
+                    "import sys, pip; sys.exit(0 if sys.version_info[0] == 3 else 1)",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(Pip {
+                    python: PathBuf::from(name),
+                    env: Vec::new(),
+                });
+            }
+        }
+        Err(WheelsError::PythonNotFound)
+    }
+
+    /// Sets `key` for every pip this runs, or with `None` unsets it (e.g. `PIP_INDEX_URL`).
+    pub fn env(mut self, key: &str, value: Option<&str>) -> Pip {
+        self.env.push((key.to_string(), value.map(str::to_string)));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.python);
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd
     }
 }
 
@@ -279,13 +365,27 @@ pub fn wheelhouse(
     cache_root: &Path,
     ui: &Ui,
 ) -> Result<PathBuf, WheelsError> {
-    let key = cache_key(requirements, target);
-    let dest = cache_root.join(&key);
+    let dest = cache_root.join(cache_key(requirements, target));
+    if dest.join(COMPLETE_MARKER).is_file() {
+        return Ok(dest);
+    }
+    wheelhouse_with(&Pip::find()?, requirements, target, cache_root, ui)
+}
+
+/// [`wheelhouse`] with a given pip. A requirement pip finds nothing for is explained by asking
+/// pip's index: no such package, no such version, or no wheel for `target`.
+pub fn wheelhouse_with(
+    pip: &Pip,
+    requirements: &[String],
+    target: &PythonTarget,
+    cache_root: &Path,
+    ui: &Ui,
+) -> Result<PathBuf, WheelsError> {
+    let dest = cache_root.join(cache_key(requirements, target));
     if dest.join(COMPLETE_MARKER).is_file() {
         return Ok(dest);
     }
     std::fs::create_dir_all(cache_root).map_err(WheelsError::io("creating", cache_root))?;
-    let python = find_python()?;
 
     // In the cache root, so the finished directory can be renamed into place atomically.
     let tmp = tempfile::Builder::new()
@@ -310,7 +410,7 @@ pub fn wheelhouse(
         target.version,
         target.platforms.first().map(String::as_str).unwrap_or("?")
     ));
-    let mut cmd = Command::new(&python);
+    let mut cmd = pip.command();
     cmd.args(["-m", "pip", "download"])
         .args(pip_download_args(target))
         .arg("-d")
@@ -327,21 +427,13 @@ pub fn wheelhouse(
         Ok(r) => r,
         Err(e) => {
             step.fail();
-            return Err(WheelsError::io("running", &python)(e));
+            return Err(WheelsError::io("running", &pip.python)(e));
         }
     };
     if !status.success() {
         step.fail();
         if let Some(package) = missing_package(&lines) {
-            return Err(WheelsError::NoWheel {
-                package,
-                python: target.version.clone(),
-                platform: target
-                    .platforms
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "this platform".into()),
-            });
+            return Err(index::diagnose(pip, &package, target));
         }
         let skip = lines.len().saturating_sub(FAILURE_TAIL);
         return Err(WheelsError::PipFailed {
@@ -476,26 +568,6 @@ fn missing_package(lines: &[String]) -> Option<String> {
             (!name.is_empty()).then(|| name.to_string())
         })
     })
-}
-
-/// `python3` (or `python`, if that is a Python 3) with a working pip.
-fn find_python() -> Result<PathBuf, WheelsError> {
-    for name in ["python3", "python"] {
-        let ok = Command::new(name)
-            .args([
-                "-c",
-                "import sys, pip; sys.exit(0 if sys.version_info[0] == 3 else 1)",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(PathBuf::from(name));
-        }
-    }
-    Err(WheelsError::PythonNotFound)
 }
 
 #[cfg(test)]
