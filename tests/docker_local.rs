@@ -642,7 +642,13 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
     let tags_before = docker(&["images", "-q", "ferry/churn-stop"]);
     // The environment image is kept by the check below; only the project's own go.
     let env_label = "label=dev.ferry.role=environment";
-    let env_images = docker(&["images", "-q", "--filter", env_label]);
+    let env_images = || -> std::collections::BTreeSet<String> {
+        docker(&["images", "-q", "--filter", env_label])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let env_before = env_images();
     let mut child = ferry_cmd(&root, &["build"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -671,7 +677,7 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
         tags_before,
         "no project image tagged for the interrupted write"
     );
-    assert_eq!(docker(&["images", "-q", "--filter", env_label]), env_images);
+    assert_eq!(env_images(), env_before);
     let _ = std::fs::remove_dir_all(&root);
 }
 
