@@ -219,13 +219,6 @@ pub async fn serve(
     let image = interrupt
         .guard(serving_image(&docker, project, &serving, ui))
         .await?;
-    let served = crate::lock::ImageRef {
-        tag: image.tag.clone(),
-        id: image.id.clone(),
-        digest: None,
-    };
-    crate::lock::update_entry(project, |e| e.images.serving = Some(served))?;
-
     let mut work = serving.workload.clone();
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
         port.published = p;
@@ -273,6 +266,13 @@ pub async fn serve(
 
     // Everything that can fail has been checked: only now is a running server looked at.
     let decision = running::decide(&docker, &project.root, &ROLE, &settings, opts.restart).await?;
+    // Recorded once it is what runs (or is about to): a refused start leaves the lock alone.
+    let served = crate::lock::ImageRef {
+        tag: image.tag.clone(),
+        id: image.id.clone(),
+        digest: None,
+    };
+    crate::lock::update_entry(project, |e| e.images.serving = Some(served))?;
     let replace = match decision {
         Decision::Reuse(c) => {
             wait_ready(&docker, &c.id, &url).await?;
