@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::running::{self, Config, Decision, Role};
 use super::watch::Watch;
 use super::{Interrupt, LocalError, STATE_DIR, container_spec, make_plan, root_key};
-use crate::docker::{self, ContainerSpec, LABEL_ROOT};
+use crate::docker::{self, ContainerSpec, LABEL_ROLE, LABEL_ROOT};
 use crate::images::build::{self as images, Built};
 use crate::plan::{EnvImage, TOKEN_VAR, VolumePath};
 use crate::spec::{Project, SPEC_FILE};
@@ -334,11 +334,17 @@ pub async fn dev(
         Ok(s) => s,
         Err(e) => {
             if matches!(e, LocalError::Interrupted) {
-                // Only a notebook this command started goes; one that ran before stays.
-                if let Ok(Some(c)) = running::find(&docker, &project.root, ROLE.label).await
-                    && before.as_deref() != Some(c.id.as_str())
+                // Only a notebook this command started (running or only created) goes; one
+                // that ran before stays.
+                let root = project.root.to_string_lossy();
+                let labels = [(LABEL_ROOT, root.as_ref()), (LABEL_ROLE, ROLE.label)];
+                for c in docker::find_containers(&docker, &labels)
+                    .await
+                    .unwrap_or_default()
                 {
-                    let _ = stop_notebook(&docker, &project.root, &c.id).await;
+                    if before.as_deref() != Some(c.id.as_str()) {
+                        let _ = stop_notebook(&docker, &project.root, &c.id).await;
+                    }
                 }
             }
             return Err(e);
