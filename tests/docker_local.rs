@@ -866,7 +866,7 @@ fn dev_rebuilds_and_restarts_when_requirements_change() {
     let mut reqs = std::fs::read_to_string(root.join("requirements.txt")).unwrap();
     reqs.push_str("six==1.16.0\n");
     std::fs::write(root.join("requirements.txt"), reqs).unwrap();
-    wait_line("dependencies changed", Duration::from_secs(30));
+    wait_line("requirements.txt changed", Duration::from_secs(30));
     wait_line("Jupyter is ready", Duration::from_secs(1200));
     let second = session(&root);
     assert_ne!(first["image"], second["image"], "a new environment image");
@@ -891,6 +891,238 @@ fn dev_rebuilds_and_restarts_when_requirements_change() {
         project_containers(&root).is_empty(),
         "Ctrl-C removes the container"
     );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A copy of the churn project under another directory: the same images and pins (its
+/// `ferry.lock`), its own containers.
+fn churn_copy(name: &str) -> PathBuf {
+    let f = churn();
+    let root = f.root.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    for name in [
+        "ferry.yaml",
+        "ferry.lock",
+        "requirements.txt",
+        ".dockerignore",
+        "explore.ipynb",
+        "data/customers.csv",
+    ] {
+        std::fs::copy(f.root.join(name), root.join(name)).unwrap();
+    }
+    root
+}
+
+/// A foreground ferry's stderr, line by line, as it comes.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(child: &mut Child) -> Lines {
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line holding `what`; panics with the output so far after `limit`.
+    fn wait(&mut self, what: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let left = limit.checked_sub(start.elapsed()).unwrap_or_default();
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(what);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no `{what}` within {limit:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The lines printed from now until ferry exits.
+    fn rest(&mut self) -> Vec<String> {
+        let rest: Vec<String> = self.rx.iter().collect();
+        self.seen.extend(rest.iter().cloned());
+        rest
+    }
+}
+
+#[test]
+fn an_idle_dev_stays_quiet_while_files_are_read_and_one_edit_is_one_check() {
+    let _g = serial();
+    let root = churn_copy("churn-quiet");
+    let port = free_port();
+    let mut child = ferry_cmd(&root, &["dev", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::of(&mut child);
+    lines.wait("for changes; Ctrl-C stops", Duration::from_secs(300));
+
+    // For 10 s the project is read over and over (as ferry's own checks, an editor or a
+    // notebook read it), ferry.yaml is written again with the same bytes and touched: none of
+    // it is a change.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (root, stop) = (root.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let spec = std::fs::read(root.join("ferry.yaml")).unwrap();
+            std::fs::write(root.join("ferry.yaml"), &spec).unwrap();
+            std::fs::File::options()
+                .append(true)
+                .open(root.join("ferry.yaml"))
+                .unwrap()
+                .set_modified(std::time::SystemTime::now())
+                .unwrap();
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for name in [
+                    "ferry.yaml",
+                    "requirements.txt",
+                    ".dockerignore",
+                    "data/customers.csv",
+                ] {
+                    std::fs::read(root.join(name)).unwrap();
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let idle = Duration::from_secs(10);
+    let quiet = lines.rx.recv_timeout(idle);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(
+        quiet.is_err(),
+        "ferry printed while nothing changed: {quiet:?}"
+    );
+    assert!(reads > 100, "the project was read ({reads} reads)");
+
+    // One edit of the requirements is one check, and one line says its outcome.
+    let mut reqs = std::fs::read_to_string(root.join("requirements.txt")).unwrap();
+    reqs.push_str("# a comment changes no requirement\n");
+    std::fs::write(root.join("requirements.txt"), reqs).unwrap();
+    lines.wait("requirements.txt changed", Duration::from_secs(30));
+    let check = lines.seen.last().unwrap().clone();
+    assert!(check.contains("it keeps running"), "{check}");
+    interrupt(&child);
+    let rest = lines.rest();
+    assert!(child.wait().unwrap().success());
+    let checks = rest.iter().filter(|l| l.contains(" changed")).count();
+    assert_eq!(checks, 0, "one check only:\n{}", lines.seen.join("\n"));
+    assert!(project_containers(&root).is_empty());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Whether Jupyter on `port` answers its API with `token`.
+fn jupyter_answers(port: u16, token: &str) -> bool {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-H", &format!("Authorization: token {token}")])
+        .arg(format!("http://127.0.0.1:{port}/api/status"))
+        .output()
+        .unwrap();
+    out.stdout == b"200"
+}
+
+#[test]
+fn a_running_notebook_survives_a_busy_port_a_repeat_and_other_settings() {
+    let _g = serial();
+    let root = churn_copy("churn-again");
+    let port = free_port();
+    let p = port.to_string();
+    let first = ok_json(&root, &["dev", "--detach", "--json", "--port", &p]);
+    assert_eq!(first["already_running"], false);
+    let id = first["container"].as_str().unwrap().to_string();
+    let url = first["url"].as_str().unwrap().to_string();
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    assert!(jupyter_answers(port, &token));
+    let survives = |why: &str| {
+        assert_eq!(
+            project_containers(&root),
+            vec![id[..12].to_string()],
+            "{why}"
+        );
+        assert!(jupyter_answers(port, &token), "{why}: the notebook answers");
+    };
+
+    // The same command again reports the running notebook: same URL, token and container.
+    let again = ok_json(&root, &["dev", "--detach", "--json", "--port", &p]);
+    assert_eq!(again["already_running"], true);
+    assert_eq!(again["url"], first["url"]);
+    assert_eq!(again["container"], first["container"]);
+    survives("a repeated start");
+    // In the foreground too: it says so and leaves it running in the background.
+    let out = ferry(&root, &["dev", "--port", &p]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("Jupyter is already running"), "{err}");
+    assert!(err.contains(&url), "{err}");
+    survives("a foreground start");
+
+    // A busy port is refused before the running notebook is touched, --restart or not.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let busy = holder.local_addr().unwrap().port().to_string();
+    for extra in [None, Some("--restart")] {
+        let mut args = vec!["dev", "--detach", "--port", &busy];
+        args.extend(extra);
+        let out = ferry(&root, &args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("port {busy} on 127.0.0.1 is already in use")),
+            "{err}"
+        );
+        survives("a busy port");
+    }
+    drop(holder);
+
+    // Other settings are refused, naming what differs, until --restart says to replace it.
+    let other = free_port();
+    let o = other.to_string();
+    let out = ferry(&root, &["dev", "--detach", "--port", &o]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("port: {port} → {other}")), "{err}");
+    assert!(err.contains("--restart"), "{err}");
+    assert!(err.contains(&id[..12]), "{err}");
+    survives("other settings without --restart");
+
+    let replaced = ok_json(
+        &root,
+        &["dev", "--detach", "--json", "--port", &o, "--restart"],
+    );
+    assert_eq!(replaced["already_running"], false);
+    let new_id = replaced["container"].as_str().unwrap();
+    assert_ne!(new_id, id);
+    assert_eq!(project_containers(&root), vec![new_id[..12].to_string()]);
+    let new_url = replaced["url"].as_str().unwrap();
+    assert!(jupyter_answers(
+        other,
+        new_url.split("token=").nth(1).unwrap()
+    ));
+
+    ok_json(&root, &["down", "--json"]);
+    assert!(project_containers(&root).is_empty());
     let _ = std::fs::remove_dir_all(&root);
 }
 

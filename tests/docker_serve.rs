@@ -248,3 +248,84 @@ fn serving_without_a_trained_model_says_to_train() {
     assert!(err.contains("does not exist (serve.model)"), "{err}");
     assert!(err.contains("ferry train"), "{err}");
 }
+
+#[test]
+fn a_running_server_survives_a_busy_port_a_repeat_and_other_settings() {
+    let _g = serial();
+    let (_dir, root) = project("serve-again");
+    let port = free_port();
+    let p = port.to_string();
+    let json = |out: Output| -> Value { serde_json::from_slice(&out.stdout).unwrap() };
+    let first = json(ok(&root, &["serve", "--detach", "--json", "--port", &p]));
+    assert_eq!(first["already_running"], false);
+    let id = first["container"].as_str().unwrap().to_string();
+    let url = first["url"].as_str().unwrap().to_string();
+    let containers = || {
+        docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=dev.ferry.root={}", root.display()),
+        ])
+    };
+    let survives = |why: &str| {
+        assert_eq!(containers(), id, "{why}: the same container");
+        let (_, code) = curl(&[&format!("{url}/v2/health/ready")]);
+        assert_eq!(code, "200", "{why}: the server answers");
+    };
+    survives("started");
+
+    // The same command again reports the running server and touches nothing.
+    let again = json(ok(&root, &["serve", "--detach", "--json", "--port", &p]));
+    assert_eq!(again["already_running"], true);
+    assert_eq!(again["url"], first["url"]);
+    assert_eq!(again["container"], first["container"]);
+    assert_eq!(again["image"], first["image"]);
+    survives("a repeated start");
+
+    // A busy port is refused before the running server is touched, --restart or not.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let busy = holder.local_addr().unwrap().port().to_string();
+    for extra in [None, Some("--restart")] {
+        let mut args = vec!["serve", "--detach", "--port", &busy];
+        args.extend(extra);
+        let out = ferry(&root, &args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("port {busy} on 127.0.0.1 is already in use")),
+            "{err}"
+        );
+        survives("a busy port");
+    }
+    drop(holder);
+
+    // Other settings are refused, naming each difference, until --restart replaces it.
+    let other = free_port();
+    let o = other.to_string();
+    let out = ferry(
+        &root,
+        &["serve", "--detach", "--port", &o, "--network", "bridge"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("port: {port} → {other}")), "{err}");
+    assert!(err.contains("network: host → bridge"), "{err}");
+    assert!(err.contains("--restart"), "{err}");
+    survives("other settings without --restart");
+
+    let replaced = json(ok(
+        &root,
+        &["serve", "--detach", "--json", "--port", &o, "--restart"],
+    ));
+    assert_eq!(replaced["already_running"], false);
+    let new_id = replaced["container"].as_str().unwrap();
+    assert_ne!(new_id, id);
+    assert_eq!(containers(), new_id, "the old server is gone");
+    let (_, code) = curl(&[&format!("http://127.0.0.1:{other}/v2/health/ready")]);
+    assert_eq!(code, "200");
+
+    ok(&root, &["down"]);
+    assert!(containers().is_empty());
+}

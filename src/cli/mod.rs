@@ -85,6 +85,9 @@ enum Command {
         /// Start and return; stop it later with `ferry down`.
         #[arg(short, long)]
         detach: bool,
+        /// Replace the project's running notebook (needed when its settings differ).
+        #[arg(long)]
+        restart: bool,
     },
     /// Stop and remove this project's local containers.
     Down {
@@ -128,6 +131,9 @@ enum Command {
         /// Start and return; stop it later with `ferry down`.
         #[arg(short, long, conflicts_with = "native")]
         detach: bool,
+        /// Replace the project's running server (needed when its settings differ).
+        #[arg(long, conflicts_with = "native")]
+        restart: bool,
         /// Run the server here, in this process, instead of in a container (a quick check).
         #[arg(long)]
         native: bool,
@@ -678,21 +684,37 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 }
             }
         }
-        Command::Dev { spec, port, detach } => {
+        Command::Dev {
+            spec,
+            port,
+            detach,
+            restart,
+        } => {
             let opts = DevOptions {
                 env: spec.env.clone(),
                 port,
                 detach,
+                restart,
             };
             let json = ui.mode() == OutputMode::Json;
             let quiet = ui.mode() == OutputMode::Quiet;
             let on_ready = |s: &local::dev::Session| {
                 if json {
-                    print_json(
-                        &serde_json::json!({"ready": true, "url": s.url, "container": s.container, "image": s.image}),
-                    );
+                    print_json(&serde_json::json!({
+                        "ready": true,
+                        "already_running": s.already_running,
+                        "url": s.url,
+                        "container": s.container,
+                        "image": s.image,
+                    }));
                 } else if quiet {
                     println!("{}", s.url);
+                } else if s.already_running {
+                    eprintln!(
+                        "\n  {} Jupyter is already running: {}\n",
+                        console::style("●").green(),
+                        console::style(&s.url).bold().underlined()
+                    );
                 } else {
                     eprintln!(
                         "\n  {} Jupyter is ready: {}\n",
@@ -707,7 +729,12 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 return Ok(());
             }
             let session = runtime()?.block_on(local::dev::dev(&spec.file, &opts, ui, on_ready))?;
-            if detach {
+            if session.already_running {
+                ui.info(format!(
+                    "it runs in the background (container {}) with the same settings; `ferry down` stops it, --restart replaces it",
+                    local::running::short_id(&session.container)
+                ));
+            } else if detach {
                 ui.info(format!(
                     "running in the background ({}); stop it with `ferry down`",
                     session.container.chars().take(12).collect::<String>()
@@ -938,6 +965,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             port,
             detach,
             network,
+            restart,
             ..
         } => {
             let project = load(&spec)?;
@@ -950,14 +978,26 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 port,
                 detach,
                 network,
+                restart,
             };
             let json = ui.mode() == OutputMode::Json;
             let quiet = ui.mode() == OutputMode::Quiet;
-            runtime()?.block_on(local::serve::serve(&project, &opts, ui, |e| {
+            let endpoint = runtime()?.block_on(local::serve::serve(&project, &opts, ui, |e| {
                 if json {
-                    print_json(e);
+                    let mut v = serde_json::to_value(e).unwrap_or_default();
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("already_running".into(), e.already_running.into());
+                    }
+                    print_json(&v);
                 } else if quiet {
                     println!("{}", e.url);
+                } else if e.already_running {
+                    eprintln!(
+                        "\n  {} already serving {} at {}\n",
+                        console::style("●").green(),
+                        e.models.join(", "),
+                        console::style(&e.url).bold().underlined(),
+                    );
                 } else {
                     eprintln!(
                         "\n  {} serving {} at {}\n    try: ferry predict --values … | curl {}/v2/models/{}\n",
@@ -969,7 +1009,12 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                     );
                 }
             }))?;
-            if detach {
+            if endpoint.already_running {
+                ui.info(format!(
+                    "it runs in the background (container {}) with the same settings; `ferry down` stops it, --restart replaces it",
+                    local::running::short_id(endpoint.container.as_deref().unwrap_or_default())
+                ));
+            } else if detach {
                 ui.info("running in the background; stop it with `ferry down`");
             }
         }

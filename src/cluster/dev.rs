@@ -207,6 +207,7 @@ pub async fn dev(
         image: pushed.reference.clone(),
         port,
         token: token.clone(),
+        already_running: false,
     };
     let step = ui.step(format!("waiting for Jupyter through 127.0.0.1:{port}"));
     let answered = tokio::select! {

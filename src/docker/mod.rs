@@ -17,6 +17,8 @@ pub use run::{
 pub const LABEL_PROJECT: &str = "dev.ferry.project";
 pub const LABEL_ROOT: &str = "dev.ferry.root";
 pub const LABEL_ROLE: &str = "dev.ferry.role";
+/// The settings a notebook or server container was started with (see `local::running`).
+pub const LABEL_CONFIG: &str = "dev.ferry.config";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {

@@ -1,7 +1,9 @@
 //! `ferry dev`: Jupyter in the environment image with the project mounted. Prints the URL only
-//! once Jupyter answers; watches ferry.yaml and the requirements file, rebuilding and restarting
-//! when they change (notebooks live on the host, so a restart loses nothing); Ctrl-C removes
-//! the container. `--detach` leaves it running for `ferry down`.
+//! once Jupyter answers; watches ferry.yaml, the requirements file and .dockerignore, rebuilding
+//! and restarting when a change gives the notebook another image or other settings (notebooks
+//! live on the host, so a restart loses nothing); Ctrl-C removes the container. `--detach`
+//! leaves it running for `ferry down`. A notebook of the project that already runs is reported
+//! when it is what would start, and replaced only with `--restart`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,10 +11,12 @@ use std::time::Duration;
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
+use super::running::{self, Config, Decision, Role};
+use super::watch::Watch;
 use super::{Interrupt, LocalError, STATE_DIR, container_spec, make_plan, root_key};
-use crate::docker::{self, LABEL_ROOT};
-use crate::images::build as images;
-use crate::plan::{TOKEN_VAR, VolumePath};
+use crate::docker::{self, ContainerSpec, LABEL_ROLE, LABEL_ROOT};
+use crate::images::build::{self as images, Built};
+use crate::plan::{EnvImage, TOKEN_VAR, VolumePath};
 use crate::spec::{Project, SPEC_FILE};
 use crate::ui::Ui;
 
@@ -28,6 +32,9 @@ pub struct Session {
     pub port: u16,
     #[serde(skip_serializing)]
     pub token: String,
+    /// Found running as this command would have started it, rather than started by it.
+    #[serde(skip)]
+    pub already_running: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +42,8 @@ pub struct DevOptions {
     pub env: Option<String>,
     pub port: Option<u16>,
     pub detach: bool,
+    /// Replace a running notebook of the project, even one with other settings.
+    pub restart: bool,
 }
 
 fn new_token() -> String {
@@ -46,14 +55,45 @@ fn load(file: &Path, opts: &DevOptions) -> Result<Project, LocalError> {
     Ok(Project::load(file, opts.env.as_deref())?)
 }
 
-/// Starts (or restarts) the notebook container and waits until Jupyter answers.
-async fn start(
+/// What decides the environment image as the spec and the requirements file say it. While it
+/// stays the same, a check reuses the image it found before instead of looking again (which
+/// would also re-record `ferry.lock`, hashing the training data).
+#[derive(Clone, Debug, PartialEq)]
+struct EnvInputs {
+    image: EnvImage,
+    requirement_lines: Vec<String>,
+}
+
+/// A notebook container ready to start: every check that can fail is behind it.
+#[derive(Clone)]
+struct Prepared {
+    /// Without the token, labelled with its settings.
+    spec: ContainerSpec,
+    settings: Config,
+    port: u16,
+    image: Built,
+    inputs: EnvInputs,
+}
+
+/// The notebook role, as `running` names it in its decisions and messages.
+const ROLE: Role<'static> = Role {
+    label: "notebook",
+    what: "the notebook",
+    command: "ferry dev",
+    port_flag: "--port (or notebook.port in ferry.yaml)",
+};
+
+/// Validates the notebook section, checks GPU support and finds or builds the environment
+/// image; `known` is an image found before for these inputs. `on_build` runs just before the
+/// environment is looked at again.
+async fn prepare(
     docker: &Docker,
     project: &Project,
     opts: &DevOptions,
-    token: &str,
     ui: &Ui,
-) -> Result<Session, LocalError> {
+    known: Option<(&EnvInputs, &Built)>,
+    on_build: impl FnOnce(),
+) -> Result<Prepared, LocalError> {
     let plan = make_plan(project)?;
     let Some(mut work) = plan.notebook.clone() else {
         return Err(LocalError::MissingSection {
@@ -65,29 +105,60 @@ async fn start(
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
         port.published = p;
     }
-    let published = work.ports.first().map_or(0, |p| p.published);
+    let port = work.ports.first().map_or(0, |p| p.published);
     super::check_gpus(docker, &work).await?;
-    let env = images::ensure_env_image(docker, project, &plan, ui).await?;
-
-    // Our own earlier container may hold the port; anything else holding it is an error.
-    stop_all(docker, &project.root).await?;
-    docker::check_port_free(published, "--port (or notebook.port in ferry.yaml)")?;
-
-    work.env.insert(TOKEN_VAR.into(), token.to_string());
+    let inputs = EnvInputs {
+        image: plan.env_image.clone(),
+        requirement_lines: images::requirement_lines(project, &plan.env_image)?,
+    };
+    let image = match known {
+        Some((k, built)) if *k == inputs => built.clone(),
+        _ => {
+            on_build();
+            images::ensure_env_image(docker, project, &plan, ui).await?
+        }
+    };
     let name = format!(
         "ferry-{}-{}-notebook",
         project.spec.name,
         root_key(&project.root)
     );
     let root = project.root.clone();
-    let spec = container_spec(project, &work, &env.tag, name, |v| match v {
+    let mut spec = container_spec(project, &work, &image.tag, name, |v| match v {
         VolumePath::Project => root.clone(),
         VolumePath::Sub(p) => p.under(&root),
     });
-    let step = ui.step(format!("starting Jupyter on 127.0.0.1:{published}"));
+    let settings = running::config_of(&spec, &image.id, &[TOKEN_VAR]);
+    running::label(&mut spec, &settings);
+    Ok(Prepared {
+        spec,
+        settings,
+        port,
+        image,
+        inputs,
+    })
+}
+
+/// Starts the prepared notebook, removing `replace` (the running one) first, and waits until
+/// Jupyter answers.
+async fn launch(
+    docker: &Docker,
+    project: &Project,
+    prepared: &Prepared,
+    token: &str,
+    replace: Option<&str>,
+    ui: &Ui,
+) -> Result<Session, LocalError> {
+    if let Some(id) = replace {
+        docker::remove_container(docker, id).await?;
+    }
+    let mut spec = prepared.spec.clone();
+    spec.env.insert(TOKEN_VAR.into(), token.to_string());
+    let port = prepared.port;
+    let step = ui.step(format!("starting Jupyter on 127.0.0.1:{port}"));
     let id = docker::run_spec(docker, &spec).await?;
-    match wait_ready(docker, &id, published, token).await {
-        Ok(()) => step.finish(format!("Jupyter ready on 127.0.0.1:{published}")),
+    match wait_ready(docker, &id, port, token).await {
+        Ok(()) => step.finish(format!("Jupyter ready on 127.0.0.1:{port}")),
         Err(e) => {
             step.fail();
             let _ = docker::remove_container(docker, &id).await;
@@ -95,14 +166,52 @@ async fn start(
         }
     }
     let session = Session {
-        url: format!("http://127.0.0.1:{published}/lab?token={token}"),
+        url: session_url(port, token),
         container: id,
-        image: env.tag,
-        port: published,
+        image: prepared.image.tag.clone(),
+        port,
         token: token.to_string(),
+        already_running: false,
     };
     save_session(&project.root, &session)?;
     Ok(session)
+}
+
+/// The session of a notebook that already runs as `prepared` would: its own token, read from
+/// the container, so the URL already open in a browser stays the one to use.
+async fn running_session(
+    docker: &Docker,
+    project: &Project,
+    prepared: &Prepared,
+    id: &str,
+) -> Result<Session, LocalError> {
+    let info = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| docker::DockerError::api(format!("inspecting container {id}"), e))?;
+    let prefix = format!("{TOKEN_VAR}=");
+    let token = info
+        .config
+        .and_then(|c| c.env)
+        .unwrap_or_default()
+        .iter()
+        .find_map(|v| v.strip_prefix(&prefix).map(str::to_string))
+        .unwrap_or_default();
+    wait_ready(docker, id, prepared.port, &token).await?;
+    let session = Session {
+        url: session_url(prepared.port, &token),
+        container: id.to_string(),
+        image: prepared.image.tag.clone(),
+        port: prepared.port,
+        token,
+        already_running: true,
+    };
+    save_session(&project.root, &session)?;
+    Ok(session)
+}
+
+fn session_url(port: u16, token: &str) -> String {
+    format!("http://127.0.0.1:{port}/lab?token={token}")
 }
 
 /// Polls Jupyter's API with the token until it answers 200, or the container dies.
@@ -170,7 +279,16 @@ pub async fn down(root: &Path) -> Result<Vec<String>, LocalError> {
     stop_all(&docker, root).await
 }
 
-/// `ferry dev`. Returns when detached, or when the user stops it.
+/// Removes the notebook container `id` and forgets its session; the project's other containers
+/// (a model server) stay.
+async fn stop_notebook(docker: &Docker, root: &Path, id: &str) -> Result<(), LocalError> {
+    docker::remove_container(docker, id).await?;
+    let _ = std::fs::remove_file(session_file(root));
+    Ok(())
+}
+
+/// `ferry dev`. Returns when detached, when a notebook of the project already runs as this one
+/// would (`already_running` says so), or when the user stops it.
 pub async fn dev(
     file: &Path,
     opts: &DevOptions,
@@ -180,84 +298,125 @@ pub async fn dev(
     let mut interrupt = Interrupt::new()?;
     let project = load(file, opts)?;
     let docker = docker::connect().await?;
-    let token = new_token();
 
     // The watch starts before the notebook: a change made while it starts is not lost.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = None;
-    if !opts.detach {
-        watcher = Some(watch(&project, tx)?);
-    }
-
+    let mut watch = match opts.detach {
+        true => None,
+        false => Some(Watch::new(&watched_files(&project))?),
+    };
+    let before = running::find(&docker, &project.root, ROLE.label)
+        .await?
+        .map(|c| c.id);
     let first = interrupt
-        .guard(start(&docker, &project, opts, &token, ui))
+        .guard(async {
+            let prepared = prepare(&docker, &project, opts, ui, None, || {}).await?;
+            let decision = running::decide(
+                &docker,
+                &project.root,
+                &ROLE,
+                &prepared.settings,
+                opts.restart,
+            )
+            .await?;
+            let session = match decision {
+                Decision::Reuse(c) => running_session(&docker, &project, &prepared, &c.id).await?,
+                Decision::Start => {
+                    launch(&docker, &project, &prepared, &new_token(), None, ui).await?
+                }
+                Decision::Replace(c) => {
+                    launch(&docker, &project, &prepared, &new_token(), Some(&c.id), ui).await?
+                }
+            };
+            Ok((session, prepared))
+        })
         .await;
-    let mut session = match first {
+    let (mut session, mut current) = match first {
         Ok(s) => s,
         Err(e) => {
             if matches!(e, LocalError::Interrupted) {
-                let _ = stop_all(&docker, &project.root).await;
+                // Only a notebook this command started (running or only created) goes; one
+                // that ran before stays.
+                let root = project.root.to_string_lossy();
+                let labels = [(LABEL_ROOT, root.as_ref()), (LABEL_ROLE, ROLE.label)];
+                for c in docker::find_containers(&docker, &labels)
+                    .await
+                    .unwrap_or_default()
+                {
+                    if before.as_deref() != Some(c.id.as_str()) {
+                        let _ = stop_notebook(&docker, &project.root, &c.id).await;
+                    }
+                }
             }
             return Err(e);
         }
     };
     on_ready(&session);
-    let Some(watcher) = watcher else {
+    let Some(watch) = watch.as_mut().filter(|_| !session.already_running) else {
         return Ok(session);
     };
-    let mut watched = watched_files(&project);
+    let token = session.token.clone();
+    let rel = |p: &PathBuf| {
+        p.strip_prefix(&project.root)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
+    let names = |paths: Vec<&PathBuf>| paths.into_iter().map(rel).collect::<Vec<_>>().join(", ");
     ui.info(format!(
         "watching {} for changes; Ctrl-C stops",
-        watched
-            .iter()
-            .map(|p| p
-                .strip_prefix(&project.root)
-                .unwrap_or(p)
-                .display()
-                .to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        names(watch.files().collect())
     ));
 
     loop {
         tokio::select! {
             _ = interrupt.recv() => {
                 let step = ui.step("stopping Jupyter");
-                stop_all(&docker, &project.root).await?;
+                stop_notebook(&docker, &project.root, &session.container).await?;
                 step.finish("stopped and removed the notebook container");
-                drop(watcher);
                 return Ok(session);
             }
-            Some(paths) = rx.recv() => {
-                if !paths.iter().any(|p| watched.contains(p)) {
-                    continue;
-                }
-                ui.info("dependencies changed: checking the environment");
+            changed = watch.changed() => {
+                let what = names(changed.iter().collect());
                 let project = match load(file, opts) {
                     Ok(p) => p,
                     Err(e) => {
-                        ui.warn(format!("{e}\nkeeping the running notebook; fix the spec to reload"));
+                        ui.warn(format!("{what} changed: {e}\nkeeping the running notebook; fix the spec to reload"));
                         continue;
                     }
                 };
-                watched = watched_files(&project);
-                let plan = make_plan(&project)?;
-                let unchanged = match images::ensure_env_image(&docker, &project, &plan, ui).await {
-                    Ok(env) => env.tag == session.image
-                        && published_port(&project, opts) == Some(session.port),
+                let files = watched_files(&project);
+                if !watch.files().eq(files.iter()) {
+                    match Watch::new(&files) {
+                        Ok(w) => *watch = w,
+                        Err(e) => ui.warn(format!("{e}\nwatching the files as before")),
+                    }
+                }
+                let known = Some((&current.inputs, &current.image));
+                let announce = || ui.info(format!("{what} changed: checking the environment"));
+                let next = match prepare(&docker, &project, opts, ui, known, announce).await {
+                    Ok(n) => n,
                     Err(e) => {
                         ui.warn(format!("{e}\nkeeping the running notebook until the next change builds"));
                         continue;
                     }
                 };
-                if unchanged {
-                    ui.info("the environment is unchanged; the notebook keeps running");
+                let diffs = running::differences(&current.settings, &next.settings);
+                if diffs.is_empty() {
+                    ui.info(format!("{what} changed; the environment and the notebook's settings are the same: it keeps running"));
                     continue;
                 }
-                match start(&docker, &project, opts, &token, ui).await {
+                ui.info(format!("{what} changed: restarting the notebook ({})", diffs.join("; ")));
+                if next.port != current.port
+                    && let Err(e) = docker::check_port_free(next.port, ROLE.port_flag)
+                {
+                    ui.warn(format!("{e}\nkeeping the running notebook"));
+                    continue;
+                }
+                match launch(&docker, &project, &next, &token, Some(&session.container), ui).await {
                     Ok(s) => {
                         ui.info(format!("restarted with {}", s.image));
                         session = s;
+                        current = next;
                         on_ready(&session);
                     }
                     Err(e) => {
@@ -271,7 +430,7 @@ pub async fn dev(
                     .ok().and_then(|c| c.state).and_then(|s| s.running).unwrap_or(false);
                 if !alive {
                     let tail = logs_tail(&docker, &session.container, 15).await;
-                    let _ = stop_all(&docker, &project.root).await;
+                    let _ = stop_notebook(&docker, &project.root, &session.container).await;
                     return Err(LocalError::NotebookFailed {
                         reason: "the notebook container stopped".into(),
                         tail,
@@ -282,46 +441,7 @@ pub async fn dev(
     }
 }
 
-fn published_port(project: &Project, opts: &DevOptions) -> Option<u16> {
-    opts.port
-        .or_else(|| project.spec.notebook.as_ref().map(|n| n.port))
-}
-
-/// Watches the project directory (and the requirements file's, if elsewhere). Directories, not
-/// files: editors save by rename, which a watch on the file itself would lose.
-fn watch(
-    project: &Project,
-    tx: tokio::sync::mpsc::UnboundedSender<Vec<PathBuf>>,
-) -> Result<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>, LocalError> {
-    let werr = |path: &Path, e: notify::Error| LocalError::Watch {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut debouncer = notify_debouncer_mini::new_debouncer(
-        Duration::from_millis(400),
-        move |res: notify_debouncer_mini::DebounceEventResult| {
-            if let Ok(events) = res {
-                let _ = tx.send(events.into_iter().map(|e| e.path).collect());
-            }
-        },
-    )
-    .map_err(|e| werr(&project.root, e))?;
-    let mut dirs: Vec<PathBuf> = watched_files(project)
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in &dirs {
-        debouncer
-            .watcher()
-            .watch(d, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| werr(d, e))?;
-    }
-    Ok(debouncer)
-}
-
-/// The files whose change means a new environment image.
+/// The files whose change can mean a new environment image or other notebook settings.
 fn watched_files(project: &Project) -> Vec<PathBuf> {
     let mut v = vec![project.file.clone(), project.root.join(SPEC_FILE)];
     if let Some(r) = &project.spec.environment.requirements {

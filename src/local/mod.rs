@@ -2,9 +2,11 @@
 //! records they leave under `.ferry/`. Maps plan workloads onto containers.
 
 pub mod dev;
+pub mod running;
 pub mod runs;
 pub mod serve;
 pub mod train;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,16 @@ pub enum LocalError {
     },
     #[error("watching {}: {message}", path.display())]
     Watch { path: PathBuf, message: String },
+    #[error(
+        "{what} of this project already runs (container {container}) with other settings:{}\n  hint: add --restart to `{command}` to replace it with these settings, or stop it with `ferry down`",
+        differences.iter().map(|d| format!("\n  - {d}")).collect::<String>()
+    )]
+    RunningDiffers {
+        what: &'static str,
+        command: &'static str,
+        container: String,
+        differences: Vec<String>,
+    },
 }
 
 impl LocalError {

@@ -1,6 +1,7 @@
 //! `ferry serve`: the project's model(s) in the serving image, on 127.0.0.1; the same image a
 //! cluster runs. Checks every model before building, waits until the server is ready, prints
-//! the endpoint; `--detach` leaves it running for `ferry down`.
+//! the endpoint; `--detach` leaves it running for `ferry down`. A server of the project that
+//! already runs is reported when it is what would start, and replaced only with `--restart`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
+use super::running::{self, Decision, Role};
 use super::{
     Interrupt, LocalError, STATE_DIR, container_spec, dev::logs_tail, make_plan, root_key,
 };
@@ -30,6 +32,9 @@ pub struct Endpoint {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Found running as this command would have started it, rather than started by it.
+    #[serde(skip)]
+    pub already_running: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -37,7 +42,17 @@ pub struct ServeOptions {
     pub port: Option<u16>,
     pub detach: bool,
     pub network: Network,
+    /// Replace a running server of the project, even one with other settings.
+    pub restart: bool,
 }
+
+/// The server role, as `running` names it in its decisions and messages.
+const ROLE: Role<'static> = Role {
+    label: "serve",
+    what: "the model server",
+    command: "ferry serve",
+    port_flag: "--port (or serve.port in ferry.yaml)",
+};
 
 /// How the serving container is reached on 127.0.0.1.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,13 +219,6 @@ pub async fn serve(
     let image = interrupt
         .guard(serving_image(&docker, project, &serving, ui))
         .await?;
-    let served = crate::lock::ImageRef {
-        tag: image.tag.clone(),
-        id: image.id.clone(),
-        digest: None,
-    };
-    crate::lock::update_entry(project, |e| e.images.serving = Some(served))?;
-
     let mut work = serving.workload.clone();
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
         port.published = p;
@@ -222,9 +230,6 @@ pub async fn serve(
         Network::Host if docker::shares_host_loopback(&docker).await => true,
         Network::Host => return Err(LocalError::HostNetworkUnavailable),
     };
-    // Our own earlier server may hold the port; anything else holding it is an error.
-    remove_role(&docker, project, "serve").await?;
-    docker::check_port_free(published, "--port (or serve.port in ferry.yaml)")?;
 
     let name = format!(
         "ferry-{}-{}-serve",
@@ -249,11 +254,51 @@ pub async fn serve(
         spec.env.insert(HOST_ENV.into(), "127.0.0.1".into());
         spec.env.insert(PORT_ENV.into(), published.to_string());
     }
+    let settings = running::config_of(&spec, &image.id, &[]);
+    running::label(&mut spec, &settings);
+    let url = format!("http://127.0.0.1:{published}");
+    let models: Vec<String> = serving
+        .config
+        .models
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+
+    // Everything that can fail has been checked: only now is a running server looked at.
+    let decision = running::decide(&docker, &project.root, &ROLE, &settings, opts.restart).await?;
+    // Recorded once it is what runs (or is about to): a refused start leaves the lock alone.
+    let served = crate::lock::ImageRef {
+        tag: image.tag.clone(),
+        id: image.id.clone(),
+        digest: None,
+    };
+    crate::lock::update_entry(project, |e| e.images.serving = Some(served))?;
+    let replace = match decision {
+        Decision::Reuse(c) => {
+            wait_ready(&docker, &c.id, &url).await?;
+            let endpoint = Endpoint {
+                url,
+                models,
+                container: Some(c.id),
+                image: Some(image.tag.clone()),
+                already_running: true,
+            };
+            save_endpoint(&project.root, &endpoint)?;
+            on_ready(&endpoint);
+            return Ok(endpoint);
+        }
+        Decision::Start => None,
+        Decision::Replace(c) => Some(c.id),
+    };
+    if let Some(id) = replace {
+        let step = ui.step("stopping the running model server");
+        stop_gracefully(&docker, &id).await?;
+        step.finish("stopped and removed the running model server");
+    }
     let step = ui.step(format!(
         "starting the model server on 127.0.0.1:{published}"
     ));
     let id = docker::run_spec(&docker, &spec).await?;
-    let url = format!("http://127.0.0.1:{published}");
     let ready = interrupt.guard(wait_ready(&docker, &id, &url)).await;
     match ready {
         Ok(()) => step.finish(format!("model server ready on {url}")),
@@ -265,14 +310,10 @@ pub async fn serve(
     }
     let endpoint = Endpoint {
         url,
-        models: serving
-            .config
-            .models
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
+        models,
         container: Some(id.clone()),
         image: Some(image.tag.clone()),
+        already_running: false,
     };
     save_endpoint(&project.root, &endpoint)?;
     on_ready(&endpoint);
@@ -298,10 +339,7 @@ pub async fn serve(
         }
         _ = interrupt.recv() => {
             let step = ui.step("stopping the model server");
-            // SIGTERM first: the server finishes in-flight requests before it exits.
-            let opts = bollard::query_parameters::StopContainerOptionsBuilder::default().t(30).build();
-            let _ = docker.stop_container(&id, Some(opts)).await;
-            docker::remove_container(&docker, &id).await?;
+            stop_gracefully(&docker, &id).await?;
             forget_endpoint(&project.root);
             step.finish("stopped and removed the model server");
             Ok(endpoint)
@@ -309,20 +347,13 @@ pub async fn serve(
     }
 }
 
-async fn remove_role(docker: &Docker, project: &Project, role: &str) -> Result<(), LocalError> {
-    let root = project.root.to_string_lossy();
-    let found = docker::find_containers(
-        docker,
-        &[
-            (docker::LABEL_ROOT, root.as_ref()),
-            (docker::LABEL_ROLE, role),
-        ],
-    )
-    .await?;
-    for c in found {
-        docker::remove_container(docker, &c.id).await?;
-    }
-    Ok(())
+/// SIGTERM first, so the server finishes the requests in flight, then removal.
+async fn stop_gracefully(docker: &Docker, id: &str) -> Result<(), LocalError> {
+    let opts = bollard::query_parameters::StopContainerOptionsBuilder::default()
+        .t(30)
+        .build();
+    let _ = docker.stop_container(id, Some(opts)).await;
+    Ok(docker::remove_container(docker, id).await?)
 }
 
 /// Polls readiness until 200, or the container stops.
@@ -361,6 +392,7 @@ pub async fn serve_native(
         models: config.models.iter().map(|m| m.name.clone()).collect(),
         container: None,
         image: None,
+        already_running: false,
     };
     let step = ui.step("loading models");
     let server = tokio::spawn(crate::server::run(config, async move {
