@@ -566,18 +566,13 @@ fn interrupt_build_when(root: &Path, what: &str, mut ready: impl FnMut(&str) -> 
     );
     // The build's step containers (their commands name the virtualenv or ferry's build
     // directory); other containers may come and go meanwhile.
-    let containers: Vec<String> = docker(&[
-        "ps",
-        "-a",
-        "--no-trunc",
-        "--format",
-        "{{.ID}} {{.Command}}",
-    ])
-    .lines()
-    .filter(|c| !containers_before.iter().any(|b| c.starts_with(b.as_str())))
-    .filter(|c| c.contains("/opt/venv") || c.contains("/tmp/ferry"))
-    .map(str::to_string)
-    .collect();
+    let containers: Vec<String> =
+        docker(&["ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}"])
+            .lines()
+            .filter(|c| !containers_before.iter().any(|b| c.starts_with(b.as_str())))
+            .filter(|c| c.contains("/opt/venv") || c.contains("/tmp/ferry"))
+            .map(str::to_string)
+            .collect();
     assert!(
         containers.is_empty(),
         "interrupted {what}, containers left: {containers:?}"
