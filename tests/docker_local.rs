@@ -615,6 +615,7 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
     // While the requirements are installed (a RUN step), and once the first stage is committed
     // (virtualenv and wheels: the big image an interrupted build used to leave) and the second
     // stage copies the virtualenv out of it.
+    let dangling_at_start = dangling_images();
     let pip = "/opt/venv/bin/pip install";
     interrupt_build_when(&root, "during `pip install`", |_| build_step_running(pip));
     let mut installing = false;
@@ -673,6 +674,12 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
         "no project image tagged for the interrupted write"
     );
     assert_eq!(env_images(), env_before);
+    // A step the engine committed after ferry had gone would show up by now.
+    let late: Vec<String> = dangling_images()
+        .difference(&dangling_at_start)
+        .cloned()
+        .collect();
+    assert!(late.is_empty(), "dangling images appeared later: {late:?}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

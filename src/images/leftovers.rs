@@ -24,6 +24,8 @@ use bollard::query_parameters::{
 
 /// How long cleaning waits for the engine to stop an interrupted build's step.
 const STOP_WAIT: Duration = Duration::from_secs(180);
+/// How long the engine must have run no step of the build before cleaning ends.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 static PENDING: Mutex<Pending> = Mutex::new(Pending {
     next: 0,
@@ -150,20 +152,48 @@ pub async fn clean(docker: &Docker, say: &dyn Fn(&str)) {
     }
 }
 
+/// The engine checks for a cancelled build only between steps: after the connection closes it
+/// finishes the step it is in, and may have started the next. So cleaning repeats — wait while
+/// a step container of the build exists, remove its images — until the engine has been quiet
+/// for a moment.
 async fn clean_build(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
     if trace.seen.is_empty() {
         return;
     }
-    wait_for_step(docker, trace, say).await;
-    let Ok(images) = docker
-        .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
-        .await
-    else {
-        return;
-    };
-    for id in leftover_images(&images, trace) {
-        let opts = RemoveImageOptionsBuilder::default().build();
-        let _ = docker.remove_image(&id, Some(opts), None).await;
+    let start = Instant::now();
+    let mut said = false;
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let Ok(images) = docker
+            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
+            .await
+        else {
+            return;
+        };
+        let leftovers = leftover_images(&images, trace);
+        let mut ours: BTreeSet<String> = trace.seen.iter().cloned().collect();
+        ours.extend(leftovers.iter().map(|i| short_id(i)));
+        if step_running(docker, trace, &ours).await {
+            quiet_since = None;
+            if !said {
+                say("waiting for the engine to stop the interrupted build's current step");
+                said = true;
+            }
+        } else {
+            for id in &leftovers {
+                let opts = RemoveImageOptionsBuilder::default().build();
+                let _ = docker.remove_image(id, Some(opts), None).await;
+            }
+            match quiet_since {
+                Some(t) if t.elapsed() >= SETTLE => return,
+                Some(_) => {}
+                None => quiet_since = Some(Instant::now()),
+            }
+        }
+        if start.elapsed() > STOP_WAIT {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -202,35 +232,17 @@ fn leftover_images(images: &[bollard::models::ImageSummary], trace: &Trace) -> V
     order.into_iter().map(|i| i.id.clone()).collect()
 }
 
-/// Waits until no container runs a step on top of the build's last image (the step the engine
-/// was in when the connection closed; the builder removes its container when it stops).
-async fn wait_for_step(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
-    let Some(last) = trace.seen.last() else {
-        return;
-    };
-    let start = Instant::now();
-    let mut said = false;
-    loop {
-        let filters = std::collections::HashMap::from([("ancestor", vec![last.as_str()])]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let running = match docker.list_containers(Some(opts)).await {
-            Ok(list) => list.iter().any(|c| {
-                c.image_id.as_deref().map(short_id).as_deref() == Some(last.as_str())
-                    && c.created.unwrap_or(0) >= trace.started - 1
-            }),
-            Err(_) => false,
-        };
-        if !running || start.elapsed() > STOP_WAIT {
-            return;
-        }
-        if !said {
-            say("waiting for the engine to stop the interrupted build's current step");
-            said = true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// Whether a container runs a step of the build: made since it started, from one of its images.
+async fn step_running(docker: &Docker, trace: &Trace, ours: &BTreeSet<String>) -> bool {
+    let opts = ListContainersOptionsBuilder::default().all(true).build();
+    match docker.list_containers(Some(opts)).await {
+        Ok(list) => list.iter().any(|c| {
+            c.created.unwrap_or(0) >= trace.started - 1
+                && c.image_id
+                    .as_deref()
+                    .is_some_and(|i| ours.contains(&short_id(i)))
+        }),
+        Err(_) => false,
     }
 }
 
