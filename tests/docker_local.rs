@@ -435,6 +435,19 @@ fn a_missing_output_fails_the_run() {
 }
 
 /// Waits until `pred` holds, or panics after `limit`.
+/// The child's stderr, line by line, read to its end on a thread of its own (so ferry never
+/// finds it closed, whatever the test stops reading).
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 fn wait_for(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) {
     let start = Instant::now();
     while !pred() {
@@ -513,13 +526,7 @@ fn interrupt_build_when(root: &Path, what: &str, mut ready: impl FnMut(&str) -> 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut seen = Vec::new();
     let start = Instant::now();
     'wait: loop {
@@ -650,14 +657,7 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    // Read to the end: ferry must not find its stderr closed.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     loop {
         let l = rx
             .recv_timeout(Duration::from_secs(600))
@@ -830,13 +830,7 @@ fn dev_rebuilds_and_restarts_when_requirements_change() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut seen = Vec::new();
     let mut wait_line = |what: &str, limit: Duration| {
         let start = Instant::now();
@@ -924,13 +918,7 @@ struct Lines {
 
 impl Lines {
     fn of(child: &mut Child) -> Lines {
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stderr_lines(child);
         Lines {
             rx,
             seen: Vec::new(),
