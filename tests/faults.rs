@@ -249,6 +249,9 @@ train:
                     .is_some_and(|(repo, _)| mine.iter().any(|m| m == repo))
             })
             .map(str::to_string)
+            // Sorted: images created in the same second are listed in any order.
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect()
     }
 
@@ -300,29 +303,41 @@ async fn the_daemon_lost_during_a_build_is_named_and_nothing_is_tagged() {
     ferry_ok(p.root(), &["build"]).await;
     let images_before = p.images();
     let lock_before = p.lock_text();
-    // New project content, big enough that its build context is still on its way when the
-    // daemon goes.
+    // New project content, big enough that the project image (written by ferry and loaded)
+    // is still on its way when the daemon goes.
     let big: Vec<u8> = (0..200u32 * 1024 * 1024 / 4)
         .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
         .collect();
     std::fs::write(p.root().join("weights.bin"), big).unwrap();
 
-    let proxy = DockerProxy::start("/build?", 16 << 20, Duration::ZERO);
-    let out = ferry(p.root(), Some(&proxy.host()), &["build"]).await;
-    assert!(
-        proxy.was_cut(),
-        "the build never reached the proxy: {}",
-        stderr(&out)
-    );
-    assert_clean_failure(&out, "lost the connection to the Docker daemon");
-    assert!(stderr(&out).contains(&proxy.host()), "{}", stderr(&out));
-    assert_eq!(
-        p.images(),
-        images_before,
-        "no image tagged for the cut build"
-    );
-    assert_eq!(p.lock_text(), lock_before, "ferry.lock records no image");
-    assert!(p.containers().is_empty());
+    // The project image as ferry writes it (an image load), and as the engine builds it.
+    for (trigger, way) in [("/images/load", "write"), ("/build?", "build")] {
+        let proxy = DockerProxy::start(trigger, 16 << 20, Duration::ZERO);
+        let mut cmd = common::ferry_cmd(p.root(), &["build"]);
+        cmd.env("DOCKER_HOST", proxy.host())
+            .env("FERRY_PROJECT_IMAGE", way);
+        let out = tokio::time::timeout(
+            Duration::from_secs(900),
+            tokio::process::Command::from(cmd).output(),
+        )
+        .await
+        .expect("ferry build finishes")
+        .unwrap();
+        assert!(
+            proxy.was_cut(),
+            "the {way} never reached the proxy: {}",
+            stderr(&out)
+        );
+        assert_clean_failure(&out, "lost the connection to the Docker daemon");
+        assert!(stderr(&out).contains(&proxy.host()), "{}", stderr(&out));
+        assert_eq!(
+            p.images(),
+            images_before,
+            "no image tagged for the cut {way}"
+        );
+        assert_eq!(p.lock_text(), lock_before, "ferry.lock records no image");
+        assert!(p.containers().is_empty());
+    }
 
     // The daemon back: the same command builds.
     let built = ferry_ok(p.root(), &["build"]).await;
