@@ -6,8 +6,9 @@
 //! it; `notebook` runs a notebook as the training workload; `lock` keeps `ferry.lock`, what each
 //! environment runs; `onnx` checks models with ONNX Runtime; `templates` holds the embedded
 //! project templates; `ci`, `monitoring` and `doctor` write the CI workflow, the monitoring
-//! files and the machine check; `cli` is the thin command-line
-//! edge.
+//! files and the machine check; `cli` is the thin command-line edge (the parser, the dispatch,
+//! error reports) and `commands` holds one module per command: its arguments, its calls into
+//! the library, its output; `ui` is the terminal output they share.
 
 #[cfg(feature = "cli")]
 pub mod ci;
@@ -15,6 +16,8 @@ pub mod ci;
 pub mod cli;
 #[cfg(feature = "cli")]
 pub mod cluster;
+#[cfg(feature = "cli")]
+mod commands;
 #[cfg(feature = "cli")]
 pub mod docker;
 #[cfg(feature = "cli")]

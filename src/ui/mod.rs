@@ -1,8 +1,13 @@
 //! Terminal output shared by every long operation: spinners for steps, a tail of the last output
 //! lines (shown when a step fails), and the `--quiet` / `--json` modes.
 //!
-//! Everything here writes to stderr; stdout is reserved for a command's result (a resolved spec,
-//! a JSON document), so `ferry … --json | jq` always works.
+//! Steps and messages go to stderr; stdout is reserved for a command's result (a resolved spec,
+//! a JSON document), so `ferry … --json | jq` always works. `outcome` writes that result, and the
+//! `✓` lines with which commands end.
+
+mod outcome;
+
+pub use outcome::{print_json, print_removed};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
