@@ -47,6 +47,9 @@ struct Trace {
     /// Every image ID the build printed (`---> <id>`), oldest first: FROM images, cached and
     /// committed steps.
     seen: Vec<String>,
+    /// The image the build printed last: what its next step starts from (a FROM may name an
+    /// image seen before, which `seen` does not list twice).
+    current: Option<String>,
     /// A step the build started and has not finished (no `---> <id>` after its `Step` line
     /// yet), on top of the last image seen then. The engine finishes a COPY, ADD or metadata
     /// step even once the build is cancelled, and commits it without a container: the only
@@ -90,6 +93,7 @@ pub fn build_started() -> BuildGuard {
         Trace {
             started: unix_now(),
             seen: Vec::new(),
+            current: None,
             open_step: None,
         },
     ));
@@ -103,8 +107,9 @@ impl BuildGuard {
         if let Some((_, t)) = p.builds.iter_mut().find(|(k, _)| *k == self.key) {
             let id = short_id(id);
             if !t.seen.contains(&id) {
-                t.seen.push(id);
+                t.seen.push(id.clone());
             }
+            t.current = Some(id);
             t.open_step = None;
         }
     }
@@ -131,7 +136,7 @@ impl BuildGuard {
                     .is_some_and(|w| w.eq_ignore_ascii_case(word))
             };
             // FROM makes no image: its `--->` names the one it starts from.
-            t.open_step = match t.seen.last() {
+            t.open_step = match &t.current {
                 Some(parent) if !is("FROM") => Some(OpenStep {
                     parent: parent.clone(),
                     run: is("RUN"),
@@ -355,6 +360,7 @@ mod tests {
             image("tagd00000001", "venv00000001", 104, Some("ferry/x-env:1")),
         ];
         let trace = Trace {
+            current: None,
             open_step: None,
             started: 100,
             seen: [
@@ -414,6 +420,15 @@ mod step_tests {
         let open = trace_of(guard.key).open_step.unwrap();
         assert!(!open.run);
         assert_eq!(open.parent, "470f0de61131");
+        guard.saw("c0c0c0c0c0c0");
+        // A second stage from an image of the first: its steps start from that image.
+        guard.step("Step 4/5 : FROM system");
+        guard.saw("470f0de61131");
+        guard.step("Step 5/5 : COPY --from=wheels /opt/venv /opt/venv");
+        assert_eq!(
+            trace_of(guard.key).open_step.unwrap().parent,
+            "470f0de61131"
+        );
         guard.stopped();
         assert!(trace_of(guard.key).open_step.is_none());
         guard.finished();
