@@ -37,16 +37,16 @@ use crate::docker;
 use crate::images::build as images;
 use crate::images::context::DockerIgnore;
 use crate::images::push;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::kube::client::Op;
 use crate::kube::render::{LABEL_ENV, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
 use crate::kube::rollout::Severity;
 use crate::kube::workloads::{COLLECT_DONE, Placement, job_name, training_job};
 use crate::kube::{KubeError, Secrets, client};
-use crate::local::runs::{self, Output, RunRecord, Status};
-use crate::local::train::TrainResult;
-use crate::local::{Interrupt, LocalError, make_plan_with};
 use crate::onnx::OnnxError;
 use crate::plan::Workload;
+use crate::project_plan::{PlanError, make_plan_with};
+use crate::runs::{self, Output, RunError, RunRecord, Status, TrainResult, place_output};
 use crate::spec::{Project, RelPath};
 use crate::ui::{Ui, human_bytes};
 
@@ -77,7 +77,7 @@ pub async fn train(
     let registry = super::registry(project, &env)?;
     let plan = make_plan_with(project, notebook)?;
     let Some(work) = plan.train.clone() else {
-        return Err(LocalError::MissingSection {
+        return Err(PlanError::MissingSection {
             file: project.file.clone(),
             section: "train",
             hint: "add `train:` with a `command` and its `outputs` (see `ferry init --template churn`)",
@@ -88,7 +88,7 @@ pub async fn train(
     check_inputs_in_image(project, &work)?;
     check_secrets_not_in_image(project)?;
     if work.outputs.iter().any(|o| o.as_str().ends_with(".onnx")) {
-        crate::onnx::init().map_err(|source| LocalError::OnnxRuntime { source })?;
+        crate::onnx::init().map_err(|source| RunError::OnnxRuntime { source })?;
     }
     let secrets = super::environment_secrets(project)?;
     let spec_hash = project.hash()?.to_string();
@@ -100,16 +100,12 @@ pub async fn train(
     let repository = format!("{}/{}", registry.trim_end_matches('/'), project.spec.name);
     let (image, pushed) = tokio::select! {
         r = async {
-            let env_image = images::ensure_env_image(&docker, project, &plan, ui)
-                .await
-                .map_err(LocalError::from)?;
-            let image = images::ensure_project_image(&docker, project, &env_image, ui)
-                .await
-                .map_err(LocalError::from)?;
+            let env_image = images::ensure_env_image(&docker, project, &plan, ui).await?;
+            let image = images::ensure_project_image(&docker, project, &env_image, ui).await?;
             let pushed = push::push(&docker, &image.tag, &repository, ui).await?;
             Ok::<_, ClusterError>((image, pushed))
         } => r?,
-        _ = interrupt.recv() => return Err(LocalError::Interrupted.into()),
+        _ = interrupt.recv() => return Err(Interrupted.into()),
     };
 
     let placement = Placement {
@@ -293,23 +289,16 @@ fn check_inputs_in_image(project: &Project, work: &Workload) -> Result<(), Clust
             excluded,
             file: file.display().to_string(),
         }),
-        Err((path, source)) => Err(LocalError::Io {
-            what: "cannot read",
-            path,
-            source,
-        }
-        .into()),
+        Err((path, source)) => Err(images::ImageError::Read { path, source }.into()),
     }
 }
 
 /// The project's `.dockerignore` (the rules that decide what the image holds) and its path.
 fn dockerignore(project: &Project) -> Result<(PathBuf, DockerIgnore), ClusterError> {
     let file = project.root.join(".dockerignore");
-    let ignore = DockerIgnore::load(&project.root).map_err(|source| {
-        LocalError::from(images::ImageError::Read {
-            path: file.clone(),
-            source,
-        })
+    let ignore = DockerIgnore::load(&project.root).map_err(|source| images::ImageError::Read {
+        path: file.clone(),
+        source,
     })?;
     Ok((file, ignore))
 }
@@ -564,13 +553,13 @@ impl<'a> Run<'a> {
         image: &str,
         image_id: &str,
         spec_hash: &str,
-    ) -> Result<Run<'a>, LocalError> {
+    ) -> Result<Run<'a>, RunError> {
         let dir = runs::runs_dir(&project.root).join(id);
         let staging = dir.join("out");
-        std::fs::create_dir_all(&staging).map_err(LocalError::io("cannot create", &staging))?;
+        std::fs::create_dir_all(&staging).map_err(RunError::io("cannot create", &staging))?;
         let log_path = dir.join("train.log");
         let log =
-            std::fs::File::create(&log_path).map_err(LocalError::io("cannot create", &log_path))?;
+            std::fs::File::create(&log_path).map_err(RunError::io("cannot create", &log_path))?;
         Ok(Run {
             project,
             id: id.to_string(),
@@ -656,12 +645,12 @@ impl<'a> Run<'a> {
                     vec![],
                 )
                 .save(root)?;
-                LocalError::Interrupted.into()
+                Interrupted.into()
             }
             Failure::Train { code, reason } => {
                 self.record(Status::Failed, Some(code), Some(reason.clone()), vec![])
                     .save(root)?;
-                LocalError::TrainFailed {
+                RunError::TrainFailed {
                     code: if code == 0 { 1 } else { code },
                     reason,
                     log,
@@ -671,7 +660,7 @@ impl<'a> Run<'a> {
             Failure::Missing(reason) => {
                 self.record(Status::Failed, Some(0), Some(reason.clone()), vec![])
                     .save(root)?;
-                LocalError::TrainFailed {
+                RunError::TrainFailed {
                     code: 1,
                     reason,
                     log,
@@ -686,7 +675,7 @@ impl<'a> Run<'a> {
                     vec![],
                 )
                 .save(root)?;
-                LocalError::BadModel { source, log }.into()
+                RunError::BadModel { source, log }.into()
             }
             Failure::Error(e) => {
                 self.record(Status::Failed, None, Some(e.to_string()), vec![])
@@ -1295,11 +1284,11 @@ async fn collect_all(
         let tar_path = run.dir.join(format!(".collect-{i}.tar"));
         let mut file = tokio::fs::File::create(&tar_path)
             .await
-            .map_err(|e| ClusterError::from(LocalError::io("cannot create", &tar_path)(e)))?;
+            .map_err(|e| ClusterError::from(RunError::io("cannot create", &tar_path)(e)))?;
         exec_output(ctx, pod, copy_command(&ctx.workdir, out), &mut file).await?;
         tokio::io::AsyncWriteExt::flush(&mut file)
             .await
-            .map_err(|e| ClusterError::from(LocalError::io("cannot write", &tar_path)(e)))?;
+            .map_err(|e| ClusterError::from(RunError::io("cannot write", &tar_path)(e)))?;
         drop(file);
 
         step.set_detail(format!("checking {out}"));
@@ -1607,8 +1596,8 @@ fn move_output(
     out: &RelPath,
     files: &BTreeMap<String, Collected>,
     outputs: &mut Vec<Output>,
-) -> Result<(), LocalError> {
-    crate::local::train::place_output(staging, root, out)?;
+) -> Result<(), RunError> {
+    place_output(staging, root, out)?;
     let prefix = format!("{}/", out.as_str());
     for (path, c) in files
         .iter()
