@@ -16,9 +16,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, LogParams};
 use kube::{Client, ResourceExt};
 
-use super::train::{
-    Pending, apply_env_secret, check_secrets_not_in_image, ensure_namespace, secret_name, ssa,
-};
+use super::train::image::check_secrets_not_in_image;
+use super::train::objects::{apply_env_secret, ensure_namespace, secret_name, ssa};
+use super::train::pod::Pending;
 use super::{ClusterError, require_cluster};
 use crate::docker;
 use crate::images::build as images;

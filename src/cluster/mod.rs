@@ -127,7 +127,7 @@ pub enum ClusterError {
         "the {what} pod {pod} cannot start: {reason}{}{}\n  hint: {}",
         container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default(),
         if message.is_empty() { String::new() } else { format!(": {message}") },
-        train::pending_hint(reason)
+        train::pod::pending_hint(reason)
     )]
     PodNotStarting {
         what: String,
@@ -148,7 +148,7 @@ pub enum ClusterError {
     Collect {
         output: String,
         #[source]
-        source: train::CollectError,
+        source: train::copy::CollectError,
     },
     #[error(
         "--detach is not supported for cluster environments ({env}): the notebook is reached through a port-forward that lives as long as ferry does\n  hint: run `ferry dev --env {env}` in a terminal of its own"
