@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use kube::api::AttachParams;
 
 use super::POLL;
-use super::copy::{CollectError, copy_command, listing_command, parse_sha256sum, unpack_verified};
+use super::copy::{
+    CollectError, Collected, copy_command, listing_command, parse_sha256sum, unpack_verified,
+};
 use super::objects::JobCtx;
 use super::pod::{Ended, Pending, container_status};
 use super::record::{Failure, Run};
@@ -141,13 +143,6 @@ async fn wait_collector(ctx: &JobCtx, pod: &str) -> Result<(), ClusterError> {
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// A verified file of an output: its path in the project, sha256 and size.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Collected {
-    pub sha256: String,
-    pub size: u64,
 }
 
 /// Copies every declared output out of the pod into staging, each file checked against the

@@ -8,7 +8,6 @@ use std::path::{Component, Path};
 
 use sha2::{Digest, Sha256};
 
-use super::collect::Collected;
 use crate::runs::{Output, RunError, place_output};
 use crate::spec::RelPath;
 
@@ -39,6 +38,13 @@ pub enum CollectError {
     Archive(String),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+}
+
+/// A verified file of an output: its path in the project, sha256 and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collected {
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// What the collector runs to list an output's files with their sha256 (`sha256sum`'s
