@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::local::{self, LocalError, dev::DevOptions, runs};
+use crate::local::{self, LocalError};
+use crate::runs;
+use crate::session::{DevOptions, Session};
 use crate::spec::{Project, SPEC_FILE, SpecError};
 use crate::templates::{self, TemplateError};
 use crate::ui::{OutputMode, Ui, human_duration};
@@ -698,7 +700,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
             };
             let json = ui.mode() == OutputMode::Json;
             let quiet = ui.mode() == OutputMode::Quiet;
-            let on_ready = |s: &local::dev::Session| {
+            let on_ready = |s: &Session| {
                 if json {
                     print_json(&serde_json::json!({
                         "ready": true,
@@ -819,7 +821,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                 None => None,
             };
             let r = if project.spec.target == crate::spec::TargetKind::Kubernetes {
-                // A failed training exits with its own code, as locally: keep its local error.
+                // Failed and interrupted trainings exit with their own codes, as locally.
                 runtime()?
                     .block_on(crate::cluster::train::train(
                         &project,
@@ -827,7 +829,8 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
                         ui,
                     ))
                     .map_err(|e| match e {
-                        crate::cluster::ClusterError::Local(l) => CliError::Local(l),
+                        crate::cluster::ClusterError::Run(r) => CliError::Local(r.into()),
+                        crate::cluster::ClusterError::Interrupted(i) => CliError::Local(i.into()),
                         e => CliError::Cluster(Box::new(e)),
                     })?
             } else {

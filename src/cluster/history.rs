@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::local::STATE_DIR;
+use crate::state::STATE_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {

@@ -8,9 +8,14 @@ pub mod promote;
 pub mod train;
 
 use crate::docker::{self, DockerError};
+use crate::images::build::ImageError;
 use crate::images::push::{self, PushError, Pushed};
+use crate::interrupt::{Interrupted, WatchError};
 use crate::kube::{self, KubeError, Manifests, Release, Secrets};
-use crate::local::{self, LocalError};
+use crate::project_plan::PlanError;
+use crate::runs::RunError;
+use crate::serving_image::{ServingImageError, serving_image, serving_plan};
+use crate::session::NotebookFailed;
 use crate::spec::{Project, SpecError, TargetKind};
 use crate::ui::Ui;
 
@@ -33,7 +38,19 @@ pub enum ClusterError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
-    Local(#[from] LocalError),
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    ServingImage(#[from] ServingImageError),
+    #[error(transparent)]
+    Signals(#[from] WatchError),
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    NotebookFailed(#[from] NotebookFailed),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -110,7 +127,7 @@ pub enum ClusterError {
         "the {what} pod {pod} cannot start: {reason}{}{}\n  hint: {}",
         container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default(),
         if message.is_empty() { String::new() } else { format!(": {message}") },
-        train::pending_hint(reason)
+        train::pod::pending_hint(reason)
     )]
     PodNotStarting {
         what: String,
@@ -131,7 +148,7 @@ pub enum ClusterError {
     Collect {
         output: String,
         #[source]
-        source: train::CollectError,
+        source: train::copy::CollectError,
     },
     #[error(
         "--detach is not supported for cluster environments ({env}): the notebook is reached through a port-forward that lives as long as ferry does\n  hint: run `ferry dev --env {env}` in a terminal of its own"
@@ -229,10 +246,10 @@ pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterErro
     let registry = registry(project, &env)?;
     // Secrets first: a missing file should stop us before minutes of building and pushing.
     let secrets = environment_secrets(project)?;
-    let serving = local::serve::serving_plan(project)?;
+    let serving = serving_plan(project)?;
     let spec_hash = project.hash()?.as_str().to_string();
     let docker = docker::connect().await?;
-    let image = local::serve::serving_image(&docker, project, &serving, ui).await?;
+    let image = serving_image(&docker, project, &serving, ui).await?;
     let repository = format!(
         "{}/{}-serve",
         registry.trim_end_matches('/'),

@@ -14,8 +14,8 @@ use crate::kube::apply::{self, Applied, ApplyOptions};
 use crate::kube::render::{self, Manifests, Object};
 use crate::kube::rollout::{self, ClusterState};
 use crate::kube::{Secrets, client};
-use crate::local::runs::now_rfc3339;
 use crate::lock::{self, ImageRef, Lock, Snapshot};
+use crate::runs::now_rfc3339;
 use crate::spec::{Project, TargetKind};
 use crate::ui::Ui;
 
@@ -204,7 +204,7 @@ pub async fn promote(
     let mut history = History::load(&project.root, &env)?;
     // Ctrl-C during the rollout is a promotion that did not finish: like a failed one, it puts
     // back what ran before. A second Ctrl-C stops that too.
-    let mut interrupt = crate::local::Interrupt::new()?;
+    let mut interrupt = crate::interrupt::Interrupt::new()?;
     let rolled = tokio::select! {
         r = rollout::wait_rollout(&client, &ns, &release.project, opts.timeout, ui) => r,
         _ = interrupt.recv() => Err(crate::kube::KubeError::Interrupted {
