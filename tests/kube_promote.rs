@@ -136,6 +136,12 @@ environments:
             .unwrap()
     }
 
+    /// `ferry promote staging`, which must succeed; the image it promoted.
+    async fn promote_staging(&self) -> String {
+        let done = self.ferry_json(&["promote", "staging"]).await;
+        done["image"].as_str().unwrap().to_string()
+    }
+
     fn lock_text(&self) -> String {
         std::fs::read_to_string(self.root().join("ferry.lock")).unwrap()
     }
@@ -596,15 +602,9 @@ async fn rollback_reapplies_the_revision_before_and_status_reports_drift() {
     let Some(p) = Promotion::start("promote-back").await else {
         return;
     };
-    let image1 = p.ferry_json(&["promote", "staging"]).await["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let image1 = p.promote_staging().await;
     p.train(7);
-    let image2 = p.ferry_json(&["promote", "staging"]).await["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let image2 = p.promote_staging().await;
     assert_ne!(image1, image2);
 
     let status = p.ferry_json(&["status", "staging"]).await;
@@ -859,10 +859,7 @@ async fn a_failed_promotion_its_put_back_and_status_speak_of_the_same_revisions(
     let Some(p) = Promotion::start("revs-putback").await else {
         return;
     };
-    let image1 = p.ferry_json(&["promote", "staging"]).await["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let image1 = p.promote_staging().await;
     p.train(7);
     let pullable = image1.clone();
     p.fake.pulls(move |image| image == pullable);
@@ -921,36 +918,25 @@ async fn each_rollback_goes_one_revision_further_back() {
     let mut images = Vec::new();
     for months in [6, 7, 8] {
         p.train(months);
-        let done = p.ferry_json(&["promote", "staging"]).await;
-        images.push(done["image"].as_str().unwrap().to_string());
+        images.push(p.promote_staging().await);
     }
     assert_eq!(p.revisions("staging").len(), 3);
 
-    let out = p.ferry(&["rollback", "staging"]).await;
-    let text = printed(&out);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains(&format!(
-            "revision 4 of staging (revision 2 put back): {}",
-            images[1]
-        )),
-        "{text}"
-    );
-    assert_eq!(ferry_revisions(&text), vec![2, 4], "{text}");
-    assert_eq!(p.running("staging"), images[1]);
-
-    let out = p.ferry(&["rollback", "staging"]).await;
-    let text = printed(&out);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains(&format!(
-            "revision 5 of staging (revision 1 put back): {}",
-            images[0]
-        )),
-        "{text}"
-    );
-    assert_eq!(ferry_revisions(&text), vec![1, 5], "{text}");
-    assert_eq!(p.running("staging"), images[0]);
+    // Revision 4 puts 2 back; revision 5, what ran before 2: revision 1.
+    for (new, back) in [(4u32, 2u32), (5, 1)] {
+        let image = &images[back as usize - 1];
+        let out = p.ferry(&["rollback", "staging"]).await;
+        let text = printed(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "revision {new} of staging (revision {back} put back): {image}"
+            )),
+            "{text}"
+        );
+        assert_eq!(ferry_revisions(&text), vec![back, new], "{text}");
+        assert_eq!(&p.running("staging"), image);
+    }
 
     let out = p.ferry(&["status", "staging"]).await;
     let text = printed(&out);
@@ -987,10 +973,7 @@ async fn a_rollback_with_nothing_before_a_hand_edit_says_how_to_reapply() {
     let Some(p) = Promotion::start("revs-edit").await else {
         return;
     };
-    let image1 = p.ferry_json(&["promote", "staging"]).await["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let image1 = p.promote_staging().await;
     let edited = format!("{}/ml/hand-edited:1", p.registry.host);
     p.fake.edit(&p.deployment_path("staging"), |d| {
         d["spec"]["template"]["spec"]["containers"][0]["image"] = edited.clone().into();
