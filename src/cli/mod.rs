@@ -490,9 +490,12 @@ fn print_promoted(ui: &Ui, p: &crate::cluster::promote::Promoted) {
         OutputMode::Json => print_json(p),
         OutputMode::Quiet => {}
         OutputMode::Human => {
-            let what = match p.revision {
-                Some(n) => format!("revision {n} of {}", p.env),
-                None => format!("{} (dry run: nothing changed)", p.env),
+            let what = match (p.revision, p.rolled_back_to) {
+                (Some(n), Some(to)) => {
+                    format!("revision {n} of {} (revision {to} put back)", p.env)
+                }
+                (Some(n), None) => format!("revision {n} of {}", p.env),
+                (None, _) => format!("{} (dry run: nothing changed)", p.env),
             };
             ui.info(format!(
                 "{} {what}: {} in namespace {} ({})",
@@ -514,7 +517,10 @@ fn print_status(s: &crate::cluster::promote::Status) {
     );
     match (&s.revision, &s.promoted_image) {
         (Some(r), Some(i)) => println!(
-            "  promoted   revision {r}: {i} ({})",
+            "  promoted   revision {r}{}: {i} ({})",
+            s.rolled_back_to
+                .map(|to| format!(" (revision {to} put back)"))
+                .unwrap_or_default(),
             s.recorded_in.as_deref().unwrap_or("")
         ),
         _ => println!("  promoted   nothing recorded in ferry.lock or on this machine"),

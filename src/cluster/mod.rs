@@ -94,9 +94,17 @@ pub enum ClusterError {
         outcome: String,
     },
     #[error(
-        "{env} has {revisions} recorded revision(s): nothing to roll back to\n  hint: `ferry status {env}` shows what runs"
+        "{env} has {revisions} recorded revision(s): nothing to roll back to{}",
+        nothing_to_roll_back(env, *latest, drift)
     )]
-    NothingToRollBackTo { env: String, revisions: usize },
+    NothingToRollBackTo {
+        env: String,
+        revisions: usize,
+        /// The latest revision's number.
+        latest: Option<u32>,
+        /// Where the cluster differs from it.
+        drift: Vec<String>,
+    },
     #[error(
         "revision {revision} used the secret {name}, which the secrets file no longer has\n  hint: add {name} back to the environment's secrets file"
     )]
@@ -167,6 +175,22 @@ fn list(envs: &[String]) -> String {
         String::new()
     } else {
         format!(" ({})", envs.join(", "))
+    }
+}
+
+/// The rest of "nothing to roll back to": when the cluster is not what the latest revision
+/// applied, a rollback is not the way back to it, a promotion is.
+fn nothing_to_roll_back(env: &str, latest: Option<u32>, drift: &[String]) -> String {
+    match latest {
+        Some(n) if !drift.is_empty() => format!(
+            ", and the cluster is not what revision {n} applied (changed by hand?):\n{}\n  hint: `ferry promote {env} --force-conflicts` applies revision {n}'s release again, as a new revision, and takes back the fields the edit changed; it applies the project as it is, so check first with `ferry status {env}` that nothing changed since revision {n}",
+            drift
+                .iter()
+                .map(|d| format!("    {d}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        _ => format!("\n  hint: `ferry status {env}` shows what runs"),
     }
 }
 
