@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::kube::render;
-use crate::state::STATE_DIR;
 use crate::lock::{self, ImageRef, Lock, LockError, Promotion};
 use crate::spec::Project;
+use crate::state::STATE_DIR;
 
 /// Where revisions not migrated yet were read from.
 const EARLIER_RECORD: &str = ".ferry/promotions";
