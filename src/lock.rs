@@ -3,7 +3,8 @@
 //!
 //! Per environment: the spec as resolved for it (field by field), the digest of every file it
 //! names, each model's sha256, the images (base, environment, project, serving — by id, and the
-//! serving image by registry digest), the pinned Python packages, and the promotions. The text
+//! serving image by registry digest), the pinned Python packages, and the promotions — the one
+//! record of a cluster environment's revisions, each with what a rollback re-applies. The text
 //! is stable — maps sorted, no timestamps outside the promotions — so a diff of the lock is a
 //! review of what changed.
 //!
@@ -22,14 +23,18 @@ use crate::spec::{Project, SpecError, TargetKind, model_files, path_digest, refe
 pub const LOCK_FILE: &str = "ferry.lock";
 
 /// Bumped when a lock written by this version cannot be read by an older one.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// The format of a lock that uses nothing newer: a promotion carrying what a rollback
+/// re-applies needs [`FORMAT`]; any other lock is written as format 1, which older versions
+/// still read.
+const FORMAT_WITHOUT_RECORDS: u32 = 1;
 
 /// The entry of the base spec, when no environment is applied: a name no environment can have
 /// (they are DNS labels).
 pub const BASE_ENTRY: &str = "(base)";
 
-/// How many promotions an environment keeps in the lock; the full records stay in
-/// `.ferry/promotions`.
+/// How many promotions an environment keeps in the lock.
 const KEEP_PROMOTIONS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -178,25 +183,59 @@ impl PythonLock {
     }
 }
 
-/// One promotion or rollback, as the lock keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One revision of a cluster environment: a promotion, or a rollback that put an earlier
+/// revision back under a new number. Revisions written by format 1 lack what a rollback
+/// re-applies (`objects` on).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Promotion {
     pub revision: u32,
     pub time: String,
     /// `promote` or `rollback`.
     pub action: String,
+    /// A rollback's: the revision it put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u32>,
+    /// The serving image by digest.
     pub image: String,
     pub spec_hash: String,
     /// `sha256:` of the serving ConfigMap's data as applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// The environment what was promoted came from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// sha256 of each model file, by its path in the image.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, String>,
+    /// Names of the secret variables (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_names: Vec<String>,
+    /// The objects as applied, a Secret's values left out (a rollback reads the secrets file
+    /// again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<serde_json::Value>,
+    /// The ferry that applied it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ferry: String,
+    /// The spec, files and models it was made from: the entry's again when it is put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+}
+
+impl Promotion {
+    /// Whether it holds what a rollback re-applies.
+    pub fn is_complete(&self) -> bool {
+        !self.objects.is_empty() && self.namespace.is_some()
+    }
 }
 
 /// The spec-side facts of an environment as they are on disk now.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub spec_hash: String,
     pub spec: BTreeMap<String, serde_json::Value>,
@@ -492,6 +531,20 @@ impl Lock {
         text
     }
 
+    /// The oldest format that holds everything in the lock.
+    fn needed_format(&self) -> u32 {
+        let records = self
+            .environments
+            .values()
+            .flat_map(|e| &e.promotions)
+            .any(|p| *p != format_1(p));
+        if records {
+            FORMAT
+        } else {
+            FORMAT_WITHOUT_RECORDS
+        }
+    }
+
     /// Pins resolved before from the same requirements for the same interpreter, in any
     /// environment.
     pub fn pins(&self, requirements: &str, target: &str) -> Option<&PythonLock> {
@@ -520,7 +573,7 @@ pub fn update<T>(project: &Project, f: impl FnOnce(&mut Lock) -> T) -> Result<T,
     let before = lock.clone();
     let out = f(&mut lock);
     if lock != before || !path.exists() {
-        lock.format = FORMAT;
+        lock.format = lock.needed_format();
         lock.ferry = env!("CARGO_PKG_VERSION").to_string();
         let tmp = path.with_extension("lock.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(write)?;
@@ -559,30 +612,36 @@ fn set_snapshot(entry: &mut EnvLock, s: Snapshot) {
     entry.models = s.models;
 }
 
-/// Records that `promotion` runs in `project`'s environment now, made from `snapshot` (when the
-/// revision kept one) with the serving image `serving` (when known beyond its digest).
-pub fn record_promotion(
-    project: &Project,
-    snapshot: Option<Snapshot>,
-    serving: Option<ImageRef>,
-    promotion: Promotion,
-) -> Result<(), LockError> {
-    let name = entry_name(project);
-    update(project, |lock| {
-        let entry = lock.environments.entry(name).or_default();
-        entry.ferry = env!("CARGO_PKG_VERSION").to_string();
-        match snapshot {
-            Some(s) => set_snapshot(entry, s),
-            None => entry.spec_hash = Some(promotion.spec_hash.clone()),
-        }
-        entry.images.serving = Some(serving.unwrap_or_else(|| ImageRef {
-            digest: Some(promotion.image.clone()),
-            ..ImageRef::default()
-        }));
-        entry.promotions.push(promotion);
-        let extra = entry.promotions.len().saturating_sub(KEEP_PROMOTIONS);
-        entry.promotions.drain(..extra);
-    })
+/// The fields of a promotion that format 1 knows.
+fn format_1(p: &Promotion) -> Promotion {
+    Promotion {
+        revision: p.revision,
+        time: p.time.clone(),
+        action: p.action.clone(),
+        image: p.image.clone(),
+        spec_hash: p.spec_hash.clone(),
+        config: p.config.clone(),
+        from: p.from.clone(),
+        ..Promotion::default()
+    }
+}
+
+/// Records in `entry` that `promotion` runs now, with the serving image `serving` (when known
+/// beyond its digest): the entry's spec, files and models become those it was made from. The
+/// oldest promotions beyond [`KEEP_PROMOTIONS`] are dropped.
+pub fn push_promotion(entry: &mut EnvLock, serving: Option<ImageRef>, promotion: Promotion) {
+    entry.ferry = env!("CARGO_PKG_VERSION").to_string();
+    match promotion.snapshot.clone() {
+        Some(s) => set_snapshot(entry, s),
+        None => entry.spec_hash = Some(promotion.spec_hash.clone()),
+    }
+    entry.images.serving = Some(serving.unwrap_or_else(|| ImageRef {
+        digest: Some(promotion.image.clone()),
+        ..ImageRef::default()
+    }));
+    entry.promotions.push(promotion);
+    let extra = entry.promotions.len().saturating_sub(KEEP_PROMOTIONS);
+    entry.promotions.drain(..extra);
 }
 
 /// The pins of a wheelhouse: one per wheel file in `dir`, sorted by name.
@@ -757,13 +816,21 @@ mod tests {
                 action: "promote".into(),
                 image: format!("r@sha256:{n}"),
                 spec_hash: s.spec_hash.clone(),
-                config: None,
-                from: None,
+                snapshot: Some(s),
+                ..Promotion::default()
             };
-            record_promotion(&p, Some(s), None, promo).unwrap();
+            update(&p, |lock| {
+                let entry = lock.environments.entry("staging".into()).or_default();
+                push_promotion(entry, None, promo)
+            })
+            .unwrap();
         }
         let lock = Lock::load(&p).unwrap();
         let e = &lock.environments["staging"];
+        // Promotions that carry what a rollback re-applies need the newer format; a lock
+        // without them stays readable by the ferry before (see the stable-text test).
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(text.contains("\"format\": 2"), "{text}");
         assert_eq!(e.promotions.len(), KEEP_PROMOTIONS);
         assert_eq!(e.promotions.last().unwrap().revision, 25);
         assert_eq!(e.promotions[0].revision, 6);

@@ -738,7 +738,7 @@ fn the_cluster_scrape_job_finds_the_pods_ferry_renders_and_only_those() {
 
     // The pod the renderer makes for staging, as Prometheus's discovery describes it.
     let p = ferry::spec::Project::load_dir(dir.path(), Some("staging")).unwrap();
-    let serving = ferry::local::serve::serving_plan(&p).unwrap();
+    let serving = ferry::serving_image::serving_plan(&p).unwrap();
     let image = "127.0.0.1:5000/ml/tiny-serve@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let release = ferry::kube::Release::new(
         &p,

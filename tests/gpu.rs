@@ -420,7 +420,7 @@ fn the_pytorch_gpu_template_asks_a_cluster_for_gpus() {
     assert_eq!((serve.device, serve.resources.gpu), (Device::Cuda, Some(1)));
 
     const DIGEST: &str = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let serving = ferry::local::serve::serving_plan(&p).unwrap();
+    let serving = ferry::serving_image::serving_plan(&p).unwrap();
     assert_eq!(serving.config.device, Device::Cuda);
     let hash = p.hash().unwrap().as_str().to_string();
     let release = Release::new(

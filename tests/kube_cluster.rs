@@ -305,7 +305,10 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot be scheduled"), "{err}");
-    assert!(err.contains("put back revision 2"), "{err}");
+    assert!(
+        err.contains("put back revision 2 (recorded as revision 3)"),
+        "{err}"
+    );
     assert_eq!(deployment_image(client, ns, name).await, image2);
     assert_eq!(
         cluster_prediction(root, c, client, ns, name, &image2).await,
@@ -314,6 +317,7 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
 
     let status = ferry_json(root, c, &["status", "staging"]).await;
     assert_eq!(status["revision"], 3, "{status}");
+    assert_eq!(status["rolled_back_to"], 2, "{status}");
     assert_eq!(status["promoted_image"], image2.as_str());
     assert_eq!(status["drift"], serde_json::json!([]), "{status}");
     let d = &status["running"]["deployments"][0];

@@ -136,14 +136,30 @@ environments:
             .unwrap()
     }
 
-    fn history_text(&self, env: &str) -> String {
-        std::fs::read_to_string(self.root().join(format!(".ferry/promotions/{env}.json"))).unwrap()
+    /// `ferry promote staging`, which must succeed; the image it promoted.
+    async fn promote_staging(&self) -> String {
+        let done = self.ferry_json(&["promote", "staging"]).await;
+        done["image"].as_str().unwrap().to_string()
     }
 
+    fn lock_text(&self) -> String {
+        std::fs::read_to_string(self.root().join("ferry.lock")).unwrap()
+    }
+
+    /// The revisions of `env` as ferry.lock records them; the copy in .ferry/promotions says
+    /// the same.
     fn revisions(&self, env: &str) -> Vec<Value> {
-        let h: Value = serde_json::from_str(&self.history_text(env)).unwrap();
-        assert_eq!(h["env"], env);
-        h["revisions"].as_array().unwrap().clone()
+        let revisions = self.lock()["environments"][env]["promotions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let copy =
+            std::fs::read_to_string(self.root().join(format!(".ferry/promotions/{env}.json")))
+                .map(|t| serde_json::from_str::<Value>(&t).unwrap());
+        if let Ok(copy) = copy {
+            assert_eq!(copy["revisions"].as_array().unwrap(), &revisions);
+        }
+        revisions
     }
 
     fn repository(&self) -> String {
@@ -291,6 +307,36 @@ fn base64(s: &str) -> String {
 
 fn sha256_hex(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Everything a command printed, stdout then stderr.
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The numbers of every "revision N" in `text` that is ferry's: the Deployment's own count is
+/// named "Deployment revision N".
+fn ferry_revisions(text: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("revision ") {
+        if text[..at].ends_with("Deployment ") {
+            continue;
+        }
+        let digits: String = text[at + "revision ".len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(n) = digits.parse() {
+            out.push(n);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn is_dry_run(s: &Seen) -> bool {
@@ -463,7 +509,9 @@ async fn a_failed_rollout_puts_the_previous_revision_back_unless_told_not_to() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     let image3 = p.newly_pushed(&before).await;
     assert!(
-        err.contains("the rollout in staging failed, and ferry put back revision 2"),
+        err.contains(
+            "the rollout in staging failed, and ferry put back revision 2 (recorded as revision 3)"
+        ),
         "{err}"
     );
     assert!(
@@ -488,7 +536,7 @@ async fn a_failed_rollout_puts_the_previous_revision_back_unless_told_not_to() {
     assert_eq!(r["image"], image2.as_str());
 
     // With --no-rollback the failed rollout stays as it is, and nothing is recorded.
-    let history = p.history_text("staging");
+    let recorded = p.lock_text();
     let mark = p.fake.seen().len();
     let out = p
         .ferry(&["promote", "staging", "--timeout", "3s", "--no-rollback"])
@@ -502,7 +550,7 @@ async fn a_failed_rollout_puts_the_previous_revision_back_unless_told_not_to() {
     assert!(!err.contains("put back"), "{err}");
     assert_eq!(p.deployments_written("staging", mark), vec![image3.clone()]);
     assert_eq!(p.running("staging"), image3);
-    assert_eq!(p.history_text("staging"), history);
+    assert_eq!(p.lock_text(), recorded);
 
     // Ctrl-C while the rollout is watched: a promotion that did not finish, so the revision
     // that ran before (3, image 2) is put back and recorded.
@@ -533,7 +581,10 @@ async fn a_failed_rollout_puts_the_previous_revision_back_unless_told_not_to() {
         err.contains("interrupted while waiting for the rollout in staging"),
         "{err}"
     );
-    assert!(err.contains("ferry put back revision 3"), "{err}");
+    assert!(
+        err.contains("ferry put back revision 3 (recorded as revision 4)"),
+        "{err}"
+    );
     assert_eq!(
         p.deployments_written("staging", mark),
         vec![image3.clone(), image2.clone()]
@@ -551,15 +602,9 @@ async fn rollback_reapplies_the_revision_before_and_status_reports_drift() {
     let Some(p) = Promotion::start("promote-back").await else {
         return;
     };
-    let image1 = p.ferry_json(&["promote", "staging"]).await["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let image1 = p.promote_staging().await;
     p.train(7);
-    let image2 = p.ferry_json(&["promote", "staging"]).await["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let image2 = p.promote_staging().await;
     assert_ne!(image1, image2);
 
     let status = p.ferry_json(&["status", "staging"]).await;
@@ -667,7 +712,7 @@ async fn production_takes_what_staging_runs_or_nothing() {
     );
     let revisions = p.revisions("production");
     assert_eq!(revisions.len(), 1);
-    assert_eq!(revisions[0]["source"], "staging");
+    assert_eq!(revisions[0]["from"], "staging");
     assert_eq!(revisions[0]["image"], image.as_str());
 
     // The model changed but staging was not promoted: production refuses, before building or
@@ -806,5 +851,165 @@ async fn down_removes_ferrys_objects_and_leaves_the_namespace() {
             "revision 1 was promoted (ferry.lock), but no Deployment of it runs in {ns}"
         )])
     );
+    p.assert_no_secret_leaked();
+}
+
+#[tokio::test]
+async fn a_failed_promotion_its_put_back_and_status_speak_of_the_same_revisions() {
+    let Some(p) = Promotion::start("revs-putback").await else {
+        return;
+    };
+    let image1 = p.promote_staging().await;
+    p.train(7);
+    let pullable = image1.clone();
+    p.fake.pulls(move |image| image == pullable);
+    let out = p.ferry(&["promote", "staging", "--timeout", "3s"]).await;
+    let text = printed(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("putting back revision 1 ("), "{text}");
+    assert!(
+        text.contains("ferry put back revision 1 (recorded as revision 2)"),
+        "{text}"
+    );
+    // The put-back rollout's line gives the Deployment's own count, named as such: the
+    // Deployment was written three times (revision 1, the failed image, revision 1 again).
+    assert!(
+        text.contains("rolled out: 1 ready, Deployment revision 3"),
+        "{text}"
+    );
+    assert_eq!(ferry_revisions(&text), vec![1, 2], "{text}");
+    assert_eq!(p.running("staging"), image1);
+
+    let out = p.ferry(&["status", "staging"]).await;
+    let text = printed(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "promoted   revision 2 (revision 1 put back): {image1} (ferry.lock)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("drift      none"), "{text}");
+    assert_eq!(ferry_revisions(&text), vec![1, 2], "{text}");
+    let status = p.ferry_json(&["status", "staging"]).await;
+    assert_eq!(status["revision"], 2);
+    assert_eq!(status["rolled_back_to"], 1);
+
+    let revisions = p.revisions("staging");
+    let actions: Vec<(u64, &str, Option<u64>)> = revisions
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_u64().unwrap(),
+                r["action"].as_str().unwrap(),
+                r["rolled_back_to"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(actions, [(1, "promote", None), (2, "rollback", Some(1))]);
+    p.assert_no_secret_leaked();
+}
+
+#[tokio::test]
+async fn each_rollback_goes_one_revision_further_back() {
+    let Some(p) = Promotion::start("revs-back").await else {
+        return;
+    };
+    let mut images = Vec::new();
+    for months in [6, 7, 8] {
+        p.train(months);
+        images.push(p.promote_staging().await);
+    }
+    assert_eq!(p.revisions("staging").len(), 3);
+
+    // Revision 4 puts 2 back; revision 5, what ran before 2: revision 1.
+    for (new, back) in [(4u32, 2u32), (5, 1)] {
+        let image = &images[back as usize - 1];
+        let out = p.ferry(&["rollback", "staging"]).await;
+        let text = printed(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "revision {new} of staging (revision {back} put back): {image}"
+            )),
+            "{text}"
+        );
+        assert_eq!(ferry_revisions(&text), vec![back, new], "{text}");
+        assert_eq!(&p.running("staging"), image);
+    }
+
+    let out = p.ferry(&["status", "staging"]).await;
+    let text = printed(&out);
+    assert!(
+        text.contains(&format!(
+            "promoted   revision 5 (revision 1 put back): {} (ferry.lock)",
+            images[0]
+        )),
+        "{text}"
+    );
+
+    // Nothing ran before revision 1; the cluster is as recorded, so no word of a hand edit.
+    let mark = p.fake.seen().len();
+    let out = p.ferry(&["rollback", "staging"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "staging has 5 recorded revision(s): nothing to roll back to\n  hint: `ferry status staging` shows what runs"
+        ),
+        "{err}"
+    );
+    assert!(!p.fake.seen()[mark..].iter().any(Seen::is_write));
+    let rolled: Vec<Option<u64>> = p
+        .revisions("staging")
+        .iter()
+        .map(|r| r["rolled_back_to"].as_u64())
+        .collect();
+    assert_eq!(rolled, [None, None, None, Some(2), Some(1)]);
+}
+
+#[tokio::test]
+async fn a_rollback_with_nothing_before_a_hand_edit_says_how_to_reapply() {
+    let Some(p) = Promotion::start("revs-edit").await else {
+        return;
+    };
+    let image1 = p.promote_staging().await;
+    let edited = format!("{}/ml/hand-edited:1", p.registry.host);
+    p.fake.edit(&p.deployment_path("staging"), |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = edited.clone().into();
+    });
+
+    let mark = p.fake.seen().len();
+    let out = p.ferry(&["rollback", "staging"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("staging has 1 recorded revision(s): nothing to roll back to, and the cluster is not what revision 1 applied"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "    the Deployment runs {edited}, but revision 1 promoted {image1} (ferry.lock)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "hint: `ferry promote staging --force-conflicts` applies revision 1's release again"
+        ),
+        "{err}"
+    );
+    assert!(!p.fake.seen()[mark..].iter().any(Seen::is_write));
+
+    // What the hint says: the project is what revision 1 was made from, so the promotion puts
+    // revision 1's image back, as revision 2.
+    let done = p
+        .ferry_json(&["promote", "staging", "--force-conflicts"])
+        .await;
+    assert_eq!(done["revision"], 2);
+    assert_eq!(done["image"], image1.as_str());
+    assert_eq!(p.running("staging"), image1);
+    let status = p.ferry_json(&["status", "staging"]).await;
+    assert_eq!(status["drift"], serde_json::json!([]));
     p.assert_no_secret_leaked();
 }

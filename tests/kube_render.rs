@@ -59,7 +59,7 @@ fn project(dir: &Path, env: &str) -> Project {
 
 fn release(dir: &Path, env: &str) -> Release {
     let p = project(dir, env);
-    let serving = ferry::local::serve::serving_plan(&p).unwrap();
+    let serving = ferry::serving_image::serving_plan(&p).unwrap();
     let secrets = p
         .spec
         .cluster
@@ -228,7 +228,7 @@ fn staging_is_the_same_server_with_fewer_objects() {
 fn a_tag_is_refused_where_a_digest_is_needed() {
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path(), "staging");
-    let serving = ferry::local::serve::serving_plan(&p).unwrap();
+    let serving = ferry::serving_image::serving_plan(&p).unwrap();
     let err = Release::new(
         &p,
         serving,
@@ -375,8 +375,8 @@ fn a_notebook_run_is_the_same_job_with_the_runner_as_its_command() {
         &["seed=11".to_string()],
     )
     .unwrap();
-    let command_plan = ferry::local::make_plan(&p).unwrap();
-    let plan = ferry::local::make_plan_with(&p, Some(&req)).unwrap();
+    let command_plan = ferry::project_plan::make_plan(&p).unwrap();
+    let plan = ferry::project_plan::make_plan_with(&p, Some(&req)).unwrap();
     assert_eq!(
         plan.env_image, command_plan.env_image,
         "with a notebook server in the environment, the image is the command run's"
@@ -583,7 +583,7 @@ fn every_template_renders_valid_objects_for_every_environment() {
                 let model = p.path(&serve.model);
                 std::fs::create_dir_all(model.parent().unwrap()).unwrap();
                 std::fs::write(&model, b"model").unwrap();
-                let serving = ferry::local::serve::serving_plan(&p).unwrap();
+                let serving = ferry::serving_image::serving_plan(&p).unwrap();
                 let hash = p.hash().unwrap().as_str().to_string();
                 let release = Release::new(&p, serving, IMAGE.into(), hash, None).unwrap();
                 objects.extend(render(&release).objects.iter().map(Object::to_value));

@@ -1568,12 +1568,12 @@ async fn the_collectors_commands_copy_outputs_byte_for_byte_from_the_project_ima
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
         out.stdout
     };
-    let listing = run(ferry::cluster::train::listing_command(
+    let listing = run(ferry::cluster::train::copy::listing_command(
         "/workspace",
         &output,
     ));
     let expected =
-        ferry::cluster::train::parse_sha256sum(&String::from_utf8_lossy(&listing)).unwrap();
+        ferry::cluster::train::copy::parse_sha256sum(&String::from_utf8_lossy(&listing)).unwrap();
     assert_eq!(
         expected.keys().collect::<Vec<_>>(),
         vec![
@@ -1582,10 +1582,14 @@ async fn the_collectors_commands_copy_outputs_byte_for_byte_from_the_project_ima
             "artifacts/sub/with space.txt"
         ]
     );
-    let tar = run(ferry::cluster::train::copy_command("/workspace", &output));
+    let tar = run(ferry::cluster::train::copy::copy_command(
+        "/workspace",
+        &output,
+    ));
     let dest = tempfile::tempdir().unwrap();
     let got =
-        ferry::cluster::train::unpack_verified(&tar[..], &expected, &output, dest.path()).unwrap();
+        ferry::cluster::train::copy::unpack_verified(&tar[..], &expected, &output, dest.path())
+            .unwrap();
     assert_eq!(got.len(), 3);
     let seq: String = (1..=20000).map(|i| format!("{i}\n")).collect();
     assert_eq!(
@@ -1599,7 +1603,7 @@ async fn the_collectors_commands_copy_outputs_byte_for_byte_from_the_project_ima
     let out = docker(
         &[
             vec!["run", "--rm", "--network", "none", image.as_str()],
-            ferry::cluster::train::listing_command("/workspace", &missing)
+            ferry::cluster::train::copy::listing_command("/workspace", &missing)
                 .iter()
                 .map(String::as_str)
                 .collect(),

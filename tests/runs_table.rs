@@ -5,7 +5,7 @@
 mod common;
 
 use common::ferry;
-use ferry::local::runs::{Output, RunRecord, Status};
+use ferry::runs::{Output, RunRecord, Status};
 
 fn record(
     id: &str,

@@ -16,18 +16,19 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, LogParams};
 use kube::{Client, ResourceExt};
 
-use super::train::{
-    Pending, apply_env_secret, check_secrets_not_in_image, ensure_namespace, secret_name, ssa,
-};
+use super::train::image::check_secrets_not_in_image;
+use super::train::objects::{apply_env_secret, ensure_namespace, secret_name, ssa};
+use super::train::pod::Pending;
 use super::{ClusterError, require_cluster};
 use crate::docker;
 use crate::images::build as images;
 use crate::images::push;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::kube::client::{self, Op};
 use crate::kube::workloads::{Placement, notebook, notebook_name};
-use crate::local::dev::{DevOptions, Session};
-use crate::local::{Interrupt, LocalError, make_plan};
 use crate::plan::{NOTEBOOK_CONTAINER_PORT, TOKEN_VAR};
+use crate::project_plan::{PlanError, make_plan};
+use crate::session::{DevOptions, NotebookFailed, Session};
 use crate::spec::Project;
 use crate::ui::Ui;
 
@@ -54,7 +55,7 @@ pub async fn dev(
     let registry = super::registry(project, &env)?;
     let plan = make_plan(project)?;
     let Some(work) = plan.notebook.clone() else {
-        return Err(LocalError::MissingSection {
+        return Err(PlanError::MissingSection {
             file: project.file.clone(),
             section: "notebook",
             hint: "add `notebook: { port: 8888 }`",
@@ -69,7 +70,7 @@ pub async fn dev(
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|_| {
-            LocalError::from(docker::DockerError::PortBusy {
+            ClusterError::from(docker::DockerError::PortBusy {
                 port,
                 flag: "--port (or notebook.port in ferry.yaml)".into(),
             })
@@ -78,19 +79,15 @@ pub async fn dev(
     let secrets = super::environment_secrets(project)?;
 
     let kube = client::connect(project.spec.context.as_deref()).await?;
-    let docker = docker::connect().await.map_err(LocalError::from)?;
+    let docker = docker::connect().await?;
     let repository = format!("{}/{}", registry.trim_end_matches('/'), project.spec.name);
     let pushed = tokio::select! {
         r = async {
-            let env_image = images::ensure_env_image(&docker, project, &plan, ui)
-                .await
-                .map_err(LocalError::from)?;
-            let image = images::ensure_project_image(&docker, project, &env_image, ui)
-                .await
-                .map_err(LocalError::from)?;
+            let env_image = images::ensure_env_image(&docker, project, &plan, ui).await?;
+            let image = images::ensure_project_image(&docker, project, &env_image, ui).await?;
             Ok::<_, ClusterError>(push::push(&docker, &image.tag, &repository, ui).await?)
         } => r?,
-        _ = interrupt.recv() => return Err(LocalError::Interrupted.into()),
+        _ = interrupt.recv() => return Err(Interrupted.into()),
     };
 
     let placement = Placement {
@@ -163,7 +160,7 @@ pub async fn dev(
         },
         _ = interrupt.recv() => {
             stop(&kube, &ns, &name, ui).await;
-            return Err(LocalError::Interrupted.into());
+            return Err(Interrupted.into());
         }
     };
 
@@ -216,7 +213,7 @@ pub async fn dev(
             pod: pod_name.clone(),
             message,
         }),
-        _ = interrupt.recv() => Err(LocalError::Interrupted.into()),
+        _ = interrupt.recv() => Err(Interrupted.into()),
     };
     match answered {
         Ok(()) => step.finish(format!("Jupyter answers on 127.0.0.1:{port}")),
@@ -369,7 +366,7 @@ async fn wait_ready(
                         break Err(if tail.is_empty() {
                             e
                         } else {
-                            LocalError::NotebookFailed {
+                            NotebookFailed {
                                 reason: e.to_string(),
                                 tail,
                             }
@@ -382,7 +379,7 @@ async fn wait_ready(
             step.set_detail("waiting for the StatefulSet to create the pod");
         }
         if started.elapsed() > READY_TIMEOUT {
-            break Err(LocalError::NotebookFailed {
+            break Err(NotebookFailed {
                 reason: format!("pod {pod} is not ready after {}s", READY_TIMEOUT.as_secs()),
                 tail: last_lines(&pods, pod).await,
             }

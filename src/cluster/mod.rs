@@ -8,9 +8,14 @@ pub mod promote;
 pub mod train;
 
 use crate::docker::{self, DockerError};
+use crate::images::build::ImageError;
 use crate::images::push::{self, PushError, Pushed};
+use crate::interrupt::{Interrupted, WatchError};
 use crate::kube::{self, KubeError, Manifests, Release, Secrets};
-use crate::local::{self, LocalError};
+use crate::project_plan::PlanError;
+use crate::runs::RunError;
+use crate::serving_image::{ServingImageError, serving_image, serving_plan};
+use crate::session::NotebookFailed;
 use crate::spec::{Project, SpecError, TargetKind};
 use crate::ui::Ui;
 
@@ -33,7 +38,19 @@ pub enum ClusterError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
-    Local(#[from] LocalError),
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    ServingImage(#[from] ServingImageError),
+    #[error(transparent)]
+    Signals(#[from] WatchError),
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    NotebookFailed(#[from] NotebookFailed),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -77,9 +94,17 @@ pub enum ClusterError {
         outcome: String,
     },
     #[error(
-        "{env} has {revisions} recorded revision(s): nothing to roll back to\n  hint: `ferry status {env}` shows what runs"
+        "{env} has {revisions} recorded revision(s): nothing to roll back to{}",
+        nothing_to_roll_back(env, *latest, drift)
     )]
-    NothingToRollBackTo { env: String, revisions: usize },
+    NothingToRollBackTo {
+        env: String,
+        revisions: usize,
+        /// The latest revision's number.
+        latest: Option<u32>,
+        /// Where the cluster differs from it.
+        drift: Vec<String>,
+    },
     #[error(
         "revision {revision} used the secret {name}, which the secrets file no longer has\n  hint: add {name} back to the environment's secrets file"
     )]
@@ -110,7 +135,7 @@ pub enum ClusterError {
         "the {what} pod {pod} cannot start: {reason}{}{}\n  hint: {}",
         container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default(),
         if message.is_empty() { String::new() } else { format!(": {message}") },
-        train::pending_hint(reason)
+        train::pod::pending_hint(reason)
     )]
     PodNotStarting {
         what: String,
@@ -131,7 +156,7 @@ pub enum ClusterError {
     Collect {
         output: String,
         #[source]
-        source: train::CollectError,
+        source: train::copy::CollectError,
     },
     #[error(
         "--detach is not supported for cluster environments ({env}): the notebook is reached through a port-forward that lives as long as ferry does\n  hint: run `ferry dev --env {env}` in a terminal of its own"
@@ -150,6 +175,22 @@ fn list(envs: &[String]) -> String {
         String::new()
     } else {
         format!(" ({})", envs.join(", "))
+    }
+}
+
+/// The rest of "nothing to roll back to": when the cluster is not what the latest revision
+/// applied, a rollback is not the way back to it, a promotion is.
+fn nothing_to_roll_back(env: &str, latest: Option<u32>, drift: &[String]) -> String {
+    match latest {
+        Some(n) if !drift.is_empty() => format!(
+            ", and the cluster is not what revision {n} applied (changed by hand?):\n{}\n  hint: `ferry promote {env} --force-conflicts` applies revision {n}'s release again, as a new revision, and takes back the fields the edit changed; it applies the project as it is, so check first with `ferry status {env}` that nothing changed since revision {n}",
+            drift
+                .iter()
+                .map(|d| format!("    {d}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        _ => format!("\n  hint: `ferry status {env}` shows what runs"),
     }
 }
 
@@ -229,10 +270,10 @@ pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterErro
     let registry = registry(project, &env)?;
     // Secrets first: a missing file should stop us before minutes of building and pushing.
     let secrets = environment_secrets(project)?;
-    let serving = local::serve::serving_plan(project)?;
+    let serving = serving_plan(project)?;
     let spec_hash = project.hash()?.as_str().to_string();
     let docker = docker::connect().await?;
-    let image = local::serve::serving_image(&docker, project, &serving, ui).await?;
+    let image = serving_image(&docker, project, &serving, ui).await?;
     let repository = format!(
         "{}/{}-serve",
         registry.trim_end_matches('/'),

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::history::{self, History, Revision};
+use super::history::{self, History};
 use super::{ClusterError, Prepared, namespace, prepare, require_cluster};
 use crate::kube::apply::{self, Applied, ApplyOptions};
 use crate::kube::render::{self, Manifests, Object};
 use crate::kube::rollout::{self, ClusterState};
 use crate::kube::{Secrets, client};
-use crate::local::runs::now_rfc3339;
-use crate::lock::{self, ImageRef, Lock, Snapshot};
+use crate::lock::{self, ImageRef, Lock, Promotion, Snapshot};
+use crate::runs::now_rfc3339;
 use crate::spec::{Project, TargetKind};
 use crate::ui::Ui;
 
@@ -38,6 +38,9 @@ pub struct PromoteOptions {
 pub struct Promoted {
     pub env: String,
     pub revision: Option<u32>,
+    /// A rollback's: the revision it put back under the new number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u32>,
     pub image: String,
     pub namespace: String,
     pub applied: Applied,
@@ -72,9 +75,10 @@ async fn release_for(
         let sp = Project::load(&project.file, Some(s))?;
         if sp.spec.target == TargetKind::Kubernetes && !rebuild {
             let lock = Lock::load(project)?;
+            let history = History::of(&lock, &project.root, s)?;
             match lock.environments.get(s) {
                 Some(entry) if entry.spec_hash.is_some() => {
-                    let latest = entry.promotions.last();
+                    let latest = history.latest();
                     let changes = lock::changes(entry, &Snapshot::of(&sp)?);
                     if !changes.is_empty() {
                         return Err(ClusterError::SourceChanged {
@@ -88,11 +92,11 @@ async fn release_for(
                         expected = Some((s.clone(), p.image.clone(), entry.ferry.clone()));
                     }
                 }
-                // No lock entry (promoted before locks, or on a machine whose lock was not
-                // committed): this machine's promotion record still says what runs there.
+                // No lock entry (promoted before locks): a record of the earlier format on this
+                // machine still says what runs there.
                 _ => {
-                    if let Some(rev) = History::load(&project.root, s)?.latest() {
-                        expected = Some((s.clone(), rev.image.clone(), rev.ferry_version.clone()));
+                    if let Some(rev) = history.latest() {
+                        expected = Some((s.clone(), rev.image.clone(), rev.ferry.clone()));
                     }
                 }
             }
@@ -194,6 +198,7 @@ pub async fn promote(
         return Ok(Promoted {
             env,
             revision: None,
+            rolled_back_to: None,
             image: release.image,
             namespace: ns,
             applied,
@@ -201,10 +206,10 @@ pub async fn promote(
         });
     }
 
-    let mut history = History::load(&project.root, &env)?;
+    let history = History::load(project, &env)?;
     // Ctrl-C during the rollout is a promotion that did not finish: like a failed one, it puts
     // back what ran before. A second Ctrl-C stops that too.
-    let mut interrupt = crate::local::Interrupt::new()?;
+    let mut interrupt = crate::interrupt::Interrupt::new()?;
     let rolled = tokio::select! {
         r = rollout::wait_rollout(&client, &ns, &release.project, opts.timeout, ui) => r,
         _ = interrupt.recv() => Err(crate::kube::KubeError::Interrupted {
@@ -233,9 +238,12 @@ pub async fn promote(
         let outcome = match back {
             Ok(()) => {
                 let rev = rollback_revision(&history, &previous);
-                history.record(&project.root, rev.clone())?;
-                lock_revision(project, &rev)?;
-                format!("put back revision {}", previous.revision)
+                let number = rev.revision;
+                record_rollback(project, rev)?;
+                format!(
+                    "put back revision {} (recorded as revision {number})",
+                    previous.revision
+                )
             }
             Err(e) => format!(
                 "putting back revision {} failed too: {e}",
@@ -266,37 +274,39 @@ pub async fn promote(
         .as_ref()
         .map(|s| s.names().map(str::to_string).collect())
         .unwrap_or_default();
-    let rev = Revision {
+    let objects: Vec<serde_json::Value> = manifests
+        .objects
+        .iter()
+        .map(|o| history::storable(&o.to_value()))
+        .collect();
+    let rev = Promotion {
         revision: history.next_number(),
         time: now_rfc3339(),
         action: "promote".into(),
         rolled_back_to: None,
-        source,
+        from: source,
         spec_hash: release.spec_hash.clone(),
         image: release.image.clone(),
+        config: history::config_digest(&objects),
         models,
-        namespace: ns.clone(),
+        namespace: Some(ns.clone()),
         context: project.spec.context.clone(),
         secret_names,
-        objects: manifests
-            .objects
-            .iter()
-            .map(|o| history::storable(&o.to_value()))
-            .collect(),
-        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        objects,
+        ferry: env!("CARGO_PKG_VERSION").into(),
         snapshot: Some(snapshot),
     };
     let number = rev.revision;
-    history.record(&project.root, rev.clone())?;
     let serving = ImageRef {
         tag: prepared.image.tag.clone(),
         id: prepared.image.id.clone(),
         digest: Some(release.image.clone()),
     };
-    lock_promotion(project, &rev, Some(serving))?;
+    history::record(project, Some(serving), rev)?;
     Ok(Promoted {
         env,
         revision: Some(number),
+        rolled_back_to: None,
         image: release.image,
         namespace: ns,
         applied,
@@ -304,56 +314,42 @@ pub async fn promote(
     })
 }
 
-/// Records a revision that now runs in `ferry.lock`.
-fn lock_promotion(
-    project: &Project,
-    rev: &Revision,
-    serving: Option<ImageRef>,
-) -> Result<(), ClusterError> {
-    let promotion = lock::Promotion {
-        revision: rev.revision,
-        time: rev.time.clone(),
-        action: rev.action.clone(),
-        image: rev.image.clone(),
-        spec_hash: rev.spec_hash.clone(),
-        config: rev
-            .objects
-            .iter()
-            .find(|o| o["kind"] == "ConfigMap")
-            .and_then(|o| serde_json::from_value(o["data"].clone()).ok())
-            .map(|data| render::config_digest(&data)),
-        from: rev.source.clone(),
-    };
-    lock::record_promotion(project, rev.snapshot.clone(), serving, promotion)?;
-    Ok(())
-}
-
-/// A rollback in `ferry.lock`: the revision put back runs again, with the serving image it had.
-fn lock_revision(project: &Project, rev: &Revision) -> Result<(), ClusterError> {
+/// Records a rollback: the revision put back runs again, with the serving image it had.
+fn record_rollback(project: &Project, rev: Promotion) -> Result<(), ClusterError> {
     let serving = Lock::load(project)?
         .environments
         .get(&lock::entry_name(project))
         .and_then(|e| e.images.serving.clone())
         .filter(|s| s.digest.as_deref() == Some(rev.image.as_str()));
-    lock_promotion(project, rev, serving)
+    history::record(project, serving, rev)?;
+    Ok(())
 }
 
 /// The record of putting `to` back: its image, objects and models again, as a new revision.
-fn rollback_revision(history: &History, to: &Revision) -> Revision {
-    Revision {
+fn rollback_revision(history: &History, to: &Promotion) -> Promotion {
+    Promotion {
         revision: history.next_number(),
         time: now_rfc3339(),
         action: "rollback".into(),
         rolled_back_to: Some(to.revision),
-        source: None,
-        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        from: None,
+        ferry: env!("CARGO_PKG_VERSION").into(),
         ..to.clone()
     }
 }
 
 /// A stored revision's objects, typed again; its Secret filled from the secrets file as it is
 /// now (values are never stored).
-fn manifests_of(project: &Project, rev: &Revision) -> Result<Manifests, ClusterError> {
+fn manifests_of(project: &Project, rev: &Promotion) -> Result<Manifests, ClusterError> {
+    if !rev.is_complete() {
+        return Err(ClusterError::StoredRevision {
+            revision: rev.revision,
+            message: format!(
+                "{} keeps its image and spec hash but not the objects it applied (the lock's earlier format)\n  hint: promote again; revisions recorded from then on can be put back",
+                lock::LOCK_FILE
+            ),
+        });
+    }
     let secrets = super::environment_secrets(project)?;
     let mut objects = Vec::new();
     for v in &rev.objects {
@@ -401,49 +397,56 @@ fn manifests_of(project: &Project, rev: &Revision) -> Result<Manifests, ClusterE
     Ok(Manifests { objects })
 }
 
+/// The namespace a revision was applied in: the spec's, for a revision that does not say.
+fn namespace_of(project: &Project, rev: &Promotion) -> String {
+    rev.namespace.clone().unwrap_or_else(|| namespace(project))
+}
+
 async fn reapply(
     project: &Project,
     client: &kube::Client,
-    rev: &Revision,
+    rev: &Promotion,
     selector: &str,
     opts: &PromoteOptions,
     ui: &Ui,
 ) -> Result<(), ClusterError> {
     let manifests = manifests_of(project, rev)?;
+    let ns = namespace_of(project, rev);
     let apply_opts = ApplyOptions {
         // Putting back what ferry itself applied before: ferry's fields, ferry's call.
         force_conflicts: true,
         dry_run: false,
     };
-    apply::apply(
-        client,
-        &manifests,
-        &rev.namespace,
-        selector,
-        &apply_opts,
-        ui,
-    )
-    .await?;
-    rollout::wait_rollout(client, &rev.namespace, &project.spec.name, opts.timeout, ui).await?;
+    apply::apply(client, &manifests, &ns, selector, &apply_opts, ui).await?;
+    rollout::wait_rollout(client, &ns, &project.spec.name, opts.timeout, ui).await?;
     Ok(())
 }
 
-/// `ferry rollback ENV`: re-applies the revision before the latest and records it.
+/// `ferry rollback ENV`: re-applies the revision that ran before the one running now, and
+/// records it as a new revision.
 pub async fn rollback(
     project: &Project,
     opts: &PromoteOptions,
     ui: &Ui,
 ) -> Result<Promoted, ClusterError> {
     let env = require_cluster(project)?;
-    let mut history = History::load(&project.root, &env)?;
+    let history = History::load(project, &env)?;
     let Some(previous) = history.rollback_target().cloned() else {
+        let latest = Recorded::of(&history);
+        let drift = match &latest {
+            Some(r) => hand_edits(project, &env, r).await,
+            None => Vec::new(),
+        };
         return Err(ClusterError::NothingToRollBackTo {
             env,
             revisions: history.revisions.len(),
+            latest: latest.map(|r| r.revision),
+            drift,
         });
     };
     refuse_unconfirmable(project, &env, opts)?;
     let manifests = manifests_of(project, &previous)?;
+    let ns = namespace_of(project, &previous);
     if !opts.dry_run {
         confirm(
             project,
@@ -461,45 +464,45 @@ pub async fn rollback(
         force_conflicts: opts.force_conflicts,
         dry_run: opts.dry_run,
     };
-    let applied = apply::apply(
-        &client,
-        &manifests,
-        &previous.namespace,
-        &selector,
-        &apply_opts,
-        ui,
-    )
-    .await?;
+    let applied = apply::apply(&client, &manifests, &ns, &selector, &apply_opts, ui).await?;
     if opts.dry_run {
         return Ok(Promoted {
             env,
             revision: None,
+            rolled_back_to: None,
             image: previous.image,
-            namespace: previous.namespace,
+            namespace: ns,
             applied,
             dry_run: true,
         });
     }
-    rollout::wait_rollout(
-        &client,
-        &previous.namespace,
-        &project.spec.name,
-        opts.timeout,
-        ui,
-    )
-    .await?;
+    rollout::wait_rollout(&client, &ns, &project.spec.name, opts.timeout, ui).await?;
     let rev = rollback_revision(&history, &previous);
     let number = rev.revision;
-    history.record(&project.root, rev.clone())?;
-    lock_revision(project, &rev)?;
+    record_rollback(project, rev)?;
     Ok(Promoted {
         env,
         revision: Some(number),
+        rolled_back_to: Some(previous.revision),
         image: previous.image,
-        namespace: previous.namespace,
+        namespace: ns,
         applied,
         dry_run: false,
     })
+}
+
+/// What differs between the cluster and the latest revision `r` (a hand edit, most likely),
+/// for a rollback that has nothing to go back to. Empty when the cluster cannot be read: the
+/// rollback's own answer stands without it.
+async fn hand_edits(project: &Project, env: &str, r: &Recorded) -> Vec<String> {
+    let ns = r.namespace.clone().unwrap_or_else(|| namespace(project));
+    let Ok(client) = client::connect(project.spec.context.as_deref()).await else {
+        return Vec::new();
+    };
+    match rollout::current_state(&client, &ns, &managed_selector(project, env)).await {
+        Ok(running) => drift(project, &ns, Some(r), &running),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The selector of what ferry manages for a project in an environment.
@@ -514,9 +517,13 @@ pub struct Status {
     pub namespace: String,
     pub context: Option<String>,
     pub revision: Option<u32>,
+    /// When the latest revision is a rollback: the revision it put back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u32>,
     pub promoted_image: Option<String>,
     pub promoted_spec_hash: Option<String>,
-    /// Where the promotion record comes from: `ferry.lock` or this machine's history.
+    /// Where the promotion record comes from: `ferry.lock`, or a record of the earlier format
+    /// on this machine not migrated yet.
     pub recorded_in: Option<String>,
     pub running: ClusterState,
     /// Differences between the recorded revision and the cluster, in words.
@@ -528,10 +535,10 @@ pub struct Status {
     pub endpoints: Vec<String>,
 }
 
-/// The latest promotion of an environment as recorded: `ferry.lock` first (it travels with the
-/// code), else this machine's history.
+/// The latest revision of an environment, as status and drift speak of it.
 struct Recorded {
     revision: u32,
+    rolled_back_to: Option<u32>,
     image: String,
     spec_hash: String,
     config: Option<String>,
@@ -539,67 +546,29 @@ struct Recorded {
     source: &'static str,
 }
 
-fn recorded(project: &Project, env: &str, lock: &Lock) -> Result<Option<Recorded>, ClusterError> {
-    let history = History::load(&project.root, env)?;
-    let local = history.latest();
-    let locked = lock.environments.get(env).and_then(|e| e.promotions.last());
-    Ok(match (locked, local) {
-        (Some(p), h) => Some(Recorded {
-            revision: p.revision,
-            image: p.image.clone(),
-            spec_hash: p.spec_hash.clone(),
-            config: p.config.clone(),
-            // The namespace is the spec's, unless this machine applied the revision elsewhere.
-            namespace: h
-                .filter(|r| r.revision == p.revision && r.image == p.image)
-                .map(|r| r.namespace.clone()),
-            source: lock::LOCK_FILE,
-        }),
-        (None, Some(r)) => Some(Recorded {
+impl Recorded {
+    fn of(history: &History) -> Option<Recorded> {
+        history.latest().map(|r| Recorded {
             revision: r.revision,
+            rolled_back_to: r.rolled_back_to,
             image: r.image.clone(),
             spec_hash: r.spec_hash.clone(),
-            config: None,
-            namespace: Some(r.namespace.clone()),
-            source: ".ferry/promotions",
-        }),
-        (None, None) => None,
-    })
+            config: r.config.clone(),
+            namespace: r.namespace.clone(),
+            source: history.recorded_in,
+        })
+    }
 }
 
-/// `ferry status ENV`.
-pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> {
-    let env = require_cluster(project)?;
-    let lock = Lock::load(project)?;
-    let latest = recorded(project, &env, &lock)?;
-    let ns = latest
-        .as_ref()
-        .and_then(|r| r.namespace.clone())
-        .unwrap_or_else(|| namespace(project));
-    let changes = match lock.environments.get(&env) {
-        Some(e) if e.spec_hash.is_some() => lock::changes(e, &Snapshot::of(project)?),
-        _ => Vec::new(),
-    };
-    let step = ui.step(format!("reading what runs in {env} (namespace {ns})"));
-    let client = match client::connect(project.spec.context.as_deref()).await {
-        Ok(c) => c,
-        Err(e) => {
-            step.fail();
-            return Err(e.into());
-        }
-    };
-    let running = match rollout::current_state(&client, &ns, &managed_selector(project, &env)).await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            step.fail();
-            return Err(e.into());
-        }
-    };
-    step.finish(format!("read what runs in {env}"));
+/// Where the cluster differs from the latest revision, in words.
+fn drift(
+    project: &Project,
+    ns: &str,
+    latest: Option<&Recorded>,
+    running: &ClusterState,
+) -> Vec<String> {
     let mut drift = Vec::new();
-    let deployment = running.deployment();
-    match (&latest, deployment) {
+    match (latest, running.deployment()) {
         (Some(r), None) => drift.push(format!(
             "revision {} was promoted ({}), but no Deployment of it runs in {ns}",
             r.revision, r.source
@@ -641,6 +610,41 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
         }
         (None, None) => {}
     }
+    drift
+}
+
+/// `ferry status ENV`.
+pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> {
+    let env = require_cluster(project)?;
+    let lock = Lock::load(project)?;
+    let latest = Recorded::of(&History::of(&lock, &project.root, &env)?);
+    let ns = latest
+        .as_ref()
+        .and_then(|r| r.namespace.clone())
+        .unwrap_or_else(|| namespace(project));
+    let changes = match lock.environments.get(&env) {
+        Some(e) if e.spec_hash.is_some() => lock::changes(e, &Snapshot::of(project)?),
+        _ => Vec::new(),
+    };
+    let step = ui.step(format!("reading what runs in {env} (namespace {ns})"));
+    let client = match client::connect(project.spec.context.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            step.fail();
+            return Err(e.into());
+        }
+    };
+    let running = match rollout::current_state(&client, &ns, &managed_selector(project, &env)).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            step.fail();
+            return Err(e.into());
+        }
+    };
+    step.finish(format!("read what runs in {env}"));
+    let drift = drift(project, &ns, latest.as_ref(), &running);
+    let deployment = running.deployment();
     let mut endpoints = Vec::new();
     if deployment.is_some() {
         let port = project.spec.serve.as_ref().map_or(8080, |s| s.port);
@@ -667,6 +671,7 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
         namespace: ns,
         context: project.spec.context.clone(),
         revision: latest.as_ref().map(|r| r.revision),
+        rolled_back_to: latest.as_ref().and_then(|r| r.rolled_back_to),
         promoted_image: latest.as_ref().map(|r| r.image.clone()),
         promoted_spec_hash: latest.as_ref().map(|r| r.spec_hash.clone()),
         recorded_in: latest.as_ref().map(|r| r.source.to_string()),

@@ -4,7 +4,8 @@
 use super::args::SpecArgs;
 use super::runtime;
 use crate::cli::CliError;
-use crate::local::{self, dev::DevOptions};
+use crate::local;
+use crate::session::{DevOptions, Session};
 use crate::ui::{OutputMode, Ui, print_json};
 
 #[derive(clap::Args, Debug)]
@@ -37,7 +38,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     };
     let json = ui.mode() == OutputMode::Json;
     let quiet = ui.mode() == OutputMode::Quiet;
-    let on_ready = |s: &local::dev::Session| {
+    let on_ready = |s: &Session| {
         if json {
             print_json(&serde_json::json!({
                 "ready": true,

@@ -62,9 +62,12 @@ fn print_promoted(ui: &Ui, p: &Promoted) {
         OutputMode::Json => print_json(p),
         OutputMode::Quiet => {}
         OutputMode::Human => {
-            let what = match p.revision {
-                Some(n) => format!("revision {n} of {}", p.env),
-                None => format!("{} (dry run: nothing changed)", p.env),
+            let what = match (p.revision, p.rolled_back_to) {
+                (Some(n), Some(to)) => {
+                    format!("revision {n} of {} (revision {to} put back)", p.env)
+                }
+                (Some(n), None) => format!("revision {n} of {}", p.env),
+                (None, _) => format!("{} (dry run: nothing changed)", p.env),
             };
             ui.done(format!(
                 "{what}: {} in namespace {} ({})",

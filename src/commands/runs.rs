@@ -2,7 +2,7 @@
 
 use super::args::SpecArgs;
 use crate::cli::CliError;
-use crate::local::runs;
+use crate::runs;
 use crate::ui::{OutputMode, Ui, human_duration, print_json, table};
 
 #[derive(clap::Args, Debug)]

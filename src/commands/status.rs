@@ -35,7 +35,10 @@ fn print_status(s: &Status) {
     );
     match (&s.revision, &s.promoted_image) {
         (Some(r), Some(i)) => println!(
-            "  promoted   revision {r}: {i} ({})",
+            "  promoted   revision {r}{}: {i} ({})",
+            s.rolled_back_to
+                .map(|to| format!(" (revision {to} put back)"))
+                .unwrap_or_default(),
             s.recorded_in.as_deref().unwrap_or("")
         ),
         _ => println!("  promoted   nothing recorded in ferry.lock or on this machine"),

@@ -51,7 +51,7 @@ pub fn run(
         None => None,
     };
     let r = if project.spec.target == crate::spec::TargetKind::Kubernetes {
-        // A failed training exits with its own code, as locally: keep its local error.
+        // Failed and interrupted trainings exit with their own codes, as locally.
         runtime()?
             .block_on(crate::cluster::train::train(
                 &project,
@@ -59,7 +59,8 @@ pub fn run(
                 ui,
             ))
             .map_err(|e| match e {
-                crate::cluster::ClusterError::Local(l) => CliError::Local(l),
+                crate::cluster::ClusterError::Run(r) => CliError::Local(r.into()),
+                crate::cluster::ClusterError::Interrupted(i) => CliError::Local(i.into()),
                 e => CliError::Cluster(Box::new(e)),
             })?
     } else {

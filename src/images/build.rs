@@ -484,6 +484,7 @@ pub(crate) async fn build(
                     {
                         stage_ends.push(l);
                     }
+                    trace.step(line);
                     current = line.to_string();
                     step.set_detail(line);
                 } else if let Some(layer) = line.trim().strip_prefix("---> ") {
@@ -497,6 +498,7 @@ pub(crate) async fn build(
             }
         }
         if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            trace.stopped();
             return Err(fail(step, tag, &current, err));
         }
         if let Some(aux) = info.aux.and_then(|a| a.id) {

@@ -301,7 +301,7 @@ pub fn record(project: &Project, tag: &str, id: &str) -> Result<(), ImageError> 
 }
 
 fn made_here_file(root: &Path) -> std::path::PathBuf {
-    root.join(crate::local::STATE_DIR).join(MADE_HERE)
+    root.join(crate::state::STATE_DIR).join(MADE_HERE)
 }
 
 fn read_made_here(file: &Path) -> BTreeSet<String> {

@@ -47,6 +47,22 @@ struct Trace {
     /// Every image ID the build printed (`---> <id>`), oldest first: FROM images, cached and
     /// committed steps.
     seen: Vec<String>,
+    /// The image the build printed last: what its next step starts from (a FROM may name an
+    /// image seen before, which `seen` does not list twice).
+    current: Option<String>,
+    /// A step the build started and has not finished (no `---> <id>` after its `Step` line
+    /// yet), on top of the last image seen then. The engine finishes a COPY, ADD or metadata
+    /// step even once the build is cancelled, and commits it without a container: the only
+    /// trace of it is the image it makes.
+    open_step: Option<OpenStep>,
+}
+
+#[derive(Clone, Debug)]
+struct OpenStep {
+    parent: String,
+    /// A RUN step runs in a container, which the engine kills when the build is cancelled:
+    /// it commits nothing then.
+    run: bool,
 }
 
 fn pending() -> std::sync::MutexGuard<'static, Pending> {
@@ -77,6 +93,8 @@ pub fn build_started() -> BuildGuard {
         Trace {
             started: unix_now(),
             seen: Vec::new(),
+            current: None,
+            open_step: None,
         },
     ));
     BuildGuard { key }
@@ -89,8 +107,42 @@ impl BuildGuard {
         if let Some((_, t)) = p.builds.iter_mut().find(|(k, _)| *k == self.key) {
             let id = short_id(id);
             if !t.seen.contains(&id) {
-                t.seen.push(id);
+                t.seen.push(id.clone());
             }
+            t.current = Some(id);
+            t.open_step = None;
+        }
+    }
+
+    /// The engine reported the build failed: it runs no step any more.
+    pub fn stopped(&self) {
+        let mut p = pending();
+        if let Some((_, t)) = p.builds.iter_mut().find(|(k, _)| *k == self.key) {
+            t.open_step = None;
+        }
+    }
+
+    /// The build printed `Step N/M : INSTRUCTION …`.
+    pub fn step(&self, line: &str) {
+        let mut p = pending();
+        if let Some((_, t)) = p.builds.iter_mut().find(|(k, _)| *k == self.key) {
+            let instruction = line
+                .split_once(" : ")
+                .map(|(_, i)| i.trim_start())
+                .unwrap_or_default();
+            let is = |word: &str| {
+                instruction
+                    .get(..word.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            };
+            // FROM makes no image: its `--->` names the one it starts from.
+            t.open_step = match &t.current {
+                Some(parent) if !is("FROM") => Some(OpenStep {
+                    parent: parent.clone(),
+                    run: is("RUN"),
+                }),
+                _ => None,
+            };
         }
     }
 
@@ -162,6 +214,10 @@ async fn clean_build(docker: &Docker, trace: &Trace, say: &dyn Fn(&str)) {
     }
     let start = Instant::now();
     let mut said = false;
+    if let Some(open) = trace.open_step.as_ref().filter(|o| !o.run) {
+        wait_for_commit(docker, trace, open, say).await;
+        said = true;
+    }
     let mut quiet_since: Option<Instant> = None;
     loop {
         let Ok(images) = docker
@@ -232,6 +288,30 @@ fn leftover_images(images: &[bollard::models::ImageSummary], trace: &Trace) -> V
     order.into_iter().map(|i| i.id.clone()).collect()
 }
 
+/// Waits for the engine to commit the step it was in when the build was cancelled: an image on
+/// top of the step's parent, made since the build started.
+async fn wait_for_commit(docker: &Docker, trace: &Trace, open: &OpenStep, say: &dyn Fn(&str)) {
+    say("waiting for the engine to finish the interrupted build's current step");
+    let start = Instant::now();
+    while start.elapsed() < STOP_WAIT {
+        let Ok(images) = docker
+            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
+            .await
+        else {
+            return;
+        };
+        let committed = images.iter().any(|i| {
+            short_id(&i.parent_id) == open.parent
+                && i.created >= trace.started - 1
+                && !trace.seen.contains(&short_id(&i.id))
+        });
+        if committed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Whether a container runs a step of the build: made since it started, from one of its images.
 async fn step_running(docker: &Docker, trace: &Trace, ours: &BTreeSet<String>) -> bool {
     let opts = ListContainersOptionsBuilder::default().all(true).build();
@@ -280,6 +360,8 @@ mod tests {
             image("tagd00000001", "venv00000001", 104, Some("ferry/x-env:1")),
         ];
         let trace = Trace {
+            current: None,
+            open_step: None,
             started: 100,
             seen: [
                 "base00000001",
@@ -303,5 +385,52 @@ mod tests {
                 "venv00000001"
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    fn trace_of(key: u64) -> Trace {
+        pending()
+            .builds
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, t)| t.clone())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_step_is_open_from_its_line_to_its_image() {
+        let guard = build_started();
+        guard.step("Step 1/4 : FROM ferry-base:bookworm");
+        guard.saw("9bffcb923cfc");
+        assert!(
+            trace_of(guard.key).open_step.is_none(),
+            "FROM makes no image"
+        );
+        guard.step("Step 2/4 : RUN python3 -m venv /opt/venv");
+        let open = trace_of(guard.key).open_step.unwrap();
+        assert!(open.run);
+        assert_eq!(open.parent, "9bffcb923cfc");
+        guard.saw("sha256:470f0de61131f474292963383f10431c93d132d7614d2c96546aac3e838255b6");
+        assert!(trace_of(guard.key).open_step.is_none());
+        guard.step("Step 3/4 : COPY --from=wheels /opt/venv /opt/venv");
+        let open = trace_of(guard.key).open_step.unwrap();
+        assert!(!open.run);
+        assert_eq!(open.parent, "470f0de61131");
+        guard.saw("c0c0c0c0c0c0");
+        // A second stage from an image of the first: its steps start from that image.
+        guard.step("Step 4/5 : FROM system");
+        guard.saw("470f0de61131");
+        guard.step("Step 5/5 : COPY --from=wheels /opt/venv /opt/venv");
+        assert_eq!(
+            trace_of(guard.key).open_step.unwrap().parent,
+            "470f0de61131"
+        );
+        guard.stopped();
+        assert!(trace_of(guard.key).open_step.is_none());
+        guard.finished();
     }
 }

@@ -178,7 +178,8 @@ pub async fn wait_rollout(
             o.replicas,
             o.revision
                 .as_ref()
-                .map(|r| format!(", revision {r}"))
+                // The Deployment's own count, not ferry's revision: named as such.
+                .map(|r| format!(", Deployment revision {r}"))
                 .unwrap_or_default()
         )),
         Err(_) => step.fail(),

@@ -9,42 +9,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
-use serde::{Deserialize, Serialize};
 
 use super::running::{self, Config, Decision, Role};
 use super::watch::Watch;
-use super::{Interrupt, LocalError, STATE_DIR, container_spec, make_plan, root_key};
+use super::{LocalError, container_spec, root_key};
 use crate::docker::{self, ContainerSpec, LABEL_ROLE, LABEL_ROOT};
 use crate::images::build::{self as images, Built};
+use crate::interrupt::Interrupt;
 use crate::plan::{EnvImage, TOKEN_VAR, VolumePath};
+use crate::project_plan::{PlanError, make_plan};
+use crate::session::{DevOptions, NotebookFailed, Session};
 use crate::spec::{Project, SPEC_FILE};
+use crate::state::STATE_DIR;
 use crate::ui::Ui;
 
 /// How long Jupyter gets to answer before we give up and show its output.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// What a running notebook session is; also written to `.ferry/dev.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Session {
-    pub url: String,
-    pub container: String,
-    pub image: String,
-    pub port: u16,
-    #[serde(skip_serializing)]
-    pub token: String,
-    /// Found running as this command would have started it, rather than started by it.
-    #[serde(skip)]
-    pub already_running: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct DevOptions {
-    pub env: Option<String>,
-    pub port: Option<u16>,
-    pub detach: bool,
-    /// Replace a running notebook of the project, even one with other settings.
-    pub restart: bool,
-}
 
 fn new_token() -> String {
     let bytes: [u8; 24] = rand::random();
@@ -96,11 +76,12 @@ async fn prepare(
 ) -> Result<Prepared, LocalError> {
     let plan = make_plan(project)?;
     let Some(mut work) = plan.notebook.clone() else {
-        return Err(LocalError::MissingSection {
+        return Err(PlanError::MissingSection {
             file: project.file.clone(),
             section: "notebook",
             hint: "add `notebook: { port: 8888 }`",
-        });
+        }
+        .into());
     };
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
         port.published = p;
@@ -220,9 +201,12 @@ async fn wait_ready(docker: &Docker, id: &str, port: u16, token: &str) -> Result
     let auth = format!("token {token}");
     super::wait_http(docker, id, &url, Some(&auth), READY_TIMEOUT)
         .await
-        .map_err(|n| LocalError::NotebookFailed {
-            reason: n.reason,
-            tail: n.tail,
+        .map_err(|n| {
+            NotebookFailed {
+                reason: n.reason,
+                tail: n.tail,
+            }
+            .into()
         })
 }
 
@@ -327,13 +311,13 @@ pub async fn dev(
                     launch(&docker, &project, &prepared, &new_token(), Some(&c.id), ui).await?
                 }
             };
-            Ok((session, prepared))
+            Ok::<_, LocalError>((session, prepared))
         })
         .await;
     let (mut session, mut current) = match first {
         Ok(s) => s,
         Err(e) => {
-            if matches!(e, LocalError::Interrupted) {
+            if matches!(e, LocalError::Interrupted(_)) {
                 // Only a notebook this command started (running or only created) goes; one
                 // that ran before stays.
                 let root = project.root.to_string_lossy();
@@ -431,10 +415,11 @@ pub async fn dev(
                 if !alive {
                     let tail = logs_tail(&docker, &session.container, 15).await;
                     let _ = stop_notebook(&docker, &project.root, &session.container).await;
-                    return Err(LocalError::NotebookFailed {
+                    return Err(NotebookFailed {
                         reason: "the notebook container stopped".into(),
                         tail,
-                    });
+                    }
+                    .into());
                 }
             }
         }

@@ -1,9 +1,9 @@
-//! The local loop on Docker: `ferry build`, `ferry dev` (the notebook), `ferry train` and the run
-//! records they leave under `.ferry/`. Maps plan workloads onto containers.
+//! The local loop on Docker: `ferry build`, `ferry dev` (the notebook), `ferry train`,
+//! `ferry serve`, `ferry logs` and `ferry down`. Maps plan workloads onto containers; the plan,
+//! run records, signals and the serving image it shares with the cluster loop live beneath both.
 
 pub mod dev;
 pub mod running;
-pub mod runs;
 pub mod serve;
 pub mod train;
 mod watch;
@@ -15,13 +15,15 @@ use serde::Serialize;
 
 use crate::docker::{self, ContainerSpec, DockerError, LABEL_PROJECT, LABEL_ROLE, LABEL_ROOT};
 use crate::images::build::{self as images, Built, ImageError};
+use crate::interrupt::{Interrupt, Interrupted, WatchError};
 use crate::onnx::OnnxError;
-use crate::plan::{self, Plan, VolumePath, Workload};
+use crate::plan::{VolumePath, Workload};
+use crate::project_plan::{PlanError, make_plan};
+use crate::runs::RunError;
+use crate::serving_image::ServingImageError;
+use crate::session::NotebookFailed;
 use crate::spec::{Project, SpecError};
 use crate::ui::Ui;
-
-/// Where ferry keeps a project's local state (run records, logs, the notebook's session).
-pub const STATE_DIR: &str = ".ferry";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -31,43 +33,20 @@ pub enum LocalError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("{} has no `{section}` section\n  hint: {hint}", file.display())]
-    MissingSection {
-        file: PathBuf,
-        section: &'static str,
-        hint: &'static str,
-    },
-    #[error("training failed: {reason}\n  log: {}", log.display())]
-    TrainFailed {
-        /// The container's exit code, passed on as ferry's own.
-        code: i64,
-        reason: String,
-        log: PathBuf,
-    },
-    #[error("training produced an invalid output: {source}\n  log: {}", log.display())]
-    BadModel {
-        #[source]
-        source: OnnxError,
-        log: PathBuf,
-    },
-    #[error("training declares ONNX outputs, which are checked with ONNX Runtime: {source}")]
-    OnnxRuntime {
-        #[source]
-        source: OnnxError,
-    },
-    #[error(
-        "interrupted; what it had started was stopped and removed, and no artifact was recorded"
-    )]
-    Interrupted,
-    #[error("the notebook did not become ready: {reason}{}", last_lines(tail))]
-    NotebookFailed { reason: String, tail: Vec<String> },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    ServingImage(#[from] ServingImageError),
+    #[error(transparent)]
+    Signals(#[from] WatchError),
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    NotebookFailed(#[from] NotebookFailed),
     #[error("the model server did not become ready: {reason}{}", last_lines(tail))]
     ServerFailed { reason: String, tail: Vec<String> },
-    #[error(
-        "{} does not exist (serve.{field})\n  hint: train it first with `ferry train`, or fix the path in ferry.yaml",
-        path.display()
-    )]
-    NoModel { path: PathBuf, field: String },
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     #[error(transparent)]
@@ -112,8 +91,8 @@ impl LocalError {
     /// The process exit code this error should give.
     pub fn exit_code(&self) -> i32 {
         match self {
-            LocalError::TrainFailed { code, .. } if (1..=255).contains(code) => *code as i32,
-            LocalError::Interrupted => 130,
+            LocalError::Run(e) => e.exit_code(),
+            LocalError::Interrupted(_) => 130,
             _ => 1,
         }
     }
@@ -140,7 +119,7 @@ pub async fn build(project: &Project, ui: &Ui) -> Result<BuildResult, LocalError
         .guard(async {
             let env = images::ensure_env_image(&docker, project, &plan, ui).await?;
             let proj = images::ensure_project_image(&docker, project, &env, ui).await?;
-            Ok((env, proj))
+            Ok::<_, LocalError>((env, proj))
         })
         .await?;
     Ok(BuildResult {
@@ -148,75 +127,6 @@ pub async fn build(project: &Project, ui: &Ui) -> Result<BuildResult, LocalError
         project: proj,
         spec_hash: project.hash()?.to_string(),
     })
-}
-
-pub fn make_plan(project: &Project) -> Result<Plan, LocalError> {
-    make_plan_with(project, None)
-}
-
-/// The plan, with the training workload running `notebook` in place of `train.command` when
-/// one is given (and the environment made able to run it).
-pub fn make_plan_with(
-    project: &Project,
-    notebook: Option<&crate::notebook::Request>,
-) -> Result<Plan, LocalError> {
-    let reqs = match &project.spec.environment.requirements {
-        Some(r) => {
-            let p = project.path(r);
-            std::fs::read_to_string(&p).map_err(LocalError::io("cannot read", &p))?
-        }
-        None => String::new(),
-    };
-    let mut plan = plan::plan(project, &reqs);
-    if let Some(req) = notebook {
-        plan::add_notebook_executor(&mut plan.env_image, &reqs);
-        plan.train = plan
-            .train
-            .as_ref()
-            .map(|t| crate::notebook::workload(t, req));
-    }
-    Ok(plan)
-}
-
-/// Ctrl-C and SIGTERM, caught from the moment this is made: an operation that owns containers
-/// creates it first, so a signal at any point reaches its cleanup instead of killing ferry.
-pub struct Interrupt {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Interrupt {
-    pub fn new() -> Result<Interrupt, LocalError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let err = |source| LocalError::Io {
-            what: "cannot watch for signals",
-            path: PathBuf::from("SIGINT"),
-            source,
-        };
-        Ok(Interrupt {
-            int: signal(SignalKind::interrupt()).map_err(err)?,
-            term: signal(SignalKind::terminate()).map_err(err)?,
-        })
-    }
-
-    /// Resolves at the next Ctrl-C or SIGTERM.
-    pub async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-
-    /// Runs `f`, or gives up with `Interrupted` at a signal (dropping `f`).
-    pub async fn guard<T>(
-        &mut self,
-        f: impl std::future::Future<Output = Result<T, LocalError>>,
-    ) -> Result<T, LocalError> {
-        tokio::select! {
-            r = f => r,
-            _ = self.recv() => Err(LocalError::Interrupted),
-        }
-    }
 }
 
 /// Checks, before anything is built or started, that the engine can give the workload the GPUs

@@ -10,15 +10,15 @@ use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
 use super::running::{self, Decision, Role};
-use super::{
-    Interrupt, LocalError, STATE_DIR, container_spec, dev::logs_tail, make_plan, root_key,
-};
+use super::{LocalError, container_spec, dev::logs_tail, root_key};
 use crate::docker::{self, ContainerSpec};
-use crate::images::serving::{self, ServingImageRequest, ServingModel};
+use crate::interrupt::Interrupt;
 use crate::plan::{Serving, VolumePath};
 use crate::server::ServingConfig;
 use crate::server::config::{HOST_ENV, PORT_ENV};
-use crate::spec::{Project, sha256_file};
+use crate::serving_image::{serving_image, serving_plan};
+use crate::spec::Project;
+use crate::state::STATE_DIR;
 use crate::ui::Ui;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,54 +67,6 @@ pub enum Network {
     Bridge,
 }
 
-/// The plan's serving part, with every model checked to exist and hashed.
-pub fn serving_plan(project: &Project) -> Result<Serving, LocalError> {
-    let plan = make_plan(project)?;
-    let Some(mut serving) = plan.serve else {
-        return Err(LocalError::MissingSection {
-            file: project.file.clone(),
-            section: "serve",
-            hint: "add `serve: { model: artifacts/model.onnx }`",
-        });
-    };
-    let mut hashes = Vec::new();
-    for m in &serving.models {
-        let path = project.path(&m.source);
-        if !path.is_file() {
-            return Err(LocalError::NoModel {
-                path,
-                field: field_for(&serving, &m.image_path),
-            });
-        }
-        hashes.push((
-            m.image_path.clone(),
-            sha256_file(&path).map_err(LocalError::io("cannot read", &path))?,
-        ));
-    }
-    for model in &mut serving.config.models {
-        for v in &mut model.variants {
-            let p = v.path.to_string_lossy().into_owned();
-            v.sha256 = hashes
-                .iter()
-                .find(|(ip, _)| *ip == p)
-                .map(|(_, h)| h.clone());
-        }
-    }
-    Ok(serving)
-}
-
-fn field_for(serving: &Serving, image_path: &str) -> String {
-    match serving
-        .models
-        .iter()
-        .position(|m| m.image_path == image_path)
-    {
-        Some(0) | None => "model".into(),
-        Some(_) if image_path.contains("/default/") => "models[].model".into(),
-        Some(_) => "variants[].model".into(),
-    }
-}
-
 /// The serving config for running natively: models read where they are, on loopback.
 pub fn native_config(project: &Project, serving: &Serving, port: Option<u16>) -> ServingConfig {
     let mut config = serving.config.clone();
@@ -129,24 +81,6 @@ pub fn native_config(project: &Project, serving: &Serving, port: Option<u16>) ->
         }
     }
     config
-}
-
-/// The ferry binary that goes into serving images: the server-only build install.sh puts beside
-/// ONNX Runtime (`lib/ferry/ferry-serve`, a fraction of the size), else this very binary.
-/// `FERRY_SERVE_BINARY` chooses another.
-pub fn serving_binary() -> Result<PathBuf, LocalError> {
-    if let Some(p) = std::env::var_os("FERRY_SERVE_BINARY") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(LocalError::io("cannot find", Path::new("ferry")))?;
-    let exe = exe.canonicalize().unwrap_or(exe);
-    if let Some(dir) = exe.parent() {
-        let slim = dir.join("../lib/ferry/ferry-serve");
-        if slim.is_file() {
-            return Ok(slim);
-        }
-    }
-    Ok(exe)
 }
 
 fn endpoint_file(root: &Path) -> PathBuf {
@@ -172,39 +106,6 @@ pub fn forget_endpoint(root: &Path) {
     let _ = std::fs::remove_file(endpoint_file(root));
 }
 
-/// The serving image of a plan (built unless its content tag exists): this machine's ferry
-/// server build, ONNX Runtime, the models and the serving config. The same image runs locally
-/// and in a cluster.
-pub async fn serving_image(
-    docker: &Docker,
-    project: &Project,
-    serving: &Serving,
-    ui: &Ui,
-) -> Result<crate::images::build::Built, LocalError> {
-    let runtime = crate::onnx::runtime_library()?;
-    let binary = serving_binary()?;
-    let models: Vec<ServingModel> = serving
-        .models
-        .iter()
-        .map(|m| ServingModel {
-            host_path: project.path(&m.source),
-            image_path: m.image_path.clone(),
-        })
-        .collect();
-    Ok(serving::ensure_serving_image(
-        docker,
-        &ServingImageRequest {
-            project: &project.spec.name,
-            binary: &binary,
-            runtime: &runtime,
-            models: &models,
-            config: &serving.config,
-        },
-        ui,
-    )
-    .await?)
-}
-
 /// `ferry serve` on Docker.
 pub async fn serve(
     project: &Project,
@@ -217,7 +118,7 @@ pub async fn serve(
     let docker = docker::connect().await?;
     super::check_gpus(&docker, &serving.workload).await?;
     let image = interrupt
-        .guard(serving_image(&docker, project, &serving, ui))
+        .guard(async { Ok::<_, LocalError>(serving_image(&docker, project, &serving, ui).await?) })
         .await?;
     let mut work = serving.workload.clone();
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {

@@ -7,22 +7,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
-
-use super::runs::{self, Output, RunRecord, Status};
-use super::{Interrupt, LocalError, container_spec, make_plan_with, root_key};
+use super::{LocalError, container_spec, root_key};
 use crate::docker::{self, Exit};
 use crate::images::build as images;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::notebook::{self, Request};
 use crate::plan::VolumePath;
+use crate::project_plan::{PlanError, make_plan_with};
+use crate::runs::{self, Output, RunError, RunRecord, Status, TrainResult, place_output};
 use crate::spec::{Project, RelPath, sha256_file};
 use crate::ui::Ui;
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TrainResult {
-    pub run: RunRecord,
-    pub record: PathBuf,
-}
 
 /// Runs the training workload: `train.command`, or `notebook` in its place.
 pub async fn train(
@@ -33,16 +27,17 @@ pub async fn train(
     let mut interrupt = Interrupt::new()?;
     let plan = make_plan_with(project, notebook)?;
     let Some(work) = plan.train.clone() else {
-        return Err(LocalError::MissingSection {
+        return Err(PlanError::MissingSection {
             file: project.file.clone(),
             section: "train",
             hint: "add `train:` with a `command` and its `outputs` (see `ferry init --template churn`)",
-        });
+        }
+        .into());
     };
     // Outputs are checked with ONNX Runtime after the run; find out now, not after an hour of
     // training, that it is missing.
     if work.outputs.iter().any(|o| o.as_str().ends_with(".onnx")) {
-        crate::onnx::init().map_err(|source| LocalError::OnnxRuntime { source })?;
+        crate::onnx::init().map_err(|source| RunError::OnnxRuntime { source })?;
     }
     let spec_hash = project.hash()?.to_string();
     let docker = docker::connect().await?;
@@ -50,7 +45,7 @@ pub async fn train(
     let image = interrupt
         .guard(async {
             let env = images::ensure_env_image(&docker, project, &plan, ui).await?;
-            Ok(images::ensure_project_image(&docker, project, &env, ui).await?)
+            Ok::<_, LocalError>(images::ensure_project_image(&docker, project, &env, ui).await?)
         })
         .await?;
 
@@ -128,7 +123,7 @@ pub async fn train(
         image.tag
     ));
     let cid = match interrupt
-        .guard(async { Ok(docker::run_spec(&docker, &spec).await?) })
+        .guard(async { Ok::<_, LocalError>(docker::run_spec(&docker, &spec).await?) })
         .await
     {
         Ok(id) => id,
@@ -137,7 +132,7 @@ pub async fn train(
             let _ = docker::remove_container(&docker, &spec.name).await;
             let _ = std::fs::remove_dir_all(&staging);
             let status = match e {
-                LocalError::Interrupted => Status::Interrupted,
+                LocalError::Interrupted(_) => Status::Interrupted,
                 _ => Status::Failed,
             };
             record(status, None, Some(e.to_string()), vec![]).save(&project.root)?;
@@ -168,7 +163,7 @@ pub async fn train(
                 vec![],
             )
             .save(&project.root)?;
-            return Err(LocalError::Interrupted);
+            return Err(Interrupted.into());
         }
         Some(r) => {
             let exit = match r {
@@ -194,7 +189,7 @@ pub async fn train(
     let _ = log.flush();
 
     let executed = keep_notebook();
-    let fail = |reason: String, exit: &Exit| -> Result<PathBuf, LocalError> {
+    let fail = |reason: String, exit: &Exit| -> Result<PathBuf, RunError> {
         let _ = std::fs::remove_dir_all(&staging);
         record(Status::Failed, Some(exit), Some(reason), vec![]).save(&project.root)
     };
@@ -206,11 +201,12 @@ pub async fn train(
             None => exit.describe(),
         };
         fail(reason.clone(), &exit)?;
-        return Err(LocalError::TrainFailed {
+        return Err(RunError::TrainFailed {
             code: if exit.code == 0 { 1 } else { exit.code },
             reason,
             log: log_path,
-        });
+        }
+        .into());
     }
 
     // Check everything before moving anything, so a run is collected whole or not at all.
@@ -221,11 +217,12 @@ pub async fn train(
                 "the command succeeded but did not write the declared output {out} (train.outputs)"
             );
             fail(reason.clone(), &exit)?;
-            return Err(LocalError::TrainFailed {
+            return Err(RunError::TrainFailed {
                 code: 1,
                 reason,
                 log: log_path,
-            });
+            }
+            .into());
         }
         if out.as_str().ends_with(".onnx")
             && let Err(source) = crate::onnx::check_model(&staged)
@@ -234,10 +231,11 @@ pub async fn train(
                 format!("{out} does not load in ONNX Runtime: {source}"),
                 &exit,
             )?;
-            return Err(LocalError::BadModel {
+            return Err(RunError::BadModel {
                 source,
                 log: log_path,
-            });
+            }
+            .into());
         }
     }
     let mut outputs = Vec::new();
@@ -295,25 +293,6 @@ fn collect(
         outputs.push(describe(root, &to)?);
     }
     Ok(())
-}
-
-/// Moves one output from staging to its place in the project, replacing what was there;
-/// returns where it now is. Shared by local and cluster training.
-pub(crate) fn place_output(
-    staging: &Path,
-    root: &Path,
-    out: &RelPath,
-) -> Result<PathBuf, LocalError> {
-    let from = out.under(staging);
-    let to = out.under(root);
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(LocalError::io("cannot create", parent))?;
-    }
-    if from.is_dir() && to.exists() {
-        std::fs::remove_dir_all(&to).map_err(LocalError::io("cannot replace", &to))?;
-    }
-    std::fs::rename(&from, &to).map_err(LocalError::io("cannot move output to", &to))?;
-    Ok(to)
 }
 
 fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -1,12 +1,61 @@
-//! Run records: `.ferry/runs/<id>/run.json` and the run's log beside it. Written atomically
-//! (temp file + rename), so an interrupted ferry never leaves half a record.
+//! Training runs, as both loops (Docker and a cluster) keep them: the record
+//! `.ferry/runs/<id>/run.json` with the run's log beside it, the placing of a run's outputs into
+//! the project, and the ways a run fails. Records are written atomically (temp file + rename), so
+//! an interrupted ferry never leaves half a record.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{LocalError, STATE_DIR};
+use crate::onnx::OnnxError;
+use crate::spec::RelPath;
+use crate::state::STATE_DIR;
+
+/// Why a training run failed, or its record or outputs could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("training failed: {reason}\n  log: {}", log.display())]
+    TrainFailed {
+        /// The container's exit code, passed on as ferry's own.
+        code: i64,
+        reason: String,
+        log: PathBuf,
+    },
+    #[error("training produced an invalid output: {source}\n  log: {}", log.display())]
+    BadModel {
+        #[source]
+        source: OnnxError,
+        log: PathBuf,
+    },
+    #[error("training declares ONNX outputs, which are checked with ONNX Runtime: {source}")]
+    OnnxRuntime {
+        #[source]
+        source: OnnxError,
+    },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+        let path = path.to_path_buf();
+        move |source| RunError::Io { what, path, source }
+    }
+
+    /// The process exit code this error should give: a failed training's own.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::TrainFailed { code, .. } if (1..=255).contains(code) => *code as i32,
+            _ => 1,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +96,13 @@ pub struct RunRecord {
     /// succeeded or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notebook: Option<String>,
+}
+
+/// A finished run and where its record is.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainResult {
+    pub run: RunRecord,
+    pub record: PathBuf,
 }
 
 pub fn runs_dir(root: &Path) -> PathBuf {
@@ -100,14 +156,14 @@ fn civil(secs: u64) -> (String, String) {
 
 impl RunRecord {
     /// Writes `run.json` into the run's directory, atomically.
-    pub fn save(&self, root: &Path) -> Result<PathBuf, LocalError> {
+    pub fn save(&self, root: &Path) -> Result<PathBuf, RunError> {
         let dir = runs_dir(root).join(&self.id);
-        std::fs::create_dir_all(&dir).map_err(LocalError::io("cannot create", &dir))?;
+        std::fs::create_dir_all(&dir).map_err(RunError::io("cannot create", &dir))?;
         let path = dir.join("run.json");
         let tmp = dir.join(".run.json.tmp");
         let json = serde_json::to_vec_pretty(self).unwrap_or_default();
-        std::fs::write(&tmp, json).map_err(LocalError::io("cannot write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(LocalError::io("cannot write", &path))?;
+        std::fs::write(&tmp, json).map_err(RunError::io("cannot write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(RunError::io("cannot write", &path))?;
         Ok(path)
     }
 }
@@ -125,6 +181,21 @@ pub fn list(root: &Path) -> Vec<RunRecord> {
         .collect();
     runs.sort_by(|a, b| b.id.cmp(&a.id));
     runs
+}
+
+/// Moves one output from staging to its place in the project, replacing what was there;
+/// returns where it now is.
+pub fn place_output(staging: &Path, root: &Path, out: &RelPath) -> Result<PathBuf, RunError> {
+    let from = out.under(staging);
+    let to = out.under(root);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(RunError::io("cannot create", parent))?;
+    }
+    if from.is_dir() && to.exists() {
+        std::fs::remove_dir_all(&to).map_err(RunError::io("cannot replace", &to))?;
+    }
+    std::fs::rename(&from, &to).map_err(RunError::io("cannot move output to", &to))?;
+    Ok(to)
 }
 
 #[cfg(test)]

@@ -1,0 +1,55 @@
+//! The plan of a project as it stands on disk, for both loops (Docker and a cluster): its
+//! requirements file read, the spec planned, and a notebook run put in place of the training
+//! command when one is asked for. The plan itself stays free of files and of notebooks.
+
+use std::path::PathBuf;
+
+use crate::plan::{self, Plan};
+use crate::spec::Project;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The spec has no section for the workload a command runs.
+    #[error("{} has no `{section}` section\n  hint: {hint}", file.display())]
+    MissingSection {
+        file: PathBuf,
+        section: &'static str,
+        hint: &'static str,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Requirements {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The plan of a project as it is on disk (its requirements file read).
+pub fn make_plan(project: &Project) -> Result<Plan, PlanError> {
+    make_plan_with(project, None)
+}
+
+/// The plan, with the training workload running `notebook` in place of `train.command` when
+/// one is given (and the environment made able to run it).
+pub fn make_plan_with(
+    project: &Project,
+    notebook: Option<&crate::notebook::Request>,
+) -> Result<Plan, PlanError> {
+    let reqs = match &project.spec.environment.requirements {
+        Some(r) => {
+            let path = project.path(r);
+            std::fs::read_to_string(&path)
+                .map_err(|source| PlanError::Requirements { path, source })?
+        }
+        None => String::new(),
+    };
+    let mut plan = plan::plan(project, &reqs);
+    if let Some(req) = notebook {
+        plan::add_notebook_executor(&mut plan.env_image, &reqs);
+        plan.train = plan
+            .train
+            .as_ref()
+            .map(|t| crate::notebook::workload(t, req));
+    }
+    Ok(plan)
+}
