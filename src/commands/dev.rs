@@ -70,10 +70,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     }
     let session = runtime()?.block_on(local::dev::dev(&spec.file, &opts, ui, on_ready))?;
     if session.already_running {
-        ui.info(format!(
-            "it runs in the background (container {}) with the same settings; `ferry down` stops it, --restart replaces it",
-            local::running::short_id(&session.container)
-        ));
+        ui.left_running(&local::running::short_id(&session.container));
     } else if detach {
         ui.info(format!(
             "running in the background ({}); stop it with `ferry down`",

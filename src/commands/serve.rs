@@ -108,9 +108,8 @@ fn container(project: &Project, args: Args, ui: &Ui) -> Result<(), CliError> {
         }
     }))?;
     if endpoint.already_running {
-        ui.info(format!(
-            "it runs in the background (container {}) with the same settings; `ferry down` stops it, --restart replaces it",
-            local::running::short_id(endpoint.container.as_deref().unwrap_or_default())
+        ui.left_running(&local::running::short_id(
+            endpoint.container.as_deref().unwrap_or_default(),
         ));
     } else if args.detach {
         ui.info("running in the background; stop it with `ferry down`");

@@ -10,6 +10,13 @@ impl Ui {
     pub fn done(&self, msg: impl AsRef<str>) {
         self.info(format!("{} {}", console::style("✓").green(), msg.as_ref()));
     }
+
+    /// `ferry dev` and `ferry serve` found the project's container running as asked and left it.
+    pub fn left_running(&self, container: &str) {
+        self.info(format!(
+            "it runs in the background (container {container}) with the same settings; `ferry down` stops it, --restart replaces it"
+        ));
+    }
 }
 
 /// A command's result as one pretty-printed JSON document on stdout.
