@@ -1,7 +1,7 @@
 //! ferry: one spec, the same containers on a laptop and in a cluster.
 //!
-//! Module map (see DESIGN.md): `spec` reads and validates `ferry.yaml`; `plan` turns a resolved
-//! spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
+//! Module map (the README's "Layout" has it as a table): `spec` reads and validates
+//! `ferry.yaml`; `plan` turns a resolved spec into neutral workloads; `images` builds images; `docker` is the local backend; `local`
 //! runs the dev, training and serving loops on it; `kube` is the cluster backend and `cluster`
 //! drives it. Beneath both loops, owned by neither: `project_plan` makes the plan of a project on
 //! disk, `runs` keeps training runs' records and places their outputs, `session` is the notebook
