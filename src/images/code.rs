@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::build::{Built, ImageError};
 use super::context::{Context, DockerIgnore};
+use super::serving::{ArchiveManifest, RootFs};
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::lock::{self, ImageRef, Lock};
 use crate::plan::WORKDIR;
@@ -127,7 +128,7 @@ fn image_config(
             .unwrap_or_else(|| "1970-01-01T00:00:00Z".into()),
         os: env.os.clone().unwrap_or_else(|| "linux".into()),
         rootfs: RootFs {
-            typ: "layers",
+            kind: "layers",
             diff_ids,
         },
         variant: env.variant.clone().filter(|v| !v.is_empty()),
@@ -162,21 +163,6 @@ struct ImageConfig {
     variant: Option<String>,
 }
 
-#[derive(Serialize)]
-struct RootFs {
-    #[serde(rename = "type")]
-    typ: &'static str,
-    diff_ids: Vec<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct ArchiveManifest<'a> {
-    config: String,
-    repo_tags: [&'a str; 1],
-    layers: Vec<String>,
-}
-
 impl CodeImage {
     /// The archive `docker load` reads: the config, the code layer, and a manifest that names
     /// every layer, those of the environment by paths the archive does not hold (the engine has
@@ -202,7 +188,7 @@ impl CodeImage {
         layers.push(code);
         let manifest = [ArchiveManifest {
             config: config_name,
-            repo_tags: [&self.tag],
+            repo_tags: vec![self.tag.clone()],
             layers,
         }];
         let manifest = serde_json::to_vec(&manifest).map_err(|e| err(e.into()))?;

@@ -386,11 +386,6 @@ mod tests {
             ]
         );
     }
-}
-
-#[cfg(test)]
-mod step_tests {
-    use super::*;
 
     fn trace_of(key: u64) -> Trace {
         pending()

@@ -677,10 +677,10 @@ pub fn library_closure(elf: &[&Path]) -> Result<Vec<PathBuf>, ImageError> {
 /// tags to give it.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct ArchiveManifest {
-    config: String,
-    repo_tags: Vec<String>,
-    layers: Vec<String>,
+pub(super) struct ArchiveManifest {
+    pub(super) config: String,
+    pub(super) repo_tags: Vec<String>,
+    pub(super) layers: Vec<String>,
 }
 
 /// The image config (the OCI image spec's, which the engine reads as its own), with its fields
@@ -718,10 +718,10 @@ struct History {
 }
 
 #[derive(Serialize)]
-struct RootFs {
+pub(super) struct RootFs {
     #[serde(rename = "type")]
-    kind: &'static str,
-    diff_ids: Vec<String>,
+    pub(super) kind: &'static str,
+    pub(super) diff_ids: Vec<String>,
 }
 
 fn image_config(
