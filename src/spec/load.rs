@@ -582,6 +582,22 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
     if let Some(req) = &e.requirements {
         check_file(&mut bad, root, "environment.requirements", req, true);
     }
+    if e.platform.is_some() && !e.platforms.is_empty() {
+        bad(
+            "environment.platforms",
+            "`platform` and `platforms` cannot both be set".into(),
+            Some("keep `platform: linux/arm64` for one, or list every one in `platforms: [linux/amd64, linux/arm64]`".into()),
+        );
+    }
+    for (i, p) in e.platforms.iter().enumerate() {
+        if e.platforms[..i].contains(p) {
+            bad(
+                &format!("environment.platforms[{i}]"),
+                format!("{p} is listed twice"),
+                None,
+            );
+        }
+    }
     for k in e.env.keys().chain(
         spec.train
             .as_ref()

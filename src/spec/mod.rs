@@ -22,6 +22,7 @@ pub(crate) use load::{did_you_mean, is_dns_label};
 pub use paths::RelPath;
 pub use quantity::{Cpu, Memory};
 
+pub use crate::platform::{Arch, Platform};
 /// `serve.device`: the serving config's own type, so the spec and the server cannot disagree.
 pub use crate::server::config::Device;
 
@@ -62,6 +63,27 @@ pub struct Environment {
     pub system_packages: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The one platform the images are built for (default: the Docker engine's for a Docker
+    /// environment, the schedulable nodes' architecture for a cluster one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Several platforms: one image each, pushed as one image index. Not with `platform`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<Platform>,
+}
+
+impl Environment {
+    /// The platforms the spec asks for, in the order written; empty when it leaves the choice
+    /// to the engine or the cluster.
+    pub fn requested_platforms(&self) -> Vec<Platform> {
+        let mut out: Vec<Platform> = self.platform.into_iter().collect();
+        for p in &self.platforms {
+            if !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
