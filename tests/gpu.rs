@@ -461,6 +461,7 @@ fn the_pytorch_gpu_template_asks_a_cluster_for_gpus() {
         cluster: p.spec.cluster.clone().unwrap(),
         image: format!("registry.example.com/ml/vision{DIGEST}"),
         secret: None,
+        run_on: Vec::new(),
     };
     let job = serde_json::to_value(training_job(
         &placement,

@@ -261,6 +261,7 @@ fn placement(p: &Project) -> Placement {
         cluster: p.spec.cluster.clone().unwrap(),
         image: IMAGE.replace("churn-serve", "churn"),
         secret: Some("churn-secrets".into()),
+        run_on: vec![ferry::platform::Arch::Amd64],
     }
 }
 
@@ -608,4 +609,79 @@ fn every_template_renders_valid_objects_for_every_environment() {
             }
         }
     }
+}
+
+/// The rendered Deployment's pod spec.
+fn deployment_pod(m: &ferry::kube::Manifests) -> Value {
+    let d = m
+        .objects
+        .iter()
+        .map(Object::to_value)
+        .find(|o| o["kind"] == "Deployment")
+        .unwrap();
+    d["spec"]["template"]["spec"].clone()
+}
+
+#[test]
+fn the_pods_are_pinned_to_the_architectures_of_their_image() {
+    use ferry::platform::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    // One architecture: a node selector beside the environment's own.
+    let m = render(&release(dir.path(), "production").running_on(&[Arch::Arm64]));
+    let pod = deployment_pod(&m);
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "arm64", "{pod}");
+    assert_eq!(pod["nodeSelector"]["cloud.google.com/gke-nodepool"], "gpu");
+    assert!(pod["affinity"].is_null(), "{pod}");
+    // Several (an image index): a node affinity naming each.
+    let m = render(&release(dir.path(), "staging").running_on(&[Arch::Amd64, Arch::Arm64]));
+    let pod = deployment_pod(&m);
+    assert!(pod["nodeSelector"].is_null(), "{pod}");
+    let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        [0]["matchExpressions"][0];
+    assert_eq!(term["key"], "kubernetes.io/arch", "{pod}");
+    assert_eq!(term["operator"], "In");
+    assert_eq!(term["values"], serde_json::json!(["amd64", "arm64"]));
+    // None known: no selector at all, as before.
+    let pod = deployment_pod(&render(&release(dir.path(), "staging")));
+    assert!(
+        pod["nodeSelector"].is_null() && pod["affinity"].is_null(),
+        "{pod}"
+    );
+    // The training Job and the notebook carry the same.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("ferry.yaml"), format!("{SPEC}{TRAIN}")).unwrap();
+    let p = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    let place = Placement {
+        run_on: vec![Arch::Arm64],
+        ..placement(&p)
+    };
+    let plan = ferry::plan::plan(&p, "");
+    let job =
+        serde_json::to_value(training_job(&place, plan.train.as_ref().unwrap(), "r1")).unwrap();
+    assert_eq!(
+        job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"], "arm64",
+        "{job}"
+    );
+}
+
+#[test]
+fn pinned_pods_validate_against_the_official_schema() {
+    if !common::have_manifest_validator() {
+        return;
+    }
+    use ferry::platform::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, archs) in [vec![Arch::Arm64], vec![Arch::Amd64, Arch::Arm64]]
+        .into_iter()
+        .enumerate()
+    {
+        let m = render(&release(dir.path(), "production").running_on(&archs));
+        for (j, o) in m.objects.iter().enumerate() {
+            let path = dir.path().join(format!("{i}-{j}-{}.yaml", o.kind()));
+            std::fs::write(&path, serde_yaml_ng::to_string(&o.to_value()).unwrap()).unwrap();
+            files.push(path);
+        }
+    }
+    common::validate_manifests(&files);
 }

@@ -80,6 +80,10 @@ pub async fn dev(
 
     let kube = client::connect(project.spec.context.as_deref()).await?;
     let docker = docker::connect().await?;
+    // Checked before minutes of building: the engine builds for its own platform only.
+    let engine = docker::engine_platform(&docker).await?;
+    let chosen =
+        crate::cluster::platform::for_project_image(project, &env, &kube, engine, ui).await?;
     let repository = format!("{}/{}", registry.trim_end_matches('/'), project.spec.name);
     let pushed = tokio::select! {
         r = async {
@@ -104,6 +108,7 @@ pub async fn dev(
             .as_ref()
             .filter(|s| !s.is_empty())
             .map(|_| secret_name(&project.spec.name)),
+        run_on: chosen.run_on.clone(),
     };
     let ns = placement.namespace.clone();
     let name = notebook_name(&placement.project);

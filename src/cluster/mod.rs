@@ -4,6 +4,7 @@
 
 pub mod dev;
 pub mod history;
+pub mod platform;
 pub mod promote;
 pub mod train;
 
@@ -59,6 +60,16 @@ pub enum ClusterError {
     Kube(#[from] KubeError),
     #[error(transparent)]
     History(#[from] history::HistoryError),
+    #[error(transparent)]
+    Platform(#[from] platform::PlatformMismatch),
+    #[error(
+        "the serving image of {env} must be for {platform} ({why}), and this ferry builds serving images for its own platform only\n  hint: run `ferry promote` on a {platform} machine, or set `platform:` for {env} to this machine's"
+    )]
+    ServingPlatform {
+        env: String,
+        platform: crate::platform::Platform,
+        why: String,
+    },
     #[error(
         "{from} runs {source_image}, but the serving image built here from the same spec, files and models is {image}: promoting to {env} would not run what {from} runs. The rest of the image differs: ferry's own build or the ONNX Runtime library (ferry.lock says {from} was promoted by ferry {ferry})\n  hint: promote with the ferry that promoted {from}, promote {from} again first, or pass --rebuild to promote this image anyway"
     )]
@@ -264,14 +275,33 @@ pub(crate) fn environment_secrets(project: &Project) -> Result<Option<Secrets>, 
 }
 
 /// Builds the serving image (unless its content tag exists), pushes it to the environment's
-/// registry, reads the environment's secrets and renders the objects.
-pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterError> {
+/// registry, reads the environment's secrets and renders the objects. `cluster` is the
+/// environment's cluster, whose nodes decide (or check) the image's platform; without one
+/// (`render` where the cluster cannot be reached, `unreachable` says why) the spec's platform,
+/// else this machine's, is used unchecked.
+pub async fn prepare(
+    project: &Project,
+    cluster: Result<&::kube::Client, &KubeError>,
+    ui: &Ui,
+) -> Result<Prepared, ClusterError> {
     let env = require_cluster(project)?;
     let registry = registry(project, &env)?;
     // Secrets first: a missing file should stop us before minutes of building and pushing.
     let secrets = environment_secrets(project)?;
     let serving = serving_plan(project)?;
     let spec_hash = project.hash()?.as_str().to_string();
+    let chosen = match cluster {
+        Ok(client) => platform::for_environment(project, &env, client, ui).await?,
+        Err(why) => platform::without_cluster(project, why, ui),
+    };
+    let host = crate::platform::Platform::host();
+    if let Some(other) = chosen.platforms.iter().find(|p| Some(**p) != host) {
+        return Err(ClusterError::ServingPlatform {
+            env: env.clone(),
+            platform: *other,
+            why: chosen.why.clone(),
+        });
+    }
     let docker = docker::connect().await?;
     let image = serving_image(&docker, project, &serving, ui).await?;
     let repository = format!(
@@ -286,7 +316,8 @@ pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterErro
         pushed.reference.clone(),
         spec_hash,
         secrets,
-    )?;
+    )?
+    .running_on(&chosen.run_on);
     let manifests = kube::render(&release);
     Ok(Prepared {
         release,

@@ -66,6 +66,7 @@ pub fn source_env(project: &Project, env: &str) -> Option<String> {
 async fn release_for(
     project: &Project,
     env: &str,
+    client: &kube::Client,
     rebuild: bool,
     ui: &Ui,
 ) -> Result<(Prepared, Option<String>), ClusterError> {
@@ -102,7 +103,7 @@ async fn release_for(
             }
         }
     }
-    let prepared = prepare(project, ui).await?;
+    let prepared = prepare(project, Ok(client), ui).await?;
     if let Some((from, source_image, ferry)) = expected {
         // The source runs an image by digest; the same digest must run here.
         let digest = |r: &str| r.rsplit_once('@').map(|x| x.1.to_string());
@@ -176,7 +177,7 @@ pub async fn promote(
     // The cluster first: minutes of building and pushing are wasted on an unreachable one.
     let client = client::connect(project.spec.context.as_deref()).await?;
     let snapshot = Snapshot::of(project)?;
-    let (prepared, source) = release_for(project, &env, opts.rebuild, ui).await?;
+    let (prepared, source) = release_for(project, &env, &client, opts.rebuild, ui).await?;
     let release = prepared.release;
     let manifests = prepared.manifests;
     if !opts.dry_run {

@@ -26,7 +26,12 @@ pub fn run(Args { env, file, output }: Args, ui: &Ui) -> Result<(), CliError> {
         return Err(crate::cluster::ClusterError::NoEnvironment { others }.into());
     };
     let project = Project::load(&file, Some(&env))?;
-    let prepared = runtime()?.block_on(crate::cluster::prepare(&project, ui))?;
+    let prepared = runtime()?.block_on(async {
+        // The cluster's nodes choose and check the image's platform; rendering for a cluster
+        // that cannot be reached from here still works, with the platform unchecked.
+        let cluster = crate::kube::client::connect(project.spec.context.as_deref()).await;
+        crate::cluster::prepare(&project, cluster.as_ref(), ui).await
+    })?;
     match output {
         Format::Yaml => print!("{}", prepared.manifests.to_yaml()),
         Format::Json => print_json(&prepared.manifests.to_json()),

@@ -45,6 +45,14 @@ pub enum DockerError {
     )]
     NoGpu { reason: String, field: String },
     #[error(
+        "the Docker engine at {host} runs {os}/{arch}, a platform ferry does not build images for\n  hint: ferry builds for linux/amd64 and linux/arm64; point DOCKER_HOST at an engine of one of them"
+    )]
+    UnknownPlatform {
+        host: String,
+        os: String,
+        arch: String,
+    },
+    #[error(
         "port {port} on 127.0.0.1 is already in use\n  hint: stop what uses it (`ferry down`, or see `ss -ltnp | grep {port}`), or choose another port with {flag}"
     )]
     PortBusy { port: u16, flag: String },
@@ -195,6 +203,25 @@ pub async fn shares_host_loopback(docker: &Docker) -> bool {
         .iter()
         .any(|o| o.contains("name=rootless"));
     local && linux && !desktop && !rootless && cfg!(target_os = "linux")
+}
+
+/// The platform of the engine's own machine: what the images it builds and runs natively are
+/// for (`docker info`'s `OSType` and `Architecture`).
+pub async fn engine_platform(docker: &Docker) -> Result<crate::platform::Platform, DockerError> {
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| DockerError::api("asking the engine for its platform", e))?;
+    let os = info.os_type.unwrap_or_else(|| "linux".into());
+    let arch = info.architecture.unwrap_or_default();
+    match crate::platform::Arch::parse(&arch) {
+        Some(a) if os == "linux" => Ok(crate::platform::Platform::linux(a)),
+        _ => Err(DockerError::UnknownPlatform {
+            host: host(),
+            os,
+            arch,
+        }),
+    }
 }
 
 /// The program through which an engine without an `nvidia` runtime still gives containers GPUs

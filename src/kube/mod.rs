@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod client;
 pub mod logs;
+pub mod nodes;
 pub mod render;
 pub mod rollout;
 pub mod secrets;

@@ -12,8 +12,9 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource,
-    HTTPGetAction, KeyToPath, LocalObjectReference, Namespace, PodSecurityContext, PodSpec,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EnvFromSource, HTTPGetAction, KeyToPath, LocalObjectReference, Namespace, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
 };
@@ -29,8 +30,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::KubeError;
+use super::nodes::ARCH_LABEL;
 use super::secrets::Secrets;
 use crate::plan::{SERVE_CONTAINER_PORT, Serving};
+use crate::platform::Arch;
 use crate::server::config::CONFIG_PATH;
 use crate::spec::{Cluster, Cpu, Memory, Project};
 
@@ -64,6 +67,8 @@ pub struct Release {
     /// The full spec hash, `sha256:…`.
     pub spec_hash: String,
     pub secrets: Option<Secrets>,
+    /// The architectures the image runs on, as the pods' node selector; empty: no selector.
+    pub run_on: Vec<Arch>,
 }
 
 impl Release {
@@ -97,7 +102,14 @@ impl Release {
             image,
             spec_hash,
             secrets,
+            run_on: Vec::new(),
         })
+    }
+
+    /// The release with its pods pinned to nodes of these architectures (those of its image).
+    pub fn running_on(mut self, archs: &[Arch]) -> Release {
+        self.run_on = archs.to_vec();
+        self
     }
 
     fn instance(&self) -> String {
@@ -513,7 +525,7 @@ pub fn render(release: &Release) -> Manifests {
             }),
             ..Default::default()
         }]),
-        ..scheduling(c)
+        ..scheduling(c, &release.run_on)
     };
     let replicas = release.serving.replicas;
     objects.push(Object::Deployment(Deployment {
@@ -641,10 +653,44 @@ pub fn render(release: &Release) -> Manifests {
 }
 
 /// Where an environment's pods run and what they pull with, the same for every pod of it:
-/// node selector, tolerations, image pull secret.
-pub(crate) fn scheduling(c: &Cluster) -> PodSpec {
+/// node selector, tolerations, image pull secret. `archs` are the image's architectures: one is
+/// a `kubernetes.io/arch` node selector, several a node affinity naming them, so in a cluster of
+/// mixed nodes a pod goes only where its image runs. A selector the spec sets on that label
+/// itself is kept as written.
+pub(crate) fn scheduling(c: &Cluster, archs: &[Arch]) -> PodSpec {
+    let mut node_selector = c.node_selector.clone();
+    let mut affinity = None;
+    if !node_selector.contains_key(ARCH_LABEL) {
+        match archs {
+            [] => {}
+            [one] => {
+                node_selector.insert(ARCH_LABEL.to_string(), one.go_name().to_string());
+            }
+            several => {
+                affinity = Some(Affinity {
+                    node_affinity: Some(NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                            node_selector_terms: vec![NodeSelectorTerm {
+                                match_expressions: Some(vec![NodeSelectorRequirement {
+                                    key: ARCH_LABEL.to_string(),
+                                    operator: "In".into(),
+                                    values: Some(
+                                        several.iter().map(|a| a.go_name().to_string()).collect(),
+                                    ),
+                                }]),
+                                ..Default::default()
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
     PodSpec {
-        node_selector: (!c.node_selector.is_empty()).then(|| c.node_selector.clone()),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        affinity,
         tolerations: (!c.tolerations.is_empty()).then(|| {
             c.tolerations
                 .iter()

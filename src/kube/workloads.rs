@@ -22,6 +22,7 @@ use super::render::{
     scheduling,
 };
 use crate::plan::{NOTEBOOK_CONTAINER_PORT, TOKEN_VAR, Workload, output_dirs};
+use crate::platform::Arch;
 use crate::spec::Cluster;
 
 /// The user training and the notebook run as in a cluster (the images' files are readable by
@@ -47,6 +48,8 @@ pub struct Placement {
     pub image: String,
     /// The Secret holding the environment's secrets, if it has any.
     pub secret: Option<String>,
+    /// The architectures the image runs on, as the pods' node selector; empty: no selector.
+    pub run_on: Vec<Arch>,
 }
 
 impl Placement {
@@ -86,7 +89,7 @@ impl Placement {
                 }),
                 ..Default::default()
             }),
-            ..scheduling(&self.cluster)
+            ..scheduling(&self.cluster, &self.run_on)
         }
     }
 

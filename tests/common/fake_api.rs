@@ -120,6 +120,32 @@ impl FakeApi {
         self.with(|s| s.pulls = Some(Arc::new(can_pull)));
     }
 
+    /// The cluster's nodes: `(name, kubernetes.io/arch, schedulable)` each, answered to node
+    /// lists (with or without a store).
+    pub fn nodes(&self, nodes: &[(&str, &str, bool)]) {
+        let items: Vec<Value> = nodes
+            .iter()
+            .map(|(name, arch, schedulable)| {
+                json!({
+                    "metadata": {"name": name, "labels": {
+                        "kubernetes.io/arch": arch, "kubernetes.io/os": "linux",
+                        "kubernetes.io/hostname": name}},
+                    "spec": {"unschedulable": !schedulable},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+                })
+            })
+            .collect();
+        self.on(
+            "GET",
+            "/api/v1/nodes",
+            Reply::Json(
+                200,
+                json!({"kind": "NodeList", "apiVersion": "v1",
+                       "metadata": {"resourceVersion": "1"}, "items": items}),
+            ),
+        );
+    }
+
     /// The stored object at `path` (`/apis/apps/v1/namespaces/ns/deployments/name`).
     pub fn object(&self, path: &str) -> Option<Value> {
         self.with(|s| s.objects.get(path).cloned())

@@ -86,6 +86,10 @@ pub async fn train(
     let kube = client::connect(project.spec.context.as_deref()).await?;
 
     let docker = docker::connect().await?;
+    // Checked before minutes of building: the engine builds for its own platform only.
+    let engine = docker::engine_platform(&docker).await?;
+    let chosen =
+        crate::cluster::platform::for_project_image(project, &env, &kube, engine, ui).await?;
     let repository = format!("{}/{}", registry.trim_end_matches('/'), project.spec.name);
     let (image, pushed) = tokio::select! {
         r = async {
@@ -107,6 +111,7 @@ pub async fn train(
             .as_ref()
             .filter(|s| !s.is_empty())
             .map(|_| secret_name(&project.spec.name)),
+        run_on: chosen.run_on.clone(),
     };
     let id = runs::new_id();
     let run = Run::new(
