@@ -198,3 +198,39 @@ async fn nodes_that_cannot_be_read_leave_the_platform_unchecked_with_a_warning()
         "amd64"
     );
 }
+
+#[test]
+fn a_docker_environment_runs_only_what_its_engine_runs() {
+    let engine = common::docker(&["info", "--format", "{{.Architecture}}"]);
+    let other = match engine.as_str() {
+        "x86_64" | "amd64" => "arm64",
+        _ => "amd64",
+    };
+    let name = "arch-local";
+    let dir = project(name, "127.0.0.1:9", "");
+    let root = dir.path();
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            "  dev: { target: docker }\n",
+            &format!(
+                "  dev:\n    target: docker\n    environment: {{ platform: linux/{other} }}\n"
+            ),
+        );
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+    for args in [
+        vec!["build", "--env", "dev"],
+        vec!["train", "--env", "dev"],
+        vec!["serve", "--env", "dev"],
+    ] {
+        let out = common::ferry(root, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("environment dev runs on this machine's Docker engine")
+                && err.contains(&format!("the spec asks for linux/{other}")),
+            "{args:?}: {err}"
+        );
+    }
+    no_image_built(name);
+}

@@ -282,6 +282,7 @@ pub async fn dev(
     let mut interrupt = Interrupt::new()?;
     let project = load(file, opts)?;
     let docker = docker::connect().await?;
+    super::engine_platform(&docker, &project).await?;
 
     // The watch starts before the notebook: a change made while it starts is not lost.
     let mut watch = match opts.detach {

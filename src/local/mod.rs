@@ -56,6 +56,16 @@ pub enum LocalError {
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error(
+        "{} runs on this machine's Docker engine, which runs {engine} programs, but the spec asks for {}\n  hint: leave `platform:` out for this environment (the engine's platform is the default), add {engine} to `platforms:`, or point DOCKER_HOST at an engine of that platform",
+        env.as_deref().map_or("the project".to_string(), |e| format!("environment {e}")),
+        wanted.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Platform {
+        env: Option<String>,
+        engine: crate::platform::Platform,
+        wanted: Vec<crate::platform::Platform>,
+    },
+    #[error(
         "--network host needs a local Linux Docker engine (this one is remote, rootless or in a VM, so its host network is not this machine's loopback)\n  hint: leave --network out, or use --network bridge"
     )]
     HostNetworkUnavailable,
@@ -108,11 +118,31 @@ pub struct BuildResult {
     pub spec_hash: String,
 }
 
+/// The platform the local loop builds and runs images for: the engine's own, since it runs
+/// them. A spec whose `platform(s)` leave it out is refused before anything is built.
+pub(crate) async fn engine_platform(
+    docker: &bollard::Docker,
+    project: &Project,
+) -> Result<crate::platform::Platform, LocalError> {
+    let engine = docker::engine_platform(docker).await?;
+    let wanted = project.spec.environment.requested_platforms();
+    if wanted.is_empty() || wanted.contains(&engine) {
+        Ok(engine)
+    } else {
+        Err(LocalError::Platform {
+            env: project.spec.env.clone(),
+            engine,
+            wanted,
+        })
+    }
+}
+
 /// Builds (or finds) the environment and project images.
 pub async fn build(project: &Project, ui: &Ui) -> Result<BuildResult, LocalError> {
     let mut interrupt = Interrupt::new()?;
     let plan = make_plan(project)?;
     let docker = docker::connect().await?;
+    engine_platform(&docker, project).await?;
     // Dropping a build at Ctrl-C closes its connection: the engine cancels it and, with
     // forcerm, removes its intermediate containers.
     let (env, proj) = interrupt

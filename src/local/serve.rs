@@ -116,6 +116,7 @@ pub async fn serve(
     let mut interrupt = Interrupt::new()?;
     let serving = serving_plan(project)?;
     let docker = docker::connect().await?;
+    super::engine_platform(&docker, project).await?;
     super::check_gpus(&docker, &serving.workload).await?;
     let image = interrupt
         .guard(async { Ok::<_, LocalError>(serving_image(&docker, project, &serving, ui).await?) })

@@ -41,6 +41,7 @@ pub async fn train(
     }
     let spec_hash = project.hash()?.to_string();
     let docker = docker::connect().await?;
+    super::engine_platform(&docker, project).await?;
     super::check_gpus(&docker, &work).await?;
     let image = interrupt
         .guard(async {
