@@ -263,6 +263,23 @@ async fn scenario(root: &Path, c: &Cluster, client: &kube::Client, ns: &str, nam
         "{image1}"
     );
     assert_eq!(deployment_image(client, ns, name).await, image1);
+    // The pods are pinned to the architecture of the image, which is the nodes' own.
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let selector = d.spec.unwrap().template.spec.unwrap().node_selector;
+    let arch = selector
+        .as_ref()
+        .and_then(|s| s.get("kubernetes.io/arch"))
+        .cloned();
+    let nodes = ferry::kube::nodes::list(client).await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.schedulable && n.arch.is_some() && n.arch == arch),
+        "node selector {selector:?}, nodes {nodes:?}"
+    );
 
     let remote = cluster_prediction(root, c, client, ns, name, &image1).await;
     let local = local_prediction(root, c).await;
