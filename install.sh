@@ -4,7 +4,7 @@
 #
 # Usage: ./install.sh [--prefix DIR]
 #   PREFIX (environment) or --prefix sets where things go; default: $HOME/.local
-#   ->  DIR/bin/ferry  and  DIR/lib/ferry/libonnxruntime.so
+#   ->  DIR/bin/ferry, DIR/bin/ferry-serve  and  DIR/lib/ferry/libonnxruntime.so
 #   FERRY_ORT_VERSION (environment) picks another ONNX Runtime version than the pinned one.
 # Running it again updates what changed and skips the rest.
 set -euo pipefail
@@ -53,19 +53,16 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN_DIR="$PREFIX/bin"
 LIB_DIR="$PREFIX/lib/ferry"
 
-step "Building and installing ferry into $BIN_DIR"
+step "Building and installing ferry and ferry-serve into $BIN_DIR"
 command -v cargo >/dev/null 2>&1 ||
     die "cargo not found; install Rust (rustup is the usual way), then run this again"
-# --locked builds exactly the dependency versions that were tested.
+# --locked builds exactly the dependency versions that were tested. Both binaries come out of
+# one build: `ferry`, and `ferry-serve`, the model server alone that serving images carry (the
+# linker keeps only what the server reaches, a tenth of the size).
 cargo install --path "$REPO" --root "$PREFIX" --locked
-
-step "Building the server-only ferry for serving images into $LIB_DIR/ferry-serve"
-# Serving images carry nothing but the model server: this build leaves the rest of ferry out.
-cargo build --release --locked --no-default-features --manifest-path "$REPO/Cargo.toml" \
-    --target-dir "$REPO/target/serve"
-mkdir -p "$LIB_DIR"
-install -m 0755 "$REPO/target/serve/release/ferry" "$LIB_DIR/ferry-serve"
-say "$(du -h "$LIB_DIR/ferry-serve" | cut -f1) server-only binary"
+# An older install kept the server-only binary here; the one beside ferry is found first now.
+rm -f "$LIB_DIR/ferry-serve"
+say "$(du -h "$BIN_DIR/ferry-serve" | cut -f1) server-only binary"
 
 step "Installing ONNX Runtime into $LIB_DIR"
 bash "$REPO/scripts/fetch-onnxruntime.sh" "$LIB_DIR" ${FERRY_ORT_VERSION:+"$FERRY_ORT_VERSION"}

@@ -90,6 +90,7 @@ pub async fn run(file: &Path, ui: &Ui) -> Report {
     step.set_detail("ONNX Runtime");
     let project = load_project(file, &mut checks);
     checks.push(onnx_check(project.as_ref()));
+    checks.push(serving_binary_check());
     checks.push(debootstrap_check(project.as_ref()));
     checks.push(python_check());
 
@@ -314,7 +315,7 @@ fn onnx_check(project: Option<&Project>) -> Check {
         Ok(p) => p,
         Err(e) => {
             return Check::new(name, Status::Fail, first_line(&e.to_string())).fix(format!(
-                "run ./install.sh (it puts the library in <prefix>/lib/ferry), or set {} to the library's path; searched: {}",
+                "install the `onnxruntime` Python package into the environment ferry was installed into (`pip install onnxruntime`; `pip install ferry-ml` brings it), run ./install.sh (it puts the library in <prefix>/lib/ferry), or set {} to the library's path; searched: {}",
                 crate::onnx::DYLIB_ENV,
                 searched(&e)
             ));
@@ -369,6 +370,56 @@ fn onnx_check(project: Option<&Project>) -> Check {
         .fix("install a GPU build of ONNX Runtime (with the CUDA provider) and point ORT_DYLIB_PATH at it");
     }
     Check::new(name, Status::Ok, detail)
+}
+
+/// The binary serving images carry: where it was found, its size and platform.
+fn serving_binary_check() -> Check {
+    let name = "serving binary";
+    let path = match crate::serving_image::serving_binary() {
+        Ok(p) => p,
+        Err(e) => return Check::new(name, Status::Fail, e.to_string()),
+    };
+    let size = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m.len(),
+        _ => {
+            return Check::new(
+                name,
+                Status::Fail,
+                format!("{} does not exist", path.display()),
+            )
+            .fix("unset FERRY_SERVE_BINARY, or point it at a Linux build of `ferry-serve`");
+        }
+    };
+    let arch = std::fs::read(&path)
+        .ok()
+        .and_then(|b| goblin::elf::Elf::parse_header(b.get(..64)?).ok())
+        .and_then(|h| crate::platform::Arch::from_elf_machine(h.e_machine));
+    let Some(arch) = arch else {
+        return Check::new(
+            name,
+            Status::Fail,
+            format!(
+                "{} is not a Linux binary for amd64 or arm64",
+                path.display()
+            ),
+        )
+        .fix("point FERRY_SERVE_BINARY at a Linux build of `ferry-serve` (the `ferry-ml` wheel and ./install.sh put one beside `ferry`)");
+    };
+    let kind = if path.file_name().is_some_and(|n| n == "ferry-serve") {
+        "server only"
+    } else {
+        "the whole of ferry: ./install.sh or the `ferry-ml` wheel put the smaller `ferry-serve` beside it"
+    };
+    Check::new(
+        name,
+        Status::Ok,
+        format!(
+            "{} ({}, {}; {kind})",
+            path.display(),
+            crate::ui::human_bytes(size),
+            crate::platform::Platform::linux(arch)
+        ),
+    )
 }
 
 /// The version in the library's real file name: releases ship `libonnxruntime.so.1.32.0` with

@@ -24,7 +24,7 @@ pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OnnxError {
     #[error(
-        "ONNX Runtime library not found; searched:\n{}\nRun ./install.sh, or set {DYLIB_ENV} to the path of {}",
+        "ONNX Runtime library not found; searched:\n{}\nInstall the `onnxruntime` Python package into the environment ferry was installed into (`pip install onnxruntime`; `pip install ferry-ml` brings it), run ./install.sh, or set {DYLIB_ENV} to the path of {}",
         list_paths(searched),
         library_name()
     )]
@@ -71,7 +71,9 @@ pub struct ModelSummary {
 /// Finds the ONNX Runtime shared library.
 ///
 /// Search order: `$ORT_DYLIB_PATH` (a file or a directory; when set, nothing else is searched, so
-/// a wrong value is reported instead of silently ignored); `<exe dir>/../lib/ferry/`;
+/// a wrong value is reported instead of silently ignored); the `onnxruntime` package of the
+/// Python environment ferry was installed into (`<exe dir>/../lib/python3.*/site-packages/
+/// onnxruntime/capi/`, see [`python_env_dirs`]); `<exe dir>/../lib/ferry/`;
 /// `<exe dir>/`; `$HOME/.local/lib/ferry/`. In a directory, `libonnxruntime.so` is preferred,
 /// then the newest versioned `libonnxruntime.so.1.*`.
 pub fn runtime_library() -> Result<PathBuf, OnnxError> {
@@ -247,6 +249,9 @@ fn find_library(
     }
 
     let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(prefix) = exe_dir.and_then(Path::parent) {
+        dirs.extend(python_env_dirs(prefix));
+    }
     if let Some(exe_dir) = exe_dir {
         if let Some(prefix) = exe_dir.parent() {
             dirs.push(prefix.join("lib").join("ferry"));
@@ -267,6 +272,44 @@ fn find_library(
         searched.push(dir);
     }
     Err(OnnxError::RuntimeNotFound { searched })
+}
+
+/// Where the `onnxruntime` Python package keeps the library in the Python environment whose
+/// prefix is `prefix` (a virtualenv, pipx's or `uv tool`'s environment, `~/.local` for `pip
+/// install --user`): `<prefix>/lib/python3.X/site-packages/onnxruntime/capi/`, the newest
+/// Python first, and the same under `lib64` where a distribution keeps it there. The wheel of
+/// `ferry-ml` puts `ferry` in `<prefix>/bin` and depends on `onnxruntime`, so this is where an
+/// installed wheel finds it.
+pub fn python_env_dirs(prefix: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<((u32, u32), PathBuf)> = Vec::new();
+    for lib in ["lib", "lib64"] {
+        let Ok(entries) = std::fs::read_dir(prefix.join(lib)) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let Some(version) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("python"))
+                .and_then(|v| v.split_once('.'))
+                .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
+            else {
+                continue;
+            };
+            // Listed where the environment has site-packages even without onnxruntime, so the
+            // error names where it was looked for.
+            if !entry.path().join("site-packages").is_dir() {
+                continue;
+            }
+            let capi = entry.path().join("site-packages/onnxruntime/capi");
+            if !found.iter().any(|(_, p)| *p == capi) {
+                found.push((version, capi));
+            }
+        }
+    }
+    // Newest Python first; `lib` before `lib64` for the same version (stable sort).
+    found.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+    found.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The library in `dir`: the unversioned name, else the newest versioned file.
@@ -598,6 +641,51 @@ mod tests {
         touch(&lib.join(&name));
         let found = find_library(None, Some(&bin), Some(&home)).expect("prefix copy");
         assert_eq!(found, lib.join(&name));
+    }
+
+    #[test]
+    fn the_python_environment_ferry_is_installed_in_comes_first() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let bin = root.path().join("bin");
+        let lib = root.path().join("lib").join("ferry");
+        let capi = |py: &str| {
+            root.path()
+                .join("lib")
+                .join(py)
+                .join("site-packages/onnxruntime/capi")
+        };
+        for d in [&bin, &lib, &capi("python3.9"), &capi("python3.12")] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        // An environment without onnxruntime is still named in the error.
+        std::fs::create_dir_all(root.path().join("lib/python3.13/site-packages")).expect("mkdir");
+        let name = library_name();
+        touch(&lib.join(&name));
+        // The wheel's library is versioned; the newest Python's wins over an older one's and
+        // over install.sh's place.
+        touch(&capi("python3.9").join(format!("{name}.1.20.0")));
+        touch(&capi("python3.12").join(format!("{name}.1.23.2")));
+        let found = find_library(None, Some(&bin), None).expect("found");
+        assert_eq!(found, capi("python3.12").join(format!("{name}.1.23.2")));
+        assert_eq!(
+            python_env_dirs(root.path()),
+            vec![capi("python3.13"), capi("python3.12"), capi("python3.9")]
+        );
+        // ORT_DYLIB_PATH still wins over everything.
+        let other = root.path().join("other.so");
+        touch(&other);
+        let found = find_library(Some(other.clone().into()), Some(&bin), None).expect("env");
+        assert_eq!(found, other);
+
+        let empty = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(empty.path().join("lib/python3.11/site-packages")).expect("mkdir");
+        let err = find_library(None, Some(&empty.path().join("bin")), None).expect_err("none");
+        let text = err.to_string();
+        assert!(
+            text.contains("python3.11/site-packages/onnxruntime/capi")
+                && text.contains("pip install onnxruntime"),
+            "{text}"
+        );
     }
 
     #[test]

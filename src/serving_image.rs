@@ -93,8 +93,9 @@ fn field_for(serving: &Serving, image_path: &str) -> String {
     }
 }
 
-/// The ferry binary that goes into serving images: the server-only build install.sh puts beside
-/// ONNX Runtime (`lib/ferry/ferry-serve`, a fraction of the size), else this very binary.
+/// The ferry binary that goes into serving images: the server-only `ferry-serve` beside this
+/// binary (where the `ferry-ml` wheel, `cargo install` and install.sh put it, a fraction of the
+/// size), else install.sh's older place `lib/ferry/ferry-serve`, else this very binary.
 /// `FERRY_SERVE_BINARY` chooses another.
 pub fn serving_binary() -> Result<PathBuf, ServingImageError> {
     if let Some(p) = std::env::var_os("FERRY_SERVE_BINARY") {
@@ -104,9 +105,13 @@ pub fn serving_binary() -> Result<PathBuf, ServingImageError> {
         .map_err(ServingImageError::io("cannot find", Path::new("ferry")))?;
     let exe = exe.canonicalize().unwrap_or(exe);
     if let Some(dir) = exe.parent() {
-        let slim = dir.join("../lib/ferry/ferry-serve");
-        if slim.is_file() {
-            return Ok(slim);
+        for slim in [
+            dir.join("ferry-serve"),
+            dir.join("../lib/ferry/ferry-serve"),
+        ] {
+            if slim.is_file() {
+                return Ok(slim);
+            }
         }
     }
     Ok(exe)
