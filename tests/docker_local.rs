@@ -521,7 +521,10 @@ fn interrupt_build_when(root: &Path, what: &str, mut ready: impl FnMut(&str) -> 
             .lines()
             .map(str::to_string)
             .collect();
+    // pip installs for seconds where uv takes a fraction of one: the step to interrupt is
+    // then there long enough to be caught. What is cleaned up is the same for both.
     let mut child = ferry_cmd(root, &["build"])
+        .env("FERRY_INSTALLER", "pip")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

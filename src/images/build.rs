@@ -29,7 +29,46 @@ use crate::spec::Project;
 use crate::ui::{Step, Ui, tail_block};
 
 /// Bump when the generated Dockerfiles change, so old tags are not reused for a new recipe.
-const RECIPE: &str = "ferry-env-v1";
+const RECIPE: &str = "ferry-env-v2";
+
+/// The uv that installs the wheels inside the image build: its wheel for the image's platform,
+/// fetched on the host like the other wheels (so offline builds have it too).
+pub const UV_VERSION: &str = "0.13.9";
+
+/// Chooses the installer of the environment image's wheels: `uv` (the default) or `pip`.
+pub const INSTALLER_ENV: &str = "FERRY_INSTALLER";
+
+/// What installs the pinned wheels into the image's virtualenv. Both install the same pins
+/// with the same hashes; uv does it in seconds, pip stays for comparison (`bench/env.sh`) and
+/// as a way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installer {
+    Uv,
+    Pip,
+}
+
+impl Installer {
+    /// From `FERRY_INSTALLER` (unset or empty: uv).
+    pub fn from_env() -> Result<Installer, ImageError> {
+        match std::env::var(INSTALLER_ENV) {
+            Err(_) => Ok(Installer::Uv),
+            Ok(v) => match v.trim() {
+                "" | "uv" => Ok(Installer::Uv),
+                "pip" => Ok(Installer::Pip),
+                other => Err(ImageError::UnknownInstaller {
+                    given: other.to_string(),
+                }),
+            },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Installer::Uv => "uv",
+            Installer::Pip => "pip",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -66,6 +105,15 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error(
+        "{INSTALLER_ENV}={given:?} names no installer\n  hint: set {INSTALLER_ENV} to `uv` (the default) or `pip`, or unset it"
+    )]
+    UnknownInstaller { given: String },
+    #[error(
+        "the wheel of uv {UV_VERSION} for the image's platform was not in what pip downloaded into {}\n  hint: run again; where no index can be reached, set {INSTALLER_ENV}=pip",
+        dir.display()
+    )]
+    NoUvWheel { dir: std::path::PathBuf },
     #[error("cannot make the build context from {}: {source}", path.display())]
     Context {
         path: std::path::PathBuf,
@@ -174,6 +222,7 @@ pub async fn ensure_env_image(
     ui: &Ui,
 ) -> Result<Built, ImageError> {
     let env = &plan.env_image;
+    let installer = Installer::from_env()?;
     let base = ensure_base(docker, &env.base, ui).await?;
     let base_id = docker::image_id(docker, &base)
         .await?
@@ -183,10 +232,20 @@ pub async fn ensure_env_image(
     let (python, resolved) = python_pins(project, &lines, &target, ui).await?;
     let pinned = python.requirement_lines();
 
+    // uv's own wheel, for the image's platform: what installs the pins there. The wheel's hash
+    // is part of the tag, so the same pins installed by another uv make another image.
+    let uv = match installer {
+        Installer::Uv if !pinned.is_empty() => Some(uv_wheel(&target, ui).await?),
+        _ => None,
+    };
+
     let mut h = Sha256::new();
-    for part in [RECIPE, &base_id] {
+    for part in [RECIPE, &base_id, installer.name()] {
         h.update(part.as_bytes());
         h.update(b"\n");
+    }
+    if let Some((_, sha)) = &uv {
+        h.update(format!("uv {sha}\n").as_bytes());
     }
     for p in &env.apt_packages {
         h.update(format!("apt {p}\n").as_bytes());
@@ -243,10 +302,17 @@ pub async fn ensure_env_image(
     let mut ctx = Context::new();
     ctx.add_bytes(
         "Dockerfile",
-        env_dockerfile(&base, env, !pinned.is_empty()).as_bytes(),
+        env_dockerfile(&base, env, !pinned.is_empty(), uv.is_some()).as_bytes(),
         0o644,
     )
     .map_err(ctx_err)?;
+    if let Some((wheel, _)) = &uv {
+        let data = std::fs::read(wheel).map_err(|source| ImageError::Read {
+            path: wheel.clone(),
+            source,
+        })?;
+        ctx.add_bytes("uv/uv.whl", &data, 0o644).map_err(ctx_err)?;
+    }
     ctx.add_bytes("requirements.txt", reqs.as_bytes(), 0o644)
         .map_err(ctx_err)?;
     ctx.add_tree(&wheelhouse, "wheels", &DockerIgnore::default())
@@ -318,6 +384,33 @@ async fn download(
     .map_err(ImageError::from)
 }
 
+/// uv's wheel for `target`, from the wheel cache (fetched by the host's pip once), and its
+/// sha256.
+async fn uv_wheel(
+    target: &PythonTarget,
+    ui: &Ui,
+) -> Result<(std::path::PathBuf, String), ImageError> {
+    let dir = download(&[format!("uv=={UV_VERSION}")], target, ui).await?;
+    let wheel = std::fs::read_dir(&dir)
+        .map_err(|source| ImageError::Read {
+            path: dir.clone(),
+            source,
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("uv-{UV_VERSION}-")) && n.ends_with(".whl"))
+        })
+        .ok_or_else(|| ImageError::NoUvWheel { dir: dir.clone() })?;
+    let sha = crate::spec::sha256_file(&wheel).map_err(|source| ImageError::Read {
+        path: wheel.clone(),
+        source,
+    })?;
+    Ok((wheel, sha))
+}
+
 /// The Python a base image has, probed once per base image id.
 async fn probe(docker: &Docker, base: &str, base_id: &str) -> Result<PythonTarget, ImageError> {
     let file = cache_dir()
@@ -340,8 +433,10 @@ async fn probe(docker: &Docker, base: &str, base_id: &str) -> Result<PythonTarge
 }
 
 /// Two stages so the wheels never land in a layer of the final image: the first installs them
-/// into the virtualenv, the second copies only the virtualenv.
-fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool) -> String {
+/// into the virtualenv, the second copies only the virtualenv. With `uv`, uv's binary is taken
+/// out of its wheel (Python's own zipfile, so the base needs nothing more) and installs the
+/// same pins, hashes required, from the same local wheels, compiling bytecode as pip does.
+fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool, uv: bool) -> String {
     let mut apt = String::new();
     if !env.apt_packages.is_empty() {
         apt = format!(
@@ -354,6 +449,17 @@ fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool) -> String {
     for (k, v) in &env.env {
         envs.push_str(&format!("ENV {k}={}\n", json_string(v)));
     }
+    let install = if uv {
+        format!(
+            "COPY uv/uv.whl /tmp/ferry/uv/uv.whl\n\
+             RUN python3 -m zipfile -e /tmp/ferry/uv/uv.whl /tmp/ferry/uv/ && chmod 0755 /tmp/ferry/uv/uv-*.data/scripts/uv\n\
+             RUN /tmp/ferry/uv/uv-*.data/scripts/uv pip install --python {VENV}/bin/python --offline --no-cache --no-index --link-mode copy --compile-bytecode --find-links /tmp/ferry/wheels{require_hashes} -r /tmp/ferry/requirements.txt\n"
+        )
+    } else {
+        format!(
+            "RUN {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --find-links /tmp/ferry/wheels{require_hashes} -r /tmp/ferry/requirements.txt\n"
+        )
+    };
     format!(
         "FROM {base} AS system\n\
          {apt}\
@@ -362,7 +468,7 @@ fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool) -> String {
          FROM system AS wheels\n\
          COPY requirements.txt /tmp/ferry/requirements.txt\n\
          COPY wheels/ /tmp/ferry/wheels/\n\
-         RUN {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --find-links /tmp/ferry/wheels{require_hashes} -r /tmp/ferry/requirements.txt\n\
+         {install}\
          \n\
          FROM system\n\
          COPY --from=wheels {VENV} {VENV}\n\
@@ -550,15 +656,39 @@ mod tests {
             extra_requirements: vec![],
             env: [("A".to_string(), "b c".to_string())].into(),
         };
-        let d = env_dockerfile("python:3.11-slim", &env, true);
-        assert!(d.contains("--require-hashes"));
-        let apt = d.find("apt-get install").unwrap();
-        let pip = d.find("pip install").unwrap();
-        let copy_venv = d.find("COPY --from=wheels").unwrap();
-        assert!(apt < pip && pip < copy_venv);
-        assert!(d.contains("ENV A=\"b c\""));
-        // The final stage starts from `system`, which never saw the wheels.
-        let last = d.rsplit("FROM ").next().unwrap();
-        assert!(!last.contains("wheels/"));
+        for uv in [false, true] {
+            let d = env_dockerfile("python:3.11-slim", &env, true, uv);
+            assert!(d.contains("--require-hashes"), "{d}");
+            let apt = d.find("apt-get install").unwrap();
+            let pip = d.find("pip install").unwrap();
+            let copy_venv = d.find("COPY --from=wheels").unwrap();
+            assert!(apt < pip && pip < copy_venv);
+            assert!(d.contains("ENV A=\"b c\""));
+            // The final stage starts from `system`, which never saw the wheels nor uv.
+            let last = d.rsplit("FROM ").next().unwrap();
+            assert!(!last.contains("wheels/") && !last.contains("uv"), "{last}");
+            // Whichever installs, nothing is taken from an index.
+            let install = d.lines().find(|l| l.contains("pip install")).unwrap();
+            assert!(install.contains("--no-index"), "{install}");
+            assert_eq!(install.contains("scripts/uv pip install"), uv, "{install}");
+        }
+    }
+
+    #[test]
+    fn the_installer_is_uv_unless_pip_is_asked_for() {
+        // One test reads and sets the variable, so no other test races it.
+        let before = std::env::var_os(INSTALLER_ENV);
+        // SAFETY: no other test of this binary reads or writes FERRY_INSTALLER.
+        unsafe { std::env::remove_var(INSTALLER_ENV) };
+        assert_eq!(Installer::from_env().unwrap(), Installer::Uv);
+        unsafe { std::env::set_var(INSTALLER_ENV, "pip") };
+        assert_eq!(Installer::from_env().unwrap(), Installer::Pip);
+        unsafe { std::env::set_var(INSTALLER_ENV, "conda") };
+        let e = Installer::from_env().unwrap_err().to_string();
+        assert!(e.contains("\"conda\"") && e.contains("`uv`"), "{e}");
+        match before {
+            Some(v) => unsafe { std::env::set_var(INSTALLER_ENV, v) },
+            None => unsafe { std::env::remove_var(INSTALLER_ENV) },
+        }
     }
 }
