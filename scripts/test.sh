@@ -40,6 +40,9 @@ command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
 python3 -c 'import prometheus_client' 2>/dev/null || pip_install prometheus-client
 python3 -c 'import tritonclient.http' 2>/dev/null || pip_install 'tritonclient[http]'
 export PATH="$PATH:$HOME/.local/bin"
+say "uv (pyproject.toml and uv.lock requirement sources are read with it)"
+command -v uv >/dev/null 2>&1 || pip_install uv
+uv --version
 # Tests that need these skip without them; here they must run.
 python3 -m kubernetes_validate --version
 check-jsonschema --version

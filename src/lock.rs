@@ -678,7 +678,8 @@ fn wheel_name_version(file: &str) -> Option<(String, String)> {
 }
 
 /// PEP 503: lower case, runs of `-`, `_` and `.` as one `-`.
-fn normalise(name: &str) -> String {
+/// A project name as ferry.lock writes it (PEP 503: lowercase, runs of `-_.` as one `-`).
+pub(crate) fn normalise(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut sep = false;
     for c in name.chars() {

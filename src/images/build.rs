@@ -21,6 +21,7 @@ use super::bootstrap::{self, BaseRequest, BootstrapError};
 use super::code;
 use super::context::{Context, DockerIgnore};
 use super::leftovers;
+use super::requirements::{self, RequirementsError, SourceKind};
 use super::wheels::{self, PythonTarget, WheelsError};
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::lock::{self, ImageRef, Lock, PythonLock};
@@ -78,6 +79,8 @@ pub enum ImageError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Wheels(#[from] WheelsError),
+    #[error(transparent)]
+    Requirements(#[from] RequirementsError),
     #[error(
         "cannot pull the base image {image}: {message}\n  hint: where no registry can be reached, use offline mode: replace `base: {image}` with `bootstrap: bookworm` under `environment:` in ferry.yaml. Ferry then builds a Python base from Debian packages on this machine (debootstrap, as root) and installs your requirements from wheels downloaded on the host. See README, \"Offline mode\"."
     )]
@@ -229,7 +232,16 @@ pub async fn ensure_env_image(
         .unwrap_or_else(|| base.clone());
     let lines = requirement_lines(project, env)?;
     let target = probe(docker, &base, &base_id).await?;
-    let (python, resolved) = python_pins(project, &lines, &target, ui).await?;
+    let source = env.requirements.as_ref().map(|r| project.path(r));
+    let (python, resolved) = python_pins(
+        project,
+        &lines,
+        source.as_deref(),
+        &env.extra_requirements,
+        &target,
+        ui,
+    )
+    .await?;
     let pinned = python.requirement_lines();
 
     // uv's own wheel, for the image's platform: what installs the pins there. The wheel's hash
@@ -332,6 +344,8 @@ pub async fn ensure_env_image(
 async fn python_pins(
     project: &Project,
     lines: &[String],
+    source: Option<&std::path::Path>,
+    extras: &[String],
     target: &PythonTarget,
     ui: &Ui,
 ) -> Result<(PythonLock, Option<std::path::PathBuf>), ImageError> {
@@ -353,11 +367,43 @@ async fn python_pins(
     if let Some(p) = Lock::load(project)?.pins(&requirements, &target_key) {
         return Ok((p.clone(), None));
     }
-    let dir = download(lines, target, ui).await?;
+    // A pyproject.toml is resolved by uv, a uv.lock exported pin for pin; their hashes are
+    // checked against the wheels after the download (the notebook's requirements have none).
+    let (fetch, locked) = match source.filter(|f| SourceKind::of(f) != SourceKind::Requirements) {
+        Some(file) => {
+            let (f, t) = (file.to_path_buf(), target.clone());
+            let pinned = tokio::task::spawn_blocking(move || requirements::lines_for(&f, &t))
+                .await
+                .map_err(|e| ImageError::Context {
+                    path: file.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+            let (mut plain, hashes) = requirements::split_hashes(&pinned);
+            plain.extend(extras.iter().cloned());
+            (plain, Some((file.to_path_buf(), hashes)))
+        }
+        None => (lines.to_vec(), None),
+    };
+    let dir = download(&fetch, target, ui).await?;
     let packages = lock::pins_of_wheelhouse(&dir).map_err(|source| ImageError::Read {
         path: dir.clone(),
         source,
     })?;
+    if let Some((file, hashes)) = locked {
+        for (name, allowed) in hashes {
+            if let Some(p) = packages.iter().find(|p| p.name == name)
+                && !allowed.contains(&p.sha256)
+            {
+                return Err(RequirementsError::HashMismatch {
+                    file,
+                    name,
+                    wheel: p.wheel.clone(),
+                    sha256: p.sha256.clone(),
+                }
+                .into());
+            }
+        }
+    }
     let python = PythonLock {
         requirements,
         target: target_key,
