@@ -8,5 +8,6 @@ pub mod code;
 pub mod context;
 pub mod leftovers;
 pub mod push;
+pub mod runtime_parts;
 pub mod serving;
 pub mod wheels;
