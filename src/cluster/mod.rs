@@ -14,7 +14,7 @@ use crate::interrupt::{Interrupted, WatchError};
 use crate::kube::{self, KubeError, Manifests, Release, Secrets};
 use crate::project_plan::PlanError;
 use crate::runs::RunError;
-use crate::serving_image::{ServingImageError, serving_image, serving_plan};
+use crate::serving_image::{ServingImageError, host_platform, serving_image, serving_plan};
 use crate::session::NotebookFailed;
 use crate::spec::{Project, SpecError, TargetKind};
 use crate::ui::Ui;
@@ -273,7 +273,7 @@ pub async fn prepare(project: &Project, ui: &Ui) -> Result<Prepared, ClusterErro
     let serving = serving_plan(project)?;
     let spec_hash = project.hash()?.as_str().to_string();
     let docker = docker::connect().await?;
-    let image = serving_image(&docker, project, &serving, ui).await?;
+    let image = serving_image(&docker, project, &serving, host_platform()?, ui).await?;
     let repository = format!(
         "{}/{}-serve",
         registry.trim_end_matches('/'),

@@ -466,7 +466,9 @@ async fn read_paths(
     for path in SYSROOT_PATHS {
         let archive = scratch.join("archive.tar");
         let mut file = fs::File::create(&archive).map_err(io_err("cannot create", &archive))?;
-        let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
+        let opts = DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
         let mut stream = docker.download_from_container(container, Some(opts));
         let mut absent = false;
         while let Some(chunk) = stream.next().await {
@@ -524,7 +526,10 @@ fn unpack_loader_files(archive: &Path, under: &Path) -> Result<(), PartsError> {
         }
         let dest = under.join(&rel);
         let kind = entry.header().entry_type();
-        let name = rel.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let wanted = kind.is_dir()
             || kind.is_symlink()
             || name.contains(".so")
@@ -613,10 +618,9 @@ mod tests {
 
     #[test]
     fn another_platform_without_a_binary_is_refused_with_the_way_to_get_one() {
-        let other = Arch::ALL
-            .into_iter()
-            .map(Platform::linux)
-            .find(|p| Some(*p) != Platform::host() && std::env::var_os(serve_binary_env(p.arch)).is_none());
+        let other = Arch::ALL.into_iter().map(Platform::linux).find(|p| {
+            Some(*p) != Platform::host() && std::env::var_os(serve_binary_env(p.arch)).is_none()
+        });
         let Some(other) = other else { return };
         let e = server_binary(other, Some(Path::new("/nonexistent"))).unwrap_err();
         let text = e.to_string();

@@ -16,7 +16,7 @@ use crate::interrupt::Interrupt;
 use crate::plan::{Serving, VolumePath};
 use crate::server::ServingConfig;
 use crate::server::config::{HOST_ENV, PORT_ENV};
-use crate::serving_image::{serving_image, serving_plan};
+use crate::serving_image::{host_platform, serving_image, serving_plan};
 use crate::spec::Project;
 use crate::state::STATE_DIR;
 use crate::ui::Ui;
@@ -118,7 +118,11 @@ pub async fn serve(
     let docker = docker::connect().await?;
     super::check_gpus(&docker, &serving.workload).await?;
     let image = interrupt
-        .guard(async { Ok::<_, LocalError>(serving_image(&docker, project, &serving, ui).await?) })
+        .guard(async {
+            Ok::<_, LocalError>(
+                serving_image(&docker, project, &serving, host_platform()?, ui).await?,
+            )
+        })
         .await?;
     let mut work = serving.workload.clone();
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
