@@ -778,6 +778,14 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// debootstrap, when this process can run it (as root): what [`foreign_first_stage`] needs.
+pub fn foreign_requirements_met() -> Result<PathBuf, BootstrapError> {
+    if is_root() == Some(false) {
+        return Err(BootstrapError::NotRoot);
+    }
+    find_program("debootstrap").ok_or(BootstrapError::DebootstrapMissing)
+}
+
 /// debootstrap's first stage for another CPU (`--foreign`): it downloads and unpacks the
 /// packages of a minimal Debian of `arch` into `dest` without running any of them, so it works
 /// on any machine, emulator or not. The tree is the platform's C library, loader and their
@@ -794,10 +802,7 @@ pub async fn foreign_first_stage(
         suite,
         packages: &[],
     })?;
-    if is_root() == Some(false) {
-        return Err(BootstrapError::NotRoot);
-    }
-    let debootstrap = find_program("debootstrap").ok_or(BootstrapError::DebootstrapMissing)?;
+    let debootstrap = foreign_requirements_met()?;
     let mirror = host_mirror();
     let step = ui.step(format!(
         "unpacking Debian {suite} for {} ({})",

@@ -1294,6 +1294,12 @@ impl Resolver {
     }
 }
 
+/// The file under `sysroot` that a program running in that root filesystem finds at `path`
+/// (symlinks followed inside it); None if there is none.
+pub fn resolve_in_sysroot(sysroot: &Path, path: &Path) -> Option<PathBuf> {
+    resolve_in_root(sysroot, path)
+}
+
 /// `path` (absolute, as the image sees it) inside `root`, with every symlink on the way followed
 /// as the image would follow it: an absolute target starts again at `root`, and `..` stops at
 /// it, so nothing outside the root is ever reached. None if it does not exist or loops.
