@@ -1743,6 +1743,56 @@ mod tests {
     }
 
     #[test]
+    fn a_sysroot_keeps_every_link_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib/aarch64-linux-gnu")).unwrap();
+        std::fs::write(root.join("usr/lib/aarch64-linux-gnu/libc.so.6"), b"c").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        // Absolute: the image's /usr/lib/…, not this machine's.
+        std::os::unix::fs::symlink(
+            "/usr/lib/aarch64-linux-gnu/libc.so.6",
+            root.join("usr/lib/libc-abs.so"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("usr/lib/host.so")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/hostname", root.join("usr/lib/up.so"))
+            .unwrap();
+        std::os::unix::fs::symlink("loop.so", root.join("usr/lib/loop.so")).unwrap();
+        let real = root.join("usr/lib/aarch64-linux-gnu/libc.so.6");
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib/aarch64-linux-gnu/libc.so.6")),
+            Some(real.clone())
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib/libc-abs.so")),
+            Some(real)
+        );
+        for outside in ["/usr/lib/host.so", "/lib/up.so", "/usr/lib/loop.so"] {
+            assert_eq!(resolve_in_root(root, Path::new(outside)), None, "{outside}");
+        }
+        // The loader's configuration is the root's own.
+        std::fs::create_dir_all(root.join("etc/ld.so.conf.d")).unwrap();
+        std::fs::write(
+            root.join("etc/ld.so.conf"),
+            "include /etc/ld.so.conf.d/*.conf\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/ld.so.conf.d/x.conf"), "/opt/in-root\n").unwrap();
+        let r = Resolver::sysroot(root, crate::platform::Arch::Arm64);
+        assert_eq!(r.system_dirs[0], PathBuf::from("/opt/in-root"));
+        assert!(
+            r.system_dirs
+                .contains(&PathBuf::from("/usr/lib/aarch64-linux-gnu"))
+        );
+        assert!(
+            !r.system_dirs
+                .iter()
+                .any(|d| d.ends_with("x86_64-linux-gnu"))
+        );
+    }
+
+    #[test]
     fn origin_is_expanded_and_other_tokens_dropped() {
         let o = Path::new("/opt/ort/lib");
         assert_eq!(
