@@ -14,6 +14,12 @@
 //!
 //! The image is tagged by its ID, and an existing tag is not loaded again.
 //!
+//! The libraries come from a root filesystem of the image's platform (a "sysroot": the
+//! environment's base image's files, or Debian unpacked for that CPU; see `runtime_parts`),
+//! resolved there as that system's loader would, so the machine that makes the image may be of
+//! another OS or CPU. Only a CUDA image still takes its libraries from this machine, as the
+//! GPU build of ONNX Runtime and CUDA's libraries are found here.
+//!
 //! Two layers, the one that changes least first: the runtime (binary, ONNX Runtime, the
 //! libraries, the loader, the users) and the models with the serving config. A retrained model
 //! changes only the second, so only it is pushed again.
@@ -26,7 +32,7 @@
 //! /usr/lib/ferry/libonnxruntime.so   found by `onnx::runtime_library()` as <exe>/../lib/ferry
 //! /lib64/ld-linux-x86-64.so.2        the ELF interpreter, at its PT_INTERP path
 //! /lib/x86_64-linux-gnu/libc.so.6 …  each library under the name it is needed by, in the
-//!                                    directory the host's loader found it in
+//!                                    directory the loader of its root filesystem finds it in
 //! /etc/passwd, /etc/group            uid/gid 65532 named `ferry`
 //! model layer
 //! /etc/ferry/serving.json            the serving config (`server::config::CONFIG_PATH`)
