@@ -219,4 +219,46 @@ async fn each_platform_is_pushed_and_one_index_names_them_by_digest() {
         .await
         .unwrap();
     assert_eq!(again.index.digest, pushed.index.digest);
+
+    // A registry that wants a login gets the index with the Docker config's credentials, and
+    // the same index: its digest follows from the images alone.
+    let Some(secured) = Registry::start(true).await else {
+        return;
+    };
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"username": "{}", "password": "{}"}}}}}}"#,
+            secured.host,
+            common::registry::USER,
+            common::registry::PASSWORD
+        ),
+    )
+    .unwrap();
+    let repository = secured.repository(&format!("{project}-serve"));
+    let with_login = push_index_with_config(
+        &docker,
+        &images,
+        &repository,
+        Some(config.path()),
+        &Ui::silent(),
+    )
+    .await
+    .unwrap();
+    for (_, p) in &with_login.images {
+        cleanup.0.push(format!("{}:{}", p.repository, p.tag));
+    }
+    assert_eq!(with_login.index.digest, pushed.index.digest);
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/ml/{project}-serve/manifests/{}",
+            secured.host, with_login.index.digest
+        ))
+        .basic_auth(common::registry::USER, Some(common::registry::PASSWORD))
+        .header("Accept", MANIFEST_TYPES)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
 }
