@@ -268,3 +268,48 @@ fn the_arm64_image_holds_only_aarch64_code_whose_libraries_it_has() {
         "ONNX Runtime's libstdc++ is missing"
     );
 }
+
+/// A root filesystem without what the server needs is refused, naming the library, the root it
+/// was looked for in and the fix; this machine's own libraries never stand in for it.
+#[test]
+fn a_sysroot_without_the_c_library_says_which_package_to_add() {
+    let Some((sysroot, _)) = arm64_parts() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let binary = stand_in_server(&sysroot, dir.path());
+    let empty = dir.path().join("empty-root");
+    std::fs::create_dir_all(empty.join("lib")).unwrap();
+    let e = ferry::images::serving::sysroot_closure(
+        &[(&binary, "/usr/bin/ferry")],
+        &empty,
+        Platform::LINUX_ARM64,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("libc.so.6")
+            && e.contains(&empty.display().to_string())
+            && e.contains("environment.packages"),
+        "{e}"
+    );
+    // With the unpacked Debian, the same binary resolves to the root's loader and libc.
+    let closure = ferry::images::serving::sysroot_closure(
+        &[(&binary, "/usr/bin/ferry")],
+        &sysroot,
+        Platform::LINUX_ARM64,
+    )
+    .unwrap();
+    let paths: Vec<String> = closure
+        .iter()
+        .map(|(p, _)| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        paths.contains(&"/lib/aarch64-linux-gnu/libc.so.6".to_string())
+            && paths.contains(&"/lib/ld-linux-aarch64.so.1".to_string()),
+        "{paths:?}"
+    );
+    for (_, source) in &closure {
+        assert!(source.starts_with(&sysroot), "{}", source.display());
+    }
+}
