@@ -39,7 +39,6 @@ fn unreachable_index(e: &PartsError) -> bool {
             "failed to fetch",
             "couldn't download",
             "max retries",
-            "no matching distribution",
         ]
         .iter()
         .any(|w| text.contains(w))

@@ -42,8 +42,6 @@ fn unreachable_index(e: &PartsError) -> bool {
             "failed to fetch",
             "couldn't download",
             "max retries",
-            "no matching distribution",
-            "could not find a version",
         ]
         .iter()
         .any(|w| text.contains(w))

@@ -850,7 +850,6 @@ fn amd64_parts() -> Option<(PathBuf, PathBuf)> {
                 "failed to fetch",
                 "couldn't download",
                 "max retries",
-                "no matching distribution",
             ]
             .iter()
             .any(|w| t.contains(w))
