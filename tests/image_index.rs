@@ -31,7 +31,13 @@ fn fixture(name: &str) -> PathBuf {
 
 fn unreachable_index(e: &PartsError) -> bool {
     let text = e.to_string().to_ascii_lowercase();
-    matches!(e, PartsError::Pip { .. } | PartsError::Bootstrap(_))
+    matches!(
+        e,
+        PartsError::Pip {
+            unreachable: true,
+            ..
+        }
+    ) || (matches!(e, PartsError::Bootstrap(_))
         && [
             "connection",
             "network is unreachable",
@@ -41,7 +47,7 @@ fn unreachable_index(e: &PartsError) -> bool {
             "max retries",
         ]
         .iter()
-        .any(|w| text.contains(w))
+        .any(|w| text.contains(w)))
 }
 
 /// The sysroot and ONNX Runtime of `platform`, or None after saying why.

@@ -33,7 +33,13 @@ fn fixture(name: &str) -> PathBuf {
 /// the one reason to skip.
 fn unreachable_index(e: &PartsError) -> bool {
     let text = e.to_string().to_ascii_lowercase();
-    matches!(e, PartsError::Pip { .. } | PartsError::Bootstrap(_))
+    matches!(
+        e,
+        PartsError::Pip {
+            unreachable: true,
+            ..
+        }
+    ) || (matches!(e, PartsError::Bootstrap(_))
         && [
             "connection",
             "network is unreachable",
@@ -44,7 +50,7 @@ fn unreachable_index(e: &PartsError) -> bool {
             "max retries",
         ]
         .iter()
-        .any(|w| text.contains(w))
+        .any(|w| text.contains(w)))
 }
 
 /// The arm64 parts, or None (after saying why) when the package indexes cannot be reached.

@@ -842,7 +842,13 @@ fn amd64_parts() -> Option<(PathBuf, PathBuf)> {
     use ferry::images::runtime_parts::{self, PartsError};
     let offline = |e: &PartsError| {
         let t = e.to_string().to_ascii_lowercase();
-        matches!(e, PartsError::Pip { .. } | PartsError::Bootstrap(_))
+        matches!(
+            e,
+            PartsError::Pip {
+                unreachable: true,
+                ..
+            }
+        ) || (matches!(e, PartsError::Bootstrap(_))
             && [
                 "connection",
                 "network is unreachable",
@@ -852,7 +858,7 @@ fn amd64_parts() -> Option<(PathBuf, PathBuf)> {
                 "max retries",
             ]
             .iter()
-            .any(|w| t.contains(w))
+            .any(|w| t.contains(w)))
     };
     if ferry::images::bootstrap::foreign_requirements_met().is_err() {
         eprintln!("skipped: unpacking Debian needs root and debootstrap");

@@ -83,14 +83,17 @@ pub enum PartsError {
     )]
     BadVersion(String),
     #[error(
-        "pip could not download onnxruntime=={version} for {platform}{from}:\n{output}\n  hint: check the network and pip's index configuration, or, on a machine without network, run `pip download onnxruntime=={version} --no-deps --only-binary=:all: --platform {tag} --implementation cp --python-version {WHEEL_PYTHON} -d DIR` elsewhere and set {ORT_WHEELHOUSE_ENV}=DIR"
+        "pip could not download onnxruntime=={version} for {platform}{from}{}:\n{output}\n  hint: check the network and pip's index configuration, or, on a machine without network, run `pip download onnxruntime=={version} --no-deps --only-binary=:all: --platform {} --implementation cp --python-version {WHEEL_PYTHON} -d DIR` elsewhere and set {ORT_WHEELHOUSE_ENV}=DIR",
+        if *unreachable { " (the package index could not be reached)" } else { "" },
+        platform.manylinux_tag(WHEEL_GLIBC)
     )]
     Pip {
         version: String,
         platform: Platform,
         from: String,
-        tag: String,
         output: String,
+        /// pip could not connect to the index at all (rather than not finding the wheel there).
+        unreachable: bool,
     },
     #[error(
         "{} has no {member}\n  hint: this onnxruntime wheel does not carry ONNX Runtime's C library; choose another version with {ORT_VERSION_ENV}",
@@ -246,15 +249,16 @@ pub fn onnxruntime(platform: Platform, version: &str) -> Result<OrtLibrary, Part
         .stdin(Stdio::null())
         .output()
         .map_err(io_err("cannot run pip with", Path::new(&python)))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let unreachable = could_not_connect(&text);
     let pip_failed = |output: String| PartsError::Pip {
         version: version.to_string(),
         platform,
         from: from.clone(),
-        tag: tag.clone(),
         output,
+        unreachable,
     };
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(8)..].join("\n");
         return Err(pip_failed(tail));
@@ -286,6 +290,22 @@ pub fn onnxruntime(platform: Platform, version: &str) -> Result<OrtLibrary, Part
         path: dir.clone(),
         source: io::Error::new(io::ErrorKind::NotFound, "the cached library vanished"),
     })
+}
+
+/// Whether pip's output says it could not connect to an index (its retries name the cause), as
+/// opposed to an index that answered without the wheel.
+fn could_not_connect(pip_stderr: &str) -> bool {
+    [
+        "NewConnectionError",
+        "ConnectTimeoutError",
+        "ProxyError",
+        "Temporary failure in name resolution",
+        "Name or service not known",
+        "Network is unreachable",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|m| pip_stderr.contains(m))
 }
 
 fn cached_ort(dir: &Path, lib_name: &str) -> Option<OrtLibrary> {
@@ -662,6 +682,16 @@ mod tests {
             fs::read_link(under.join("lib/libz.so.1")).unwrap(),
             PathBuf::from("/lib/x86_64-linux-gnu/libz.so.1.2")
         );
+    }
+
+    #[test]
+    fn a_refused_connection_is_told_from_a_missing_wheel() {
+        assert!(could_not_connect(
+            "WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError(\"Failed to establish a new connection: [Errno 111] Connection refused\")'"
+        ));
+        assert!(!could_not_connect(
+            "ERROR: No matching distribution found for onnxruntime==9.9.9"
+        ));
     }
 
     #[test]
