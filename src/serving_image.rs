@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 
 use crate::images::build::{Built, ImageError};
-use crate::images::serving::{self, ServingImageRequest, ServingModel};
+use crate::images::runtime_parts::{self, PartsError};
+use crate::images::serving::{self, ServingImageRequest, ServingModel, Target};
 use crate::onnx::OnnxError;
 use crate::plan::Serving;
+use crate::platform::Platform;
 use crate::project_plan::{PlanError, make_plan};
+use crate::server::config::Device;
 use crate::spec::{Project, sha256_file};
 use crate::ui::Ui;
 
@@ -28,6 +31,12 @@ pub enum ServingImageError {
     Onnx(#[from] OnnxError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Parts(#[from] PartsError),
+    #[error(
+        "a CUDA serving image is made from this machine's GPU build of ONNX Runtime, so only for this machine's platform, not {platform}\n  hint: build it on a {platform} machine, or set serve.device: cpu"
+    )]
+    CudaElsewhere { platform: Platform },
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -117,17 +126,23 @@ pub fn serving_binary() -> Result<PathBuf, ServingImageError> {
     Ok(exe)
 }
 
-/// The serving image of a plan (built unless its content tag exists): this machine's ferry
-/// server build, ONNX Runtime, the models and the serving config. The same image runs locally
-/// and in a cluster.
+/// The serving image of a plan for `platform` (built unless its content tag exists), assembled
+/// from parts of that platform: its ferry server build, ONNX Runtime from the platform's
+/// `onnxruntime` wheel, the C library of the environment's base for that platform (or of Debian
+/// unpacked for it), the models and the serving config. No library of this machine goes in,
+/// except for a CUDA image, whose execution provider comes from this machine's GPU build of ONNX
+/// Runtime (so it is made only for this machine's platform). The same image runs locally and in
+/// a cluster.
 pub async fn serving_image(
     docker: &Docker,
     project: &Project,
     serving: &Serving,
+    platform: Platform,
     ui: &Ui,
 ) -> Result<Built, ServingImageError> {
-    let runtime = crate::onnx::runtime_library()?;
-    let binary = serving_binary()?;
+    let here = Platform::host() == Some(platform);
+    let host_binary = if here { Some(serving_binary()?) } else { None };
+    let binary = runtime_parts::server_binary(platform, host_binary.as_deref())?;
     let models: Vec<ServingModel> = serving
         .models
         .iter()
@@ -136,16 +151,79 @@ pub async fn serving_image(
             image_path: m.image_path.clone(),
         })
         .collect();
-    Ok(serving::ensure_serving_image(
+    if serving.config.device == Device::Cuda {
+        if !here {
+            return Err(ServingImageError::CudaElsewhere { platform });
+        }
+        let runtime = crate::onnx::runtime_library()?;
+        return Ok(serving::ensure_serving_image(
+            docker,
+            &ServingImageRequest {
+                project: &project.spec.name,
+                binary: &binary,
+                runtime: &runtime,
+                models: &models,
+                config: &serving.config,
+            },
+            ui,
+        )
+        .await?);
+    }
+    let version = runtime_parts::ort_version()?;
+    let step = ui.step(format!("ONNX Runtime {version} for {platform}"));
+    let fetched =
+        tokio::task::spawn_blocking(move || runtime_parts::onnxruntime(platform, &version))
+            .await
+            .map_err(|e| ServingImageError::Io {
+                what: "fetching ONNX Runtime",
+                path: PathBuf::from("onnxruntime"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    let ort = match fetched {
+        Ok(o) => {
+            step.finish(format!(
+                "ONNX Runtime from {} (sha256 {})",
+                o.wheel,
+                &o.wheel_sha256[..o.wheel_sha256.len().min(12)]
+            ));
+            o
+        }
+        Err(e) => {
+            step.fail();
+            return Err(e.into());
+        }
+    };
+    let plan = make_plan(project)?;
+    let sysroot = runtime_parts::sysroot(docker, &plan.env_image.base, platform, ui).await?;
+    Ok(serving::ensure_serving_image_for(
         docker,
         &ServingImageRequest {
             project: &project.spec.name,
             binary: &binary,
-            runtime: &runtime,
+            runtime: &ort.library,
             models: &models,
             config: &serving.config,
         },
+        Some(&Target {
+            platform,
+            sysroot: &sysroot,
+        }),
         ui,
     )
     .await?)
+}
+
+/// The serving image for each of `platforms`, in that order (see [`serving_image`]).
+pub async fn serving_images(
+    docker: &Docker,
+    project: &Project,
+    serving: &Serving,
+    platforms: &[Platform],
+    ui: &Ui,
+) -> Result<Vec<(Platform, Built)>, ServingImageError> {
+    let mut built = Vec::new();
+    for p in platforms {
+        built.push((*p, serving_image(docker, project, serving, *p, ui).await?));
+    }
+    Ok(built)
 }

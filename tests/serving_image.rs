@@ -835,3 +835,199 @@ fn the_container_serves_the_model_on_a_published_port() {
     assert_eq!(y["name"], "Y", "{reply}");
     assert_eq!(y["data"], serde_json::json!([2.0, 4.0, 6.0]), "{reply}");
 }
+
+/// The amd64 parts: Debian unpacked by debootstrap's first stage and ONNX Runtime from the amd64
+/// wheel; None (after saying why) when the package indexes cannot be reached.
+fn amd64_parts() -> Option<(PathBuf, PathBuf)> {
+    use ferry::images::runtime_parts::{self, PartsError};
+    let offline = |e: &PartsError| {
+        let t = e.to_string().to_ascii_lowercase();
+        matches!(
+            e,
+            PartsError::Pip {
+                unreachable: true,
+                ..
+            }
+        ) || (matches!(e, PartsError::Bootstrap(_))
+            && [
+                "connection",
+                "network is unreachable",
+                "temporary failure in name resolution",
+                "failed to fetch",
+                "couldn't download",
+                "max retries",
+            ]
+            .iter()
+            .any(|w| t.contains(w)))
+    };
+    if ferry::images::bootstrap::foreign_requirements_met().is_err() {
+        eprintln!("skipped: unpacking Debian needs root and debootstrap");
+        return None;
+    }
+    let platform = ferry::platform::Platform::LINUX_AMD64;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sysroot = match rt.block_on(runtime_parts::debian_sysroot(
+        runtime_parts::DEFAULT_SUITE,
+        platform,
+        &Ui::silent(),
+    )) {
+        Ok(s) => s,
+        Err(e) if offline(&e) => {
+            eprintln!("skipped: the Debian package index cannot be reached: {e}");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let version = runtime_parts::ort_version().unwrap();
+    match runtime_parts::onnxruntime(platform, &version) {
+        Ok(o) => Some((sysroot, o.library)),
+        Err(e) if offline(&e) => {
+            eprintln!("skipped: the Python package index cannot be reached: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Built from parts, the amd64 image reads no library of this machine, has the same ID every
+/// time, serves the model as the image made from this machine's files does, and its own files
+/// read back through the engine are a root filesystem that gives the very same image.
+#[test]
+fn the_amd64_image_from_parts_reads_nothing_of_this_machine_and_serves() {
+    use ferry::images::serving::{Target, ensure_serving_image_for, serving_context_for};
+    use ferry::platform::Platform;
+    if Platform::host() != Some(Platform::LINUX_AMD64) {
+        eprintln!("skipped: serving the amd64 image needs an amd64 machine");
+        return;
+    }
+    let Some((sysroot, ort)) = amd64_parts() else {
+        return;
+    };
+    let _s = serial();
+    let project = project("parts");
+    let _cleanup = Cleanup(project.clone());
+    let mut inputs = Inputs::new(&project, &fixture("tiny.onnx"), 8080);
+    inputs.runtime = ort.clone();
+    let target = Target {
+        platform: Platform::LINUX_AMD64,
+        sysroot: &sysroot,
+    };
+    let ctx = serving_context_for(&inputs.request(), Some(&target)).unwrap();
+    assert_eq!(
+        serving_context_for(&inputs.request(), Some(&target))
+            .unwrap()
+            .id,
+        ctx.id,
+        "same parts, another image ID"
+    );
+    let mut libraries = 0;
+    for (path, source) in ctx.files() {
+        let Some(source) = source else { continue };
+        let from_sysroot = source.starts_with(&sysroot);
+        libraries += usize::from(from_sysroot);
+        assert!(
+            from_sysroot
+                || source == ort
+                || source == inputs.binary
+                || source == fixture("tiny.onnx"),
+            "{path} is read from {}, which is not one of the image's parts",
+            source.display()
+        );
+    }
+    assert!(
+        libraries >= 2,
+        "no library from the sysroot: {:?}",
+        ctx.files()
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = rt
+        .block_on(ferry::docker::connect())
+        .expect("docker engine");
+    let built = rt
+        .block_on(ensure_serving_image_for(
+            &d,
+            &inputs.request(),
+            Some(&target),
+            &Ui::silent(),
+        ))
+        .unwrap();
+    assert_eq!(built.id, ctx.id);
+    let inspect = docker(&["image", "inspect", "-f", "{{.Architecture}}", &built.tag]);
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "amd64");
+
+    // The image's own files as a root filesystem give the same runtime layer, so the same image.
+    let read_back = rt
+        .block_on(ferry::images::runtime_parts::sysroot_from_image(
+            &d,
+            &built.tag,
+            Platform::LINUX_AMD64,
+            &Ui::silent(),
+        ))
+        .unwrap();
+    let again = serving_context_for(
+        &inputs.request(),
+        Some(&Target {
+            platform: Platform::LINUX_AMD64,
+            sysroot: &read_back,
+        }),
+    )
+    .unwrap();
+    assert_eq!(again.layers[0].diff_id, ctx.layers[0].diff_id);
+    assert_eq!(again.id, ctx.id);
+    // Cached by the ID of an image this test made: nothing else will read it.
+    std::fs::remove_dir_all(&read_back).unwrap();
+
+    let name = format!("{project}-server");
+    let out = docker(&[
+        "run",
+        "-d",
+        "--read-only",
+        "--name",
+        &name,
+        "-p",
+        "127.0.0.1::8080",
+        &built.tag,
+    ]);
+    let _container = Container(name.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker(&["port", &name, "8080/tcp"]);
+    let mapped = String::from_utf8_lossy(&out.stdout).into_owned();
+    let port: u16 = mapped
+        .lines()
+        .find_map(|l| l.strip_prefix("127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port published on 127.0.0.1: {mapped:?}"));
+    let logs = || {
+        let l = docker(&["logs", &name]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&l.stdout),
+            String::from_utf8_lossy(&l.stderr)
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        last = http(port, "GET", "/v2/health/ready", "").map(|(status, _)| status);
+        if last == Some(200) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(last, Some(200), "not ready within 30s; logs:\n{}", logs());
+    let request = r#"{"inputs":[{"name":"X","datatype":"FP32","shape":[1,3],"data":[1,2,3]}]}"#;
+    let (status, body) = http(port, "POST", "/v2/models/tiny/infer", request)
+        .unwrap_or_else(|| panic!("no answer to infer; logs:\n{}", logs()));
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        reply["outputs"][0]["data"],
+        serde_json::json!([2.0, 4.0, 6.0]),
+        "{reply}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::interrupt::{Interrupted, WatchError};
 use crate::kube::{self, KubeError, Manifests, Release, Secrets};
 use crate::project_plan::PlanError;
 use crate::runs::RunError;
-use crate::serving_image::{ServingImageError, serving_image, serving_plan};
+use crate::serving_image::{ServingImageError, serving_images, serving_plan};
 use crate::session::NotebookFailed;
 use crate::spec::{Project, SpecError, TargetKind};
 use crate::ui::Ui;
@@ -63,13 +63,9 @@ pub enum ClusterError {
     #[error(transparent)]
     Platform(#[from] platform::PlatformMismatch),
     #[error(
-        "the serving image of {env} must be for {platform} ({why}), and this ferry builds serving images for its own platform only\n  hint: run `ferry promote` on a {platform} machine, or set `platform:` for {env} to this machine's"
+        "no platform to build the serving image of {env} for: the cluster's nodes could not be read and this machine's platform is not one ferry builds for\n  hint: set `platform: linux/amd64` or `linux/arm64` under `environment:` for {env}"
     )]
-    ServingPlatform {
-        env: String,
-        platform: crate::platform::Platform,
-        why: String,
-    },
+    NoPlatform { env: String },
     #[error(
         "{from} runs {source_image}, but the serving image built here from the same spec, files and models is {image}: promoting to {env} would not run what {from} runs. The rest of the image differs: ferry's own build or the ONNX Runtime library (ferry.lock says {from} was promoted by ferry {ferry})\n  hint: promote with the ferry that promoted {from}, promote {from} again first, or pass --rebuild to promote this image anyway"
     )]
@@ -294,22 +290,38 @@ pub async fn prepare(
         Ok(client) => platform::for_environment(project, &env, client, ui).await?,
         Err(why) => platform::without_cluster(project, why, ui),
     };
-    let host = crate::platform::Platform::host();
-    if let Some(other) = chosen.platforms.iter().find(|p| Some(**p) != host) {
-        return Err(ClusterError::ServingPlatform {
-            env: env.clone(),
-            platform: *other,
-            why: chosen.why.clone(),
-        });
-    }
     let docker = docker::connect().await?;
-    let image = serving_image(&docker, project, &serving, ui).await?;
+    // One serving image per platform, each from parts of its platform; several are pushed as
+    // one image index, whose digest is what the cluster runs.
+    let built = serving_images(&docker, project, &serving, &chosen.platforms, ui).await?;
     let repository = format!(
         "{}/{}-serve",
         registry.trim_end_matches('/'),
         project.spec.name
     );
-    let pushed = push::push(&docker, &image.tag, &repository, ui).await?;
+    let (image, pushed) = match built.as_slice() {
+        [] => {
+            return Err(ClusterError::NoPlatform { env });
+        }
+        [(_, one)] => (
+            one.clone(),
+            push::push(&docker, &one.tag, &repository, ui).await?,
+        ),
+        several => {
+            let tags: Vec<(crate::platform::Platform, String)> =
+                several.iter().map(|(p, b)| (*p, b.tag.clone())).collect();
+            let index = push::push_index(&docker, &tags, &repository, ui).await?;
+            // ferry.lock names one local image beside the index: this machine's, if built.
+            let host = crate::platform::Platform::host();
+            let local = several
+                .iter()
+                .find(|(p, _)| Some(*p) == host)
+                .unwrap_or(&several[0])
+                .1
+                .clone();
+            (local, index.index)
+        }
+    };
     let release = Release::new(
         project,
         serving,

@@ -778,6 +778,79 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// debootstrap, when this process can run it (as root): what [`foreign_first_stage`] needs.
+pub fn foreign_requirements_met() -> Result<PathBuf, BootstrapError> {
+    if is_root() == Some(false) {
+        return Err(BootstrapError::NotRoot);
+    }
+    find_program("debootstrap").ok_or(BootstrapError::DebootstrapMissing)
+}
+
+/// debootstrap's first stage for another CPU (`--foreign`): it downloads and unpacks the
+/// packages of a minimal Debian of `arch` into `dest` without running any of them, so it works
+/// on any machine, emulator or not. The tree is the platform's C library, loader and their
+/// links as Debian lays them out: enough to take a serving image's libraries from. `dest` must
+/// not exist or be empty. The same mirror as [`ensure_base`] is used (apt's, else debootstrap's
+/// default).
+pub async fn foreign_first_stage(
+    suite: &str,
+    arch: crate::platform::Arch,
+    dest: &Path,
+    ui: &Ui,
+) -> Result<(), BootstrapError> {
+    validate(&BaseRequest {
+        suite,
+        packages: &[],
+    })?;
+    let debootstrap = foreign_requirements_met()?;
+    let mirror = host_mirror();
+    let step = ui.step(format!(
+        "unpacking Debian {suite} for {} ({})",
+        arch.debian(),
+        mirror.as_deref().unwrap_or("debootstrap's default mirror")
+    ));
+    let log = std::env::temp_dir().join(format!("ferry-debootstrap-{suite}-{}.log", arch.debian()));
+    let mut cmd = tokio::process::Command::new(&debootstrap);
+    cmd.arg("--foreign")
+        .arg(format!("--arch={}", arch.debian()))
+        .arg("--variant=minbase")
+        .arg(suite)
+        .arg(dest);
+    if let Some(m) = &mirror {
+        cmd.arg(m);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            step.fail();
+            return Err(BootstrapError::io("running", debootstrap)(e));
+        }
+    };
+    if out.status.success() {
+        step.finish(format!("unpacked Debian {suite} for {}", arch.debian()));
+        return Ok(());
+    }
+    step.fail();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if let Ok(inner) = fs::read_to_string(dest.join("debootstrap/debootstrap.log")) {
+        text.push_str("\n--- debootstrap/debootstrap.log ---\n");
+        text.push_str(&inner);
+    }
+    fs::write(&log, &text).map_err(BootstrapError::io("writing", &log))?;
+    Err(BootstrapError::DebootstrapFailed {
+        status: out.status.to_string(),
+        tail: last_lines(text.lines().map(str::to_string).collect(), FAILURE_TAIL),
+        log,
+    })
+}
+
 /// Effective uid 0? `None` when it cannot be told (then debootstrap reports it itself).
 pub(crate) fn is_root() -> Option<bool> {
     let status = fs::read_to_string("/proc/self/status").ok()?;

@@ -1,5 +1,5 @@
 //! Images: build contexts, content-addressed tags, builds through the Docker API, the project
-//! image written by ferry, and the
+//! image written by ferry, the serving image assembled from parts of its platform, and the
 //! offline path (a base bootstrapped from Debian packages, Python wheels fetched on the host).
 
 pub mod bootstrap;
@@ -9,5 +9,6 @@ pub mod context;
 pub mod leftovers;
 pub mod push;
 pub mod requirements;
+pub mod runtime_parts;
 pub mod serving;
 pub mod wheels;

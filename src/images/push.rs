@@ -20,7 +20,10 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use crate::docker::DockerError;
+use crate::platform::Platform;
 use crate::ui::{Step, Ui, human_bytes};
 
 /// What a registry without an explicit host in the reference is.
@@ -104,6 +107,8 @@ pub enum PushError {
         server: String,
         message: String,
     },
+    #[error("cannot make an image index in {repository}: {reason}")]
+    InvalidIndex { repository: String, reason: String },
     #[error(transparent)]
     Docker(#[from] DockerError),
 }
@@ -205,6 +210,396 @@ pub async fn push_with_config(
             }
             Err(e)
         }
+    }
+}
+
+/// The OCI image index media type: what a multi-platform image is named by.
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// What a registry is asked for when ferry reads back a pushed image's manifest.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// An image index in a registry, and the image of each platform it references.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PushedIndex {
+    /// The index by its digest: what a cluster runs; each node pulls its platform's image.
+    pub index: Pushed,
+    pub images: Vec<(Platform, Pushed)>,
+}
+
+/// The index's JSON, fields in the order of the OCI image spec, so its digest follows from the
+/// images alone.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ImageIndex {
+    schema_version: u32,
+    media_type: &'static str,
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    media_type: String,
+    digest: String,
+    size: u64,
+    platform: IndexPlatform,
+}
+
+#[derive(Serialize)]
+struct IndexPlatform {
+    architecture: &'static str,
+    os: &'static str,
+}
+
+/// Pushes each local image (one per platform) to `repository`, then an OCI image index that
+/// references each by digest with its platform, and returns the index by its digest.
+pub async fn push_index(
+    docker: &Docker,
+    images: &[(Platform, String)],
+    repository: &str,
+    ui: &Ui,
+) -> Result<PushedIndex, PushError> {
+    let config = docker_config_dir();
+    push_index_with_config(docker, images, repository, config.as_deref(), ui).await
+}
+
+/// [`push_index`] with the credentials of the Docker config directory `config_dir`, or none.
+pub async fn push_index_with_config(
+    docker: &Docker,
+    images: &[(Platform, String)],
+    repository: &str,
+    config_dir: Option<&Path>,
+    ui: &Ui,
+) -> Result<PushedIndex, PushError> {
+    validate_repository(repository)?;
+    let registry = registry_host(repository).to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    for (p, _) in images {
+        if !seen.insert(*p) {
+            return Err(PushError::InvalidIndex {
+                repository: repository.to_string(),
+                reason: format!("{p} is given twice; an index holds one image per platform"),
+            });
+        }
+    }
+    if images.is_empty() {
+        return Err(PushError::InvalidIndex {
+            repository: repository.to_string(),
+            reason: "no images were given".into(),
+        });
+    }
+    let mut pushed = Vec::new();
+    for (platform, local) in images {
+        pushed.push((
+            *platform,
+            push_with_config(docker, local, repository, config_dir, ui).await?,
+        ));
+    }
+
+    let step = ui.step(format!("pushing the image index of {repository}"));
+    let result = async {
+        let credentials = match config_dir {
+            Some(dir) => {
+                let (owned, reg) = (dir.to_path_buf(), registry.clone());
+                tokio::task::spawn_blocking(move || {
+                    lookup_credentials(&owned, &reg, &|helper, server| {
+                        run_helper(&format!("docker-credential-{helper}"), server)
+                    })
+                })
+                .await
+                .map_err(|e| PushError::Config {
+                    path: dir.join("config.json"),
+                    registry: registry.clone(),
+                    message: format!("reading the credentials panicked: {e}"),
+                })??
+                .credentials
+                .map(|f| f.credentials)
+            }
+            None => None,
+        };
+        let client = RegistryClient::new(&registry, repository, credentials)?;
+        let mut manifests = Vec::new();
+        for (platform, p) in &pushed {
+            let (media_type, bytes) = client.manifest(&p.digest).await?;
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            if digest != p.digest {
+                return Err(PushError::Digest {
+                    registry: registry.clone(),
+                    repository: repository.to_string(),
+                    what: format!(
+                        "the registry gave a manifest of digest {digest} when asked for {}",
+                        p.digest
+                    ),
+                });
+            }
+            manifests.push(IndexEntry {
+                media_type,
+                digest,
+                size: bytes.len() as u64,
+                platform: IndexPlatform {
+                    architecture: platform.arch.go_name(),
+                    os: platform.os(),
+                },
+            });
+        }
+        let body = serde_json::to_vec(&ImageIndex {
+            schema_version: 2,
+            media_type: INDEX_MEDIA_TYPE,
+            manifests,
+        })
+        .map_err(|e| PushError::Rejected {
+            registry: registry.clone(),
+            message: format!("cannot write the index: {e}"),
+        })?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        // Named by its content too, as the images are; the digest is what counts.
+        let tag = format!("index-{}", &digest["sha256:".len().."sha256:".len() + 12]);
+        let stored = client.put_index(&tag, body).await?;
+        if stored.as_deref().is_some_and(|d| d != digest) {
+            return Err(PushError::Digest {
+                registry: registry.clone(),
+                repository: repository.to_string(),
+                what: format!(
+                    "the registry stored the index as {} where its content is {digest}",
+                    stored.unwrap_or_default()
+                ),
+            });
+        }
+        Ok(Pushed {
+            repository: repository.to_string(),
+            tag,
+            reference: format!("{repository}@{digest}"),
+            digest,
+        })
+    }
+    .await;
+    match result {
+        Ok(index) => {
+            step.finish(format!("pushed image index {}", index.reference));
+            Ok(PushedIndex {
+                index,
+                images: pushed,
+            })
+        }
+        Err(e) => {
+            step.fail();
+            Err(e)
+        }
+    }
+}
+
+/// The registry's HTTP API for one repository: what the engine cannot do (an index).
+struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    registry: String,
+    name: String,
+    credentials: Option<DockerCredentials>,
+    /// A bearer token, once the registry asked for one.
+    token: tokio::sync::Mutex<Option<String>>,
+}
+
+impl RegistryClient {
+    fn new(
+        registry: &str,
+        repository: &str,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<RegistryClient, PushError> {
+        let host = registry.split(':').next().unwrap_or(registry);
+        // The engine lets loopback registries speak plain HTTP; so does ferry, and only them.
+        let scheme =
+            if host == "localhost" || host.starts_with("127.") || registry.starts_with("[::1]") {
+                "http"
+            } else {
+                "https"
+            };
+        let name = repository
+            .strip_prefix(registry)
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or(repository)
+            .to_string();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| PushError::Unreachable {
+                registry: registry.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(RegistryClient {
+            http,
+            base: format!("{scheme}://{registry}/v2/{name}"),
+            registry: registry.to_string(),
+            name,
+            credentials,
+            token: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn send(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PushError> {
+        let unreachable = |e: reqwest::Error| PushError::Unreachable {
+            registry: self.registry.clone(),
+            message: e.to_string(),
+        };
+        for attempt in 0..2 {
+            let mut req = make();
+            if let Some(t) = self.token.lock().await.as_deref() {
+                req = req.bearer_auth(t);
+            } else if let Some(c) = &self.credentials
+                && let Some(user) = &c.username
+            {
+                req = req.basic_auth(user, c.password.as_deref());
+            }
+            let resp = req.send().await.map_err(unreachable)?;
+            if resp.status() != reqwest::StatusCode::UNAUTHORIZED || attempt == 1 {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            match challenge.strip_prefix("Bearer ") {
+                Some(params) => {
+                    let token = self.fetch_token(params).await?;
+                    *self.token.lock().await = Some(token);
+                }
+                None if self.credentials.is_some() => return Ok(resp),
+                None => {
+                    return Err(PushError::AuthRequired {
+                        registry: self.registry.clone(),
+                        message: "the registry answered 401 to the image index".into(),
+                    });
+                }
+            }
+        }
+        Err(PushError::AuthRequired {
+            registry: self.registry.clone(),
+            message: "the registry kept asking for credentials".into(),
+        })
+    }
+
+    /// A token from the realm a `Bearer` challenge names, for pulling and pushing this
+    /// repository, with the user's credentials when there are any.
+    async fn fetch_token(&self, params: &str) -> Result<String, PushError> {
+        let mut realm = None;
+        let mut query = Vec::new();
+        for part in params.split(',') {
+            let Some((k, v)) = part.trim().split_once('=') else {
+                continue;
+            };
+            let v = v.trim_matches('"').to_string();
+            match k {
+                "realm" => realm = Some(v),
+                "service" => query.push(("service", v)),
+                _ => {}
+            }
+        }
+        query.push(("scope", format!("repository:{}:pull,push", self.name)));
+        let Some(realm) = realm else {
+            return Err(PushError::AuthRequired {
+                registry: self.registry.clone(),
+                message: format!("its challenge names no token realm: Bearer {params}"),
+            });
+        };
+        let mut url = reqwest::Url::parse(&realm).map_err(|e| PushError::AuthRequired {
+            registry: self.registry.clone(),
+            message: format!("its token realm {realm:?} is not a URL: {e}"),
+        })?;
+        for (k, v) in &query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.credentials
+            && let Some(user) = &c.username
+        {
+            req = req.basic_auth(user, c.password.as_deref());
+        }
+        let resp = req.send().await.map_err(|e| PushError::Unreachable {
+            registry: self.registry.clone(),
+            message: format!("{realm}: {e}"),
+        })?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| PushError::AuthDenied {
+                registry: self.registry.clone(),
+                source_of: "the Docker config".into(),
+                message: format!("the token service answered {status}"),
+            })
+    }
+
+    /// The media type and bytes of the manifest `digest`.
+    async fn manifest(&self, digest: &str) -> Result<(String, Vec<u8>), PushError> {
+        let url = format!("{}/manifests/{digest}", self.base);
+        let resp = self
+            .send(|| {
+                self.http
+                    .get(&url)
+                    .header(reqwest::header::ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        let status = resp.status();
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| PushError::Unreachable {
+            registry: self.registry.clone(),
+            message: e.to_string(),
+        })?;
+        if !status.is_success() {
+            return Err(PushError::Rejected {
+                registry: self.registry.clone(),
+                message: format!(
+                    "reading back manifest {digest}: {status}: {}",
+                    String::from_utf8_lossy(&bytes).trim()
+                ),
+            });
+        }
+        Ok((media_type, bytes.to_vec()))
+    }
+
+    /// Stores the index under `tag`; the digest the registry says it stored, if it says.
+    async fn put_index(&self, tag: &str, body: Vec<u8>) -> Result<Option<String>, PushError> {
+        let url = format!("{}/manifests/{tag}", self.base);
+        let resp = self
+            .send(|| {
+                self.http
+                    .put(&url)
+                    .header(reqwest::header::CONTENT_TYPE, INDEX_MEDIA_TYPE)
+                    .body(body.clone())
+            })
+            .await?;
+        let status = resp.status();
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if status.is_success() {
+            return Ok(digest);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        Err(match status.as_u16() {
+            401 | 403 => PushError::AuthDenied {
+                registry: self.registry.clone(),
+                source_of: "the Docker config".into(),
+                message: format!("{status}: {}", text.trim()),
+            },
+            _ => PushError::Rejected {
+                registry: self.registry.clone(),
+                message: format!("the image index: {status}: {}", text.trim()),
+            },
+        })
     }
 }
 

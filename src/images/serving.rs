@@ -14,6 +14,12 @@
 //!
 //! The image is tagged by its ID, and an existing tag is not loaded again.
 //!
+//! The libraries come from a root filesystem of the image's platform (a "sysroot": the
+//! environment's base image's files, or Debian unpacked for that CPU; see `runtime_parts`),
+//! resolved there as that system's loader would, so the machine that makes the image may be of
+//! another OS or CPU. Only a CUDA image still takes its libraries from this machine, as the
+//! GPU build of ONNX Runtime and CUDA's libraries are found here.
+//!
 //! Two layers, the one that changes least first: the runtime (binary, ONNX Runtime, the
 //! libraries, the loader, the users) and the models with the serving config. A retrained model
 //! changes only the second, so only it is pushed again.
@@ -26,7 +32,7 @@
 //! /usr/lib/ferry/libonnxruntime.so   found by `onnx::runtime_library()` as <exe>/../lib/ferry
 //! /lib64/ld-linux-x86-64.so.2        the ELF interpreter, at its PT_INTERP path
 //! /lib/x86_64-linux-gnu/libc.so.6 …  each library under the name it is needed by, in the
-//!                                    directory the host's loader found it in
+//!                                    directory the loader of its root filesystem finds it in
 //! /etc/passwd, /etc/group            uid/gid 65532 named `ferry`
 //! model layer
 //! /etc/ferry/serving.json            the serving config (`server::config::CONFIG_PATH`)
@@ -54,6 +60,7 @@ use super::build::{Built, ImageError};
 use super::context::Context;
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::onnx::{self, OnnxError};
+use crate::platform::Platform;
 use crate::server::config::{CONFIG_PATH, Device, ServingConfig};
 use crate::ui::{Ui, human_bytes};
 
@@ -156,6 +163,16 @@ struct Written {
     content: u64,
 }
 
+/// The platform an image is made for and the root filesystem its libraries come from.
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    pub platform: Platform,
+    /// A directory holding the platform's C library and loader at the paths the image will
+    /// have them (an environment image's files, or a bootstrapped Debian tree). Nothing of this
+    /// machine's own file system is read for the image's libraries.
+    pub sysroot: &'a Path,
+}
+
 /// The serving image for `req`, loaded into the engine unless its tag already exists.
 ///
 /// Every model is loaded in ONNX Runtime first: one that is not ONNX, does not load, or has an
@@ -165,9 +182,21 @@ pub async fn ensure_serving_image(
     req: &ServingImageRequest<'_>,
     ui: &Ui,
 ) -> Result<Built, ImageError> {
+    ensure_serving_image_for(docker, req, None, ui).await
+}
+
+/// [`ensure_serving_image`] for a platform whose libraries come from a sysroot (`None`: this
+/// machine's own, as the loader here finds them).
+pub async fn ensure_serving_image_for(
+    docker: &Docker,
+    req: &ServingImageRequest<'_>,
+    target: Option<&Target<'_>>,
+    ui: &Ui,
+) -> Result<Built, ImageError> {
     let step = ui.step("checking models and collecting the serving image's files");
     // Loading models and hashing a few hundred MB of binaries blocks; keep it off the runtime.
-    let owned = OwnedRequest::from(req);
+    let mut owned = OwnedRequest::from(req);
+    owned.target = target.map(|t| (t.platform, t.sysroot.to_path_buf()));
     let ctx = match tokio::task::spawn_blocking(move || owned.context()).await {
         Ok(Ok(ctx)) => ctx,
         Ok(Err(e)) => {
@@ -213,6 +242,30 @@ pub async fn ensure_serving_image(
 /// made. Blocking: it loads every model in ONNX Runtime and reads every file that goes into the
 /// image.
 pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, ImageError> {
+    serving_context_for(req, None)
+}
+
+/// [`serving_context`] for a target platform: the binary and ONNX Runtime must be of its CPU,
+/// and every library and the loader come from its sysroot, placed at the paths they have there.
+pub fn serving_context_for(
+    req: &ServingImageRequest<'_>,
+    target: Option<&Target<'_>>,
+) -> Result<ServingContext, ImageError> {
+    if let Some(t) = target {
+        for file in [req.binary, req.runtime] {
+            check_machine(file, t.platform)?;
+        }
+        if req.config.device == Device::Cuda {
+            return Err(context_error(
+                req.runtime,
+                format!(
+                    "serve.device is cuda, and the CUDA execution provider's libraries are taken from this machine, so a CUDA serving image is made only for this machine's platform, not from {}\n  hint: build it on a {} machine with the GPU build of ONNX Runtime, or set serve.device: cpu",
+                    t.sysroot.display(),
+                    t.platform
+                ),
+            ));
+        }
+    }
     for m in req.models {
         check_model(&m.host_path)?;
     }
@@ -270,9 +323,33 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
     if let Some(d) = req.binary.parent() {
         moved.push((d.to_path_buf(), "/usr/bin"));
     }
-    let mut roots: Vec<(&Path, bool)> = vec![(req.binary, false), (req.runtime, false)];
-    roots.extend(providers.iter().map(|p| (p.as_path(), true)));
-    let mut resolver = Resolver::host();
+    let mut roots = match target {
+        // Opened by their places in the image, so `$ORIGIN` means what it will there.
+        Some(_) => {
+            moved.clear();
+            vec![
+                Root {
+                    source: req.binary,
+                    path: BINARY_PATH.into(),
+                    optional: false,
+                },
+                Root {
+                    source: req.runtime,
+                    path: RUNTIME_PATH.into(),
+                    optional: false,
+                },
+            ]
+        }
+        None => vec![
+            Root::here(req.binary, false),
+            Root::here(req.runtime, false),
+        ],
+    };
+    roots.extend(providers.iter().map(|p| Root::here(p, true)));
+    let mut resolver = match target {
+        Some(t) => Resolver::sysroot(t.sysroot, t.platform.arch),
+        None => Resolver::host(),
+    };
     let mut lib_dirs = BTreeSet::new();
     if !providers.is_empty() {
         // The image names the runtime's directory in LD_LIBRARY_PATH, so the CUDA libraries
@@ -291,13 +368,13 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
         if let Some((dir, _)) = image_path.rsplit_once('/') {
             lib_dirs.insert(dir.to_string());
         }
-        put(image_path, Part::Runtime, Entry::file(&lib.path, 0o755))?;
+        put(image_path, Part::Runtime, Entry::file(&lib.source, 0o755))?;
     }
     for interp in &closure.interpreters {
         put(
-            image_path_of(interp, &[])?,
+            image_path_of(&interp.path, &[])?,
             Part::Runtime,
-            Entry::file(interp, 0o755),
+            Entry::file(&interp.source, 0o755),
         )?;
     }
     put(
@@ -348,8 +425,12 @@ pub fn serving_context(req: &ServingImageRequest<'_>) -> Result<ServingContext, 
     let content_bytes = layers.iter().map(|l| l.content).sum();
     let left_out = closure.left_out;
 
+    let architecture = match target {
+        Some(t) => t.platform.arch.go_name(),
+        None => go_arch(elf_kind(req.binary)),
+    };
     let config = image_config(
-        go_arch(elf_kind(req.binary)),
+        architecture,
         &lib_dirs,
         req.config.port,
         req.project,
@@ -407,6 +488,26 @@ fn driver_dirs() -> Vec<String> {
 }
 
 impl ServingContext {
+    /// Every file of the image, layer by layer, with the file of this machine it is read from
+    /// (None for what ferry writes itself: the users, the serving config).
+    pub fn files(&self) -> Vec<(String, Option<PathBuf>)> {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.entries)
+            .filter_map(|(path, node)| match node {
+                Node::Dir => None,
+                Node::File(Entry {
+                    source: Source::File(p),
+                    ..
+                }) => Some((path.clone(), Some(p.clone()))),
+                Node::File(Entry {
+                    source: Source::Bytes(_),
+                    ..
+                }) => Some((path.clone(), None)),
+            })
+            .collect()
+    }
+
     /// Writes the image archive that `docker load` (`POST /images/load`) takes: each layer's tar
     /// as `<diff id hex>/layer.tar`, the config as `<image id hex>.json`, and `manifest.json`,
     /// which names them and the tag. The manifest goes last, so an archive cut short is never
@@ -664,13 +765,58 @@ async fn load(docker: &Docker, ctx: ServingContext, ui: &Ui) -> Result<String, I
 /// them (each path is the directory searched plus the `DT_NEEDED` name, so it may be a symlink),
 /// followed by their ELF interpreter(s) (`PT_INTERP`). The inputs themselves are not listed.
 pub fn library_closure(elf: &[&Path]) -> Result<Vec<PathBuf>, ImageError> {
-    let roots: Vec<(&Path, bool)> = elf.iter().map(|p| (*p, false)).collect();
+    let roots: Vec<Root<'_>> = elf.iter().map(|p| Root::here(p, false)).collect();
     let c = resolve_closure(&roots, &Resolver::host())?;
     Ok(c.libraries
         .into_iter()
-        .map(|l| l.path)
         .chain(c.interpreters)
+        .map(|l| l.path)
         .collect())
+}
+
+/// [`library_closure`] as a system rooted at `sysroot` loads it: each library as the loader
+/// there finds it (its path in that system) with the file under `sysroot` that holds it. The
+/// inputs are read from where they are and opened as the paths given with them.
+pub fn sysroot_closure(
+    elf: &[(&Path, &str)],
+    sysroot: &Path,
+    platform: Platform,
+) -> Result<Vec<(PathBuf, PathBuf)>, ImageError> {
+    let roots: Vec<Root<'_>> = elf
+        .iter()
+        .map(|(source, path)| Root {
+            source,
+            path: PathBuf::from(path),
+            optional: false,
+        })
+        .collect();
+    let c = resolve_closure(&roots, &Resolver::sysroot(sysroot, platform.arch))?;
+    Ok(c.libraries
+        .into_iter()
+        .chain(c.interpreters)
+        .map(|l| (l.path, l.source))
+        .collect())
+}
+
+/// Refuses an ELF file that is not a 64-bit little-endian object of `platform`'s CPU.
+pub fn check_machine(path: &Path, platform: Platform) -> Result<(), ImageError> {
+    use goblin::elf::header::ELFCLASS64;
+    match elf_kind(path) {
+        Some((ELFCLASS64, m, ELFDATA2LSB)) if m == platform.arch.elf_machine() => Ok(()),
+        Some((_, m, _)) => Err(context_error(
+            path,
+            format!(
+                "it is built for {} (ELF machine {m}), not for {platform}\n  hint: give the {platform} build of this file",
+                crate::platform::Arch::from_elf_machine(m)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "another CPU".into())
+            ),
+        )),
+        None => Err(context_error(
+            path,
+            format!("not an ELF file, so not a {platform} program or library"),
+        )),
+    }
 }
 
 /// What `docker load` reads first: the config and layers of each image in the archive, and the
@@ -1063,6 +1209,7 @@ struct OwnedRequest {
     runtime: PathBuf,
     models: Vec<ServingModel>,
     config: ServingConfig,
+    target: Option<(Platform, PathBuf)>,
 }
 
 impl From<&ServingImageRequest<'_>> for OwnedRequest {
@@ -1073,29 +1220,39 @@ impl From<&ServingImageRequest<'_>> for OwnedRequest {
             runtime: r.runtime.to_path_buf(),
             models: r.models.to_vec(),
             config: r.config.clone(),
+            target: None,
         }
     }
 }
 
 impl OwnedRequest {
     fn context(&self) -> Result<ServingContext, ImageError> {
-        serving_context(&ServingImageRequest {
-            project: &self.project,
-            binary: &self.binary,
-            runtime: &self.runtime,
-            models: &self.models,
-            config: &self.config,
-        })
+        let target = self.target.as_ref().map(|(platform, sysroot)| Target {
+            platform: *platform,
+            sysroot,
+        });
+        serving_context_for(
+            &ServingImageRequest {
+                project: &self.project,
+                binary: &self.binary,
+                runtime: &self.runtime,
+                models: &self.models,
+                config: &self.config,
+            },
+            target.as_ref(),
+        )
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shared-library closure
 
-/// Where the loader looks besides an object's own RPATH/RUNPATH.
+/// Where the loader looks besides an object's own RPATH/RUNPATH, and which files it finds there.
 struct Resolver {
-    /// What the image's LD_LIBRARY_PATH makes the loader search, on this machine: after RPATH,
-    /// before RUNPATH.
+    /// None: this machine's own files. Some: a sysroot, the image's root filesystem as a
+    /// directory here; every path the loader looks at is a path in the image, read under it.
+    root: Option<PathBuf>,
+    /// What the image's LD_LIBRARY_PATH makes the loader search: after RPATH, before RUNPATH.
     library_path: Vec<PathBuf>,
     /// `/etc/ld.so.conf` (what `ld.so.cache` is built from), then the loader's built-in dirs.
     system_dirs: Vec<PathBuf>,
@@ -1104,35 +1261,109 @@ struct Resolver {
 impl Resolver {
     fn host() -> Resolver {
         let mut dirs = Vec::new();
-        ld_so_conf(Path::new("/etc/ld.so.conf"), 0, &mut dirs);
-        Resolver::with_conf_dirs(dirs)
+        ld_so_conf(None, Path::new("/etc/ld.so.conf"), 0, &mut dirs);
+        Resolver::with_conf_dirs(dirs, crate::platform::Arch::host())
     }
 
-    fn with_conf_dirs(mut dirs: Vec<PathBuf>) -> Resolver {
-        let triple = match std::env::consts::ARCH {
-            "x86_64" => Some("x86_64-linux-gnu"),
-            "aarch64" => Some("aarch64-linux-gnu"),
-            _ => None,
-        };
+    /// The loader of a system whose root filesystem is `root` and whose CPU is `arch`: its
+    /// `ld.so.conf` and multiarch directories, not this machine's.
+    fn sysroot(root: &Path, arch: crate::platform::Arch) -> Resolver {
+        let mut dirs = Vec::new();
+        ld_so_conf(Some(root), Path::new("/etc/ld.so.conf"), 0, &mut dirs);
+        let mut r = Resolver::with_conf_dirs(dirs, Some(arch));
+        r.root = Some(root.to_path_buf());
+        r
+    }
+
+    fn with_conf_dirs(mut dirs: Vec<PathBuf>, arch: Option<crate::platform::Arch>) -> Resolver {
         // glibc's compiled-in system dirs: Debian-style multiarch, Fedora-style lib64, plain.
-        if let Some(t) = triple {
-            dirs.push(Path::new("/lib").join(t));
-            dirs.push(Path::new("/usr/lib").join(t));
+        if let Some(a) = arch {
+            dirs.push(Path::new("/lib").join(a.multiarch()));
+            dirs.push(Path::new("/usr/lib").join(a.multiarch()));
         }
         dirs.extend(["/lib64", "/usr/lib64", "/lib", "/usr/lib"].map(PathBuf::from));
         let mut seen = BTreeSet::new();
         dirs.retain(|d| seen.insert(d.clone()));
         Resolver {
+            root: None,
             library_path: Vec::new(),
             system_dirs: dirs,
         }
     }
+
+    /// The file that holds what the loader finds at `path`; None when nothing is there.
+    fn locate(&self, path: &Path) -> Option<PathBuf> {
+        match &self.root {
+            None => Some(path.to_path_buf()),
+            Some(root) => resolve_in_root(root, path),
+        }
+    }
 }
 
-/// Directories listed in an `ld.so.conf`, following `include` lines (globs allowed).
-fn ld_so_conf(file: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+/// The file under `sysroot` that a program running in that root filesystem finds at `path`
+/// (symlinks followed inside it); None if there is none.
+pub fn resolve_in_sysroot(sysroot: &Path, path: &Path) -> Option<PathBuf> {
+    resolve_in_root(sysroot, path)
+}
+
+/// `path` (absolute, as the image sees it) inside `root`, with every symlink on the way followed
+/// as the image would follow it: an absolute target starts again at `root`, and `..` stops at
+/// it, so nothing outside the root is ever reached. None if it does not exist or loops.
+pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::collections::VecDeque;
+    let mut todo: VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop_front() {
+        if part == ".." {
+            at.pop();
+            continue;
+        }
+        if part == "." {
+            continue;
+        }
+        at.push(part);
+        let here: PathBuf = at.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        let meta = std::fs::symlink_metadata(&here).ok()?;
+        if meta.file_type().is_symlink() {
+            // The loader's own limit on links is about this; it also ends loops.
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = std::fs::read_link(&here).ok()?;
+            at.pop();
+            if target.is_absolute() {
+                at.clear();
+            }
+            for c in target.components().rev() {
+                match c {
+                    Component::Normal(n) => todo.push_front(n.to_os_string()),
+                    Component::ParentDir => todo.push_front("..".into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(at.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+/// Directories listed in an `ld.so.conf`, following `include` lines (globs allowed). With a
+/// `root`, `file` and the includes are paths in that root filesystem.
+fn ld_so_conf(root: Option<&Path>, file: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     // A missing or unreadable file adds nothing, as for ldconfig; a cycle of includes stops.
-    let Ok(text) = std::fs::read_to_string(file) else {
+    let real = match root {
+        None => Some(file.to_path_buf()),
+        Some(r) => resolve_in_root(r, file),
+    };
+    let Some(text) = real.and_then(|f| std::fs::read_to_string(f).ok()) else {
         return;
     };
     if depth > 8 {
@@ -1145,8 +1376,8 @@ fn ld_so_conf(file: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             && rest.starts_with([' ', '\t'])
         {
             for pattern in rest.split_whitespace() {
-                for f in glob_files(&base.join(pattern)) {
-                    ld_so_conf(&f, depth + 1, out);
+                for f in glob_files(root, &base.join(pattern)) {
+                    ld_so_conf(root, &f, depth + 1, out);
                 }
             }
         } else if line.starts_with("hwcap") {
@@ -1162,8 +1393,9 @@ fn ld_so_conf(file: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Files matching `pattern` (a glob in its last component only, as ld.so.conf uses), sorted.
-fn glob_files(pattern: &Path) -> Vec<PathBuf> {
+/// Files matching `pattern` (a glob in its last component only, as ld.so.conf uses), sorted;
+/// with a `root`, paths in that root filesystem.
+fn glob_files(root: Option<&Path>, pattern: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
         return Vec::new();
     };
@@ -1175,13 +1407,17 @@ fn glob_files(pattern: &Path) -> Vec<PathBuf> {
         return Vec::new();
     };
     let m = glob.compile_matcher();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let real = match root {
+        None => Some(dir.to_path_buf()),
+        Some(r) => resolve_in_root(r, dir),
+    };
+    let Some(Ok(entries)) = real.map(std::fs::read_dir) else {
         return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|e| m.is_match(e.file_name()))
-        .map(|e| e.path())
+        .map(|e| dir.join(e.file_name()))
         .collect();
     files.sort();
     files
@@ -1189,18 +1425,40 @@ fn glob_files(pattern: &Path) -> Vec<PathBuf> {
 
 struct Closure {
     libraries: Vec<Library>,
-    interpreters: Vec<PathBuf>,
+    interpreters: Vec<Library>,
     /// Libraries needed by optional roots that were not taken: `name (needed by FILE)`.
     left_out: Vec<String>,
 }
 
 struct Library {
-    /// The search directory joined with the needed name.
+    /// The search directory joined with the needed name: where the loader finds it.
     path: PathBuf,
+    /// The file read for it: `path` itself on this machine, or its place in a sysroot.
+    source: PathBuf,
+}
+
+/// An object to start from: the file, the path the loader opens it by, and whether it is
+/// optional.
+struct Root<'a> {
+    source: &'a Path,
+    path: PathBuf,
+    optional: bool,
+}
+
+impl<'a> Root<'a> {
+    /// A file of this machine, opened where it is.
+    fn here(source: &'a Path, optional: bool) -> Root<'a> {
+        Root {
+            source,
+            path: source.to_path_buf(),
+            optional,
+        }
+    }
 }
 
 /// What the loader reads from one object.
 struct Object {
+    /// The path it is opened by (in the image, for a sysroot).
     path: PathBuf,
     kind: (u8, u16, u8),
     needed: Vec<String>,
@@ -1214,18 +1472,18 @@ struct Object {
     optional: bool,
 }
 
-/// The closure of `roots`, each with whether it is optional: what an optional root needs and
-/// cannot be found (or is the GPU driver's) is listed in `left_out` instead of failing.
-fn resolve_closure(roots: &[(&Path, bool)], resolver: &Resolver) -> Result<Closure, ImageError> {
+/// The closure of `roots`: what an optional root needs and cannot be found (or is the GPU
+/// driver's) is listed in `left_out` instead of failing.
+fn resolve_closure(roots: &[Root<'_>], resolver: &Resolver) -> Result<Closure, ImageError> {
     let mut objects: Vec<Object> = Vec::new();
     // needed name or soname → index of the object that satisfies it, as the loader reuses an
     // already loaded object whose name matches.
     let mut loaded: HashMap<String, usize> = HashMap::new();
     let mut libraries = Vec::new();
     let mut left_out = Vec::new();
-    for (root, optional) in roots {
-        let mut obj = read_object(root, None)?;
-        obj.optional = *optional;
+    for root in roots {
+        let mut obj = read_object(root.source, &root.path, None)?;
+        obj.optional = root.optional;
         if let Some(s) = &obj.soname {
             loaded.entry(s.clone()).or_insert(objects.len());
         }
@@ -1251,7 +1509,7 @@ fn resolve_closure(roots: &[(&Path, bool)], resolver: &Resolver) -> Result<Closu
                 leave("the GPU driver's, needed by", &mut left_out);
                 continue;
             }
-            let path = match find_library(&name, me, &objects, resolver) {
+            let (path, source) = match find_library(&name, me, &objects, resolver) {
                 Ok(p) => p,
                 Err(_) if optional => {
                     leave("not found, needed by", &mut left_out);
@@ -1259,37 +1517,46 @@ fn resolve_closure(roots: &[(&Path, bool)], resolver: &Resolver) -> Result<Closu
                 }
                 Err(e) => return Err(e),
             };
-            let mut obj = read_object(&path, Some(me))?;
+            let mut obj = read_object(&source, &path, Some(me))?;
             obj.optional = optional;
             let idx = objects.len();
             loaded.insert(name, idx);
             if let Some(s) = &obj.soname {
                 loaded.entry(s.clone()).or_insert(idx);
             }
-            libraries.push(Library { path });
+            libraries.push(Library { path, source });
             objects.push(obj);
         }
     }
 
-    let mut interpreters: Vec<PathBuf> = Vec::new();
+    let mut interpreters: Vec<Library> = Vec::new();
     let mut interp_names = BTreeSet::new();
     for o in &objects {
         let Some(i) = &o.interpreter else { continue };
         let p = PathBuf::from(i);
-        if interpreters.contains(&p) {
+        if interpreters.iter().any(|l| l.path == p) {
             continue;
         }
-        let interp = read_object(&p, None).map_err(|_| {
+        let not_there = || {
+            let place = match &resolver.root {
+                Some(r) => format!(" in {}", r.display()),
+                None => String::new(),
+            };
             context_error(
                 &o.path,
-                format!("its ELF interpreter {i} does not exist or is not an ELF file"),
+                format!("its ELF interpreter {i} does not exist{place} or is not an ELF file"),
             )
-        })?;
+        };
+        let source = resolver.locate(&p).ok_or_else(not_there)?;
+        let interp = read_object(&source, &p, None).map_err(|_| not_there())?;
+        if interp.kind != o.kind {
+            return Err(not_there());
+        }
         if let Some(n) = p.file_name() {
             interp_names.insert(n.to_string_lossy().into_owned());
         }
         interp_names.extend(interp.soname);
-        interpreters.push(p);
+        interpreters.push(Library { path: p, source });
     }
     // The interpreter is loaded before anything else, so a DT_NEEDED on its name (libc needs
     // ld-linux-x86-64.so.2) is satisfied by it; a second copy from the search path would be dead
@@ -1313,20 +1580,25 @@ fn resolve_closure(roots: &[(&Path, bool)], resolver: &Resolver) -> Result<Closu
 /// the object and of those that loaded it (only when the object has no DT_RUNPATH), then its
 /// DT_RUNPATH, then the system directories. LD_LIBRARY_PATH is left out on purpose: the host's
 /// environment says nothing about what the image has. Candidates of another ELF class or machine
-/// are skipped, as the loader does (e.g. 32-bit libraries in a multilib directory).
+/// are skipped, as the loader does (e.g. 32-bit libraries in a multilib directory). Gives the
+/// path the loader finds and the file that holds it.
 fn find_library(
     name: &str,
     me: usize,
     objects: &[Object],
     resolver: &Resolver,
-) -> Result<PathBuf, ImageError> {
+) -> Result<(PathBuf, PathBuf), ImageError> {
     let requester = &objects[me];
+    let fits = |p: &Path| {
+        resolver
+            .locate(p)
+            .filter(|source| elf_kind(source) == Some(requester.kind))
+    };
     if name.contains('/') {
         let p = PathBuf::from(name);
-        return if elf_kind(&p) == Some(requester.kind) {
-            Ok(p)
-        } else {
-            Err(missing(name, requester, &[]))
+        return match fits(&p) {
+            Some(source) => Ok((p, source)),
+            None => Err(missing(name, requester, &[], resolver)),
         };
     }
     let mut dirs: Vec<&Path> = Vec::new();
@@ -1342,14 +1614,14 @@ fn find_library(
     dirs.extend(resolver.system_dirs.iter().map(PathBuf::as_path));
     for d in &dirs {
         let candidate = d.join(name);
-        if elf_kind(&candidate) == Some(requester.kind) {
-            return Ok(candidate);
+        if let Some(source) = fits(&candidate) {
+            return Ok((candidate, source));
         }
     }
-    Err(missing(name, requester, &dirs))
+    Err(missing(name, requester, &dirs, resolver))
 }
 
-fn missing(name: &str, requester: &Object, dirs: &[&Path]) -> ImageError {
+fn missing(name: &str, requester: &Object, dirs: &[&Path], resolver: &Resolver) -> ImageError {
     let searched = if dirs.is_empty() {
         String::new()
     } else {
@@ -1361,13 +1633,18 @@ fn missing(name: &str, requester: &Object, dirs: &[&Path]) -> ImageError {
                 .join(", ")
         )
     };
+    let hint = match &resolver.root {
+        None => format!("\n  hint: install the package that provides {name} on this machine"),
+        Some(root) => format!(
+            " in the image's root filesystem {}\n  hint: add the Debian package that provides {name} to the environment (environment.packages or bootstrap.packages in ferry.yaml), so the environment image has it",
+            root.display()
+        ),
+    };
     ImageError::Context {
         path: requester.path.clone(),
         source: io::Error::new(
             io::ErrorKind::NotFound,
-            format!(
-                "it needs the shared library {name}, which was not found{searched}\n  hint: install the package that provides {name} on this machine"
-            ),
+            format!("it needs the shared library {name}, which was not found{searched}{hint}"),
         ),
     }
 }
@@ -1384,16 +1661,17 @@ fn elf_kind(path: &Path) -> Option<(u8, u16, u8)> {
     Some((h.e_ident[EI_CLASS], h.e_machine, h.e_ident[EI_DATA]))
 }
 
-fn read_object(path: &Path, parent: Option<usize>) -> Result<Object, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
-        path: path.to_path_buf(),
-        source,
+/// Reads `source`, which the loader opens as `path` (so `$ORIGIN` is `path`'s directory).
+fn read_object(source: &Path, path: &Path, parent: Option<usize>) -> Result<Object, ImageError> {
+    let bytes = std::fs::read(source).map_err(|e| ImageError::Read {
+        path: source.to_path_buf(),
+        source: e,
     })?;
     if bytes.len() < SIZEOF_IDENT {
-        return Err(context_error(path, "not an ELF file (too short)"));
+        return Err(context_error(source, "not an ELF file (too short)"));
     }
     let elf = Elf::parse(&bytes)
-        .map_err(|e| context_error(path, format!("not a readable ELF file: {e}")))?;
+        .map_err(|e| context_error(source, format!("not a readable ELF file: {e}")))?;
     // $ORIGIN is the directory of the path the object was opened by, not of its symlink target.
     let origin = path.parent().unwrap_or(Path::new("/"));
     let expand = |list: &[&str]| -> Vec<PathBuf> {
@@ -1446,7 +1724,7 @@ mod tests {
         std::fs::write(d.join("conf.d/a.conf"), "/opt/a1, /opt/a2\n").unwrap();
         std::fs::write(d.join("conf.d/ignored.txt"), "/opt/no\n").unwrap();
         let mut out = Vec::new();
-        ld_so_conf(&d.join("ld.so.conf"), 0, &mut out);
+        ld_so_conf(None, &d.join("ld.so.conf"), 0, &mut out);
         let want: Vec<PathBuf> = [
             "/opt/first",
             "/opt/a1",
@@ -1459,7 +1737,7 @@ mod tests {
         .into();
         assert_eq!(out, want);
         // The loader's own directories come after, once each.
-        let r = Resolver::with_conf_dirs(vec!["/usr/lib".into(), "/opt/x".into()]);
+        let r = Resolver::with_conf_dirs(vec!["/usr/lib".into(), "/opt/x".into()], None);
         assert_eq!(r.system_dirs[0], PathBuf::from("/usr/lib"));
         assert_eq!(
             r.system_dirs
@@ -1467,6 +1745,56 @@ mod tests {
                 .filter(|d| d.as_path() == Path::new("/usr/lib"))
                 .count(),
             1
+        );
+    }
+
+    #[test]
+    fn a_sysroot_keeps_every_link_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib/aarch64-linux-gnu")).unwrap();
+        std::fs::write(root.join("usr/lib/aarch64-linux-gnu/libc.so.6"), b"c").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        // Absolute: the image's /usr/lib/…, not this machine's.
+        std::os::unix::fs::symlink(
+            "/usr/lib/aarch64-linux-gnu/libc.so.6",
+            root.join("usr/lib/libc-abs.so"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("usr/lib/host.so")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/hostname", root.join("usr/lib/up.so"))
+            .unwrap();
+        std::os::unix::fs::symlink("loop.so", root.join("usr/lib/loop.so")).unwrap();
+        let real = root.join("usr/lib/aarch64-linux-gnu/libc.so.6");
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib/aarch64-linux-gnu/libc.so.6")),
+            Some(real.clone())
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib/libc-abs.so")),
+            Some(real)
+        );
+        for outside in ["/usr/lib/host.so", "/lib/up.so", "/usr/lib/loop.so"] {
+            assert_eq!(resolve_in_root(root, Path::new(outside)), None, "{outside}");
+        }
+        // The loader's configuration is the root's own.
+        std::fs::create_dir_all(root.join("etc/ld.so.conf.d")).unwrap();
+        std::fs::write(
+            root.join("etc/ld.so.conf"),
+            "include /etc/ld.so.conf.d/*.conf\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/ld.so.conf.d/x.conf"), "/opt/in-root\n").unwrap();
+        let r = Resolver::sysroot(root, crate::platform::Arch::Arm64);
+        assert_eq!(r.system_dirs[0], PathBuf::from("/opt/in-root"));
+        assert!(
+            r.system_dirs
+                .contains(&PathBuf::from("/usr/lib/aarch64-linux-gnu"))
+        );
+        assert!(
+            !r.system_dirs
+                .iter()
+                .any(|d| d.ends_with("x86_64-linux-gnu"))
         );
     }
 

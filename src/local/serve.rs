@@ -116,10 +116,13 @@ pub async fn serve(
     let mut interrupt = Interrupt::new()?;
     let serving = serving_plan(project)?;
     let docker = docker::connect().await?;
-    super::engine_platform(&docker, project).await?;
+    // The image runs on this engine: for its platform, whatever machine ferry runs on.
+    let platform = super::engine_platform(&docker, project).await?;
     super::check_gpus(&docker, &serving.workload).await?;
     let image = interrupt
-        .guard(async { Ok::<_, LocalError>(serving_image(&docker, project, &serving, ui).await?) })
+        .guard(async {
+            Ok::<_, LocalError>(serving_image(&docker, project, &serving, platform, ui).await?)
+        })
         .await?;
     let mut work = serving.workload.clone();
     if let (Some(p), Some(port)) = (opts.port, work.ports.first_mut()) {
