@@ -234,3 +234,76 @@ fn a_docker_environment_runs_only_what_its_engine_runs() {
     }
     no_image_built(name);
 }
+
+#[tokio::test]
+async fn several_platforms_are_rendered_as_one_image_index_for_the_nodes_of_both() {
+    use ferry::images::runtime_parts;
+    use ferry::platform::Platform;
+    if ferry::images::bootstrap::foreign_requirements_met().is_err() {
+        eprintln!("skipped: unpacking Debian arm64 needs root and debootstrap");
+        return;
+    }
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    // The arm64 server: a stand-in aarch64 program of Debian arm64, unpacked without running.
+    let sysroot = runtime_parts::debian_sysroot(
+        runtime_parts::DEFAULT_SUITE,
+        Platform::LINUX_ARM64,
+        &ferry::ui::Ui::silent(),
+    )
+    .await
+    .expect("Debian arm64 unpacked");
+    let stand_in = ferry::images::serving::resolve_in_sysroot(&sysroot, Path::new("/bin/true"))
+        .expect("/bin/true in Debian arm64");
+    let fake = FakeApi::with_store().await;
+    fake.nodes(&[("arm-1", "arm64", true), ("x86-1", "amd64", true)]);
+    let dir = project(
+        "arch-index",
+        &registry.host,
+        "    environment: { platforms: [linux/amd64, linux/arm64] }\n",
+    );
+    let root = dir.path();
+    let out = tokio::process::Command::from(common::ferry_cmd(
+        root,
+        &["render", "staging", "-o", "json"],
+    ))
+    .env("KUBECONFIG", fake.kubeconfig())
+    .env("FERRY_SERVE_BINARY_ARM64", &stand_in)
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec = pod_spec(&out);
+    let term = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(
+        term["values"],
+        serde_json::json!(["amd64", "arm64"]),
+        "{spec}"
+    );
+    let image = spec["containers"][0]["image"].as_str().unwrap().to_string();
+    let (repo, digest) = image.split_once('@').unwrap();
+    let path = repo.split_once('/').unwrap().1;
+    // The digest the pods run is the index's: one manifest per platform.
+    let index: Value = reqwest::Client::new()
+        .get(format!("http://{}/v2/{path}/manifests/{digest}", registry.host))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    archs.sort();
+    assert_eq!(archs, ["amd64", "arm64"], "{index}");
+}
