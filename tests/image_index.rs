@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 
 use ferry::images::push::{INDEX_MEDIA_TYPE, push_index_with_config};
-use ferry::images::runtime_parts::{self, PartsError};
 use ferry::images::serving::{ServingImageRequest, ServingModel, Target, ensure_serving_image_for};
 use ferry::platform::Platform;
 use ferry::server::config::ServingConfig;
@@ -21,61 +20,6 @@ mod common;
 use common::registry::{MANIFEST_TYPES, Registry};
 
 const MODEL_PATH: &str = "/models/tiny/default/model.onnx";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
-}
-
-fn unreachable_index(e: &PartsError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    matches!(
-        e,
-        PartsError::Pip {
-            unreachable: true,
-            ..
-        }
-    ) || (matches!(e, PartsError::Bootstrap(_))
-        && [
-            "connection",
-            "network is unreachable",
-            "temporary failure in name resolution",
-            "failed to fetch",
-            "couldn't download",
-            "max retries",
-        ]
-        .iter()
-        .any(|w| text.contains(w)))
-}
-
-/// The sysroot and ONNX Runtime of `platform`, or None after saying why.
-async fn parts(platform: Platform) -> Option<(PathBuf, PathBuf)> {
-    let sysroot =
-        match runtime_parts::debian_sysroot(runtime_parts::DEFAULT_SUITE, platform, &Ui::silent())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if unreachable_index(&e) => {
-                eprintln!("skipped: the Debian package index cannot be reached: {e}");
-                return None;
-            }
-            Err(e) => panic!("{e}"),
-        };
-    let version = runtime_parts::ort_version().unwrap();
-    let ort = tokio::task::spawn_blocking(move || runtime_parts::onnxruntime(platform, &version))
-        .await
-        .unwrap();
-    match ort {
-        Ok(o) => Some((sysroot, o.library)),
-        Err(e) if unreachable_index(&e) => {
-            eprintln!("skipped: the Python package index cannot be reached: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// Removes the test's images from the engine when it ends.
 struct Cleanup(Vec<String>);
@@ -133,14 +77,14 @@ async fn each_platform_is_pushed_and_one_index_names_them_by_digest() {
     }))
     .unwrap();
     let models = vec![ServingModel {
-        host_path: fixture("tiny.onnx"),
+        host_path: common::fixture("tiny.onnx"),
         image_path: MODEL_PATH.into(),
     }];
     let project = format!("index-{}", std::process::id());
     let mut images = Vec::new();
     let mut cleanup = Cleanup(Vec::new());
     for platform in [Platform::LINUX_AMD64, Platform::LINUX_ARM64] {
-        let Some((sysroot, ort)) = parts(platform).await else {
+        let Some((sysroot, ort)) = common::parts::platform_parts(platform).await else {
             return;
         };
         let binary = if platform == Platform::LINUX_AMD64 {
@@ -157,7 +101,7 @@ async fn each_platform_is_pushed_and_one_index_names_them_by_digest() {
         let req = ServingImageRequest {
             project: &project,
             binary: &binary,
-            runtime: &ort,
+            runtime: &ort.library,
             models: &models,
             config: &config,
         };

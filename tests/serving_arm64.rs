@@ -13,75 +13,19 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ferry::images::runtime_parts::{self, PartsError};
+use ferry::images::runtime_parts;
 use ferry::images::serving::{ServingImageRequest, ServingModel, Target, serving_context_for};
 use ferry::platform::Platform;
 use ferry::server::config::ServingConfig;
-use ferry::ui::Ui;
 use goblin::elf::Elf;
+
+mod common;
 
 const MODEL_PATH: &str = "/models/tiny/default/model.onnx";
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
-}
-
-/// Whether a failure to fetch a part is the network's (the indexes cannot be reached), which is
-/// the one reason to skip.
-fn unreachable_index(e: &PartsError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    matches!(
-        e,
-        PartsError::Pip {
-            unreachable: true,
-            ..
-        }
-    ) || (matches!(e, PartsError::Bootstrap(_))
-        && [
-            "connection",
-            "network is unreachable",
-            "temporary failure in name resolution",
-            "name or service not known",
-            "failed to fetch",
-            "couldn't download",
-            "max retries",
-        ]
-        .iter()
-        .any(|w| text.contains(w)))
-}
-
-/// The arm64 parts, or None (after saying why) when the package indexes cannot be reached.
+/// The arm64 parts, or None (after saying why) when they cannot be had here.
 fn arm64_parts() -> Option<(PathBuf, PathBuf)> {
-    if ferry::images::bootstrap::foreign_requirements_met().is_err() {
-        eprintln!("skipped: unpacking Debian arm64 needs root and debootstrap");
-        return None;
-    }
-    let platform = Platform::LINUX_ARM64;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sysroot = match rt.block_on(runtime_parts::debian_sysroot(
-        runtime_parts::DEFAULT_SUITE,
-        platform,
-        &Ui::silent(),
-    )) {
-        Ok(s) => s,
-        Err(e) if unreachable_index(&e) => {
-            eprintln!("skipped: the Debian package index cannot be reached: {e}");
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
-    let version = runtime_parts::ort_version().unwrap();
-    let ort = match runtime_parts::onnxruntime(platform, &version) {
-        Ok(o) => o,
-        Err(e) if unreachable_index(&e) => {
-            eprintln!("skipped: the Python package index cannot be reached: {e}");
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let (sysroot, ort) = common::parts::platform_parts_blocking(Platform::LINUX_ARM64)?;
     assert_eq!(ort.wheel_sha256.len(), 64, "{ort:?}");
     assert!(ort.wheel.contains("aarch64"), "{ort:?}");
     Some((sysroot, ort.library))
@@ -148,7 +92,7 @@ fn the_arm64_image_holds_only_aarch64_code_whose_libraries_it_has() {
     }
 
     let models = vec![ServingModel {
-        host_path: fixture("tiny.onnx"),
+        host_path: common::fixture("tiny.onnx"),
         image_path: MODEL_PATH.into(),
     }];
     let config = config();
@@ -175,7 +119,7 @@ fn the_arm64_image_holds_only_aarch64_code_whose_libraries_it_has() {
             source.starts_with(&sysroot)
                 || source == ort
                 || source == binary
-                || source == fixture("tiny.onnx"),
+                || source == common::fixture("tiny.onnx"),
             "{path} is read from {}, which is not one of the image's parts",
             source.display()
         );

@@ -837,56 +837,10 @@ fn the_container_serves_the_model_on_a_published_port() {
 }
 
 /// The amd64 parts: Debian unpacked by debootstrap's first stage and ONNX Runtime from the amd64
-/// wheel; None (after saying why) when the package indexes cannot be reached.
+/// wheel; None (after saying why) when they cannot be had here.
 fn amd64_parts() -> Option<(PathBuf, PathBuf)> {
-    use ferry::images::runtime_parts::{self, PartsError};
-    let offline = |e: &PartsError| {
-        let t = e.to_string().to_ascii_lowercase();
-        matches!(
-            e,
-            PartsError::Pip {
-                unreachable: true,
-                ..
-            }
-        ) || (matches!(e, PartsError::Bootstrap(_))
-            && [
-                "connection",
-                "network is unreachable",
-                "temporary failure in name resolution",
-                "failed to fetch",
-                "couldn't download",
-                "max retries",
-            ]
-            .iter()
-            .any(|w| t.contains(w)))
-    };
-    if ferry::images::bootstrap::foreign_requirements_met().is_err() {
-        eprintln!("skipped: unpacking Debian needs root and debootstrap");
-        return None;
-    }
-    let platform = ferry::platform::Platform::LINUX_AMD64;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sysroot = match rt.block_on(runtime_parts::debian_sysroot(
-        runtime_parts::DEFAULT_SUITE,
-        platform,
-        &Ui::silent(),
-    )) {
-        Ok(s) => s,
-        Err(e) if offline(&e) => {
-            eprintln!("skipped: the Debian package index cannot be reached: {e}");
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
-    let version = runtime_parts::ort_version().unwrap();
-    match runtime_parts::onnxruntime(platform, &version) {
-        Ok(o) => Some((sysroot, o.library)),
-        Err(e) if offline(&e) => {
-            eprintln!("skipped: the Python package index cannot be reached: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+    common::parts::platform_parts_blocking(ferry::platform::Platform::LINUX_AMD64)
+        .map(|(sysroot, ort)| (sysroot, ort.library))
 }
 
 /// Built from parts, the amd64 image reads no library of this machine, has the same ID every

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod parts;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
