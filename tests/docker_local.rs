@@ -638,7 +638,12 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
 
     // While the project image is written: a big file makes the code layer take a while.
     std::fs::write(root.join(".dockerignore"), "data/\n").unwrap();
-    let out = ferry(&root, &["build", "--json"]);
+    // Every build of this test installs with pip, as the interrupted ones do, so they share
+    // their steps as one recipe would.
+    let out = ferry_cmd(&root, &["build", "--json"])
+        .env("FERRY_INSTALLER", "pip")
+        .output()
+        .unwrap();
     // First the environment, whole: the interruption below is of the project image only.
     assert!(out.status.success(), "{out:?}");
     let big: Vec<u8> = (0..300u32 * 1024 * 1024 / 4)
@@ -656,6 +661,7 @@ fn ctrl_c_at_any_point_of_a_build_leaves_no_container_and_no_image() {
     };
     let env_before = env_images();
     let mut child = ferry_cmd(&root, &["build"])
+        .env("FERRY_INSTALLER", "pip")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
