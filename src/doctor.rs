@@ -390,9 +390,14 @@ fn serving_binary_check() -> Check {
             .fix("unset FERRY_SERVE_BINARY, or point it at a Linux build of `ferry-serve`");
         }
     };
-    let arch = std::fs::read(&path)
+    // The ELF header only: the binary may be hundreds of MB.
+    let arch = std::fs::File::open(&path)
         .ok()
-        .and_then(|b| goblin::elf::Elf::parse_header(b.get(..64)?).ok())
+        .and_then(|mut f| {
+            let mut header = [0u8; 64];
+            std::io::Read::read_exact(&mut f, &mut header).ok()?;
+            goblin::elf::Elf::parse_header(&header).ok()
+        })
         .and_then(|h| crate::platform::Arch::from_elf_machine(h.e_machine));
     let Some(arch) = arch else {
         return Check::new(

@@ -51,15 +51,17 @@ pub enum Installer {
 impl Installer {
     /// From `FERRY_INSTALLER` (unset or empty: uv).
     pub fn from_env() -> Result<Installer, ImageError> {
-        match std::env::var(INSTALLER_ENV) {
-            Err(_) => Ok(Installer::Uv),
-            Ok(v) => match v.trim() {
-                "" | "uv" => Ok(Installer::Uv),
-                "pip" => Ok(Installer::Pip),
-                other => Err(ImageError::UnknownInstaller {
-                    given: other.to_string(),
-                }),
-            },
+        Installer::parse(std::env::var(INSTALLER_ENV).ok().as_deref())
+    }
+
+    /// The installer a value of `FERRY_INSTALLER` names.
+    fn parse(value: Option<&str>) -> Result<Installer, ImageError> {
+        match value.map(str::trim) {
+            None | Some("" | "uv") => Ok(Installer::Uv),
+            Some("pip") => Ok(Installer::Pip),
+            Some(other) => Err(ImageError::UnknownInstaller {
+                given: other.to_string(),
+            }),
         }
     }
 
@@ -722,19 +724,10 @@ mod tests {
 
     #[test]
     fn the_installer_is_uv_unless_pip_is_asked_for() {
-        // One test reads and sets the variable, so no other test races it.
-        let before = std::env::var_os(INSTALLER_ENV);
-        // SAFETY: no other test of this binary reads or writes FERRY_INSTALLER.
-        unsafe { std::env::remove_var(INSTALLER_ENV) };
-        assert_eq!(Installer::from_env().unwrap(), Installer::Uv);
-        unsafe { std::env::set_var(INSTALLER_ENV, "pip") };
-        assert_eq!(Installer::from_env().unwrap(), Installer::Pip);
-        unsafe { std::env::set_var(INSTALLER_ENV, "conda") };
-        let e = Installer::from_env().unwrap_err().to_string();
+        assert_eq!(Installer::parse(None).unwrap(), Installer::Uv);
+        assert_eq!(Installer::parse(Some(" ")).unwrap(), Installer::Uv);
+        assert_eq!(Installer::parse(Some("pip")).unwrap(), Installer::Pip);
+        let e = Installer::parse(Some("conda")).unwrap_err().to_string();
         assert!(e.contains("\"conda\"") && e.contains("`uv`"), "{e}");
-        match before {
-            Some(v) => unsafe { std::env::set_var(INSTALLER_ENV, v) },
-            None => unsafe { std::env::remove_var(INSTALLER_ENV) },
-        }
     }
 }
