@@ -20,6 +20,16 @@ fn have_uv() -> bool {
     ok
 }
 
+/// `uv lock` in `dir`, which must succeed.
+fn uv_lock(dir: &Path) {
+    let locked = Command::new("uv")
+        .args(["lock", "--quiet"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(locked.status.success(), "{locked:?}");
+}
+
 const PYPROJECT: &str = "[project]\nname = \"demo\"\nversion = \"0.1.0\"\nrequires-python = \">=3.9\"\ndependencies = [\"six==1.16.0\"]\n";
 
 fn project(dir: &Path, name: &str, requirements: &str) {
@@ -75,12 +85,7 @@ fn a_pyproject_is_resolved_and_a_uv_lock_is_honoured_pin_for_pin() {
         ),
     )
     .unwrap();
-    let locked = Command::new("uv")
-        .args(["lock", "--quiet"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(locked.status.success(), "{locked:?}");
+    uv_lock(dir.path());
     let text = std::fs::read_to_string(dir.path().join("uv.lock")).unwrap();
     assert!(text.contains("version = \"1.15.0\""), "{text}");
     assert_eq!(six_in_image(dir.path()), "1.15.0");
@@ -93,12 +98,7 @@ fn a_uv_lock_that_disagrees_with_its_pyproject_is_refused_before_anything_is_bui
     }
     let dir = tempfile::tempdir().unwrap();
     project(dir.path(), "uv-stale", "uv.lock");
-    let locked = Command::new("uv")
-        .args(["lock", "--quiet"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(locked.status.success(), "{locked:?}");
+    uv_lock(dir.path());
     // A dependency added to the project but not locked.
     std::fs::write(
         dir.path().join("pyproject.toml"),

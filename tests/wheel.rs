@@ -46,17 +46,23 @@ fn run(cmd: &mut Command) -> Output {
 /// `FERRY_SERVE_BINARY`, and a PATH that starts with the venv.
 fn venv_ferry(venv: &Path, dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(venv.join("bin/ferry"));
+    c.args(args);
+    only_the_venv(&mut c, venv, dir);
+    c
+}
+
+/// What a command sees of this machine: the venv first on PATH, and none of the variables
+/// that would point ferry at this checkout's ONNX Runtime or server binary.
+fn only_the_venv(c: &mut Command, venv: &Path, dir: &Path) {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![venv.join("bin")];
     paths.extend(std::env::split_paths(&path));
-    c.args(args)
-        .current_dir(dir)
+    c.current_dir(dir)
         .env("PATH", std::env::join_paths(paths).unwrap())
         .env("NO_COLOR", "1")
         .env_remove("ORT_DYLIB_PATH")
         .env_remove("FERRY_SERVE_BINARY")
         .env_remove("FERRY_ENV");
-    c
 }
 
 fn sha256(path: &Path) -> String {
@@ -189,18 +195,10 @@ async fn the_wheel_alone_runs_doctor_native_serving_and_the_churn_walkthrough() 
     {
         common::docker(&["rmi", "--force", old]);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![venv.join("bin")];
-    paths.extend(std::env::split_paths(&path));
     let mut cmd = Command::new("bash");
-    cmd.arg(&script)
-        .current_dir(&work)
-        .env("PATH", std::env::join_paths(paths).unwrap())
-        .env("NO_COLOR", "1")
-        .env_remove("ORT_DYLIB_PATH")
-        .env_remove("FERRY_SERVE_BINARY")
-        .env_remove("FERRY_ENV")
-        .env("FERRY", venv.join("bin/ferry"))
+    cmd.arg(&script);
+    only_the_venv(&mut cmd, &venv, &work);
+    cmd.env("FERRY", venv.join("bin/ferry"))
         .env("WORKDIR", &work)
         .env("SERVE_PORT", common::free_port().to_string());
     if let Some(r) = &registry {
