@@ -22,6 +22,7 @@ use super::code;
 use super::context::{Context, DockerIgnore};
 use super::leftovers;
 use super::requirements::{self, RequirementsError, SourceKind};
+use super::venv;
 use super::wheels::{self, PythonTarget, WheelsError};
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::lock::{self, ImageRef, Lock, PythonLock};
@@ -307,6 +308,25 @@ pub async fn ensure_env_image(
         Some(dir) => dir,
         None => download(&pinned, &target, ui).await?,
     };
+    if installer == Installer::Uv && venv::usable(docker).await {
+        let system = system_image(docker, &base, &base_id, env, &plan.project, ui).await?;
+        let req = venv::Request {
+            tag: &tag,
+            project: &plan.project,
+            system: &system,
+            env,
+            pins: &pinned,
+            wheelhouse: (!pinned.is_empty()).then_some(wheelhouse.as_path()),
+            uv_wheel: uv.as_ref().map(|(p, _)| p.as_path()),
+        };
+        let id = venv::write_image(docker, &req, ui).await?;
+        record(&id)?;
+        return Ok(Built {
+            tag,
+            id,
+            built: true,
+        });
+    }
     let ctx_err = |source| ImageError::Context {
         path: wheelhouse.clone(),
         source,
@@ -485,14 +505,13 @@ async fn probe(docker: &Docker, base: &str, base_id: &str) -> Result<PythonTarge
 /// out of its wheel (Python's own zipfile, so the base needs nothing more) and installs the
 /// same pins, hashes required, from the same local wheels, compiling bytecode as pip does.
 fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool, uv: bool) -> String {
-    let mut apt = String::new();
-    if !env.apt_packages.is_empty() {
-        apt = format!(
-            "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {} && rm -rf /var/lib/apt/lists/*\n",
-            env.apt_packages.join(" ")
-        );
-    }
+    let apt = apt_step(env);
     let require_hashes = if hashes { " --require-hashes" } else { "" };
+    let base_env: Vec<String> = venv::base_env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let base_env = base_env.join(" ");
     let mut envs = String::new();
     for (k, v) in &env.env {
         envs.push_str(&format!("ENV {k}={}\n", json_string(v)));
@@ -520,10 +539,59 @@ fn env_dockerfile(base: &str, env: &EnvImage, hashes: bool, uv: bool) -> String 
          \n\
          FROM system\n\
          COPY --from=wheels {VENV} {VENV}\n\
-         ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin VIRTUAL_ENV={VENV} PYTHONUNBUFFERED=1 HOME=/tmp LANG=C.UTF-8\n\
+         ENV {base_env}\n\
          {envs}\
          WORKDIR {WORKDIR}\n"
     )
+}
+
+/// The `RUN` step that installs the spec's system packages (empty without any).
+fn apt_step(env: &EnvImage) -> String {
+    if env.apt_packages.is_empty() {
+        return String::new();
+    }
+    format!(
+        "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {} && rm -rf /var/lib/apt/lists/*\n",
+        env.apt_packages.join(" ")
+    )
+}
+
+/// The image the virtualenv goes on: the base, with the spec's system packages installed by a
+/// classic build (tagged by its inputs, so it is built once) when there are any.
+async fn system_image(
+    docker: &Docker,
+    base: &str,
+    base_id: &str,
+    env: &EnvImage,
+    project: &str,
+    ui: &Ui,
+) -> Result<String, ImageError> {
+    if env.apt_packages.is_empty() {
+        return Ok(base_id.to_string());
+    }
+    let mut h = Sha256::new();
+    for part in [RECIPE, base_id] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    for p in &env.apt_packages {
+        h.update(format!("apt {p}\n").as_bytes());
+    }
+    let tag = format!("ferry/{project}-system:{}", &hex::encode(h.finalize())[..12]);
+    if docker::image_id(docker, &tag).await?.is_some() {
+        return Ok(tag);
+    }
+    let dockerfile = format!("FROM {base}\n{}", apt_step(env));
+    let mut ctx = Context::new();
+    let ctx_err = |source| ImageError::Context {
+        path: std::path::PathBuf::from("Dockerfile"),
+        source,
+    };
+    ctx.add_bytes("Dockerfile", dockerfile.as_bytes(), 0o644)
+        .map_err(ctx_err)?;
+    let (bytes, _) = ctx.finish().map_err(ctx_err)?;
+    build(docker, bytes, &tag, project, "system", ui).await?;
+    Ok(tag)
 }
 
 fn json_string(s: &str) -> String {

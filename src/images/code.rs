@@ -153,14 +153,14 @@ fn set_labels(run_config: &mut Value, project: &str) {
 /// The image config in the order the engine writes its fields; maps inside `config` are
 /// `serde_json` objects, whose keys are sorted, so the bytes never depend on a hash order.
 #[derive(Serialize)]
-struct ImageConfig {
-    architecture: String,
-    config: Value,
-    created: String,
-    os: String,
-    rootfs: RootFs,
+pub(super) struct ImageConfig {
+    pub(super) architecture: String,
+    pub(super) config: Value,
+    pub(super) created: String,
+    pub(super) os: String,
+    pub(super) rootfs: RootFs,
     #[serde(skip_serializing_if = "Option::is_none")]
-    variant: Option<String>,
+    pub(super) variant: Option<String>,
 }
 
 impl CodeImage {
@@ -204,7 +204,7 @@ impl CodeImage {
         let mut stream = docker.import_image(opts, bollard::body_full(archive.into()), None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
-                return Err(super::serving::load_error(&self.tag, e));
+                return Err(super::load::load_error(&self.tag, e));
             }
         }
         match docker::image_id(docker, &self.tag).await? {

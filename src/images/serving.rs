@@ -47,18 +47,14 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use bollard::Docker;
-use bollard::query_parameters::ImportImageOptionsBuilder;
-use bytes::Bytes;
-use futures_util::StreamExt;
 use goblin::elf::Elf;
 use goblin::elf::header::{EI_CLASS, EI_DATA, ELFDATA2LSB, Header, SIZEOF_IDENT};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use super::build::{Built, ImageError};
 use super::context::Context;
-use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
+use crate::docker::{self, LABEL_PROJECT, LABEL_ROLE};
 use crate::onnx::{self, OnnxError};
 use crate::platform::Platform;
 use crate::server::config::{CONFIG_PATH, Device, ServingConfig};
@@ -670,88 +666,9 @@ impl Layer {
 async fn load(docker: &Docker, ctx: ServingContext, ui: &Ui) -> Result<String, ImageError> {
     let tag = ctx.tag.clone();
     let step = ui.step(format!("loading serving image {tag}"));
-    // A few chunks in flight: the archive is as large as the image, and is never held whole.
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut out = Chunks {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-            closed: false,
-        };
-        let written = ctx.write_archive(&mut out).and_then(|()| {
-            out.flush().map_err(|source| ImageError::Write {
-                what: format!("archive ({})", ctx.tag),
-                source,
-            })
-        });
-        if let Err(e) = &written
-            && !out.closed
-        {
-            // Ends the request with an error rather than with a short archive.
-            let _ = out.tx.blocking_send(Err(io::Error::other(e.to_string())));
-        }
-        (written, out.closed)
-    });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let opts = ImportImageOptionsBuilder::default().quiet(false).build();
-    let mut stream = docker.import_image(opts, bollard::body_try_stream(body), None);
-    let mut refused = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(s) = &info.stream {
-                    for line in s.lines() {
-                        step.output_line(line);
-                    }
-                }
-                if let Some(status) = &info.status {
-                    let done = info.progress_detail.as_ref().and_then(|p| {
-                        let (current, total) = (p.current?, p.total?);
-                        Some(format!(
-                            " {} of {}",
-                            human_bytes(u64::try_from(current).ok()?),
-                            human_bytes(u64::try_from(total).ok()?)
-                        ))
-                    });
-                    step.set_detail(format!("{status}{}", done.unwrap_or_default()));
-                }
-            }
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
-    }
-    // Ends the request, so a writer still sending stops.
-    drop(stream);
-    let (written, closed) = match writer.await {
-        Ok(r) => r,
-        Err(join) => (
-            Err(ImageError::Write {
-                what: format!("archive ({tag})"),
-                source: io::Error::other(format!("the writer panicked: {join}")),
-            }),
-            false,
-        ),
-    };
-    let outcome = match (written, refused) {
-        // The writer's own failure comes first; one caused by the engine hanging up does not.
-        (Err(e), _) if !closed => Err(e),
-        (_, Some(e)) => Err(load_error(&tag, e)),
-        (Err(_), None) => Err(ImageError::LoadFailed {
-            tag: tag.clone(),
-            message: "the engine stopped reading the image archive without saying why".into(),
-        }),
-        (Ok(()), None) => match docker::image_id(docker, &tag).await {
-            Ok(Some(id)) => Ok(id),
-            Ok(None) => Err(ImageError::LoadFailed {
-                tag: tag.clone(),
-                message: "the engine took the archive but has no image of that name".into(),
-            }),
-            Err(e) => Err(e.into()),
-        },
-    };
-    let id = match outcome {
+    let loaded =
+        super::load::stream_archive(docker, &tag, &step, move |out| ctx.write_archive(out)).await;
+    let id = match loaded {
         Ok(id) => id,
         Err(e) => {
             step.fail();
@@ -973,64 +890,6 @@ fn check_tree(rootfs: &BTreeMap<String, (Part, Entry)>) -> Result<(), ImageError
         }
     }
     Ok(())
-}
-
-/// The engine's refusal of an archive, with its own words.
-pub(crate) fn load_error(tag: &str, e: bollard::errors::Error) -> ImageError {
-    let message = match e {
-        bollard::errors::Error::DockerStreamError { error } => error,
-        other => match DockerError::api("loading an image", other) {
-            DockerError::Api { message, .. } => message,
-            unreachable => return unreachable.into(),
-        },
-    };
-    ImageError::LoadFailed {
-        tag: tag.to_string(),
-        message,
-    }
-}
-
-/// Bytes of each piece of the archive sent to the engine.
-const CHUNK: usize = 1 << 20;
-
-/// Sends what is written to the engine in chunks, from a blocking thread.
-struct Chunks {
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    buf: Vec<u8>,
-    /// The engine stopped reading: whatever went wrong, it says what.
-    closed: bool,
-}
-
-impl Chunks {
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx.blocking_send(Ok(chunk.into())).map_err(|_| {
-            self.closed = true;
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the engine stopped reading the image archive",
-            )
-        })
-    }
-}
-
-impl Write for Chunks {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            self.send()
-        }
-    }
 }
 
 /// Hashes and counts what goes through.
@@ -1919,25 +1778,6 @@ mod tests {
             err.contains("/models/a/b.onnx") && err.contains("inside /models/a"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn a_refused_load_names_the_engines_words() {
-        let stream = bollard::errors::Error::DockerStreamError {
-            error: "invalid diffID for layer 1: expected sha256:aa, got sha256:bb".into(),
-        };
-        let err = load_error("ferry/p-serve:0123456789ab", stream).to_string();
-        assert!(
-            err.contains("loading ferry/p-serve:0123456789ab")
-                && err.contains("invalid diffID for layer 1: expected sha256:aa, got sha256:bb"),
-            "{err}"
-        );
-        let response = bollard::errors::Error::DockerResponseServerError {
-            status_code: 500,
-            message: "no space left on device".into(),
-        };
-        let err = load_error("t", response).to_string();
-        assert!(err.contains("no space left on device"), "{err}");
     }
 
     #[test]
