@@ -31,7 +31,7 @@ echo "== the offline base (not timed)"
 (cd "$WORK/warm" && : >requirements.txt && FERRY_CACHE_DIR="$WORK/cache-warm" "$FERRY" build -q >/dev/null)
 
 declare -A first change
-for installer in pip uv; do
+for installer in ${INSTALLERS:-pip uv}; do
     echo "== $installer"
     "$FERRY" init "$WORK/$installer" --template churn --offline --name "ferry-bench-env-$installer" -q
     cd "$WORK/$installer"

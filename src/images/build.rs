@@ -242,6 +242,7 @@ pub async fn ensure_env_image(
         source.as_deref(),
         &env.extra_requirements,
         &target,
+        installer,
         ui,
     )
     .await?;
@@ -306,7 +307,7 @@ pub async fn ensure_env_image(
     // A resolution just made downloaded exactly the pinned wheels; otherwise fetch the pins.
     let wheelhouse = match resolved {
         Some(dir) => dir,
-        None => download(&pinned, &target, ui).await?,
+        None => download(&pinned, &target, installer, ui).await?,
     };
     if installer == Installer::Uv && venv::usable(docker).await {
         let system = system_image(docker, &base, &base_id, env, &plan.project, ui).await?;
@@ -369,6 +370,7 @@ async fn python_pins(
     source: Option<&std::path::Path>,
     extras: &[String],
     target: &PythonTarget,
+    installer: Installer,
     ui: &Ui,
 ) -> Result<(PythonLock, Option<std::path::PathBuf>), ImageError> {
     let mut h = Sha256::new();
@@ -406,7 +408,7 @@ async fn python_pins(
         }
         None => (lines.to_vec(), None),
     };
-    let dir = download(&fetch, target, ui).await?;
+    let dir = download(&fetch, target, installer, ui).await?;
     let packages = lock::pins_of_wheelhouse(&dir).map_err(|source| ImageError::Read {
         path: dir.clone(),
         source,
@@ -434,15 +436,21 @@ async fn python_pins(
     Ok((python, Some(dir)))
 }
 
-/// A wheelhouse for `lines` (pip runs for tens of seconds: off the async threads).
+/// A wheelhouse for `lines` (resolving takes seconds: off the async threads). With uv as the
+/// installer uv resolves too; with pip, pip does all of it, as before uv.
 async fn download(
     lines: &[String],
     target: &PythonTarget,
+    installer: Installer,
     ui: &Ui,
 ) -> Result<std::path::PathBuf, ImageError> {
     let (lines, target, ui) = (lines.to_vec(), target.clone(), ui.clone());
+    let resolver = match installer {
+        Installer::Uv => wheels::Resolver::Uv,
+        Installer::Pip => wheels::Resolver::Pip,
+    };
     tokio::task::spawn_blocking(move || {
-        wheels::wheelhouse(&lines, &target, &cache_dir().join("wheels"), &ui)
+        wheels::wheelhouse(&lines, &target, &cache_dir().join("wheels"), resolver, &ui)
     })
     .await
     .map_err(|e| ImageError::Context {
@@ -458,7 +466,7 @@ async fn uv_wheel(
     target: &PythonTarget,
     ui: &Ui,
 ) -> Result<(std::path::PathBuf, String), ImageError> {
-    let dir = download(&[format!("uv=={UV_VERSION}")], target, ui).await?;
+    let dir = download(&[format!("uv=={UV_VERSION}")], target, Installer::Uv, ui).await?;
     let wheel = std::fs::read_dir(&dir)
         .map_err(|source| ImageError::Read {
             path: dir.clone(),
@@ -577,7 +585,10 @@ async fn system_image(
     for p in &env.apt_packages {
         h.update(format!("apt {p}\n").as_bytes());
     }
-    let tag = format!("ferry/{project}-system:{}", &hex::encode(h.finalize())[..12]);
+    let tag = format!(
+        "ferry/{project}-system:{}",
+        &hex::encode(h.finalize())[..12]
+    );
     if docker::image_id(docker, &tag).await?.is_some() {
         return Ok(tag);
     }

@@ -160,7 +160,6 @@ impl Write for Chunks {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

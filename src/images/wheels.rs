@@ -24,6 +24,7 @@ use crate::ui::Ui;
 
 mod dists;
 mod index;
+mod uv;
 mod version;
 
 pub use index::{NoWheel, UnknownVersion};
@@ -357,28 +358,57 @@ fn cache_key(requirements: &[String], target: &PythonTarget) -> String {
     hex::encode(h.finalize())
 }
 
+/// Who resolves and fetches a wheelhouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolver {
+    /// uv resolves, the wheels are fetched several at a time (see `uv`); pip where uv is
+    /// missing or cannot.
+    Uv,
+    /// `pip download` alone.
+    Pip,
+}
+
 /// Downloads binary wheels for `requirements` (requirements.txt lines) and their dependencies,
 /// for `target`, into `cache_root/<key>`; an existing complete wheelhouse is reused.
 pub fn wheelhouse(
     requirements: &[String],
     target: &PythonTarget,
     cache_root: &Path,
+    resolver: Resolver,
     ui: &Ui,
 ) -> Result<PathBuf, WheelsError> {
     let dest = cache_root.join(cache_key(requirements, target));
     if dest.join(COMPLETE_MARKER).is_file() {
         return Ok(dest);
     }
-    wheelhouse_with(&Pip::find()?, requirements, target, cache_root, ui)
+    make(
+        &Pip::find()?,
+        requirements,
+        target,
+        cache_root,
+        resolver,
+        ui,
+    )
 }
 
-/// [`wheelhouse`] with a given pip. A requirement pip finds nothing for is explained by asking
-/// pip's index: no such package, no such version, or no wheel for `target`.
+/// [`wheelhouse`] with a given pip, which resolves. A requirement pip finds nothing for is
+/// explained by asking pip's index: no such package, no such version, or no wheel for `target`.
 pub fn wheelhouse_with(
     pip: &Pip,
     requirements: &[String],
     target: &PythonTarget,
     cache_root: &Path,
+    ui: &Ui,
+) -> Result<PathBuf, WheelsError> {
+    make(pip, requirements, target, cache_root, Resolver::Pip, ui)
+}
+
+fn make(
+    pip: &Pip,
+    requirements: &[String],
+    target: &PythonTarget,
+    cache_root: &Path,
+    resolver: Resolver,
     ui: &Ui,
 ) -> Result<PathBuf, WheelsError> {
     let dest = cache_root.join(cache_key(requirements, target));
@@ -410,13 +440,55 @@ pub fn wheelhouse_with(
         target.version,
         target.platforms.first().map(String::as_str).unwrap_or("?")
     ));
+    let by_uv = match (resolver, uv::find()) {
+        (Resolver::Uv, Some(uv)) => {
+            match uv::download(&uv, pip, req_file.path(), target, tmp.path(), &step) {
+                Ok(()) => true,
+                Err(why) => {
+                    step.output_line(&format!("{why}; pip resolves instead"));
+                    clear_dir(tmp.path()).map_err(WheelsError::io("emptying", tmp.path()))?;
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if !by_uv && let Err(e) = pip_download(pip, req_file.path(), target, tmp.path(), &step) {
+        step.fail();
+        return Err(e);
+    }
+    let by = if by_uv { "uv" } else { "pip" };
+    finish(tmp, &dest, requirements, target, by, step)
+}
+
+/// Empties a directory a failed attempt wrote into.
+fn clear_dir(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `pip download` of the requirements in `req_file` into `dir`.
+fn pip_download(
+    pip: &Pip,
+    req_file: &Path,
+    target: &PythonTarget,
+    dir: &Path,
+    step: &crate::ui::Step,
+) -> Result<(), WheelsError> {
     let mut cmd = pip.command();
     cmd.args(["-m", "pip", "download"])
         .args(pip_download_args(target))
         .arg("-d")
-        .arg(tmp.path())
+        .arg(dir)
         .arg("-r")
-        .arg(req_file.path())
+        .arg(req_file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -425,13 +497,9 @@ pub fn wheelhouse_with(
         .env("PIP_NO_INPUT", "1");
     let (status, lines) = match run_streaming(&mut cmd, |l| step.output_line(l)) {
         Ok(r) => r,
-        Err(e) => {
-            step.fail();
-            return Err(WheelsError::io("running", &pip.python)(e));
-        }
+        Err(e) => return Err(WheelsError::io("running", &pip.python)(e)),
     };
     if !status.success() {
-        step.fail();
         if let Some(package) = missing_package(&lines) {
             return Err(index::diagnose(pip, &package, target));
         }
@@ -444,21 +512,44 @@ pub fn wheelhouse_with(
             tail: lines[skip..].to_vec(),
         });
     }
+    Ok(())
+}
 
-    let (count, bytes) = dir_stats(tmp.path()).map_err(WheelsError::io("reading", tmp.path()))?;
-    let marker = tmp.path().join(COMPLETE_MARKER);
-    let manifest = serde_json::json!({
-        "requirements": requirements,
-        "target": target,
-    });
-    std::fs::write(&marker, manifest.to_string()).map_err(WheelsError::io("writing", &marker))?;
-
-    install_dir(tmp, &dest)?;
-    step.finish(format!(
-        "downloaded {count} wheels ({:.0} MB)",
-        bytes as f64 / 1_000_000.0
-    ));
-    Ok(dest)
+/// Marks a finished download complete and moves it into place.
+fn finish(
+    tmp: tempfile::TempDir,
+    dest: &Path,
+    requirements: &[String],
+    target: &PythonTarget,
+    by: &str,
+    step: crate::ui::Step,
+) -> Result<PathBuf, WheelsError> {
+    let done = (|| {
+        let (count, bytes) =
+            dir_stats(tmp.path()).map_err(WheelsError::io("reading", tmp.path()))?;
+        let marker = tmp.path().join(COMPLETE_MARKER);
+        let manifest = serde_json::json!({
+            "requirements": requirements,
+            "target": target,
+        });
+        std::fs::write(&marker, manifest.to_string())
+            .map_err(WheelsError::io("writing", &marker))?;
+        install_dir(tmp, dest)?;
+        Ok((count, bytes))
+    })();
+    match done {
+        Ok((count, bytes)) => {
+            step.finish(format!(
+                "downloaded {count} wheels ({:.0} MB), resolved by {by}",
+                bytes as f64 / 1_000_000.0
+            ));
+            Ok(dest.to_path_buf())
+        }
+        Err(e) => {
+            step.fail();
+            Err(e)
+        }
+    }
 }
 
 /// pip's options for binary wheels that `target` can install.
@@ -665,7 +756,7 @@ mod tests {
         let dir = root.path().join(cache_key(&reqs, &target()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(COMPLETE_MARKER), "{}")?;
-        let got = wheelhouse(&reqs, &target(), root.path(), &Ui::silent())?;
+        let got = wheelhouse(&reqs, &target(), root.path(), Resolver::Uv, &Ui::silent())?;
         assert_eq!(got, dir);
         Ok(())
     }
@@ -716,11 +807,24 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let ui = Ui::new(crate::ui::OutputMode::Human);
-        let started = std::time::Instant::now();
-        let dir = tokio::task::spawn_blocking(move || wheelhouse(&reqs, &t, &root, &ui)).await??;
-        eprintln!("{} after {:?}", dir.display(), started.elapsed());
-        assert!(dir.join(COMPLETE_MARKER).is_file());
+        // Both resolvers, each into its own cache: the same pins, wheel for wheel.
+        let mut pins = Vec::new();
+        for resolver in [Resolver::Pip, Resolver::Uv] {
+            let (reqs, t, root) = (reqs.clone(), t.clone(), root.join(format!("{resolver:?}")));
+            let ui = Ui::new(crate::ui::OutputMode::Human);
+            let started = std::time::Instant::now();
+            let dir =
+                tokio::task::spawn_blocking(move || wheelhouse(&reqs, &t, &root, resolver, &ui))
+                    .await??;
+            eprintln!(
+                "{resolver:?}: {} after {:?}",
+                dir.display(),
+                started.elapsed()
+            );
+            assert!(dir.join(COMPLETE_MARKER).is_file());
+            pins.push(crate::lock::pins_of_wheelhouse(&dir)?);
+        }
+        assert_eq!(pins[0], pins[1]);
         Ok(())
     }
 }
