@@ -93,6 +93,7 @@ pub async fn run(file: &Path, ui: &Ui) -> Report {
     checks.push(serving_binary_check());
     checks.push(debootstrap_check(project.as_ref()));
     checks.push(python_check());
+    checks.push(uv_check());
 
     match &project {
         Some(p) => {
@@ -543,6 +544,46 @@ fn python_check() -> Check {
         .fix("sudo apt-get install python3-pip (ferry resolves the requirements' wheels on the host)"),
         Err(e) => Check::new(name, Status::Fail, format!("python3 not found: {e}"))
             .fix("install Python 3 with pip (sudo apt-get install python3 python3-pip)"),
+    }
+}
+
+/// uv resolves environments on the host; without it pip does, taking several times as long.
+fn uv_check() -> Check {
+    let name = "uv";
+    let Some(uv) = crate::images::wheels::find_uv() else {
+        return Check::new(
+            name,
+            Status::Warn,
+            "not found beside ferry or on PATH: pip resolves environments instead, several times slower, and pyproject.toml and uv.lock requirement sources cannot be read",
+        )
+        .fix("pip install uv");
+    };
+    match std::process::Command::new(&uv).arg("--version").output() {
+        Ok(o) if o.status.success() => Check::new(
+            name,
+            Status::Ok,
+            format!(
+                "{} ({})",
+                String::from_utf8_lossy(&o.stdout).trim(),
+                uv.display()
+            ),
+        ),
+        Ok(o) => Check::new(
+            name,
+            Status::Warn,
+            format!(
+                "{} does not run: {}",
+                uv.display(),
+                first_line(String::from_utf8_lossy(&o.stderr).trim())
+            ),
+        )
+        .fix("pip install --force-reinstall uv"),
+        Err(e) => Check::new(
+            name,
+            Status::Warn,
+            format!("{} does not run: {e}", uv.display()),
+        )
+        .fix("pip install --force-reinstall uv"),
     }
 }
 

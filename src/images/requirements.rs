@@ -93,15 +93,12 @@ pub fn lines_for(file: &Path, target: &PythonTarget) -> Result<Vec<String>, Requ
 }
 
 fn uv(file: &Path) -> Result<Command, RequirementsError> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("uv").is_file()))
-        .unwrap_or(false);
-    if !found {
+    let Some(uv) = super::wheels::find_uv() else {
         return Err(RequirementsError::NoUv {
             file: file.to_path_buf(),
         });
-    }
-    let mut c = Command::new("uv");
+    };
+    let mut c = Command::new(uv);
     c.stdin(Stdio::null())
         .env("UV_NO_PROGRESS", "1")
         .env_remove("VIRTUAL_ENV");

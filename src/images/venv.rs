@@ -129,9 +129,8 @@ pub async fn write_image(
         .map_err(|e| DockerError::api(format!("inspecting {}", req.system), e))?;
     let system_id = system.id.clone().unwrap_or_default();
     let system_layers = layers_of(&system);
-    let dir = cache_dir()
-        .join("venvs")
-        .join(&hex_of(&system_id)[..16.min(hex_of(&system_id).len())]);
+    let key: String = hex_of(&system_id).chars().take(16).collect();
+    let dir = cache_dir().join("venvs").join(key);
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ImageError::Read { path, source }

@@ -28,6 +28,7 @@ mod uv;
 mod version;
 
 pub use index::{NoWheel, UnknownVersion};
+pub use uv::find as find_uv;
 
 /// Written last into a finished wheelhouse; a directory without it is never used.
 pub const COMPLETE_MARKER: &str = ".ferry-complete";
