@@ -94,6 +94,13 @@ else
     warn "debootstrap is missing and installing it needs root; $DEBOOTSTRAP_HINT"
 fi
 
+# uv resolves environments on the host; without it pip does, several times slower.
+if command -v uv >/dev/null 2>&1; then
+    say "uv is installed ($(uv --version 2>/dev/null))"
+else
+    warn "uv is not on PATH: pip will resolve environments, several times slower, and pyproject.toml or uv.lock requirement sources cannot be read; install it with: pip install uv"
+fi
+
 step "Done in ${SECONDS}s"
 say "ferry:        $BIN_DIR/ferry"
 for lib in "$LIB_DIR"/libonnxruntime.so "$LIB_DIR"/libonnxruntime.dylib; do

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Environment images, pip against uv in one run: `ferry build` of the churn template's
 # environment (its requirements plus the notebook's, offline base already present), first with
-# an empty wheel cache and no ferry.lock, then after a one-line change to requirements.txt, for
-# each installer (FERRY_INSTALLER=pip, FERRY_INSTALLER=uv). Wheels are resolved and fetched on
-# the host as ferry does; the installer is what installs them inside the image build.
-# Usage: bash bench/env.sh                 (FERRY=path/to/ferry to use another binary)
+# an empty ferry cache and no ferry.lock, then after a one-line change to requirements.txt, for
+# each installer. FERRY_INSTALLER=pip: `pip download` resolves on the host and pip installs in
+# a classic multi-stage build. FERRY_INSTALLER=uv (the default): uv resolves on the host, the
+# wheels are fetched concurrently, and the virtualenv is installed on the host and written as
+# layers by ferry.
+# Usage: bash bench/env.sh                 (FERRY=path/to/ferry to use another binary;
+#                                           INSTALLERS=uv to run one side only)
 # Images it makes are tagged ferry/ferry-bench-env-* and removed at the end; the offline base
 # (ferry-base) is built once if missing and kept.
 set -euo pipefail
@@ -51,5 +54,5 @@ done
 
 echo
 printf '%-48s %8s %8s\n' "ferry build, churn template" "pip" "uv"
-printf '%-48s %7ss %7ss\n' "first environment image" "${first[pip]}" "${first[uv]}"
-printf '%-48s %7ss %7ss\n' "after a one-line requirements change" "${change[pip]}" "${change[uv]}"
+printf '%-48s %7ss %7ss\n' "first environment image" "${first[pip]:--}" "${first[uv]:--}"
+printf '%-48s %7ss %7ss\n' "after a one-line requirements change" "${change[pip]:--}" "${change[uv]:--}"

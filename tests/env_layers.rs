@@ -10,17 +10,6 @@ use std::process::Command;
 
 mod common;
 
-fn have_uv() -> bool {
-    let ok = Command::new("uv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped: uv is not on PATH (pip install uv)");
-    }
-    ok
-}
-
 /// `ferry build` with its own cache; returns the environment image's ID.
 fn build(dir: &Path, cache: &Path, requirements: &str) -> String {
     std::fs::write(dir.join("requirements.txt"), requirements).unwrap();
@@ -78,7 +67,7 @@ fn run(image: &str, script: &str) -> (i32, String) {
 
 #[test]
 fn a_changed_pin_adds_one_layer_and_a_directory_without_its_record_starts_again() {
-    if !have_uv() {
+    if !common::have_uv() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -9,17 +9,6 @@ use std::process::Command;
 
 mod common;
 
-fn have_uv() -> bool {
-    let ok = Command::new("uv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped: uv is not on PATH (pip install uv)");
-    }
-    ok
-}
-
 /// `uv lock` in `dir`, which must succeed.
 fn uv_lock(dir: &Path) {
     let locked = Command::new("uv")
@@ -63,7 +52,7 @@ fn six_in_image(dir: &Path) -> String {
 
 #[test]
 fn a_pyproject_is_resolved_and_a_uv_lock_is_honoured_pin_for_pin() {
-    if !have_uv() {
+    if !common::have_uv() {
         return;
     }
     // pyproject.toml: uv resolves its dependencies for the image's interpreter.
@@ -93,7 +82,7 @@ fn a_pyproject_is_resolved_and_a_uv_lock_is_honoured_pin_for_pin() {
 
 #[test]
 fn a_uv_lock_that_disagrees_with_its_pyproject_is_refused_before_anything_is_built() {
-    if !have_uv() {
+    if !common::have_uv() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

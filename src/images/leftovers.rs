@@ -158,10 +158,11 @@ fn short_id(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
-/// A helper container's registration; dropped without [`ContainerGuard::removed`], the
+/// A helper container's registration; dropped without [`ContainerGuard::remove`], the
 /// container is removed by [`clean`].
 pub struct ContainerGuard {
     key: u64,
+    id: String,
 }
 
 pub fn container_created(id: &str) -> ContainerGuard {
@@ -169,11 +170,19 @@ pub fn container_created(id: &str) -> ContainerGuard {
     p.next += 1;
     let key = p.next;
     p.containers.push((key, id.to_string()));
-    ContainerGuard { key }
+    ContainerGuard {
+        key,
+        id: id.to_string(),
+    }
 }
 
 impl ContainerGuard {
-    pub fn removed(self) {
+    /// Removes the helper container, which has done its work (explicitly rather than with
+    /// auto-remove, which races with reading its output), and deregisters it. Best effort: a
+    /// container the engine keeps is no reason to fail the command.
+    pub async fn remove(self, docker: &Docker) {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(&self.id, Some(opts)).await;
         pending().containers.retain(|(k, _)| *k != self.key);
     }
 }

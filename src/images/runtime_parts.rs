@@ -15,7 +15,6 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -455,13 +454,7 @@ pub async fn sysroot_from_image(
     };
     let registered = super::leftovers::container_created(&created.id);
     let read = read_paths(docker, &created.id, image, tmp.path(), &root).await;
-    let _ = docker
-        .remove_container(
-            &created.id,
-            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-        )
-        .await;
-    registered.removed();
+    registered.remove(docker).await;
     if let Err(e) = read {
         step.fail();
         return Err(e);

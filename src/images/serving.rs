@@ -893,10 +893,10 @@ fn check_tree(rootfs: &BTreeMap<String, (Part, Entry)>) -> Result<(), ImageError
 }
 
 /// Hashes and counts what goes through.
-struct Hashed<'a> {
-    inner: &'a mut dyn Write,
-    hash: Sha256,
-    len: u64,
+pub(super) struct Hashed<'a> {
+    pub(super) inner: &'a mut dyn Write,
+    pub(super) hash: Sha256,
+    pub(super) len: u64,
 }
 
 impl Write for Hashed<'_> {

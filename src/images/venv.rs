@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, ImageInspect, Mount, MountType};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,7 @@ use super::build::{ImageError, cache_dir};
 use super::code::ImageConfig;
 use super::context::Context;
 use super::leftovers;
-use super::serving::{ArchiveManifest, RootFs};
+use super::serving::{ArchiveManifest, Hashed, RootFs};
 use crate::docker::{self, DockerError, LABEL_PROJECT, LABEL_ROLE};
 use crate::plan::{EnvImage, VENV, WORKDIR};
 use crate::ui::{Ui, human_bytes};
@@ -477,13 +477,7 @@ async fn install(
         docker::wait_exit(docker, &id).await
     }
     .await;
-    let _ = docker
-        .remove_container(
-            &id,
-            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-        )
-        .await;
-    registered.removed();
+    registered.remove(docker).await;
     let exit = match ran {
         Ok(exit) => exit,
         Err(e) => {
@@ -701,26 +695,6 @@ impl Layer {
             format!("sha256:{}", hex::encode(hashed.hash.finalize())),
             hashed.len,
         ))
-    }
-}
-
-/// Hashes and counts what goes through.
-struct Hashed<'a> {
-    inner: &'a mut dyn Write,
-    hash: Sha256,
-    len: u64,
-}
-
-impl Write for Hashed<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -13,8 +13,7 @@ use std::sync::mpsc;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -235,15 +234,8 @@ pub async fn probe_target(docker: &Docker, image: &str) -> Result<PythonTarget, 
     // Cut off by Ctrl-C, the container is removed by the CLI on its way out.
     let registered = super::leftovers::container_created(&id);
 
-    // Removed explicitly rather than with auto-remove, which races with reading the logs.
     let result = run_probe(docker, &id).await;
-    let _ = docker
-        .remove_container(
-            &id,
-            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-        )
-        .await;
-    registered.removed();
+    registered.remove(docker).await;
 
     let (code, output) = result?;
     if code != 0 {

@@ -33,6 +33,18 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Whether uv runs here; says "skipped" for the test that asks when it does not.
+pub fn have_uv() -> bool {
+    let ok = Command::new("uv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: uv is not on PATH (pip install uv)");
+    }
+    ok
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0))
         .unwrap()
