@@ -161,3 +161,90 @@ fn a_changed_pin_adds_one_layer_and_a_directory_without_its_record_starts_again(
         let _ = Command::new("docker").args(["rmi", "-f", image]).output();
     }
 }
+
+#[test]
+fn ctrl_c_while_uv_installs_leaves_no_container_no_image_and_no_record() {
+    if !common::have_uv() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let project = "env-layers-stop";
+    std::fs::write(
+        dir.path().join("ferry.yaml"),
+        format!(
+            "name: {project}\nenvironment:\n  bootstrap: bookworm\n  requirements: requirements.txt\ntrain:\n  command: mkdir -p out && echo x > out/x\n  outputs: [out/x]\n"
+        ),
+    )
+    .unwrap();
+    // pandas with numpy: seconds of installing and compiling, long enough to be caught.
+    std::fs::write(dir.path().join("requirements.txt"), "pandas\n").unwrap();
+    let installing = || {
+        !common::docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=dev.ferry.role=environment-install",
+            "--filter",
+            &format!("label=dev.ferry.project={project}"),
+        ])
+        .is_empty()
+    };
+    let mut child = common::ferry_cmd(dir.path(), &["build"])
+        .env("FERRY_CACHE_DIR", cache.path())
+        .env_remove("FERRY_INSTALLER")
+        .env_remove("FERRY_ENV_IMAGE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !installing() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(600),
+            "timed out waiting for the install container"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ferry ended before installing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+
+    assert!(!installing(), "the install container is removed");
+    let images = common::docker(&[
+        "images",
+        "-q",
+        "--filter",
+        &format!("label=dev.ferry.project={project}"),
+    ]);
+    assert!(images.is_empty(), "no image: {images}");
+    let kept: Vec<_> = std::fs::read_dir(cache.path().join("venvs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        kept.iter().all(|k| !k.join("record.json").exists()),
+        "a cut-off install leaves no record: {kept:?}"
+    );
+
+    // The next build starts from scratch and finishes.
+    let id = build(dir.path(), cache.path(), "pandas\n");
+    let (code, out) = run(&id, "python -c 'import pandas; print(pandas.__version__)'");
+    assert_eq!(code, 0, "{out}");
+    let made = common::docker(&[
+        "images",
+        "-q",
+        "--filter",
+        &format!("label=dev.ferry.project={project}"),
+    ]);
+    for image in made.lines() {
+        let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+    }
+}
