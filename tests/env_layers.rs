@@ -179,17 +179,23 @@ fn ctrl_c_while_uv_installs_leaves_no_container_no_image_and_no_record() {
     .unwrap();
     // pandas with numpy: seconds of installing and compiling, long enough to be caught.
     std::fs::write(dir.path().join("requirements.txt"), "pandas\n").unwrap();
-    let installing = || {
-        !common::docker(&[
+    let installs = || -> std::collections::BTreeSet<String> {
+        common::docker(&[
             "ps",
             "-aq",
+            "--no-trunc",
             "--filter",
             "label=dev.ferry.role=environment-install",
             "--filter",
             &format!("label=dev.ferry.project={project}"),
         ])
-        .is_empty()
+        .lines()
+        .map(str::to_string)
+        .collect()
     };
+    // Only this build's install counts (another run of this test may have left one behind).
+    let before = installs();
+    let installing = || installs().difference(&before).next().is_some();
     let mut child = common::ferry_cmd(dir.path(), &["build"])
         .env("FERRY_CACHE_DIR", cache.path())
         .env_remove("FERRY_INSTALLER")

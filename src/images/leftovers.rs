@@ -165,6 +165,16 @@ pub struct ContainerGuard {
     id: String,
 }
 
+/// A name for a helper container, unique to this process and call, to register (with
+/// [`container_created`]) before asking the engine to create it: then a Ctrl-C that lands while
+/// the engine's answer is on its way still finds the container to remove.
+pub fn helper_name(what: &str) -> String {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("ferry-{what}-{}-{stamp}", std::process::id())
+}
+
 pub fn container_created(id: &str) -> ContainerGuard {
     let mut p = pending();
     p.next += 1;

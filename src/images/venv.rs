@@ -462,12 +462,17 @@ async fn install(
         (_, true) => "installing what changed with uv".to_string(),
     };
     let step = ui.step(what.clone());
-    let created = docker
-        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
-        .await
-        .map_err(|e| DockerError::api("creating the install container", e))?;
-    let id = created.id;
-    let registered = leftovers::container_created(&id);
+    let name = leftovers::helper_name("install");
+    let registered = leftovers::container_created(&name);
+    let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+    let id = match docker.create_container(Some(opts), body).await {
+        Ok(created) => created.id,
+        Err(e) => {
+            registered.remove(docker).await;
+            step.fail();
+            return Err(DockerError::api("creating the install container", e).into());
+        }
+    };
     let ran = async {
         docker
             .start_container(&id, None)

@@ -227,12 +227,17 @@ pub async fn probe_target(docker: &Docker, image: &str) -> Result<PythonTarget, 
         }),
         ..Default::default()
     };
-    let created = docker
-        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
-        .await?;
-    let id = created.id;
     // Cut off by Ctrl-C, the container is removed by the CLI on its way out.
-    let registered = super::leftovers::container_created(&id);
+    let name = super::leftovers::helper_name("probe");
+    let registered = super::leftovers::container_created(&name);
+    let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+    let id = match docker.create_container(Some(opts), body).await {
+        Ok(created) => created.id,
+        Err(e) => {
+            registered.remove(docker).await;
+            return Err(e.into());
+        }
+    };
 
     let result = run_probe(docker, &id).await;
     registered.remove(docker).await;
