@@ -97,9 +97,18 @@ pub enum ImageError {
     },
     #[error("loading {tag} into the Docker engine failed: {message}")]
     LoadFailed { tag: String, message: String },
-    #[error("cannot write the serving image's {what}: {source}")]
+    #[error("cannot write {what}: {source}")]
     Write {
         what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot use {} for the environment's virtualenv: {source}\n  hint: ferry keeps virtualenvs under its cache directory (`FERRY_CACHE_DIR` moves it); check its free space and permissions",
+        path.display()
+    )]
+    VenvDir {
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },

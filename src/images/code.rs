@@ -169,7 +169,7 @@ impl CodeImage {
     /// them). The manifest goes last, so an archive cut short is never taken for a whole one.
     pub fn archive(&self) -> Result<Vec<u8>, ImageError> {
         let err = |source| ImageError::Write {
-            what: format!("archive ({})", self.tag),
+            what: format!("the image archive of {}", self.tag),
             source,
         };
         let hex = |d: &str| d.trim_start_matches("sha256:").to_string();

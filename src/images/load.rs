@@ -26,7 +26,7 @@ pub(crate) async fn stream_archive(
     write: impl FnOnce(&mut dyn Write) -> Result<(), ImageError> + Send + 'static,
 ) -> Result<String, ImageError> {
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let what = format!("archive ({tag})");
+    let what = format!("the image archive of {tag}");
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = Chunks {
             tx,
@@ -81,7 +81,7 @@ pub(crate) async fn stream_archive(
         Ok(r) => r,
         Err(join) => (
             Err(ImageError::Write {
-                what: format!("archive ({tag})"),
+                what: format!("the image archive of {tag}"),
                 source: io::Error::other(format!("the writer panicked: {join}")),
             }),
             false,

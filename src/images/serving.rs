@@ -415,8 +415,8 @@ pub fn serving_context_for(
     }
     let [runtime, models] = parts;
     let layers = vec![
-        Layer::new("runtime layer", runtime)?,
-        Layer::new("model layer", models)?,
+        Layer::new("the serving image's runtime layer", runtime)?,
+        Layer::new("the serving image's model layer", models)?,
     ];
     let content_bytes = layers.iter().map(|l| l.content).sum();
     let left_out = closure.left_out;
@@ -433,7 +433,7 @@ pub fn serving_context_for(
         &layers,
     );
     let config = serde_json::to_vec(&config).map_err(|e| ImageError::Write {
-        what: "config".into(),
+        what: "the serving image's config".into(),
         source: e.into(),
     })?;
     let digest = hex::encode(Sha256::digest(&config));
@@ -511,7 +511,7 @@ impl ServingContext {
     /// longer gives the layer its diff ID.
     pub fn write_archive(&self, w: impl Write) -> Result<(), ImageError> {
         let err = |source: io::Error| ImageError::Write {
-            what: format!("archive ({})", self.tag),
+            what: format!("the image archive of {}", self.tag),
             source,
         };
         let mut tar = Context::to_writer(w);

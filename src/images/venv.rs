@@ -133,7 +133,7 @@ pub async fn write_image(
     let dir = cache_dir().join("venvs").join(key);
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ImageError::Read { path, source }
+        move |source| ImageError::VenvDir { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let _lock = lock_dir(&dir, ui).await?;
@@ -207,7 +207,7 @@ pub async fn write_image(
         tokio::task::spawn_blocking(move || layer.write(&mut io::sink()))
             .await
             .map_err(|e| ImageError::Write {
-                what: "environment layer".into(),
+                what: "the environment image's virtualenv layer".into(),
                 source: io::Error::other(e.to_string()),
             })?
     };
@@ -300,14 +300,16 @@ fn empty_trash(dir: &Path) {
 /// Holds the directory against other ferry processes building on the same system image.
 async fn lock_dir(dir: &Path, ui: &Ui) -> Result<File, ImageError> {
     let path = dir.join("lock");
-    let file = File::create(&path).map_err(|source| ImageError::Read {
+    let file = File::create(&path).map_err(|source| ImageError::VenvDir {
         path: path.clone(),
         source,
     })?;
     match file.try_lock() {
         Ok(()) => return Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(source)) => return Err(ImageError::Read { path, source }),
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(ImageError::VenvDir { path, source });
+        }
     }
     let step = ui.step(format!(
         "waiting for another ferry building on the same base ({})",
@@ -324,7 +326,7 @@ async fn lock_dir(dir: &Path, ui: &Ui) -> Result<File, ImageError> {
         }
         Err(source) => {
             step.fail();
-            Err(ImageError::Read { path, source })
+            Err(ImageError::VenvDir { path, source })
         }
     }
 }
@@ -632,7 +634,7 @@ impl Layer {
     /// (the bytecode next to them records them) and are owned by root.
     fn write(&self, w: &mut dyn Write) -> Result<(String, u64), ImageError> {
         let err = |source| ImageError::Write {
-            what: "environment layer".into(),
+            what: "the environment image's virtualenv layer".into(),
             source,
         };
         let mut hashed = Hashed {
@@ -771,7 +773,7 @@ fn write_archive(
     layers: &[String],
 ) -> Result<(), ImageError> {
     let err = |source| ImageError::Write {
-        what: format!("archive ({tag})"),
+        what: format!("the image archive of {tag}"),
         source,
     };
     let mut tar = Context::to_writer(out);
@@ -787,7 +789,7 @@ fn write_archive(
     })
     .map_err(|e| match &written {
         Err(_) => ImageError::Write {
-            what: format!("archive ({tag})"),
+            what: format!("the image archive of {tag}"),
             source: io::Error::other(e.to_string()),
         },
         Ok(_) => err(e),
@@ -1042,6 +1044,22 @@ mod tests {
         assert_eq!(v["architecture"], "arm64");
         assert_eq!(v["created"], "2026-01-01T00:00:00Z");
         assert_eq!(v["rootfs"]["diff_ids"][1], "sha256:l2");
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_cannot_be_used_is_named_with_where_to_look() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the directory should be.
+        let blocked = dir.path().join("venvs");
+        std::fs::write(&blocked, "").unwrap();
+        let err = lock_dir(&blocked, &Ui::silent())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("venvs/lock") && err.contains("FERRY_CACHE_DIR"),
+            "{err}"
+        );
     }
 
     #[test]
