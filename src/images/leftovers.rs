@@ -214,12 +214,40 @@ pub async fn clean(docker: &Docker, say: &dyn Fn(&str)) {
             std::mem::take(&mut p.containers),
         )
     };
+    // A helper registered by name and not found may be one whose creation was still on its way
+    // to the engine when the command was cut off: it is looked for again once the engine has
+    // had a moment to finish that request.
+    let mut not_found = Vec::new();
     for (_, id) in containers {
-        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        let _ = docker.remove_container(&id, Some(opts)).await;
+        if remove_helper(docker, &id).await == Removal::NotFound {
+            not_found.push(id);
+        }
+    }
+    if !not_found.is_empty() {
+        tokio::time::sleep(SETTLE).await;
+        for id in not_found {
+            remove_helper(docker, &id).await;
+        }
     }
     for (_, trace) in builds {
         clean_build(docker, &trace, say).await;
+    }
+}
+
+#[derive(PartialEq)]
+enum Removal {
+    Done,
+    NotFound,
+}
+
+/// Best effort: any refusal but "no such container" counts as done.
+async fn remove_helper(docker: &Docker, id: &str) -> Removal {
+    let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+    match docker.remove_container(id, Some(opts)).await {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Removal::NotFound,
+        _ => Removal::Done,
     }
 }
 
