@@ -43,6 +43,8 @@ pub mod monitoring;
 pub mod notebook;
 pub mod onnx;
 #[cfg(feature = "cli")]
+pub mod pipeline;
+#[cfg(feature = "cli")]
 pub mod plan;
 pub mod platform;
 #[cfg(feature = "cli")]

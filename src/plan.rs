@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::server::config::{
     BatchingConfig, CONFIG_PATH, Limits, ModelConfig, ServingConfig, VariantConfig,
 };
-use crate::spec::{Cpu, Memory, Project, RelPath, Resources, Serve};
+use crate::spec::{Cpu, Memory, Project, RelPath, Resources, Serve, Step};
 
 /// Where the project lives inside every container.
 pub const WORKDIR: &str = "/workspace";
@@ -189,36 +189,10 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
         }
     });
 
-    let train = s.train.as_ref().map(|t| {
-        let mut env = e.env.clone();
-        env.extend(t.env.clone());
-        let mut volumes: Vec<Volume> = t
-            .inputs
-            .iter()
-            .map(|p| Volume {
-                path: VolumePath::Sub(p.clone()),
-                read_only: true,
-            })
-            .collect();
-        volumes.extend(output_dirs(&t.outputs).into_iter().map(|d| Volume {
-            path: VolumePath::Sub(d),
-            read_only: false,
-        }));
-        let Resources { cpu, memory, gpu } = t.resources.clone();
-        Workload {
-            role: "train",
-            argv: t.command.argv(),
-            env,
-            workdir: WORKDIR.into(),
-            volumes,
-            ports: Vec::new(),
-            cpu,
-            memory,
-            gpu,
-            outputs: t.outputs.clone(),
-            notebook: None,
-        }
-    });
+    let train = s
+        .train
+        .as_ref()
+        .map(|t| step_workload(project, &Step::from_train(t), "train"));
 
     let serve = s.serve.as_ref().map(|sv| serving(&s.name, sv));
 
@@ -234,6 +208,54 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
         },
         notebook,
         train,
+    }
+}
+
+/// A pipeline step (or `train:`) as a container: the environment's variables and the step's,
+/// inputs read-only, the outputs' directories the only writable mounts. A notebook step runs
+/// the notebook executor in place of a command.
+pub fn step_workload(project: &Project, step: &Step, role: &'static str) -> Workload {
+    let mut env = project.spec.environment.env.clone();
+    env.extend(step.env.clone());
+    let mut volumes: Vec<Volume> = step
+        .inputs
+        .iter()
+        .map(|p| Volume {
+            path: VolumePath::Sub(p.clone()),
+            read_only: true,
+        })
+        .collect();
+    volumes.extend(output_dirs(&step.outputs).into_iter().map(|d| Volume {
+        path: VolumePath::Sub(d),
+        read_only: false,
+    }));
+    let Resources { cpu, memory, gpu } = step.resources.clone();
+    let work = Workload {
+        role,
+        argv: step.command.as_ref().map(|c| c.argv()).unwrap_or_default(),
+        env,
+        workdir: WORKDIR.into(),
+        volumes,
+        ports: Vec::new(),
+        cpu,
+        memory,
+        gpu,
+        outputs: step.outputs.clone(),
+        notebook: None,
+    };
+    match &step.notebook {
+        Some(nb) => crate::notebook::workload(
+            &work,
+            &crate::notebook::Request {
+                notebook: nb.clone(),
+                params: step
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+        ),
+        None => work,
     }
 }
 

@@ -44,6 +44,14 @@ pub fn make_plan_with(
         None => String::new(),
     };
     let mut plan = plan::plan(project, &reqs);
+    if project
+        .spec
+        .pipeline
+        .values()
+        .any(|s| s.notebook.is_some())
+    {
+        plan::add_notebook_executor(&mut plan.env_image, &reqs);
+    }
     if let Some(req) = notebook {
         plan::add_notebook_executor(&mut plan.env_image, &reqs);
         plan.train = plan

@@ -96,6 +96,60 @@ pub struct RunRecord {
     /// succeeded or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notebook: Option<String>,
+    /// A pipeline run's steps, in the order they were decided; empty for `ferry train`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRun>,
+}
+
+/// How one step of a pipeline run went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    /// Its command ran and succeeded.
+    Ran,
+    /// Its outputs came from the cache.
+    Cached,
+    Failed,
+    /// Not run: a step it needs failed, or the run stopped first.
+    Skipped,
+    Interrupted,
+}
+
+impl StepStatus {
+    pub fn succeeded(self) -> bool {
+        matches!(self, StepStatus::Ran | StepStatus::Cached)
+    }
+}
+
+/// One step of a pipeline run: what it read and wrote (by sha256), why it ran, its checks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRun {
+    pub name: String,
+    pub status: StepStatus,
+    /// The cache key (absent when the step never got as far as reading its inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why it ran, was skipped or failed, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub duration_secs: f64,
+    /// The image it ran in (absent for a cached step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Output>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Output>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::pipeline::checks::CheckResult>,
+    /// Its log, relative to the project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// A notebook step's executed notebook, relative to the project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<String>,
 }
 
 /// A finished run and where its record is.
@@ -266,6 +320,7 @@ mod tests {
             outputs: vec![],
             log: "x".into(),
             notebook: None,
+            steps: vec![],
         };
         mk("20260101-000000-0001", Status::Succeeded)
             .save(dir.path())

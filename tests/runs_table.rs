@@ -36,6 +36,7 @@ fn record(
             .collect(),
         log: format!(".ferry/runs/{id}/train.log"),
         notebook: None,
+        steps: vec![],
     }
 }
 

@@ -116,6 +116,7 @@ pub async fn train(
             .as_ref()
             .filter(|(_, to)| to.exists())
             .map(|(_, to)| relative(&project.root, to)),
+        steps: Vec::new(),
     };
 
     ui.info(format!(

@@ -57,12 +57,19 @@ pub fn referenced_files(project: &Project) -> Vec<&RelPath> {
     if let Some(t) = &s.train {
         files.extend(t.inputs.iter());
     }
+    for step in s.pipeline.values() {
+        files.extend(step.inputs.iter());
+    }
     if let Some(sv) = &s.serve {
         files.extend(model_files(sv));
     }
-    if let Some(t) = &s.train {
-        files.retain(|f| !t.outputs.iter().any(|o| f.starts_with(o)));
-    }
+    let outputs = s
+        .train
+        .iter()
+        .flat_map(|t| t.outputs.iter())
+        .chain(s.pipeline.values().flat_map(|st| st.outputs.iter()));
+    let outputs: Vec<&RelPath> = outputs.collect();
+    files.retain(|f| !outputs.iter().any(|o| f.starts_with(o)));
     files.sort();
     files.dedup();
     files

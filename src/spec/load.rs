@@ -350,6 +350,7 @@ fn parse(text: &str, file: &Path, root: &Path) -> Result<(Spec, HashMap<String, 
             ("notebook", &target.notebook),
             ("train", &target.train),
             ("serve", &target.serve),
+            ("pipeline", &target.pipeline),
         ] {
             if let (Some(overlay), Value::Mapping(m)) = (overlay, &mut merged) {
                 let key = Value::String(field.into());
@@ -690,6 +691,8 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
             );
         }
     }
+
+    pipeline::check(spec, root, &mut bad);
 
     if let Some(s) = &spec.serve {
         if let Err(m) = s.model.check_contained(root) {
@@ -1135,6 +1138,7 @@ fn resolve(spec: &Spec, env: Option<&str>) -> Resolved {
         notebook: spec.notebook.clone(),
         train: spec.train.clone(),
         serve: spec.serve.clone(),
+        pipeline: spec.pipeline.clone(),
     }
 }
 
@@ -1148,5 +1152,6 @@ impl fmt::Display for Problem {
     }
 }
 
+mod pipeline;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ mod hash;
 mod load;
 mod paths;
 pub mod quantity;
+mod steps;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use load::{Problem, SpecError};
 pub(crate) use load::{did_you_mean, is_dns_label};
 pub use paths::RelPath;
 pub use quantity::{Cpu, Memory};
+pub use steps::{Bar, Check, Graph, Op, Step, TRAIN_STEP, metric_value, overlaps};
 
 pub use crate::platform::{Arch, Platform};
 /// `serve.device`: the serving config's own type, so the spec and the server cannot disagree.
@@ -41,8 +43,12 @@ pub struct Spec {
     pub train: Option<Train>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<Serve>,
-    /// Where the spec runs. Each block may override `environment`, `notebook`, `train` and
-    /// `serve` field by field; `null` removes a field.
+    /// Named steps, ordered by the outputs they read from each other (`train:` is a pipeline
+    /// of one step; a spec has one or the other).
+    #[serde(default, skip_serializing_if = "indexmap::IndexMap::is_empty")]
+    pub pipeline: indexmap::IndexMap<String, Step>,
+    /// Where the spec runs. Each block may override `environment`, `notebook`, `train`,
+    /// `pipeline` and `serve` field by field; `null` removes a field.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environments: BTreeMap<String, Target>,
 }
@@ -272,6 +278,8 @@ pub struct Target {
     pub train: Option<serde_yaml_ng::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -351,6 +359,21 @@ pub struct Resolved {
     pub train: Option<Train>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serve: Option<Serve>,
+    #[serde(skip_serializing_if = "indexmap::IndexMap::is_empty")]
+    pub pipeline: indexmap::IndexMap<String, Step>,
+}
+
+impl Resolved {
+    /// The steps `ferry run` runs: `pipeline`, or `train` as one step named `train`.
+    pub fn steps(&self) -> indexmap::IndexMap<String, Step> {
+        if !self.pipeline.is_empty() {
+            return self.pipeline.clone();
+        }
+        self.train
+            .iter()
+            .map(|t| (TRAIN_STEP.to_string(), Step::from_train(t)))
+            .collect()
+    }
 }
 
 /// A loaded project: where it lives and its spec resolved for one environment.

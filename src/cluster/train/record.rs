@@ -131,6 +131,7 @@ impl<'a> Run<'a> {
                     .to_string_lossy()
                     .into_owned()
             }),
+            steps: Vec::new(),
         }
     }
 
