@@ -107,6 +107,10 @@ pub struct EnvLock {
     /// `sha256:` of each model file served.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, String>,
+    /// The run (`.ferry/runs/<id>`) that produced each model file's bytes, where one did:
+    /// the way from a served model back to the data and code it was made from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Images::is_empty")]
     pub images: Images,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,6 +245,9 @@ pub struct Snapshot {
     pub spec: BTreeMap<String, serde_json::Value>,
     pub files: BTreeMap<String, String>,
     pub models: BTreeMap<String, String>,
+    /// Model path → the run that produced its bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -268,13 +275,55 @@ impl Snapshot {
         for rel in model_paths {
             models.insert(rel.to_string(), digest_or_absent(project, rel)?);
         }
+        let runs = producing_runs(&project.root, &models);
         Ok(Snapshot {
             spec_hash: project.hash()?.to_string(),
             spec,
             files,
             models,
+            runs,
         })
     }
+}
+
+/// For each model (path → `sha256:`), the newest successful run whose outputs hold exactly
+/// those bytes at that path.
+pub fn producing_runs(
+    root: &Path,
+    models: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let runs = crate::runs::list(root);
+    models
+        .iter()
+        .filter_map(|(path, digest)| {
+            let hex = digest.strip_prefix("sha256:")?;
+            runs.iter()
+                .find(|r| {
+                    r.status == crate::runs::Status::Succeeded
+                        && r.outputs.iter().any(|o| &o.path == path && o.sha256 == hex)
+                })
+                .map(|r| (path.clone(), r.id.clone()))
+        })
+        .collect()
+}
+
+/// Every run the lock names as a model's maker, in any environment or recorded promotion:
+/// the runs `ferry gc --runs` keeps.
+pub fn lineage_runs(project: &Project) -> std::collections::BTreeSet<String> {
+    let Ok(lock) = Lock::load(project) else {
+        return Default::default();
+    };
+    lock.environments
+        .values()
+        .flat_map(|e| {
+            e.runs.values().cloned().chain(
+                e.promotions
+                    .iter()
+                    .filter_map(|p| p.snapshot.as_ref())
+                    .flat_map(|s| s.runs.values().cloned()),
+            )
+        })
+        .collect()
 }
 
 fn digest_or_absent(project: &Project, rel: &crate::spec::RelPath) -> Result<String, LockError> {
@@ -610,6 +659,7 @@ fn set_snapshot(entry: &mut EnvLock, s: Snapshot) {
     entry.spec = s.spec;
     entry.files = s.files;
     entry.models = s.models;
+    entry.runs = s.runs;
 }
 
 /// The fields of a promotion that format 1 knows.

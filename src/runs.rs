@@ -126,6 +126,9 @@ impl StepStatus {
 pub struct StepRun {
     pub name: String,
     pub status: StepStatus,
+    /// The steps whose outputs it read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
     /// The cache key (absent when the step never got as far as reading its inputs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,

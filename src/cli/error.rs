@@ -34,6 +34,15 @@ pub enum CliError {
     Monitoring(#[from] crate::monitoring::MonitoringError),
     #[error("{failed} of {total} checks failed; the fix for each is above")]
     ChecksFailed { failed: usize, total: usize },
+    #[error(
+        "the pipeline failed:{}\n  record: {}",
+        failed.iter().map(|f| format!("\n  - {f}")).collect::<String>(),
+        record.display()
+    )]
+    PipelineFailed {
+        failed: Vec<String>,
+        record: std::path::PathBuf,
+    },
     #[error("cannot write the completion script to stdout: {0}")]
     Stdout(std::io::Error),
 }
@@ -55,7 +64,13 @@ impl CliError {
 
 pub fn report(e: &CliError, mode: OutputMode) {
     // The doctor's report is already the JSON result; a second document would break parsers.
-    if mode == OutputMode::Json && !matches!(e, CliError::ChecksFailed { .. }) {
+    // So is a failed pipeline's run record.
+    if mode == OutputMode::Json
+        && !matches!(
+            e,
+            CliError::ChecksFailed { .. } | CliError::PipelineFailed { .. }
+        )
+    {
         let j = serde_json::json!({ "error": e.to_string() });
         println!("{j}");
     }

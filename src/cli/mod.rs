@@ -46,8 +46,13 @@ enum Command {
     Down(commands::down::Args),
     /// Run the training command in the project image and collect its outputs.
     Train(commands::train::Args),
-    /// List training runs, newest first.
+    /// Run the pipeline's steps (or the named ones and what they need), each skipped when
+    /// its results are cached; a summary table at the end.
+    Run(commands::run::Args),
+    /// List runs, newest first; `ferry runs show RUN` draws one run's steps.
     Runs(commands::runs::Args),
+    /// Remove cached step outputs no run record refers to (and, with --runs N, older runs).
+    Gc(commands::gc::Args),
     /// Serve the model(s) in the serving image on 127.0.0.1 (the image a cluster runs).
     Serve(commands::serve::Args),
     /// The Kubernetes objects `promote` would apply to a cluster environment (secrets redacted).
@@ -119,7 +124,9 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
         Command::Dev(args) => commands::dev::run(args, ui),
         Command::Down(args) => commands::down::run(args, ui),
         Command::Train(args) => commands::train::run(args, ui),
+        Command::Run(args) => commands::run::run(args, ui),
         Command::Runs(args) => commands::runs::run(args, ui),
+        Command::Gc(args) => commands::gc::run(args, ui),
         Command::Serve(args) => commands::serve::run(args, ui),
         Command::Render(args) => commands::render::run(args, ui),
         Command::Promote(args) => commands::promote::run(args, ui),

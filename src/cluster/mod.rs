@@ -89,6 +89,21 @@ pub enum ClusterError {
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
     #[error(
+        "{env}: the pipeline declares checks, and no successful run that passed them produced {}:{}\n  hint: {}",
+        if models.len() == 1 { "this model" } else { "these models" },
+        models.iter().map(|m| format!("\n    {m}")).collect::<String>(),
+        if *protected {
+            format!("run the pipeline (`ferry run`) until its checks pass; {env} is protected, so --unchecked is refused there")
+        } else {
+            "run the pipeline (`ferry run`) until its checks pass, or promote anyway with --unchecked".to_string()
+        }
+    )]
+    Unchecked {
+        env: String,
+        models: Vec<crate::pipeline::gate::Unchecked>,
+        protected: bool,
+    },
+    #[error(
         "{env} is protected: changing it needs a confirmation\n  hint: run in a terminal to be asked, or pass --yes"
     )]
     NeedsConfirmation { env: String },

@@ -31,6 +31,8 @@ pub struct PromoteOptions {
     pub timeout: Duration,
     /// Promote the project as it is, even where it is not what the source environment runs.
     pub rebuild: bool,
+    /// Promote models no checked run produced (refused for protected environments).
+    pub unchecked: bool,
 }
 
 /// What a promotion or rollback did.
@@ -166,6 +168,37 @@ fn refuse_unconfirmable(
     Ok(())
 }
 
+/// Refuses models no successful, checked run produced, where the pipeline declares checks;
+/// `--unchecked` lets them through with a warning, except into a protected environment.
+fn gate(
+    project: &Project,
+    env: &str,
+    snapshot: &Snapshot,
+    unchecked: bool,
+    ui: &Ui,
+) -> Result<(), ClusterError> {
+    let models = crate::pipeline::gate::unchecked(
+        &project.spec.steps(),
+        &snapshot.models,
+        &crate::runs::list(&project.root),
+    );
+    if models.is_empty() {
+        return Ok(());
+    }
+    let protected = project.spec.cluster.as_ref().is_some_and(|c| c.protected);
+    if unchecked && !protected {
+        for m in &models {
+            ui.warn(format!("promoting an unchecked model (--unchecked): {m}"));
+        }
+        return Ok(());
+    }
+    Err(ClusterError::Unchecked {
+        env: env.to_string(),
+        models,
+        protected,
+    })
+}
+
 /// `ferry promote ENV`.
 pub async fn promote(
     project: &Project,
@@ -174,9 +207,10 @@ pub async fn promote(
 ) -> Result<Promoted, ClusterError> {
     let env = require_cluster(project)?;
     refuse_unconfirmable(project, &env, opts)?;
+    let snapshot = Snapshot::of(project)?;
+    gate(project, &env, &snapshot, opts.unchecked, ui)?;
     // The cluster first: minutes of building and pushing are wasted on an unreachable one.
     let client = client::connect(project.spec.context.as_deref()).await?;
-    let snapshot = Snapshot::of(project)?;
     let (prepared, source) = release_for(project, &env, &client, opts.rebuild, ui).await?;
     let release = prepared.release;
     let manifests = prepared.manifests;

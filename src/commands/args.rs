@@ -55,6 +55,7 @@ impl ClusterArgs {
             force_conflicts,
             no_rollback,
             rebuild: false,
+            unchecked: false,
             dry_run: self.dry_run,
             timeout: self.timeout,
         }

@@ -29,6 +29,10 @@ pub struct Args {
     /// (ferry.lock records what that is).
     #[arg(long)]
     rebuild: bool,
+    /// Promote models that no successful run passing the pipeline's checks produced (not into
+    /// a protected environment).
+    #[arg(long)]
+    unchecked: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +48,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     let project = Project::load(&args.file, Some(&args.env))?;
     let mut opts = args.cluster.options(args.force_conflicts, args.no_rollback);
     opts.rebuild = args.rebuild;
+    opts.unchecked = args.unchecked;
     let done = runtime()?.block_on(crate::cluster::promote::promote(&project, &opts, ui))?;
     print_promoted(ui, &done);
     Ok(())

@@ -43,6 +43,11 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// Least privilege for containers that need no writes and no capabilities (the server).
     pub hardened: bool,
+    /// The image's file system read-only (a pipeline step writes only its outputs' mounts and
+    /// the `tmpfs` paths), so a write anywhere else fails loudly instead of vanishing.
+    pub read_only_root: bool,
+    /// Empty in-memory file systems (e.g. `/tmp`), writable whatever `read_only_root` says.
+    pub tmpfs: Vec<String>,
     /// The host's network namespace instead of a bridge: no port is published, the process
     /// binds where it is told (the server: 127.0.0.1). Avoids the engine's userland proxy,
     /// which costs a loopback server most of its throughput.
@@ -146,7 +151,13 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             // A real init reaps children and forwards SIGTERM, so stop is quick and clean.
             init: Some(true),
             security_opt: Some(vec!["no-new-privileges".into()]),
-            readonly_rootfs: spec.hardened.then_some(true),
+            readonly_rootfs: (spec.hardened || spec.read_only_root).then_some(true),
+            tmpfs: (!spec.tmpfs.is_empty()).then(|| {
+                spec.tmpfs
+                    .iter()
+                    .map(|p| (p.clone(), "rw,nosuid,nodev,mode=1777".to_string()))
+                    .collect()
+            }),
             cap_drop: spec.hardened.then(|| vec!["ALL".to_string()]),
             ..Default::default()
         }),

@@ -3,6 +3,7 @@
 //! run records, signals and the serving image it shares with the cluster loop live beneath both.
 
 pub mod dev;
+pub mod pipeline;
 pub mod running;
 pub mod serve;
 pub mod train;
@@ -55,6 +56,14 @@ pub enum LocalError {
     Notebook(#[from] crate::notebook::NotebookError),
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    UnknownStep(#[from] pipeline::UnknownStep),
+    #[error(
+        "--force {step}: `{step}` is not part of this run\n  hint: name it among the steps to run, e.g. `ferry run {step} --force {step}`"
+    )]
+    NotInRun { step: String },
     #[error(
         "{} runs on this machine's Docker engine, which runs {engine} programs, but the spec asks for {}\n  hint: leave `platform:` out for this environment (the engine's platform is the default), add {engine} to `platforms:`, or point DOCKER_HOST at an engine of that platform",
         env.as_deref().map_or("the project".to_string(), |e| format!("environment {e}")),
@@ -227,6 +236,8 @@ fn container_spec(
         user: owner(&project.root),
         labels: labels(project, w.role),
         hardened: false,
+        read_only_root: false,
+        tmpfs: Vec::new(),
         host_network: false,
     }
 }

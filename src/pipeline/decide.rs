@@ -78,8 +78,12 @@ mod tests {
             decide(&store, "prepare", &parts("bb"), false),
             Decision::Run("input data/raw.csv changed".into())
         );
+        let other = KeyParts {
+            definition: "sha256:e".into(),
+            ..p.clone()
+        };
         assert_eq!(
-            decide(&store, "train", &p, false),
+            decide(&store, "train", &other, false),
             Decision::Run("never ran".into())
         );
     }

@@ -181,7 +181,7 @@ mod tests {
     fn resources_and_checks_leave_the_key_alone() {
         let a = step("python train.py");
         let mut b = a.clone();
-        b.resources.cpu = Some("2".parse().unwrap());
+        b.resources.cpu = Some(crate::spec::Cpu::parse("2").unwrap());
         b.checks.insert("out/x".into(), Default::default());
         assert_eq!(definition(&a), definition(&b));
         let mut c = a.clone();

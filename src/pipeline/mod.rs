@@ -6,6 +6,7 @@
 
 pub mod checks;
 pub mod decide;
+pub mod gate;
 pub mod hashes;
 pub mod key;
 pub mod store;

@@ -1,0 +1,727 @@
+//! `ferry run` on Docker: the steps the named ones need, in the order their data flows, those
+//! free of each other at the same time within the engine's cores. A step whose key has a
+//! cache entry is not run: its outputs come back from the store, checked. A step that runs
+//! does so as `ferry train` does (the project image, inputs read-only, outputs staged and
+//! checked) with the image's file system read-only besides, and its outputs go into the
+//! project and the store only when it succeeded and passed its checks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use indexmap::IndexMap;
+use serde::Serialize;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::{LocalError, container_spec, root_key};
+use crate::docker::{self, Exit};
+use crate::images::build::{self as images, Built};
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::pipeline::checks::{self, CheckResult};
+use crate::pipeline::decide::{Decision, decide};
+use crate::pipeline::hashes::Hashes;
+use crate::pipeline::key::KeyParts;
+use crate::pipeline::store::{Entry, Store};
+use crate::plan::{VolumePath, Workload, step_workload};
+use crate::project_plan::{PlanError, make_plan};
+use crate::runs::{self, Output, RunRecord, Status, StepRun, StepStatus, TrainResult};
+use crate::spec::{Graph, Project, Step};
+use crate::ui::Ui;
+
+/// What `ferry run` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The steps wanted (with what they need); empty: all.
+    pub steps: Vec<String>,
+    /// Steps run even when cached.
+    pub force: Vec<String>,
+    /// Say what would run and why; run nothing.
+    pub dry_run: bool,
+    /// Stop the other steps at the first failure.
+    pub fail_fast: bool,
+}
+
+/// One step of a dry run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Planned {
+    pub step: String,
+    pub runs: bool,
+    pub reason: String,
+}
+
+pub enum Outcome {
+    DryRun(Vec<Planned>),
+    /// The run, whether every step succeeded or not (its status says).
+    Done(TrainResult),
+}
+
+/// Step names the spec does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no step named `{name}`; the pipeline has: {}{}", known.join(", "), crate::spec::did_you_mean(name, known.iter().map(String::as_str)).map(|m| format!("\n  hint: did you mean `{m}`?")).unwrap_or_default())]
+pub struct UnknownStep {
+    pub name: String,
+    pub known: Vec<String>,
+}
+
+pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, LocalError> {
+    let steps = project.spec.steps();
+    if steps.is_empty() {
+        return Err(PlanError::MissingSection {
+            file: project.file.clone(),
+            section: "pipeline",
+            hint: "add `pipeline:` with named steps, or `train:` (see `ferry init --template churn`)",
+        }
+        .into());
+    }
+    let graph = Graph::new(&steps);
+    let index = |name: &String| {
+        graph.index(name).ok_or_else(|| UnknownStep {
+            name: name.clone(),
+            known: graph.names.clone(),
+        })
+    };
+    let targets: Vec<usize> = if opts.steps.is_empty() {
+        (0..graph.names.len()).collect()
+    } else {
+        opts.steps.iter().map(index).collect::<Result<_, _>>()?
+    };
+    let selected = graph.needed(&targets);
+    let mut forced = BTreeSet::new();
+    for f in &opts.force {
+        let i = index(f)?;
+        if !selected.contains(&i) {
+            return Err(LocalError::NotInRun { step: f.clone() });
+        }
+        forced.insert(i);
+    }
+    let order: Vec<usize> = graph
+        .order()
+        .into_iter()
+        .filter(|i| selected.contains(i))
+        .collect();
+
+    let mut interrupt = Interrupt::new()?;
+    let list: Vec<&Step> = steps.values().collect();
+    if order
+        .iter()
+        .any(|&i| list[i].outputs.iter().any(|o| o.as_str().ends_with(".onnx")))
+    {
+        crate::onnx::init().map_err(|source| runs::RunError::OnnxRuntime { source })?;
+    }
+    let plan = make_plan(project)?;
+    let docker = docker::connect().await?;
+    super::engine_platform(&docker, project).await?;
+    let workloads: Vec<Workload> = list
+        .iter()
+        .map(|s| step_workload(project, s, "step"))
+        .collect();
+    for &i in &order {
+        super::check_gpus(&docker, &workloads[i]).await?;
+    }
+    let env_image = interrupt
+        .guard(async { Ok::<_, LocalError>(images::ensure_env_image(&docker, project, &plan, ui).await?) })
+        .await?;
+    let info = docker.info().await.ok();
+    let cores = info
+        .as_ref()
+        .and_then(|i| i.ncpu)
+        .filter(|n| *n > 0)
+        .unwrap_or(1) as u32;
+    let id = runs::new_id();
+    let store = Store::open(&project.root);
+    let ctx = Ctx {
+        project,
+        docker,
+        hashes: Mutex::new(Hashes::load(store.dir())),
+        store,
+        env_image,
+        steps: steps.clone(),
+        workloads,
+        graph: graph.clone(),
+        forced,
+        project_image: OnceCell::new(),
+        ui,
+        run_dir: runs::runs_dir(&project.root).join(&id),
+        id,
+        running: Mutex::new(BTreeMap::new()),
+        stopping: AtomicBool::new(false),
+        cpu: Semaphore::new((cores * 1000) as usize),
+        cpu_total: cores * 1000,
+        width: order.iter().map(|&i| graph.names[i].len()).max().unwrap_or(4),
+    };
+    if opts.dry_run {
+        let planned = ctx.dry_run(&order);
+        ctx.hashes.lock().map(|mut h| h.save()).ok();
+        return Ok(Outcome::DryRun(planned));
+    }
+
+    std::fs::create_dir_all(&ctx.run_dir).map_err(LocalError::io("cannot create", &ctx.run_dir))?;
+    let started = runs::now_rfc3339();
+    let clock = Instant::now();
+    let n = graph.names.len();
+    let mut results: Vec<Option<StepRun>> = vec![None; n];
+    // 0: waiting, 1: running, 2: done.
+    let mut state = vec![0u8; n];
+    let c = &ctx;
+    let mut futs = FuturesUnordered::new();
+    let interrupted = loop {
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &i in &order {
+                if state[i] != 0 {
+                    continue;
+                }
+                let deps: Vec<usize> = graph.deps[i]
+                    .iter()
+                    .copied()
+                    .filter(|d| selected.contains(d))
+                    .collect();
+                if !deps.iter().all(|&d| state[d] == 2) {
+                    continue;
+                }
+                changed = true;
+                state[i] = 2;
+                if let Some(&d) = deps
+                    .iter()
+                    .find(|&&d| !results[d].as_ref().is_some_and(|r| r.status.succeeded()))
+                {
+                    results[i] = Some(c.skipped(i, format!("needs `{}`, which did not succeed", graph.names[d])));
+                } else if c.stopping.load(Ordering::SeqCst) {
+                    results[i] = Some(c.skipped(i, "not started: another step failed (--fail-fast)".into()));
+                } else {
+                    state[i] = 1;
+                    futs.push(async move { (i, c.step(i).await) });
+                }
+            }
+        }
+        if futs.is_empty() {
+            break false;
+        }
+        tokio::select! {
+            Some((i, r)) = futs.next() => {
+                c.announce(&r);
+                if !r.status.succeeded() && opts.fail_fast && !c.stopping.swap(true, Ordering::SeqCst) {
+                    c.stop_running().await;
+                }
+                results[i] = Some(r);
+                state[i] = 2;
+            }
+            _ = interrupt.recv() => break true,
+        }
+    };
+    drop(futs);
+    if interrupted {
+        ctx.stop_running().await;
+        for &i in &order {
+            if results[i].is_none() {
+                let mut r = ctx.skipped(i, "interrupted".into());
+                if state[i] == 1 {
+                    r.status = StepStatus::Interrupted;
+                    let _ = std::fs::remove_dir_all(ctx.run_dir.join(&graph.names[i]).join("out"));
+                }
+                results[i] = Some(r);
+            }
+        }
+    }
+    ctx.hashes.lock().map(|mut h| h.save()).ok();
+
+    let steps_run: Vec<StepRun> = order.iter().filter_map(|&i| results[i].take()).collect();
+    let failed: Vec<String> = steps_run
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| format!("{}: {}", s.name, s.reason.as_deref().unwrap_or("failed")))
+        .collect();
+    let status = if interrupted {
+        Status::Interrupted
+    } else if steps_run.iter().all(|s| s.status.succeeded()) {
+        Status::Succeeded
+    } else {
+        Status::Failed
+    };
+    let record = RunRecord {
+        id: ctx.id.clone(),
+        status,
+        started,
+        duration_secs: (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        env: project.spec.env.clone(),
+        image: ctx.env_image.tag.clone(),
+        image_id: ctx.env_image.id.clone(),
+        spec_hash: project.hash()?.to_string(),
+        command: Vec::new(),
+        exit_code: None,
+        reason: match status {
+            Status::Interrupted => Some("interrupted".into()),
+            _ if failed.is_empty() => None,
+            _ => Some(failed.join("; ")),
+        },
+        outputs: steps_run
+            .iter()
+            .filter(|s| s.status.succeeded())
+            .flat_map(|s| s.outputs.iter().cloned())
+            .collect(),
+        log: relative(&project.root, &ctx.run_dir),
+        notebook: None,
+        steps: steps_run,
+    };
+    let path = record.save(&project.root)?;
+    if interrupted {
+        return Err(Interrupted.into());
+    }
+    // The outputs may be the models the environment serves: the lock takes their sha256 and
+    // the run that made them.
+    crate::lock::update_entry(project, |_| {})?;
+    Ok(Outcome::Done(TrainResult { run: record, record: path }))
+}
+
+struct Ctx<'a> {
+    project: &'a Project,
+    docker: bollard::Docker,
+    env_image: Built,
+    steps: IndexMap<String, Step>,
+    workloads: Vec<Workload>,
+    graph: Graph,
+    forced: BTreeSet<usize>,
+    store: Store,
+    hashes: Mutex<Hashes>,
+    /// Made when the first step must run; a fully cached run never writes it.
+    project_image: OnceCell<Built>,
+    ui: &'a Ui,
+    id: String,
+    run_dir: PathBuf,
+    /// Step name → container name, for the ones running now.
+    running: Mutex<BTreeMap<String, String>>,
+    stopping: AtomicBool,
+    /// Thousandths of a core the running steps may take together.
+    cpu: Semaphore,
+    cpu_total: u32,
+    width: usize,
+}
+
+impl Ctx<'_> {
+    fn name(&self, i: usize) -> &str {
+        &self.graph.names[i]
+    }
+
+    fn blank(&self, i: usize) -> StepRun {
+        StepRun {
+            name: self.name(i).to_string(),
+            status: StepStatus::Failed,
+            needs: self.graph.deps[i]
+                .iter()
+                .map(|&d| self.name(d).to_string())
+                .collect(),
+            key: None,
+            reason: None,
+            duration_secs: 0.0,
+            image: None,
+            exit_code: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            checks: Vec::new(),
+            log: None,
+            notebook: None,
+        }
+    }
+
+    fn skipped(&self, i: usize, reason: String) -> StepRun {
+        StepRun {
+            status: StepStatus::Skipped,
+            reason: Some(reason),
+            ..self.blank(i)
+        }
+    }
+
+    /// The key of step `i` from its inputs as the project holds them now.
+    fn parts(&self, i: usize) -> Result<KeyParts, LocalError> {
+        let step = &self.steps[i];
+        let mut inputs = Vec::new();
+        {
+            let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+            for inp in &step.inputs {
+                inputs.extend(h.tree(&self.project.root, inp)?);
+            }
+            if let Some(nb) = &step.notebook {
+                inputs.extend(h.tree(&self.project.root, nb)?);
+            }
+        }
+        inputs.sort_by(|a, b| a.path.cmp(&b.path));
+        inputs.dedup_by(|a, b| a.path == b.path);
+        Ok(KeyParts::new(
+            &self.env_image.id,
+            step,
+            &self.workloads[i].env,
+            inputs,
+        ))
+    }
+
+    fn dry_run(&self, order: &[usize]) -> Vec<Planned> {
+        let mut runs = BTreeSet::new();
+        let mut out = Vec::new();
+        for &i in order {
+            let upstream = self.graph.deps[i].iter().find(|d| runs.contains(*d));
+            let (will, reason) = match self.parts(i) {
+                Err(e) => (true, format!("its inputs cannot be read: {e}")),
+                Ok(parts) => match decide(&self.store, self.name(i), &parts, self.forced.contains(&i)) {
+                    Decision::Run(r) => (true, r),
+                    Decision::Cached(_) => match upstream {
+                        Some(&d) => (
+                            true,
+                            format!("after `{}` runs, if its outputs change", self.name(d)),
+                        ),
+                        None => (false, "cached".to_string()),
+                    },
+                },
+            };
+            if will {
+                runs.insert(i);
+            }
+            out.push(Planned {
+                step: self.name(i).to_string(),
+                runs: will,
+                reason,
+            });
+        }
+        out
+    }
+
+    /// Decides and, unless cached, runs step `i`.
+    async fn step(&self, i: usize) -> StepRun {
+        let clock = Instant::now();
+        let mut run = self.blank(i);
+        let parts = match self.parts(i) {
+            Ok(p) => p,
+            Err(e) => {
+                run.reason = Some(format!("cannot read its inputs: {e}"));
+                return finish(run, clock);
+            }
+        };
+        run.key = Some(parts.key());
+        run.inputs = parts.inputs.clone();
+        let reason = match decide(&self.store, self.name(i), &parts, self.forced.contains(&i)) {
+            Decision::Cached(entry) => match self.from_cache(i, &entry) {
+                Ok(Ok(checks)) => {
+                    run.outputs = entry.outputs.clone();
+                    run.status = StepStatus::Cached;
+                    run.reason = Some(format!("cached (run {})", entry.run));
+                    self.judge(&mut run, checks, None);
+                    return finish(run, clock);
+                }
+                Ok(Err(damaged)) => {
+                    self.store.forget(&entry);
+                    format!("{}; running it again", damaged.0)
+                }
+                Err(e) => {
+                    run.reason = Some(e.to_string());
+                    return finish(run, clock);
+                }
+            },
+            Decision::Run(r) => r,
+        };
+        run.reason = Some(reason.clone());
+        self.ui.info(format!(
+            "{} {}: {reason}",
+            console::style("▶").cyan(),
+            self.name(i)
+        ));
+        if let Err(why) = self.execute(i, &parts, &mut run).await {
+            run.status = StepStatus::Failed;
+            run.reason = Some(why);
+            run.outputs.clear();
+        }
+        finish(run, clock)
+    }
+
+    /// Puts a cached entry's outputs in place and evaluates the checks on them.
+    #[allow(clippy::type_complexity)]
+    fn from_cache(
+        &self,
+        i: usize,
+        entry: &Entry,
+    ) -> Result<Result<Vec<CheckResult>, crate::pipeline::store::Damaged>, LocalError> {
+        let step = &self.steps[i];
+        let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        match self
+            .store
+            .restore(&self.project.root, &step.outputs, entry, &mut h)?
+        {
+            Err(d) => Ok(Err(d)),
+            Ok(_) => Ok(Ok(checks::evaluate(
+                &self.project.root,
+                &step.parsed_checks(),
+            ))),
+        }
+    }
+
+    /// Records the checks; a failed one fails the step.
+    fn judge(&self, run: &mut StepRun, checks: Vec<CheckResult>, kept: Option<&Path>) {
+        let failed: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(CheckResult::describe)
+            .collect();
+        run.checks = checks;
+        if !failed.is_empty() {
+            run.status = StepStatus::Failed;
+            let mut why = format!("check failed: {}", failed.join("; "));
+            if let Some(k) = kept {
+                why.push_str(&format!(" (its outputs are kept in {})", relative(&self.project.root, k)));
+            }
+            run.reason = Some(why);
+            run.outputs.clear();
+        }
+    }
+
+    /// Runs step `i`'s container and, when it succeeded and passed its checks, places its
+    /// outputs and caches them. `Err` is why it failed.
+    async fn execute(&self, i: usize, parts: &KeyParts, run: &mut StepRun) -> Result<(), String> {
+        let name = self.name(i).to_string();
+        let step = &self.steps[i];
+        let work = &self.workloads[i];
+        let root = &self.project.root;
+        let want = step
+            .resources
+            .cpu
+            .as_ref()
+            .map_or(1000, |c| c.millis as u32)
+            .clamp(1, self.cpu_total);
+        let _permit = self
+            .cpu
+            .acquire_many(want)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("not started: another step failed (--fail-fast)".into());
+        }
+        let image = self
+            .project_image
+            .get_or_try_init(|| async {
+                images::ensure_project_image(&self.docker, self.project, &self.env_image, self.ui)
+                    .await
+            })
+            .await
+            .map_err(|e| format!("the project image: {e}"))?;
+        run.image = Some(image.tag.clone());
+
+        let dir = self.run_dir.join(&name);
+        let staging = dir.join("out");
+        let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+        std::fs::create_dir_all(&staging).map_err(|e| io("cannot create", &staging, e))?;
+        for v in &work.volumes {
+            if let (VolumePath::Sub(p), false) = (&v.path, v.read_only) {
+                let d = p.under(&staging);
+                std::fs::create_dir_all(&d).map_err(|e| io("cannot create", &d, e))?;
+            }
+        }
+        let log_path = self.run_dir.join(format!("{name}.log"));
+        run.log = Some(relative(root, &log_path));
+        let mut log =
+            std::fs::File::create(&log_path).map_err(|e| io("cannot create", &log_path, e))?;
+        let cname = format!(
+            "ferry-{}-{}-{name}-{}",
+            self.project.spec.name,
+            root_key(root),
+            self.id
+        );
+        let writable: Vec<&VolumePath> = work
+            .volumes
+            .iter()
+            .filter(|v| !v.read_only)
+            .map(|v| &v.path)
+            .collect();
+        let mut spec = container_spec(self.project, work, &image.tag, cname.clone(), |v| match v {
+            VolumePath::Project => root.clone(),
+            VolumePath::Sub(p) if writable.contains(&v) => p.under(&staging),
+            VolumePath::Sub(p) => p.under(root),
+        });
+        spec.read_only_root = true;
+        spec.tmpfs = vec!["/tmp".into()];
+        // Libraries that keep caches under $HOME get a writable one.
+        spec.env.entry("HOME".into()).or_insert_with(|| "/tmp".into());
+
+        self.lock_running().insert(name.clone(), cname.clone());
+        let outcome = self.container(&spec, &name, &mut log).await;
+        self.lock_running().remove(&name);
+        let _ = docker::remove_container(&self.docker, &cname).await;
+        let _ = log.flush();
+        let exit = match outcome {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(if self.stopping.load(Ordering::SeqCst) {
+                    "stopped: another step failed (--fail-fast)".into()
+                } else {
+                    e
+                });
+            }
+        };
+        run.exit_code = Some(exit.code);
+        let executed = work.notebook.as_ref().and_then(|nb| {
+            let to = self.run_dir.join(format!("{name}.ipynb"));
+            std::fs::rename(nb.executed.under(&staging), &to).ok()?;
+            Some(relative(root, &to))
+        });
+        run.notebook = executed.clone();
+        if exit.code != 0 || exit.oom_killed {
+            let _ = std::fs::remove_dir_all(&staging);
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err("stopped: another step failed (--fail-fast)".into());
+            }
+            return Err(match &work.notebook {
+                Some(nb) => crate::notebook::failure_reason(
+                    nb,
+                    &log_path,
+                    executed.as_deref(),
+                    describe_exit(&exit, &name),
+                ),
+                None => describe_exit(&exit, &name),
+            });
+        }
+        // Everything is checked before anything moves, so a step is collected whole or not.
+        for out in &step.outputs {
+            let staged = out.under(&staging);
+            if !exists_nonempty(&staged) {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(format!(
+                    "the command succeeded but did not write the declared output {out} (pipeline.{name}.outputs)"
+                ));
+            }
+            if out.as_str().ends_with(".onnx")
+                && let Err(e) = crate::onnx::check_model(&staged)
+            {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(format!("{out} does not load in ONNX Runtime: {e}"));
+            }
+        }
+        let results = checks::evaluate(&staging, &step.parsed_checks());
+        run.status = StepStatus::Ran;
+        self.judge(run, results, Some(&staging));
+        if run.status == StepStatus::Failed {
+            return Err(run.reason.clone().unwrap_or_default());
+        }
+        for out in &step.outputs {
+            runs::place_output(&staging, root, out).map_err(|e| e.to_string())?;
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        let mut outputs: Vec<Output> = Vec::new();
+        {
+            let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+            for out in &step.outputs {
+                outputs.extend(h.tree(root, out).map_err(|e| e.to_string())?);
+            }
+        }
+        let entry = Entry {
+            step: name.clone(),
+            key: parts.key(),
+            parts: parts.clone(),
+            outputs: outputs.clone(),
+            run: self.id.clone(),
+            created: runs::now_rfc3339(),
+        };
+        // A step whose results cannot be cached still succeeded; the next run does it again.
+        if let Err(e) = self.store.save(&entry, root) {
+            self.ui.warn(format!("{name}: its outputs were not cached: {e}"));
+        }
+        run.outputs = outputs;
+        Ok(())
+    }
+
+    /// Creates, starts and follows one container to its end, its output prefixed by the
+    /// step's name and kept in the step's log.
+    async fn container(
+        &self,
+        spec: &docker::ContainerSpec,
+        name: &str,
+        log: &mut std::fs::File,
+    ) -> Result<Exit, String> {
+        let cid = docker::run_spec(&self.docker, spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let show = self.ui.is_human();
+        let prefix = format!("{:>w$} │", name, w = self.width);
+        docker::follow_logs(&self.docker, &cid, |line| {
+            // The log file is the record of the step; a write failure must not stop it.
+            let _ = writeln!(log, "{line}");
+            if show {
+                eprintln!("{} {line}", console::style(&prefix).dim());
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        docker::wait_exit(&self.docker, &cid)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes every step container running now (Ctrl-C, or --fail-fast after a failure).
+    async fn stop_running(&self) {
+        let names: Vec<String> = self.lock_running().values().cloned().collect();
+        for n in names {
+            let _ = docker::remove_container(&self.docker, &n).await;
+        }
+    }
+
+    fn announce(&self, r: &StepRun) {
+        if !self.ui.is_human() {
+            return;
+        }
+        let time = crate::ui::human_duration(std::time::Duration::from_secs_f64(r.duration_secs));
+        let line = match r.status {
+            StepStatus::Ran => format!("{} {} ran in {time}", console::style("✓").green(), r.name),
+            StepStatus::Cached => format!("{} {} cached", console::style("✓").green(), r.name),
+            _ => format!(
+                "{} {} {}: {}",
+                console::style("✗").red(),
+                r.name,
+                status_word(r.status),
+                r.reason.as_deref().unwrap_or("")
+            ),
+        };
+        eprintln!("{line}");
+    }
+}
+
+/// `ran`, `cached`, `failed`, `skipped`, `interrupted`.
+pub fn status_word(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Ran => "ran",
+        StepStatus::Cached => "cached",
+        StepStatus::Failed => "failed",
+        StepStatus::Skipped => "skipped",
+        StepStatus::Interrupted => "interrupted",
+    }
+}
+
+fn describe_exit(exit: &Exit, name: &str) -> String {
+    exit.describe()
+        .replace("train.resources.memory", &format!("pipeline.{name}.resources.memory"))
+}
+
+fn finish(mut run: StepRun, clock: Instant) -> StepRun {
+    run.duration_secs = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    run
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn exists_nonempty(p: &Path) -> bool {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()),
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
