@@ -288,10 +288,7 @@ impl Snapshot {
 
 /// For each model (path → `sha256:`), the newest successful run whose outputs hold exactly
 /// those bytes at that path.
-pub fn producing_runs(
-    root: &Path,
-    models: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
+pub fn producing_runs(root: &Path, models: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let runs = crate::runs::list(root);
     models
         .iter()

@@ -16,6 +16,10 @@ pub enum PlanError {
         section: &'static str,
         hint: &'static str,
     },
+    #[error(
+        "train reads {input}, which step `{step}` writes and which is not there yet\n  hint: `ferry run train` runs `{step}` first (cached when nothing changed), then training"
+    )]
+    InputNotMade { input: String, step: String },
     #[error("cannot read {}: {source}", path.display())]
     Requirements {
         path: PathBuf,
@@ -44,12 +48,7 @@ pub fn make_plan_with(
         None => String::new(),
     };
     let mut plan = plan::plan(project, &reqs);
-    if project
-        .spec
-        .pipeline
-        .values()
-        .any(|s| s.notebook.is_some())
-    {
+    if project.spec.pipeline.values().any(|s| s.notebook.is_some()) {
         plan::add_notebook_executor(&mut plan.env_image, &reqs);
     }
     if let Some(req) = notebook {
@@ -60,4 +59,29 @@ pub fn make_plan_with(
             .map(|t| crate::notebook::workload(t, req));
     }
     Ok(plan)
+}
+
+/// Refuses a training whose inputs another step makes and has not made yet: the container
+/// would otherwise fail on a mount with no source.
+pub fn check_train_inputs(project: &Project) -> Result<(), PlanError> {
+    let Some(t) = &project.spec.train else {
+        return Ok(());
+    };
+    for input in &t.inputs {
+        if project.path(input).exists() {
+            continue;
+        }
+        if let Some((step, _)) = project
+            .spec
+            .pipeline
+            .iter()
+            .find(|(_, s)| s.outputs.iter().any(|o| crate::spec::overlaps(input, o)))
+        {
+            return Err(PlanError::InputNotMade {
+                input: input.to_string(),
+                step: step.clone(),
+            });
+        }
+    }
+    Ok(())
 }

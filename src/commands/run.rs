@@ -77,7 +77,13 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
                     StepStatus::Cached => s
                         .checks
                         .iter()
-                        .map(|c| format!("{} {} ✓", c.metric, c.value.map(|v| v.to_string()).unwrap_or_default()))
+                        .map(|c| {
+                            format!(
+                                "{} {} ✓",
+                                c.metric,
+                                c.value.map(|v| v.to_string()).unwrap_or_default()
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", "),
                     _ => s.reason.clone().unwrap_or_default(),

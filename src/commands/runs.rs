@@ -3,8 +3,8 @@
 
 use super::args::SpecArgs;
 use crate::cli::CliError;
-use crate::runs;
 use crate::local::pipeline::status_word;
+use crate::runs;
 use crate::runs::{RunRecord, StepStatus};
 use crate::ui::{OutputMode, Ui, human_duration, print_json, table};
 
@@ -107,7 +107,10 @@ fn find(root: &std::path::Path, id: &str) -> Result<RunRecord, CliError> {
         many => Err(CliError::Usage(format!(
             "{id:?} names {} runs ({}); give more of the id",
             many.len(),
-            many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -119,7 +122,12 @@ fn show(root: &std::path::Path, id: &str, ui: &Ui) -> Result<(), CliError> {
         return Ok(());
     }
     let secs = |s: f64| human_duration(std::time::Duration::from_secs_f64(s));
-    let short = |sha: &str| sha.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+    let short = |sha: &str| {
+        sha.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
     let status = match r.status {
         runs::Status::Succeeded => "succeeded",
         runs::Status::Failed => "failed",
@@ -130,7 +138,10 @@ fn show(root: &std::path::Path, id: &str, ui: &Ui) -> Result<(), CliError> {
         r.id,
         secs(r.duration_secs),
         r.started,
-        r.env.as_ref().map(|e| format!("  env {e}")).unwrap_or_default()
+        r.env
+            .as_ref()
+            .map(|e| format!("  env {e}"))
+            .unwrap_or_default()
     );
     if r.steps.is_empty() {
         out.push_str(&format!("  command: {}\n", r.command.join(" ")));
@@ -148,7 +159,11 @@ fn show(root: &std::path::Path, id: &str, ui: &Ui) -> Result<(), CliError> {
             StepStatus::Failed => console::style("✗").red(),
             _ => console::style("-").dim(),
         };
-        let (branch, rail) = if n == last { ("└─", "   ") } else { ("├─", "│  ") };
+        let (branch, rail) = if n == last {
+            ("└─", "   ")
+        } else {
+            ("├─", "│  ")
+        };
         out.push_str(&format!(
             "{branch}{mark} {}  {}  {}{}\n",
             s.name,

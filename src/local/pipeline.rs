@@ -57,7 +57,7 @@ pub struct Planned {
 pub enum Outcome {
     DryRun(Vec<Planned>),
     /// The run, whether every step succeeded or not (its status says).
-    Done(TrainResult),
+    Done(Box<TrainResult>),
 }
 
 /// Step names the spec does not have.
@@ -107,10 +107,12 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
 
     let mut interrupt = Interrupt::new()?;
     let list: Vec<&Step> = steps.values().collect();
-    if order
-        .iter()
-        .any(|&i| list[i].outputs.iter().any(|o| o.as_str().ends_with(".onnx")))
-    {
+    if order.iter().any(|&i| {
+        list[i]
+            .outputs
+            .iter()
+            .any(|o| o.as_str().ends_with(".onnx"))
+    }) {
         crate::onnx::init().map_err(|source| runs::RunError::OnnxRuntime { source })?;
     }
     let plan = make_plan(project)?;
@@ -124,7 +126,9 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
         super::check_gpus(&docker, &workloads[i]).await?;
     }
     let env_image = interrupt
-        .guard(async { Ok::<_, LocalError>(images::ensure_env_image(&docker, project, &plan, ui).await?) })
+        .guard(async {
+            Ok::<_, LocalError>(images::ensure_env_image(&docker, project, &plan, ui).await?)
+        })
         .await?;
     let info = docker.info().await.ok();
     let cores = info
@@ -152,7 +156,11 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
         stopping: AtomicBool::new(false),
         cpu: Semaphore::new((cores * 1000) as usize),
         cpu_total: cores * 1000,
-        width: order.iter().map(|&i| graph.names[i].len()).max().unwrap_or(4),
+        width: order
+            .iter()
+            .map(|&i| graph.names[i].len())
+            .max()
+            .unwrap_or(4),
     };
     if opts.dry_run {
         let planned = ctx.dry_run(&order);
@@ -191,9 +199,13 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
                     .iter()
                     .find(|&&d| !results[d].as_ref().is_some_and(|r| r.status.succeeded()))
                 {
-                    results[i] = Some(c.skipped(i, format!("needs `{}`, which did not succeed", graph.names[d])));
+                    results[i] = Some(c.skipped(
+                        i,
+                        format!("needs `{}`, which did not succeed", graph.names[d]),
+                    ));
                 } else if c.stopping.load(Ordering::SeqCst) {
-                    results[i] = Some(c.skipped(i, "not started: another step failed (--fail-fast)".into()));
+                    results[i] =
+                        Some(c.skipped(i, "not started: another step failed (--fail-fast)".into()));
                 } else {
                     state[i] = 1;
                     futs.push(async move { (i, c.step(i).await) });
@@ -276,7 +288,10 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
     // The outputs may be the models the environment serves: the lock takes their sha256 and
     // the run that made them.
     crate::lock::update_entry(project, |_| {})?;
-    Ok(Outcome::Done(TrainResult { run: record, record: path }))
+    Ok(Outcome::Done(Box::new(TrainResult {
+        run: record,
+        record: path,
+    })))
 }
 
 struct Ctx<'a> {
@@ -367,16 +382,18 @@ impl Ctx<'_> {
             let upstream = self.graph.deps[i].iter().find(|d| runs.contains(*d));
             let (will, reason) = match self.parts(i) {
                 Err(e) => (true, format!("its inputs cannot be read: {e}")),
-                Ok(parts) => match decide(&self.store, self.name(i), &parts, self.forced.contains(&i)) {
-                    Decision::Run(r) => (true, r),
-                    Decision::Cached(_) => match upstream {
-                        Some(&d) => (
-                            true,
-                            format!("after `{}` runs, if its outputs change", self.name(d)),
-                        ),
-                        None => (false, "cached".to_string()),
-                    },
-                },
+                Ok(parts) => {
+                    match decide(&self.store, self.name(i), &parts, self.forced.contains(&i)) {
+                        Decision::Run(r) => (true, r),
+                        Decision::Cached(_) => match upstream {
+                            Some(&d) => (
+                                true,
+                                format!("after `{}` runs, if its outputs change", self.name(d)),
+                            ),
+                            None => (false, "cached".to_string()),
+                        },
+                    }
+                }
             };
             if will {
                 runs.insert(i);
@@ -404,7 +421,7 @@ impl Ctx<'_> {
         run.key = Some(parts.key());
         run.inputs = parts.inputs.clone();
         let reason = match decide(&self.store, self.name(i), &parts, self.forced.contains(&i)) {
-            Decision::Cached(entry) => match self.from_cache(i, &entry) {
+            Decision::Cached(entry) => match self.restore(i, &entry) {
                 Ok(Ok(checks)) => {
                     run.outputs = entry.outputs.clone();
                     run.status = StepStatus::Cached;
@@ -439,7 +456,7 @@ impl Ctx<'_> {
 
     /// Puts a cached entry's outputs in place and evaluates the checks on them.
     #[allow(clippy::type_complexity)]
-    fn from_cache(
+    fn restore(
         &self,
         i: usize,
         entry: &Entry,
@@ -470,7 +487,10 @@ impl Ctx<'_> {
             run.status = StepStatus::Failed;
             let mut why = format!("check failed: {}", failed.join("; "));
             if let Some(k) = kept {
-                why.push_str(&format!(" (its outputs are kept in {})", relative(&self.project.root, k)));
+                why.push_str(&format!(
+                    " (its outputs are kept in {})",
+                    relative(&self.project.root, k)
+                ));
             }
             run.reason = Some(why);
             run.outputs.clear();
@@ -542,7 +562,9 @@ impl Ctx<'_> {
         spec.read_only_root = true;
         spec.tmpfs = vec!["/tmp".into()];
         // Libraries that keep caches under $HOME get a writable one.
-        spec.env.entry("HOME".into()).or_insert_with(|| "/tmp".into());
+        spec.env
+            .entry("HOME".into())
+            .or_insert_with(|| "/tmp".into());
 
         self.lock_running().insert(name.clone(), cname.clone());
         let outcome = self.container(&spec, &name, &mut log).await;
@@ -579,7 +601,13 @@ impl Ctx<'_> {
                     executed.as_deref(),
                     describe_exit(&exit, &name),
                 ),
-                None => describe_exit(&exit, &name),
+                None => {
+                    let mut why = describe_exit(&exit, &name);
+                    if let Some(last) = last_line(&log_path) {
+                        why.push_str(&format!("; its last line: {last}"));
+                    }
+                    why
+                }
             });
         }
         // Everything is checked before anything moves, so a step is collected whole or not.
@@ -625,7 +653,8 @@ impl Ctx<'_> {
         };
         // A step whose results cannot be cached still succeeded; the next run does it again.
         if let Err(e) = self.store.save(&entry, root) {
-            self.ui.warn(format!("{name}: its outputs were not cached: {e}"));
+            self.ui
+                .warn(format!("{name}: its outputs were not cached: {e}"));
         }
         run.outputs = outputs;
         Ok(())
@@ -702,8 +731,21 @@ pub fn status_word(s: StepStatus) -> &'static str {
 }
 
 fn describe_exit(exit: &Exit, name: &str) -> String {
-    exit.describe()
-        .replace("train.resources.memory", &format!("pipeline.{name}.resources.memory"))
+    exit.describe().replace(
+        "train.resources.memory",
+        &format!("pipeline.{name}.resources.memory"),
+    )
+}
+
+/// The last non-empty line of a log, trimmed to a readable length.
+fn last_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+    Some(if line.chars().count() > 200 {
+        format!("{}…", line.chars().take(200).collect::<String>())
+    } else {
+        line.to_string()
+    })
 }
 
 fn finish(mut run: StepRun, clock: Instant) -> StepRun {

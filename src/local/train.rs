@@ -25,6 +25,7 @@ pub async fn train(
     ui: &Ui,
 ) -> Result<TrainResult, LocalError> {
     let mut interrupt = Interrupt::new()?;
+    crate::project_plan::check_train_inputs(project)?;
     let plan = make_plan_with(project, notebook)?;
     let Some(work) = plan.train.clone() else {
         return Err(PlanError::MissingSection {

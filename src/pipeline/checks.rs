@@ -27,10 +27,7 @@ impl CheckResult {
     /// `auc = 0.71 in artifacts/metrics.json, needs >= 0.8`.
     pub fn describe(&self) -> String {
         match (&self.value, &self.error) {
-            (Some(v), _) => format!(
-                "{} = {v} in {}, needs {}",
-                self.metric, self.file, self.bar
-            ),
+            (Some(v), _) => format!("{} = {v} in {}, needs {}", self.metric, self.file, self.bar),
             (None, Some(e)) => format!("{} in {}: {e}", self.metric, self.file),
             (None, None) => format!("{} in {}", self.metric, self.file),
         }
@@ -75,7 +72,11 @@ mod tests {
     fn values_bars_and_unreadable_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("reports")).unwrap();
-        std::fs::write(dir.path().join("reports/m.json"), r#"{"auc": 0.71, "n": 10}"#).unwrap();
+        std::fs::write(
+            dir.path().join("reports/m.json"),
+            r#"{"auc": 0.71, "n": 10}"#,
+        )
+        .unwrap();
         std::fs::write(dir.path().join("reports/bad.json"), "{").unwrap();
         let check = |file: &str, metric: &str, bar: &str| Check {
             file: RelPath::parse(file).unwrap(),
@@ -92,7 +93,10 @@ mod tests {
             ],
         );
         assert!(!r[0].passed);
-        assert_eq!(r[0].describe(), "auc = 0.71 in reports/m.json, needs >= 0.8");
+        assert_eq!(
+            r[0].describe(),
+            "auc = 0.71 in reports/m.json, needs >= 0.8"
+        );
         assert!(r[1].passed);
         assert!(!r[2].passed && r[2].error.as_deref().unwrap().starts_with("not JSON"));
         assert!(!r[3].passed && r[3].error.as_deref().unwrap().starts_with("cannot read"));

@@ -56,7 +56,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path());
         let p = parts("aa");
-        assert_eq!(decide(&store, "prepare", &p, false), Decision::Run("never ran".into()));
+        assert_eq!(
+            decide(&store, "prepare", &p, false),
+            Decision::Run("never ran".into())
+        );
         let entry = Entry {
             step: "prepare".into(),
             key: p.key(),

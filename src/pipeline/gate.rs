@@ -43,12 +43,21 @@ pub fn unchecked(
         let makers: Vec<&RunRecord> = runs
             .iter()
             .filter(|r| r.status == Status::Succeeded)
-            .filter(|r| r.outputs.iter().any(|o| &o.path == model && o.sha256 == hex))
+            .filter(|r| {
+                r.outputs
+                    .iter()
+                    .any(|o| &o.path == model && o.sha256 == hex)
+            })
             .collect();
         let why = |r: &RunRecord| -> Option<String> {
             for name in &checked {
                 match r.steps.iter().find(|s| &&s.name == name) {
-                    None => return Some(format!("run {} did not run the checked step `{name}`", r.id)),
+                    None => {
+                        return Some(format!(
+                            "run {} did not run the checked step `{name}`",
+                            r.id
+                        ));
+                    }
                     Some(s) if !s.status.succeeded() || s.checks.is_empty() => {
                         return Some(format!("run {} has no passed checks of `{name}`", r.id));
                     }
@@ -140,39 +149,74 @@ mod tests {
         let mut steps = indexmap::IndexMap::new();
         steps.insert("train".to_string(), Step::default());
         let mut evaluate = Step::default();
-        evaluate
-            .checks
-            .insert("reports/m.json".into(), [("auc".to_string(), ">= 0.8".to_string())].into_iter().collect());
+        evaluate.checks.insert(
+            "reports/m.json".into(),
+            [("auc".to_string(), ">= 0.8".to_string())]
+                .into_iter()
+                .collect(),
+        );
         steps.insert("evaluate".to_string(), evaluate);
-        let models = BTreeMap::from([("artifacts/model.onnx".to_string(), "sha256:aa".to_string())]);
+        let models =
+            BTreeMap::from([("artifacts/model.onnx".to_string(), "sha256:aa".to_string())]);
 
         let none = unchecked(&steps, &models, &[]);
         assert!(none[0].missing.contains("no successful run"), "{none:?}");
-        let partial = unchecked(&steps, &models, &[run("r1", "aa", vec![step_run("train", None)])]);
-        assert!(partial[0].missing.contains("did not run the checked step `evaluate`"));
+        let partial = unchecked(
+            &steps,
+            &models,
+            &[run("r1", "aa", vec![step_run("train", None)])],
+        );
+        assert!(
+            partial[0]
+                .missing
+                .contains("did not run the checked step `evaluate`")
+        );
         let failed = unchecked(
             &steps,
             &models,
-            &[run("r2", "aa", vec![step_run("train", None), step_run("evaluate", Some(false))])],
+            &[run(
+                "r2",
+                "aa",
+                vec![step_run("train", None), step_run("evaluate", Some(false))],
+            )],
         );
         assert!(failed[0].missing.contains("auc = 0.7"), "{failed:?}");
-        assert!(failed[0].to_string().starts_with("artifacts/model.onnx (sha256:aa"));
+        assert!(
+            failed[0]
+                .to_string()
+                .starts_with("artifacts/model.onnx (sha256:aa")
+        );
         let other_bytes = unchecked(
             &steps,
             &models,
-            &[run("r3", "bb", vec![step_run("train", None), step_run("evaluate", Some(true))])],
+            &[run(
+                "r3",
+                "bb",
+                vec![step_run("train", None), step_run("evaluate", Some(true))],
+            )],
         );
         assert_eq!(other_bytes.len(), 1);
         let ok = unchecked(
             &steps,
             &models,
             &[
-                run("r2", "aa", vec![step_run("train", None), step_run("evaluate", Some(false))]),
-                run("r4", "aa", vec![step_run("train", None), step_run("evaluate", Some(true))]),
+                run(
+                    "r2",
+                    "aa",
+                    vec![step_run("train", None), step_run("evaluate", Some(false))],
+                ),
+                run(
+                    "r4",
+                    "aa",
+                    vec![step_run("train", None), step_run("evaluate", Some(true))],
+                ),
             ],
         );
         assert!(ok.is_empty(), "{ok:?}");
         steps.shift_remove("evaluate");
-        assert!(unchecked(&steps, &models, &[]).is_empty(), "no checks, no gate");
+        assert!(
+            unchecked(&steps, &models, &[]).is_empty(),
+            "no checks, no gate"
+        );
     }
 }

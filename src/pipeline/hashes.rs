@@ -154,7 +154,10 @@ mod tests {
             first.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
             ["data/a.csv", "data/sub/b.csv"]
         );
-        assert_eq!(first[0].sha256, sha256_file(&root.join("data/a.csv")).unwrap());
+        assert_eq!(
+            first[0].sha256,
+            sha256_file(&root.join("data/a.csv")).unwrap()
+        );
         h.save();
         let mut again = Hashes::load(&cache);
         assert_eq!(again.tree(root, &rel).unwrap(), first);

@@ -93,7 +93,10 @@ impl KeyParts {
                 .collect();
             out.push(format!(
                 "env changed ({})",
-                keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                keys.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         if self.image != before.image {
@@ -112,7 +115,10 @@ pub fn definition(step: &Step) -> String {
         "params": step.params.iter().collect::<Vec<_>>(),
         "outputs": step.outputs.iter().map(|o| o.as_str()).collect::<Vec<_>>(),
     });
-    format!("sha256:{}", hex::encode(Sha256::digest(v.to_string().as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(v.to_string().as_bytes()))
+    )
 }
 
 #[cfg(test)]
@@ -153,7 +159,12 @@ mod tests {
         assert_ne!(input.key(), base.key());
         assert_eq!(input.changes_since(&base), ["input data/a.csv changed"]);
 
-        let cmd = KeyParts::new("sha256:img", &step("python prep.py --fast"), &env, base.inputs.clone());
+        let cmd = KeyParts::new(
+            "sha256:img",
+            &step("python prep.py --fast"),
+            &env,
+            base.inputs.clone(),
+        );
         assert_ne!(cmd.key(), base.key());
         assert_eq!(cmd.changes_since(&base), ["command changed"]);
 

@@ -27,7 +27,10 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
-    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> PipelineError {
         let path = path.to_path_buf();
         move |source| PipelineError::Io { what, path, source }
     }

@@ -71,7 +71,9 @@ impl Store {
 
     pub fn entry(&self, key: &str) -> Option<Entry> {
         let bytes = std::fs::read(self.entry_path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok().filter(|e: &Entry| e.key == key)
+        serde_json::from_slice(&bytes)
+            .ok()
+            .filter(|e: &Entry| e.key == key)
     }
 
     /// Every readable entry.
@@ -106,7 +108,8 @@ impl Store {
             let parent = obj.parent().unwrap_or(&self.dir);
             std::fs::create_dir_all(parent).map_err(PipelineError::io("cannot create", parent))?;
             let tmp = parent.join(format!(".{}.tmp", rand::random::<u32>()));
-            std::fs::copy(&from, &tmp).map_err(PipelineError::io("cannot copy into the cache", &from))?;
+            std::fs::copy(&from, &tmp)
+                .map_err(PipelineError::io("cannot copy into the cache", &from))?;
             std::fs::rename(&tmp, &obj).map_err(PipelineError::io("cannot write", &obj))?;
         }
         let path = self.entry_path(&entry.key);
@@ -192,12 +195,15 @@ impl Store {
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = src.read(&mut buf).map_err(PipelineError::io("cannot read", &obj))?;
+            let n = src
+                .read(&mut buf)
+                .map_err(PipelineError::io("cannot read", &obj))?;
             if n == 0 {
                 break;
             }
             h.update(&buf[..n]);
-            dst.write_all(&buf[..n]).map_err(PipelineError::io("cannot write", to))?;
+            dst.write_all(&buf[..n])
+                .map_err(PipelineError::io("cannot write", to))?;
         }
         let got = hex::encode(h.finalize());
         if got != sha256.trim_start_matches("sha256:") {
@@ -218,7 +224,11 @@ impl Store {
         let mut live = BTreeSet::new();
         for e in self.entries() {
             if keep.contains(&e.key) {
-                live.extend(e.outputs.iter().map(|o| o.sha256.trim_start_matches("sha256:").to_string()));
+                live.extend(
+                    e.outputs
+                        .iter()
+                        .map(|o| o.sha256.trim_start_matches("sha256:").to_string()),
+                );
             } else if std::fs::remove_file(self.entry_path(&e.key)).is_ok() {
                 report.entries += 1;
             }
@@ -311,14 +321,29 @@ mod tests {
         assert_eq!(store.latest("prepare").unwrap(), entry);
         let mut h = Hashes::load(store.dir());
         // Unchanged: nothing copied.
-        assert_eq!(store.restore(root, &declared, &entry, &mut h).unwrap().unwrap(), 0);
+        assert_eq!(
+            store
+                .restore(root, &declared, &entry, &mut h)
+                .unwrap()
+                .unwrap(),
+            0
+        );
         std::fs::remove_dir_all(root.join("out/feat")).unwrap();
         std::fs::create_dir_all(root.join("out/feat")).unwrap();
         std::fs::write(root.join("out/feat/stray.csv"), "x").unwrap();
         std::fs::write(root.join("out/model.bin"), "edited").unwrap();
-        assert_eq!(store.restore(root, &declared, &entry, &mut h).unwrap().unwrap(), 3);
+        assert_eq!(
+            store
+                .restore(root, &declared, &entry, &mut h)
+                .unwrap()
+                .unwrap(),
+            3
+        );
         assert!(!root.join("out/feat/stray.csv").exists());
-        assert_eq!(std::fs::read_to_string(root.join("out/model.bin")).unwrap(), "weights");
+        assert_eq!(
+            std::fs::read_to_string(root.join("out/model.bin")).unwrap(),
+            "weights"
+        );
         assert_eq!(output(root, "out/feat/a.csv"), entry.outputs[0]);
     }
 
@@ -333,9 +358,15 @@ mod tests {
         let Err(Damaged(why)) = store.restore(root, &declared, &entry, &mut h).unwrap() else {
             panic!("damage not found");
         };
-        assert!(why.contains("out/model.bin") && why.contains("damaged"), "{why}");
+        assert!(
+            why.contains("out/model.bin") && why.contains("damaged"),
+            "{why}"
+        );
         assert!(!obj.exists(), "the damaged object is dropped");
-        assert_eq!(std::fs::read_to_string(root.join("out/model.bin")).unwrap(), "edited");
+        assert_eq!(
+            std::fs::read_to_string(root.join("out/model.bin")).unwrap(),
+            "edited"
+        );
         // Missing now: said so, still nothing placed.
         let Err(Damaged(why)) = store.restore(root, &declared, &entry, &mut h).unwrap() else {
             panic!("missing object not found");
@@ -355,7 +386,14 @@ mod tests {
         };
         store.save(&other, root).unwrap();
         let none = store.gc(&BTreeSet::from(["sha256:k2".to_string()]));
-        assert_eq!(none, GcReport { entries: 1, objects: 2, bytes: 16 });
+        assert_eq!(
+            none,
+            GcReport {
+                entries: 1,
+                objects: 2,
+                bytes: 16
+            }
+        );
         assert!(store.entry("sha256:k1").is_none());
         assert!(store.entry("sha256:k2").is_some());
         assert!(store.object(&entry.outputs[2].sha256).exists());

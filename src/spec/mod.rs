@@ -43,8 +43,8 @@ pub struct Spec {
     pub train: Option<Train>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<Serve>,
-    /// Named steps, ordered by the outputs they read from each other (`train:` is a pipeline
-    /// of one step; a spec has one or the other).
+    /// Named steps, ordered by the outputs they read from each other. `train:`, when present,
+    /// is the pipeline's step named `train`.
     #[serde(default, skip_serializing_if = "indexmap::IndexMap::is_empty")]
     pub pipeline: indexmap::IndexMap<String, Step>,
     /// Where the spec runs. Each block may override `environment`, `notebook`, `train`,
@@ -364,16 +364,25 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The steps `ferry run` runs: `pipeline`, or `train` as one step named `train`.
+    /// The steps `ferry run` runs: `train` as the step named `train`, and `pipeline`'s.
     pub fn steps(&self) -> indexmap::IndexMap<String, Step> {
-        if !self.pipeline.is_empty() {
-            return self.pipeline.clone();
-        }
-        self.train
-            .iter()
-            .map(|t| (TRAIN_STEP.to_string(), Step::from_train(t)))
-            .collect()
+        steps_of(self.train.as_ref(), &self.pipeline)
     }
+}
+
+/// `train` as the step named `train`, then the pipeline's steps.
+pub fn steps_of(
+    train: Option<&Train>,
+    pipeline: &indexmap::IndexMap<String, Step>,
+) -> indexmap::IndexMap<String, Step> {
+    let mut steps: indexmap::IndexMap<String, Step> = train
+        .map(|t| (TRAIN_STEP.to_string(), Step::from_train(t)))
+        .into_iter()
+        .collect();
+    for (name, step) in pipeline {
+        steps.entry(name.clone()).or_insert_with(|| step.clone());
+    }
+    steps
 }
 
 /// A loaded project: where it lives and its spec resolved for one environment.

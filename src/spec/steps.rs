@@ -335,15 +335,26 @@ mod tests {
     }
 
     fn steps(list: &[(&str, Step)]) -> IndexMap<String, Step> {
-        list.iter().map(|(n, s)| (n.to_string(), s.clone())).collect()
+        list.iter()
+            .map(|(n, s)| (n.to_string(), s.clone()))
+            .collect()
     }
 
     #[test]
     fn order_follows_the_data_not_the_file() {
         let s = steps(&[
-            ("evaluate", step(&["artifacts/model.onnx", "data/test/"], &["reports/m.json"])),
-            ("train", step(&["data/features/train.csv"], &["artifacts/model.onnx"])),
-            ("prepare", step(&["data/raw.csv"], &["data/features/", "data/test/"])),
+            (
+                "evaluate",
+                step(&["artifacts/model.onnx", "data/test/"], &["reports/m.json"]),
+            ),
+            (
+                "train",
+                step(&["data/features/train.csv"], &["artifacts/model.onnx"]),
+            ),
+            (
+                "prepare",
+                step(&["data/raw.csv"], &["data/features/", "data/test/"]),
+            ),
             ("lint", step(&["src/"], &["reports/lint.txt"])),
         ]);
         let g = Graph::new(&s);
@@ -389,7 +400,12 @@ mod tests {
         assert!(!"<1".parse::<Bar>().unwrap().passes(1.0));
         assert!("!= 3".parse::<Bar>().unwrap().passes(2.0));
         assert!("0.8".parse::<Bar>().unwrap_err().contains("no comparison"));
-        assert!(">= high".parse::<Bar>().unwrap_err().contains("not a number"));
+        assert!(
+            ">= high"
+                .parse::<Bar>()
+                .unwrap_err()
+                .contains("not a number")
+        );
         assert!(">= inf".parse::<Bar>().is_err());
     }
 
@@ -399,7 +415,11 @@ mod tests {
         assert_eq!(metric_value(&doc, "auc").unwrap(), 0.91);
         assert_eq!(metric_value(&doc, "test.recall@10").unwrap(), 0.3);
         assert_eq!(metric_value(&doc, "a.b").unwrap(), 1.0);
-        assert!(metric_value(&doc, "s").unwrap_err().contains("not a number"));
+        assert!(
+            metric_value(&doc, "s")
+                .unwrap_err()
+                .contains("not a number")
+        );
         let e = metric_value(&doc, "acc").unwrap_err();
         assert!(e.contains("no `acc`") && e.contains("auc"), "{e}");
     }

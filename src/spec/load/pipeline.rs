@@ -5,34 +5,41 @@
 use std::path::Path;
 
 use super::{MIN_MEMORY, check_file, did_you_mean, is_dns_label, is_env_name};
-use crate::spec::{Bar, Graph, RelPath, Spec, overlaps};
+use crate::spec::{Bar, Graph, RelPath, Spec, TRAIN_STEP, overlaps, steps_of};
 
-pub(super) fn check(
-    spec: &Spec,
-    root: &Path,
-    bad: &mut impl FnMut(&str, String, Option<String>),
-) {
+pub(super) fn check(spec: &Spec, root: &Path, bad: &mut impl FnMut(&str, String, Option<String>)) {
     if spec.pipeline.is_empty() {
         return;
     }
-    if spec.train.is_some() {
+    if spec.train.is_some() && spec.pipeline.contains_key(TRAIN_STEP) {
         bad(
-            "pipeline",
-            "`train` and `pipeline` cannot both be set".into(),
-            Some(
-                "`train:` is a pipeline of one step: move it into `pipeline:` as a step named `train`"
-                    .into(),
-            ),
+            &format!("pipeline.{TRAIN_STEP}"),
+            "a step named `train` is defined twice: here and as `train:`".into(),
+            Some("`train:` is the pipeline's step named `train`; keep one of them".into()),
         );
     }
-    let steps: Vec<(&String, &crate::spec::Step)> = spec.pipeline.iter().collect();
+    let all = steps_of(spec.train.as_ref(), &spec.pipeline);
+    let steps: Vec<(&String, &crate::spec::Step)> = all.iter().collect();
     for (i, (name, step)) in steps.iter().enumerate() {
-        let at = |f: &str| format!("pipeline.{name}.{f}");
+        let at = |f: &str| {
+            if spec.train.is_some() && *name == TRAIN_STEP {
+                format!("train.{f}")
+            } else {
+                format!("pipeline.{name}.{f}")
+            }
+        };
+        // `train:` is checked where it is written (load.rs); here only as the others see it.
+        if spec.train.is_some() && *name == TRAIN_STEP && i == 0 {
+            continue;
+        }
         if !is_dns_label(name) {
             bad(
                 &format!("pipeline.{name}"),
                 format!("{name:?} cannot name a step's containers and Jobs"),
-                Some("lowercase letters, digits and '-', starting with a letter (e.g. prepare)".into()),
+                Some(
+                    "lowercase letters, digits and '-', starting with a letter (e.g. prepare)"
+                        .into(),
+                ),
             );
         }
         match (&step.command, &step.notebook) {
@@ -140,7 +147,11 @@ pub(super) fn check(
                 );
             }
             if matches!(o.top(), ".ferry" | ".git") {
-                bad(&field, format!("{o} is inside {}, which ferry or git keeps", o.top()), None);
+                bad(
+                    &field,
+                    format!("{o} is inside {}, which ferry or git keeps", o.top()),
+                    None,
+                );
             }
             if let Some(inp) = step.inputs.iter().find(|i| overlaps(o, i)) {
                 bad(
@@ -150,15 +161,23 @@ pub(super) fn check(
                 );
             }
             if let Some(prev) = step.outputs[..j].iter().find(|p| overlaps(o, p)) {
-                bad(&field, format!("{o} overlaps the step's output {prev}"), None);
+                bad(
+                    &field,
+                    format!("{o} overlaps the step's output {prev}"),
+                    None,
+                );
             }
             // Reported once, at the later of the two steps.
             for (other, s) in &steps[..i] {
                 if let Some((k, p)) = s.outputs.iter().enumerate().find(|(_, p)| overlaps(o, p)) {
                     bad(
                         &field,
-                        format!("{o} is also written by step `{other}` ({p}, pipeline.{other}.outputs[{k}])"),
-                        Some("each output belongs to one step; give one of them another path".into()),
+                        format!(
+                            "{o} is also written by step `{other}` ({p}, pipeline.{other}.outputs[{k}])"
+                        ),
+                        Some(
+                            "each output belongs to one step; give one of them another path".into(),
+                        ),
                     );
                 }
             }
@@ -174,7 +193,9 @@ pub(super) fn check(
                     if !step.outputs.iter().any(|o| f.starts_with(o)) {
                         bad(
                             &field,
-                            format!("{f} is not among the step's outputs, so nothing it writes is checked"),
+                            format!(
+                                "{f} is not among the step's outputs, so nothing it writes is checked"
+                            ),
                             Some(format!(
                                 "checks read the step's own JSON outputs; add {f} to `outputs`"
                             )),
@@ -215,7 +236,7 @@ pub(super) fn check(
             );
         }
     }
-    let graph = Graph::new(&spec.pipeline);
+    let graph = Graph::new(&all);
     if let Some(cycle) = graph.cycle() {
         let first = &cycle[0];
         bad(

@@ -465,3 +465,124 @@ fn the_notebook_takes_resources_and_cpu_specs_hash_as_before() {
     ));
     assert_eq!(p.field, "notebook.resources.memory");
 }
+
+const PIPELINE: &str = "\
+name: churn
+environment:
+  base: python:3.11-slim
+train:
+  command: python train.py
+  inputs: [data/features/]
+  outputs: [artifacts/model.onnx]
+pipeline:
+  prepare:
+    command: python prepare.py
+    inputs: [data/customers.csv]
+    outputs: [data/features/]
+  evaluate:
+    command: python evaluate.py
+    inputs: [artifacts/model.onnx, data/features/]
+    outputs: [reports/metrics.json]
+    checks:
+      reports/metrics.json: { auc: \">= 0.8\", test.recall: \"> 0.1\" }
+";
+
+#[test]
+fn a_pipeline_loads_with_train_as_its_step_and_an_order_from_the_data() {
+    let dir = project(PIPELINE);
+    let p = Project::load_dir(dir.path(), None).unwrap();
+    let steps = p.spec.steps();
+    assert_eq!(
+        steps.keys().collect::<Vec<_>>(),
+        ["train", "prepare", "evaluate"]
+    );
+    let g = crate::spec::Graph::new(&steps);
+    let order: Vec<&str> = g.order().iter().map(|&i| g.names[i].as_str()).collect();
+    assert_eq!(order, ["prepare", "train", "evaluate"]);
+    let checks = steps["evaluate"].parsed_checks();
+    assert_eq!(checks.len(), 2);
+    assert_eq!(checks[1].metric, "test.recall");
+    assert_eq!(checks[1].bar.to_string(), "> 0.1");
+    // The spec hash covers the steps' inputs, not what they write.
+    let before = p.hash().unwrap();
+    std::fs::create_dir_all(dir.path().join("reports")).unwrap();
+    std::fs::write(dir.path().join("reports/metrics.json"), "{}").unwrap();
+    assert_eq!(p.hash().unwrap(), before);
+    std::fs::write(dir.path().join("data/customers.csv"), "a,b\n9,9\n").unwrap();
+    assert_ne!(p.hash().unwrap(), before);
+}
+
+#[test]
+fn a_loop_a_missing_input_and_a_shared_output_are_named_where_they_are_written() {
+    let spec = PIPELINE.replace(
+        "    inputs: [data/customers.csv]\n",
+        "    inputs: [data/customers.csv, reports/metrics.json, data/nope.csv]\n",
+    ) + "  copy:\n    command: cp a b\n    inputs: [data/customers.csv]\n    outputs: [artifacts/model.onnx]\n";
+    let err = load_err(&spec);
+    let text = err.to_string();
+    let problems = err.problems();
+    let find = |needle: &str| {
+        problems
+            .iter()
+            .find(|p| p.message.contains(needle))
+            .unwrap_or_else(|| panic!("no problem with {needle:?} in:\n{text}"))
+    };
+    let lp = find("in a loop");
+    assert!(
+        lp.message.contains("prepare → train → evaluate → prepare")
+            || lp.message.contains("train → evaluate → prepare → train")
+            || lp.message.contains("evaluate → prepare → train → evaluate"),
+        "{}",
+        lp.message
+    );
+    assert!(lp.line > 0, "{lp:?}");
+    let missing = find("data/nope.csv does not exist and no step writes it");
+    assert_eq!(missing.field, "pipeline.prepare.inputs[2]");
+    assert!(missing.line > 0);
+    let shared = find("also written by step `train`");
+    assert_eq!(shared.field, "pipeline.copy.outputs[0]");
+}
+
+#[test]
+fn step_fields_are_checked() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "    command: python prepare.py\n    inputs: [data/customers.csv]\n    outputs: [data/features/]\n",
+            "    command: python prepare.py\n    inputs: [data/]\n    outputs: [data/features/]\n",
+            "overlaps the step's input data/",
+        ),
+        (
+            "reports/metrics.json: { auc:",
+            "reports/other.json: { auc:",
+            "not among the step's outputs",
+        ),
+        ("\">= 0.8\"", "\"0.8\"", "has no comparison"),
+        (
+            "  prepare:\n    command: python prepare.py\n",
+            "  prepare:\n    notebook: missing.ipynb\n",
+            "missing.ipynb does not exist",
+        ),
+        (
+            "  prepare:\n    command: python prepare.py\n",
+            "  prepare:\n    command: python prepare.py\n    params: { epochs: '3' }\n",
+            "`params` are for a notebook",
+        ),
+        ("  prepare:\n", "  Prepare:\n", "cannot name a step"),
+        (
+            "  evaluate:\n    command: python evaluate.py\n",
+            "  train:\n    command: python evaluate.py\n",
+            "defined twice",
+        ),
+        (
+            "    outputs: [reports/metrics.json]\n",
+            "    outputs: [metrics.json]\n",
+            "at the top of the project",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let spec = PIPELINE.replacen(from, to, 1);
+        assert_ne!(spec, PIPELINE, "{from:?} not found");
+        let text = load_err(&spec).to_string();
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+}
