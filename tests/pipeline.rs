@@ -533,3 +533,74 @@ pipeline:
     // The spec is refused first: a broken spec never runs anything.
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_removes_the_running_steps_and_records_the_run_interrupted() {
+    let spec = "\
+name: pipe
+environment:
+  bootstrap: bookworm
+  system_packages: [libgomp1]
+pipeline:
+  wait:
+    command: \"echo waiting; while true; do sleep 0.1; done\"
+    inputs: [gate/]
+    outputs: [out/never.txt]
+  after:
+    command: cp out/never.txt later/x.txt
+    inputs: [out/never.txt]
+    outputs: [later/x.txt]
+";
+    let dir = project(spec);
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("gate")).unwrap();
+    std::fs::write(root.join("gate/README"), "closed\n").unwrap();
+    let child = ferry_cmd(root, &["run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let container = loop {
+        let names = docker(&["ps", "--format", "{{.Names}}"]);
+        let found = names
+            .lines()
+            .find(|n| n.starts_with("ferry-pipe-") && n.contains("-wait-"))
+            .map(str::to_string);
+        if let Some(c) = found {
+            // Running, and its output is being followed.
+            if docker(&["logs", &c]).contains("waiting") {
+                break c;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(docker(&["ps", "-aq", "--filter", &format!("name={container}")]), "");
+    let runs: Vec<PathBuf> = std::fs::read_dir(root.join(".ferry/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(runs[0].join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "interrupted");
+    assert_eq!(status_of(&record, "wait"), "interrupted");
+    assert_eq!(status_of(&record, "after"), "skipped");
+    assert!(!runs[0].join("wait/out").exists(), "staging removed");
+    assert!(cache_entries(root).is_empty());
+}
