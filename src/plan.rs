@@ -217,9 +217,14 @@ pub fn plan(project: &Project, user_requirements: &str) -> Plan {
 pub fn step_workload(project: &Project, step: &Step, role: &'static str) -> Workload {
     let mut env = project.spec.environment.env.clone();
     env.extend(step.env.clone());
+    // A notebook step reads its notebook as it is on disk (its bytes are in the step's key),
+    // not the copy in the image.
     let mut volumes: Vec<Volume> = step
         .inputs
         .iter()
+        .chain(step.notebook.iter().filter(|nb| {
+            !step.inputs.iter().any(|i| nb.starts_with(i))
+        }))
         .map(|p| Volume {
             path: VolumePath::Sub(p.clone()),
             read_only: true,

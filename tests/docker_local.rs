@@ -1332,3 +1332,56 @@ fn bad_notebook_paths_are_refused_before_anything_runs() {
     assert_eq!(count(), before, "no run was started");
     assert!(project_containers(&f.root).is_empty());
 }
+
+#[test]
+fn a_notebook_step_runs_in_a_pipeline_and_its_check_is_read_from_its_output() {
+    let _g = serial();
+    let f = churn();
+    let spec = std::fs::read_to_string(f.root.join("ferry.yaml")).unwrap();
+    let start = spec.find("train:\n").unwrap();
+    let end = spec.find("serve:\n").unwrap();
+    let pipeline = "pipeline:
+  fit:
+    notebook: train.ipynb
+    params: { seed: \"11\" }
+    inputs: [data/]
+    outputs: [artifacts/model.onnx, artifacts/metrics.json]
+  evaluate:
+    command: python -c \"import json; m = json.load(open('artifacts/metrics.json')); json.dump({'auc': m['auc']}, open('reports/auc.json', 'w'))\"
+    inputs: [artifacts/metrics.json]
+    outputs: [reports/auc.json]
+    checks:
+      reports/auc.json: { auc: \">= 0.7\" }
+";
+    let file = "nb-pipeline.yaml";
+    std::fs::write(
+        f.root.join(file),
+        format!("{}{pipeline}{}", &spec[..start], &spec[end..]),
+    )
+    .unwrap();
+    let out = ferry(&f.root, &["run", "-f", file, "--json"]);
+    let _ = std::fs::remove_file(f.root.join(file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "fit");
+    assert_eq!(steps[0]["status"], "ran");
+    let executed = f.root.join(steps[0]["notebook"].as_str().expect("executed notebook kept"));
+    assert!(executed.exists(), "{}", executed.display());
+    let model = f.root.join("artifacts/model.onnx");
+    ferry::onnx::check_model(&model).expect("the notebook's model loads");
+    assert!(
+        steps[0]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["path"] == "artifacts/model.onnx" && o["sha256"] == sha256(&model).as_str())
+    );
+    assert_eq!(steps[1]["name"], "evaluate");
+    assert_eq!(steps[1]["checks"][0]["passed"], true, "{run:#}");
+    let _ = std::fs::remove_dir_all(f.root.join("reports"));
+}

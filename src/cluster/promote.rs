@@ -568,6 +568,9 @@ pub struct Status {
     pub changes: Vec<lock::Change>,
     /// Where the server answers inside the cluster (and outside, with an ingress).
     pub endpoints: Vec<String>,
+    /// For each model the environment serves (as ferry.lock records it): the run that made
+    /// it and the data and code behind it.
+    pub lineage: Vec<crate::pipeline::lineage::Lineage>,
 }
 
 /// The latest revision of an environment, as status and drift speak of it.
@@ -661,6 +664,23 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
         Some(e) if e.spec_hash.is_some() => lock::changes(e, &Snapshot::of(project)?),
         _ => Vec::new(),
     };
+    let lineage = lock
+        .environments
+        .get(&env)
+        .map(|e| {
+            let runs = crate::runs::list(&project.root);
+            e.models
+                .iter()
+                .map(|(model, sha)| {
+                    let run = e
+                        .runs
+                        .get(model)
+                        .and_then(|id| runs.iter().find(|r| &r.id == id));
+                    crate::pipeline::lineage::of(model, sha, run)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let step = ui.step(format!("reading what runs in {env} (namespace {ns})"));
     let client = match client::connect(project.spec.context.as_deref()).await {
         Ok(c) => c,
@@ -714,6 +734,7 @@ pub async fn status(project: &Project, ui: &Ui) -> Result<Status, ClusterError> 
         drift,
         changes,
         endpoints,
+        lineage,
     })
 }
 

@@ -66,4 +66,28 @@ fn print_status(s: &Status) {
     for c in &s.changes {
         println!("  changed    {c} (not promoted yet)");
     }
+    let short = |sha: &str| sha.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+    for l in &s.lineage {
+        println!(
+            "  model      {} {}{}",
+            l.model,
+            short(&l.sha256),
+            l.run
+                .as_ref()
+                .map(|r| format!(" from run {r}"))
+                .unwrap_or_default()
+        );
+        if !l.steps.is_empty() {
+            println!("    steps    {}", l.steps.join(" → "));
+        }
+        for d in &l.data {
+            println!("    data     {} {}", d.path, short(&d.sha256));
+        }
+        for c in &l.code {
+            println!("    code     {} {}", c.path, short(&c.sha256));
+        }
+        if let Some(n) = &l.note {
+            println!("    ({n})");
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod decide;
 pub mod gate;
 pub mod hashes;
+pub mod lineage;
 pub mod key;
 pub mod store;
 
