@@ -102,13 +102,19 @@ pub fn workflow(project: &Project) -> Result<String, CiError> {
     let base = Project::load(&project.file, None)?;
     let name = base.spec.name.clone();
     let bootstrap = base.spec.environment.bootstrap.is_some();
-    let outputs: Vec<String> = base
+    // A pipeline runs with `ferry run` (its checks included); its run records travel with the
+    // outputs, so the promote jobs' gate finds the checked run behind the model.
+    let pipeline = !base.spec.pipeline.is_empty();
+    let mut outputs: Vec<String> = base
         .spec
-        .train
-        .as_ref()
-        .map(|t| t.outputs.iter().map(|o| o.as_str().to_string()).collect())
-        .unwrap_or_default();
-    let trains = base.spec.train.is_some();
+        .steps()
+        .values()
+        .flat_map(|t| t.outputs.iter().map(|o| o.as_str().to_string()))
+        .collect();
+    if pipeline {
+        outputs.push(format!("{}/runs/", crate::state::STATE_DIR));
+    }
+    let trains = !base.spec.steps().is_empty();
 
     let mut promotions = Vec::new();
     let mut no_serve = Vec::new();
@@ -203,25 +209,46 @@ pub fn workflow(project: &Project) -> Result<String, CiError> {
     let mut previous = "build".to_string();
     if trains {
         let mut steps = install_steps(bootstrap);
-        steps.push(step_run("Train", &format!("{ferry} train")));
+        if pipeline {
+            steps.push(step_run("Run the pipeline", &format!("{ferry} run")));
+        } else {
+            steps.push(step_run("Train", &format!("{ferry} train")));
+        }
         steps.push(step_run("Training runs", "ferry runs"));
         let mut paths = outputs.clone();
         paths.push(crate::lock::LOCK_FILE.to_string());
         steps.push(step_uses(
             "Keep the outputs and the lock recording them",
             "actions/upload-artifact@v4",
-            map([
-                ("name", s(TRAINING_ARTIFACT)),
-                ("path", s(paths.join("\n"))),
-                ("if-no-files-found", s("error")),
-            ]),
+            {
+                let mut with = map([
+                    ("name", s(TRAINING_ARTIFACT)),
+                    ("path", s(paths.join("\n"))),
+                    ("if-no-files-found", s("error")),
+                ]);
+                // The run records live under `.ferry/`, which the action leaves out unless told.
+                if pipeline && let Value::Mapping(m) = &mut with {
+                    m.insert(s("include-hidden-files"), Value::Bool(true));
+                }
+                with
+            },
         ));
         jobs.push((
-            vec![
-                "Run `ferry train` in the project image; the declared outputs and ferry.lock become"
-                    .into(),
-                format!("the `{TRAINING_ARTIFACT}` artifact, which the promote jobs serve."),
-            ],
+            if pipeline {
+                vec![
+                    "Run the pipeline (`ferry run`) in the project image; its outputs, its run records"
+                        .into(),
+                    format!(
+                        "and ferry.lock become the `{TRAINING_ARTIFACT}` artifact, which the promote jobs serve."
+                    ),
+                ]
+            } else {
+                vec![
+                    "Run `ferry train` in the project image; the declared outputs and ferry.lock become"
+                        .into(),
+                    format!("the `{TRAINING_ARTIFACT}` artifact, which the promote jobs serve."),
+                ]
+            },
             "train".into(),
             map([
                 ("name", s("Train")),

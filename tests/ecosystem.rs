@@ -47,7 +47,7 @@ fn init_writes_the_workflow_unless_told_not_to() {
     );
     let workflow = dir.path().join("demo/.github/workflows/ferry.yml");
     let text = std::fs::read_to_string(&workflow).unwrap();
-    assert!(text.contains("ferry train"), "{text}");
+    assert!(text.contains("ferry run"), "{text}");
 
     // Regenerating gives the same file; a hand edit is kept unless --force.
     let project = dir.path().join("demo");

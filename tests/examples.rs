@@ -81,12 +81,35 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
     let data = std::fs::read_to_string(root.join("data/customers.csv")).unwrap();
     assert_eq!(data.lines().count(), 3001, "3000 customers and a header");
 
-    // notebook, then train.py: three runs, all succeeded, in order.
+    // The notebook's run (after the split training reads, made by `prepare` first), then the
+    // pipeline three times: everything, nothing, evaluate alone.
     let runs = runs(&root);
-    assert_eq!(runs.len(), 3, "{runs:?}");
+    let kinds: Vec<String> = runs
+        .iter()
+        .map(|r| match r["steps"].as_array() {
+            None => "train".to_string(),
+            Some(steps) => steps
+                .iter()
+                .map(|s| format!("{} {}", s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "train",
+            "prepare ran",
+            "train",
+            "prepare cached, train ran, evaluate ran",
+            "prepare cached, train cached, evaluate cached",
+            "prepare cached, train cached, evaluate ran",
+        ],
+        "{runs:#?}"
+    );
     assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
     assert_eq!(runs[0]["env"], "data");
-    let nb_run = &runs[1];
+    let nb_run = &runs[2];
     let executed = root.join(nb_run["notebook"].as_str().expect("the notebook is kept"));
     let nb = json(&executed);
     let cells = nb["cells"].as_array().unwrap();
@@ -109,14 +132,14 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
             .iter()
             .any(|o| o["path"] == "artifacts/model.onnx")
     );
-    assert!(
-        runs[2]["notebook"].is_null(),
-        "train.py's run has no notebook"
-    );
     assert!(printed.contains(&format!(
         "notebook {}",
         nb_run["notebook"].as_str().unwrap()
     )));
+    // The held-out evaluation passed its bar, and the dry run said why evaluate would run.
+    let evaluation = json(&root.join("reports/evaluation.json"));
+    assert!(evaluation["auc"].as_f64().unwrap() >= 0.75, "{evaluation}");
+    assert!(printed.contains("input evaluate.py changed"), "{printed}");
 
     // serve + predict: a table with a row per customer of request.json.
     let table = printed

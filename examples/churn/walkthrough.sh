@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The churn walkthrough, end to end: data → notebook → train → serve → predict → promote.
+# The churn walkthrough, end to end: data → notebook → pipeline (prepare → train → evaluate,
+# cached) → serve → predict → promote.
 # README.md beside this script explains each step; the test suite runs it (tests/examples.rs).
 #
 #   FERRY             the ferry binary (default: ferry on PATH)
@@ -23,7 +24,7 @@ run init churn-demo --template churn --offline
 cd churn-demo
 
 # Two more environments: `data` runs the data generator in the same image as a run with a
-# declared output; `staging` is a cluster.
+# declared output (and no pipeline around it); `staging` is a cluster.
 cat >> ferry.yaml <<YAML
   data:
     target: docker
@@ -31,6 +32,7 @@ cat >> ferry.yaml <<YAML
       command: python generate_data.py --seed 11 --customers 3000 --out data/customers.csv
       inputs: null
       outputs: [data/customers.csv]
+    pipeline: { prepare: null, evaluate: null }
 YAML
 if [ -n "${STAGING_REGISTRY:-}" ]; then
     cat >> ferry.yaml <<YAML
@@ -50,9 +52,18 @@ step "notebook: train.ipynb executed headless, parameters overridden"
 run train --notebook train.ipynb -p seed=11
 run runs
 
-step "train: the same training from train.py, the spec's train.command"
-run train
-cat artifacts/metrics.json | head -n 4
+step "pipeline: prepare -> train -> evaluate, the held-out AUC checked"
+run run
+cat reports/evaluation.json
+
+step "again: nothing changed, every step cached"
+run run
+
+step "an edit to evaluate.py: only evaluate runs again"
+echo "# the held-out numbers, for the retention team" >>evaluate.py
+run run --dry-run
+run run
+run runs show latest
 
 step "serve: the ONNX model in the serving image on 127.0.0.1:${SERVE_PORT}"
 trap '"$FERRY" down >/dev/null 2>&1 || true' EXIT

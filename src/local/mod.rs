@@ -61,6 +61,11 @@ pub enum LocalError {
     #[error(transparent)]
     UnknownStep(#[from] pipeline::UnknownStep),
     #[error(
+        "the steps training needs failed, so training did not start: {reason}\n  record: {}",
+        record.display()
+    )]
+    StepsFirst { reason: String, record: PathBuf },
+    #[error(
         "--force {step}: `{step}` is not part of this run\n  hint: name it among the steps to run, e.g. `ferry run {step} --force {step}`"
     )]
     NotInRun { step: String },

@@ -24,6 +24,7 @@ pub async fn train(
     notebook: Option<&Request>,
     ui: &Ui,
 ) -> Result<TrainResult, LocalError> {
+    prepare_inputs(project, ui).await?;
     let mut interrupt = Interrupt::new()?;
     crate::project_plan::check_train_inputs(project)?;
     let plan = make_plan_with(project, notebook)?;
@@ -254,6 +255,47 @@ pub async fn train(
         run: rec,
         record: path,
     })
+}
+
+/// Runs the pipeline steps whose outputs training reads (cached when nothing they depend on
+/// changed), so `ferry train` works on a project whose data a `prepare` step makes.
+async fn prepare_inputs(project: &Project, ui: &Ui) -> Result<(), LocalError> {
+    if project.spec.train.is_none() || project.spec.pipeline.is_empty() {
+        return Ok(());
+    }
+    let steps = project.spec.steps();
+    let graph = crate::spec::Graph::new(&steps);
+    let Some(train) = graph.index(crate::spec::TRAIN_STEP) else {
+        return Ok(());
+    };
+    let upstream: Vec<String> = graph
+        .needed(&[train])
+        .into_iter()
+        .filter(|&i| i != train)
+        .map(|i| graph.names[i].clone())
+        .collect();
+    if upstream.is_empty() {
+        return Ok(());
+    }
+    ui.info(format!(
+        "{} training reads what {} makes: running {} first (cached when nothing changed)",
+        console::style("▶").cyan(),
+        upstream.join(", "),
+        if upstream.len() == 1 { "it" } else { "them" }
+    ));
+    let opts = super::pipeline::Options {
+        steps: upstream,
+        ..Default::default()
+    };
+    if let super::pipeline::Outcome::Done(r) = super::pipeline::run(project, &opts, ui).await?
+        && r.run.status != Status::Succeeded
+    {
+        return Err(LocalError::StepsFirst {
+            reason: r.run.reason.clone().unwrap_or_else(|| "failed".into()),
+            record: r.record.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn relative(root: &Path, path: &Path) -> String {

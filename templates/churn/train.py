@@ -1,6 +1,9 @@
 """Train the churn model and export it to ONNX.
 
-    python train.py --data data/customers.csv --out artifacts/model.onnx
+    python train.py --data data/split/train.csv --out artifacts/model.onnx
+
+`--data` is any CSV of customers: the training part that `prepare.py` splits off (what the
+pipeline passes), or the whole `data/customers.csv`.
 
 Writes the model (one FP32 input `features` of shape [N, F]; outputs `label`
 int64 [N] and `probabilities` float [N, 2]) and `metrics.json` next to it.
@@ -133,7 +136,7 @@ def save_metrics(out_dir, *, auc, acc, y, n_train, n_test, max_diff, feature_nam
 
 def main():
     ap = argparse.ArgumentParser(description="Train the churn model and export it to ONNX.")
-    ap.add_argument("--data", default="data/customers.csv")
+    ap.add_argument("--data", default="data/split/train.csv")
     ap.add_argument("--out", default="artifacts/model.onnx")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--test-size", type=float, default=0.25)
