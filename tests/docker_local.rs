@@ -824,15 +824,20 @@ fn dev_rebuilds_and_restarts_when_requirements_change() {
     let root = f.root.with_file_name("churn-watch");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
     for name in [
         "ferry.yaml",
         "requirements.txt",
         ".dockerignore",
         "explore.ipynb",
+        // What the pipeline's steps read: the spec names them.
+        "data/customers.csv",
+        "prepare.py",
+        "train.py",
+        "evaluate.py",
     ] {
         std::fs::copy(f.root.join(name), root.join(name)).unwrap();
     }
-    std::fs::create_dir_all(root.join("data")).unwrap();
     let port = free_port();
     let mut child = ferry_cmd(&root, &["dev", "--port", &port.to_string()])
         .stdout(Stdio::null())
@@ -913,6 +918,10 @@ fn churn_copy(name: &str) -> PathBuf {
         ".dockerignore",
         "explore.ipynb",
         "data/customers.csv",
+        // What the pipeline's steps read: the spec names them.
+        "prepare.py",
+        "train.py",
+        "evaluate.py",
     ] {
         std::fs::copy(f.root.join(name), root.join(name)).unwrap();
     }
@@ -1347,12 +1356,17 @@ fn a_notebook_step_runs_in_a_pipeline_and_its_check_is_read_from_its_output() {
     inputs: [data/]
     outputs: [artifacts/model.onnx, artifacts/metrics.json]
   evaluate:
-    command: python -c \"import json; m = json.load(open('artifacts/metrics.json')); json.dump({'auc': m['auc']}, open('reports/auc.json', 'w'))\"
-    inputs: [artifacts/metrics.json]
+    command: python auc.py
+    inputs: [auc.py, artifacts/metrics.json]
     outputs: [reports/auc.json]
     checks:
       reports/auc.json: { auc: \">= 0.7\" }
 ";
+    std::fs::write(
+        f.root.join("auc.py"),
+        "import json\nm = json.load(open('artifacts/metrics.json'))\njson.dump({'auc': m['auc']}, open('reports/auc.json', 'w'))\n",
+    )
+    .unwrap();
     let file = "nb-pipeline.yaml";
     std::fs::write(
         f.root.join(file),
@@ -1361,6 +1375,7 @@ fn a_notebook_step_runs_in_a_pipeline_and_its_check_is_read_from_its_output() {
     .unwrap();
     let out = ferry(&f.root, &["run", "-f", file, "--json"]);
     let _ = std::fs::remove_file(f.root.join(file));
+    let _ = std::fs::remove_file(f.root.join("auc.py"));
     assert!(
         out.status.success(),
         "{}",

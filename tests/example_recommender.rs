@@ -238,9 +238,32 @@ async fn the_recommender_walkthrough_trains_serves_and_recommends() {
 
     // Training beat recommending the most popular items, on interactions it never saw.
     let metrics: Value =
-        serde_json::from_slice(&std::fs::read(root.join("artifacts/metrics.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(root.join("reports/evaluation.json")).unwrap())
             .unwrap();
     assert_eq!(metrics["k"], json!(K));
+    assert!(metrics["recall_lift"].as_f64().unwrap() >= 1.5, "{metrics}");
+    // Three runs of the pipeline: everything, nothing (cached), evaluate alone after its edit.
+    let mut runs: Vec<Value> = std::fs::read_dir(root.join(".ferry/runs"))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.unwrap().path().join("run.json")).unwrap())
+                .unwrap()
+        })
+        .collect();
+    runs.sort_by_key(|r| r["id"].as_str().unwrap().to_string());
+    let ran = |r: &Value| -> Vec<String> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "ran")
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(runs.len(), 3, "{runs:#?}");
+    assert_eq!(ran(&runs[0]), ["interactions", "embeddings", "train", "evaluate"]);
+    assert!(ran(&runs[1]).is_empty(), "{:#}", runs[1]);
+    assert_eq!(ran(&runs[2]), ["evaluate"]);
     for m in ["recall_at_10", "ndcg_at_10"] {
         let model = metrics[format!("model_{m}")].as_f64().unwrap();
         let popular = metrics[format!("popularity_{m}")].as_f64().unwrap();

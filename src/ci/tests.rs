@@ -146,7 +146,7 @@ fn staging_on_main_and_production_on_a_tag_with_an_approval() {
         [
             "artifacts/model.onnx",
             "artifacts/metrics.json",
-            "data/split/",
+            "data/split",
             "reports/evaluation.json",
             ".ferry/runs/",
             "ferry.lock"
@@ -198,7 +198,7 @@ fn every_ferry_command_in_the_workflow_is_one_this_binary_accepts() {
         "validate",
         "build",
         "build --json",
-        "train",
+        "run",
         "runs",
         "promote staging",
         "status staging",

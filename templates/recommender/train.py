@@ -1,10 +1,12 @@
-"""Learn user and item embeddings from implicit feedback and export a top-k recommender to ONNX.
+"""Export the learnt embeddings as a top-k recommender in ONNX.
 
-    python train.py --data data/interactions.csv --out artifacts/model.onnx
+    python train.py --data data/prepared --embeddings artifacts/embeddings --out artifacts/model.onnx
 
-Matrix factorisation by implicit alternating least squares (Hu, Koren and Volinsky 2008),
-numpy only. The held-out evaluation (recall@k and NDCG@k against a most-popular baseline) is
-written to `metrics.json`; the model is then fitted again on every interaction and exported.
+The last training step of the pipeline in ferry.yaml: `interactions.py` numbers users and
+items and holds part of the data out, `embeddings.py` learns user and item embeddings by
+implicit alternating least squares (Hu, Koren and Volinsky 2008, numpy only), this script
+exports the embeddings learnt on every interaction, and `evaluate.py` scores the ones learnt
+without the held-out part. The functions here are the ones the other steps use.
 
 The ONNX model takes `user_id` INT64 [N] and returns, per user, the k best items the user has
 not interacted with yet: `items` INT64 [N, k] (item ids as in the data) and `scores` FP32
@@ -17,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 # One BLAS thread: the matrices are small, and extra threads only fight over busy CPUs. Set
 # before numpy is imported, which reads it once.
@@ -149,24 +150,6 @@ def ranking_metrics(recommended, test_indptr, test_indices, k):
     return float(np.mean(recalls)), float(np.mean(ndcgs))
 
 
-def evaluate(train, test, n_users, n_items, args):
-    start = time.perf_counter()
-    user_f, item_f = fit_als(*train, n_users, n_items, args.factors, args.alpha, args.reg,
-                             args.iterations, args.seed)
-    seconds = time.perf_counter() - start
-    seen = csr(*train, n_users)
-    held_out = csr(*test, n_users)
-    model_top, _ = top_k(user_f @ item_f.T, *seen, args.k)
-    popularity = np.bincount(train[1], minlength=n_items).astype(np.float32)
-    popular_top, _ = top_k(np.tile(popularity, (n_users, 1)), *seen, args.k)
-    result = {}
-    for name, top in (("model", model_top), ("popularity", popular_top)):
-        recall, ndcg = ranking_metrics(top, *held_out, args.k)
-        result[name] = {f"recall_at_{args.k}": round(recall, 4), f"ndcg_at_{args.k}": round(ndcg, 4),
-                        "catalogue_coverage": round(len(np.unique(top)) / n_items, 4)}
-    return result, seconds
-
-
 def build_onnx(user_index, item_index, user_f, item_f, popularity, seen, k):
     """The serving graph: look the user up, score every item, hide what the user has seen,
     keep the k best.
@@ -289,49 +272,34 @@ def verify(path, user_index, item_index, ref_all, ref_rows, ref_scores):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="data/interactions.csv")
+    ap.add_argument("--data", default="data/prepared", help="interactions.py's output")
+    ap.add_argument("--embeddings", default="artifacts/embeddings", help="embeddings.py's output")
     ap.add_argument("--out", default="artifacts/model.onnx")
     ap.add_argument("--k", type=int, default=10, help="items recommended per user (fixed in the model)")
-    ap.add_argument("--factors", type=int, default=16, help="embedding size")
-    ap.add_argument("--alpha", type=float, default=5.0, help="confidence of an observed interaction")
-    ap.add_argument("--reg", type=float, default=30.0, help="L2 regularisation")
-    ap.add_argument("--iterations", type=int, default=10)
-    ap.add_argument("--test-share", type=float, default=0.2, help="share of each user's interactions held out")
-    ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    for name in ("k", "factors", "iterations"):
-        if getattr(args, name) < 1:
-            fail(f"--{name} must be at least 1")
-    if not 0 < args.test_share < 1:
-        fail("--test-share must be between 0 and 1")
+    if args.k < 1:
+        fail("--k must be at least 1")
 
-    pairs = load(args.data)
-    user_index, item_index = Index(pairs[:, 0]), Index(pairs[:, 1])
-    n_users, n_items = len(user_index), len(item_index)
-    if args.k > n_items:
-        fail(f"--k {args.k} is more than the {n_items} items in {args.data}")
-    users, items = user_index.rows(pairs[:, 0]), item_index.rows(pairs[:, 1])
-    print(f"loaded {args.data}: {len(pairs)} interactions, {n_users} users, {n_items} items "
-          f"(density {len(pairs) / (n_users * n_items):.2%})")
-
-    rng = np.random.default_rng(args.seed)
-    train, test = split(users, items, args.test_share, rng)
-    evaluation, eval_seconds = evaluate(train, test, n_users, n_items, args)
-    k = args.k
-    model_m, pop_m = evaluation["model"], evaluation["popularity"]
-    print(f"held-out evaluation ({len(test[0])} interactions, trained in {eval_seconds:.1f}s): "
-          f"recall@{k} {model_m[f'recall_at_{k}']:.3f}, NDCG@{k} {model_m[f'ndcg_at_{k}']:.3f}; "
-          f"most-popular baseline: recall@{k} {pop_m[f'recall_at_{k}']:.3f}, "
-          f"NDCG@{k} {pop_m[f'ndcg_at_{k}']:.3f}")
-
-    # The served model learns from everything and hides everything the user already has.
-    start = time.perf_counter()
-    user_f, item_f = fit_als(users, items, n_users, n_items, args.factors, args.alpha, args.reg,
-                             args.iterations, args.seed)
-    fit_seconds = time.perf_counter() - start
+    prepared = os.path.join(args.data, "interactions.npz")
+    full = os.path.join(args.embeddings, "full.npz")
+    for path, maker in ((prepared, "interactions.py"), (full, "embeddings.py")):
+        if not os.path.isfile(path):
+            fail(f"{path} not found", f"it is what `{maker}` writes: `ferry run` runs it first")
+    d = np.load(prepared)
+    e = np.load(full)
+    user_index, item_index = Index(d["user_ids"]), Index(d["item_ids"])
+    users, items = d["users"], d["items"]
+    n_users, n_items, k = len(user_index), len(item_index), args.k
+    if k > n_items:
+        fail(f"--k {k} is more than the {n_items} items in the data")
+    user_f, item_f = e["user_f"], e["item_f"]
+    if user_f.shape[0] != n_users or item_f.shape[0] != n_items:
+        fail(f"{full} does not match {prepared}", "run `embeddings.py` again on this data")
+    # The served model hides everything the user already has.
     popularity = np.bincount(items, minlength=n_items).astype(np.float32)
     seen = csr(users, items, n_users)
-    print(f"fitted on all {len(pairs)} interactions in {fit_seconds:.1f}s")
+    print(f"exporting embeddings of {n_users} users and {n_items} items "
+          f"({user_f.shape[1]} factors, learnt on all {len(users)} interactions)")
 
     out_dir = os.path.dirname(args.out) or "."
     os.makedirs(out_dir, exist_ok=True)
@@ -357,16 +325,14 @@ def main():
         json.dump(ref, f, indent=2)
         f.write("\n")
 
+    hyper_path = os.path.join(args.embeddings, "hyperparameters.json")
+    hyper = json.load(open(hyper_path)) if os.path.isfile(hyper_path) else {}
     metrics = {
         "k": k,
-        **{f"{name}_{key}": value for name, m in evaluation.items() for key, value in m.items()},
         "n_users": n_users,
         "n_items": n_items,
-        "n_interactions": int(len(pairs)),
-        "n_train": int(len(train[0])),
-        "n_test": int(len(test[0])),
-        "hyperparameters": {"factors": args.factors, "alpha": args.alpha, "reg": args.reg,
-                            "iterations": args.iterations, "seed": args.seed},
+        "n_interactions": int(len(users)),
+        "hyperparameters": hyper,
         "onnx_max_score_diff": score_diff,
         "input": {"name": "user_id", "dtype": "int64", "shape": [None]},
         "outputs": {"items": f"int64 [N, {k}], item ids, best first",
