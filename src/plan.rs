@@ -222,9 +222,11 @@ pub fn step_workload(project: &Project, step: &Step, role: &'static str) -> Work
     let mut volumes: Vec<Volume> = step
         .inputs
         .iter()
-        .chain(step.notebook.iter().filter(|nb| {
-            !step.inputs.iter().any(|i| nb.starts_with(i))
-        }))
+        .chain(
+            step.notebook
+                .iter()
+                .filter(|nb| !step.inputs.iter().any(|i| nb.starts_with(i))),
+        )
         .map(|p| Volume {
             path: VolumePath::Sub(p.clone()),
             read_only: true,

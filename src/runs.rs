@@ -212,6 +212,28 @@ fn civil(secs: u64) -> (String, String) {
 }
 
 impl RunRecord {
+    /// A succeeded run with nothing in it but its id, for tests to fill in.
+    #[cfg(test)]
+    pub(crate) fn blank(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            status: Status::Succeeded,
+            started: String::new(),
+            duration_secs: 0.0,
+            env: None,
+            image: String::new(),
+            image_id: String::new(),
+            spec_hash: String::new(),
+            command: vec![],
+            exit_code: None,
+            reason: None,
+            outputs: vec![],
+            log: String::new(),
+            notebook: None,
+            steps: vec![],
+        }
+    }
+
     /// Writes `run.json` into the run's directory, atomically.
     pub fn save(&self, root: &Path) -> Result<PathBuf, RunError> {
         let dir = runs_dir(root).join(&self.id);

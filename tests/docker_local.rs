@@ -211,6 +211,8 @@ fn a_code_edit_is_a_new_project_image_written_without_a_build() {
         "ferry.yaml",
         "requirements.txt",
         "train.py",
+        "prepare.py",
+        "evaluate.py",
         ".dockerignore",
         "ferry.lock",
         "data/customers.csv",
@@ -1385,7 +1387,11 @@ fn a_notebook_step_runs_in_a_pipeline_and_its_check_is_read_from_its_output() {
     let steps = run["steps"].as_array().unwrap();
     assert_eq!(steps[0]["name"], "fit");
     assert_eq!(steps[0]["status"], "ran");
-    let executed = f.root.join(steps[0]["notebook"].as_str().expect("executed notebook kept"));
+    let executed = f.root.join(
+        steps[0]["notebook"]
+            .as_str()
+            .expect("executed notebook kept"),
+    );
     assert!(executed.exists(), "{}", executed.display());
     let model = f.root.join("artifacts/model.onnx");
     ferry::onnx::check_model(&model).expect("the notebook's model loads");

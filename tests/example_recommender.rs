@@ -261,7 +261,10 @@ async fn the_recommender_walkthrough_trains_serves_and_recommends() {
             .collect()
     };
     assert_eq!(runs.len(), 3, "{runs:#?}");
-    assert_eq!(ran(&runs[0]), ["interactions", "embeddings", "train", "evaluate"]);
+    assert_eq!(
+        ran(&runs[0]),
+        ["interactions", "embeddings", "train", "evaluate"]
+    );
     assert!(ran(&runs[1]).is_empty(), "{:#}", runs[1]);
     assert_eq!(ran(&runs[2]), ["evaluate"]);
     for m in ["recall_at_10", "ndcg_at_10"] {

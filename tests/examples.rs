@@ -90,7 +90,13 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
             None => "train".to_string(),
             Some(steps) => steps
                 .iter()
-                .map(|s| format!("{} {}", s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+                .map(|s| {
+                    format!(
+                        "{} {}",
+                        s["name"].as_str().unwrap(),
+                        s["status"].as_str().unwrap()
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
         })

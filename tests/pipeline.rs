@@ -149,6 +149,27 @@ fn no_cluster(root: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Waits (up to two minutes) until a running step container of this file's project matches
+/// each of `names` and passes `ready`; returns those found by then.
+fn running_steps(names: &[&str], ready: impl Fn(&str) -> bool) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let all = docker(&["ps", "--format", "{{.Names}}"]);
+        let found: Vec<String> = names
+            .iter()
+            .filter_map(|n| {
+                all.lines()
+                    .find(|c| c.starts_with("ferry-pipe-") && c.contains(n) && ready(c))
+                    .map(str::to_string)
+            })
+            .collect();
+        if found.len() == names.len() || started.elapsed() > Duration::from_secs(120) {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn cache_entries(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root.join(".ferry/cache/steps"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -433,20 +454,7 @@ pipeline:
         .unwrap();
     // Both waiting steps must be running at once before the gate opens; run one after the
     // other, the first would wait for ever.
-    let started = Instant::now();
-    let running = loop {
-        let names = docker(&["ps", "--format", "{{.Names}}"]);
-        let mine: Vec<&str> = names
-            .lines()
-            .filter(|n| {
-                n.starts_with("ferry-pipe-") && (n.contains("-left-") || n.contains("-right-"))
-            })
-            .collect();
-        if mine.len() >= 2 || started.elapsed() > Duration::from_secs(120) {
-            break mine.len();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let running = running_steps(&["-left-", "-right-"], |_| true).len();
     std::fs::write(root.join("gate/go"), "").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(running, 2, "left and right were not running together");
@@ -560,25 +568,10 @@ pipeline:
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let container = loop {
-        let names = docker(&["ps", "--format", "{{.Names}}"]);
-        let found = names
-            .lines()
-            .find(|n| n.starts_with("ferry-pipe-") && n.contains("-wait-"))
-            .map(str::to_string);
-        if let Some(c) = found {
-            // Running, and its output is being followed.
-            if docker(&["logs", &c]).contains("waiting") {
-                break c;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // Running, and its output followed.
+    let container = running_steps(&["-wait-"], |c| docker(&["logs", c]).contains("waiting"))
+        .pop()
+        .expect("the step never started");
     let pid = child.id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -590,7 +583,10 @@ pipeline:
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert_eq!(docker(&["ps", "-aq", "--filter", &format!("name={container}")]), "");
+    assert_eq!(
+        docker(&["ps", "-aq", "--filter", &format!("name={container}")]),
+        ""
+    );
     let runs: Vec<PathBuf> = std::fs::read_dir(root.join(".ferry/runs"))
         .unwrap()
         .map(|e| e.unwrap().path())

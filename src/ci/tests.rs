@@ -152,7 +152,10 @@ fn staging_on_main_and_production_on_a_tag_with_an_approval() {
             "ferry.lock"
         ]
     );
-    assert!(text.contains("ferry run"), "the pipeline runs, checks included: {text}");
+    assert!(
+        text.contains("ferry run"),
+        "the pipeline runs, checks included: {text}"
+    );
     assert_eq!(upload["with"]["include-hidden-files"], true);
     for id in ["promote-staging", "promote-production"] {
         let steps = job(id)["steps"].as_sequence().unwrap();

@@ -66,7 +66,12 @@ fn print_status(s: &Status) {
     for c in &s.changes {
         println!("  changed    {c} (not promoted yet)");
     }
-    let short = |sha: &str| sha.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+    let short = |sha: &str| {
+        sha.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
     for l in &s.lineage {
         println!(
             "  model      {} {}{}",

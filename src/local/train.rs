@@ -329,25 +329,14 @@ fn collect(
     let to = place_output(staging, root, out)?;
     if to.is_dir() {
         let mut files = Vec::new();
-        list_files(&to, &mut files).map_err(LocalError::io("cannot read", &to))?;
+        crate::pipeline::hashes::list_files(&to, &mut files)
+            .map_err(LocalError::io("cannot read", &to))?;
         files.sort();
         for f in files {
             outputs.push(describe(root, &f)?);
         }
     } else {
         outputs.push(describe(root, &to)?);
-    }
-    Ok(())
-}
-
-fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            list_files(&p, out)?;
-        } else {
-            out.push(p);
-        }
     }
     Ok(())
 }

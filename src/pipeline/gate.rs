@@ -122,25 +122,13 @@ mod tests {
 
     fn run(id: &str, sha: &str, steps: Vec<StepRun>) -> RunRecord {
         RunRecord {
-            id: id.into(),
-            status: Status::Succeeded,
-            started: String::new(),
-            duration_secs: 0.0,
-            env: None,
-            image: String::new(),
-            image_id: String::new(),
-            spec_hash: String::new(),
-            command: vec![],
-            exit_code: None,
-            reason: None,
             outputs: vec![Output {
                 path: "artifacts/model.onnx".into(),
                 sha256: sha.into(),
                 size: 1,
             }],
-            log: String::new(),
-            notebook: None,
             steps,
+            ..RunRecord::blank(id)
         }
     }
 

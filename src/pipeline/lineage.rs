@@ -64,7 +64,10 @@ pub fn of(model: &str, sha256: &str, run: Option<&RunRecord>) -> Lineage {
         .iter()
         .find(|s| s.outputs.iter().any(|o| o.path == model))
     else {
-        l.note = Some(format!("no step of run {} lists it among its outputs", run.id));
+        l.note = Some(format!(
+            "no step of run {} lists it among its outputs",
+            run.id
+        ));
         return l;
     };
     // The producer and every step it needs, transitively.
@@ -83,7 +86,11 @@ pub fn of(model: &str, sha256: &str, run: Option<&RunRecord>) -> Lineage {
         .flat_map(|s| s.outputs.iter().map(|o| o.path.as_str()))
         .collect();
     let mut seen = BTreeSet::new();
-    for s in run.steps.iter().filter(|s| wanted.contains(s.name.as_str())) {
+    for s in run
+        .steps
+        .iter()
+        .filter(|s| wanted.contains(s.name.as_str()))
+    {
         l.steps.push(s.name.clone());
         for i in &s.inputs {
             if made.contains(i.path.as_str()) || !seen.insert(i.path.clone()) {
@@ -104,7 +111,7 @@ pub fn of(model: &str, sha256: &str, run: Option<&RunRecord>) -> Lineage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::{Status, StepRun, StepStatus};
+    use crate::runs::{StepRun, StepStatus};
 
     fn out(path: &str) -> Output {
         Output {
@@ -135,26 +142,28 @@ mod tests {
     #[test]
     fn from_the_model_back_to_the_files_the_steps_before_it_read() {
         let run = RunRecord {
-            id: "r1".into(),
-            status: Status::Succeeded,
-            started: String::new(),
-            duration_secs: 0.0,
-            env: None,
-            image: String::new(),
-            image_id: String::new(),
-            spec_hash: String::new(),
-            command: vec![],
-            exit_code: None,
-            reason: None,
-            outputs: vec![],
-            log: String::new(),
-            notebook: None,
             steps: vec![
-                step("prepare", &[], &["data/raw.csv", "prepare.py"], &["data/f/x.csv"]),
+                step(
+                    "prepare",
+                    &[],
+                    &["data/raw.csv", "prepare.py"],
+                    &["data/f/x.csv"],
+                ),
                 step("lint", &[], &["src/a.py"], &["lint/out.txt"]),
-                step("train", &["prepare"], &["data/f/x.csv", "train.py"], &["artifacts/model.onnx"]),
-                step("evaluate", &["train"], &["artifacts/model.onnx", "evaluate.py"], &["reports/m.json"]),
+                step(
+                    "train",
+                    &["prepare"],
+                    &["data/f/x.csv", "train.py"],
+                    &["artifacts/model.onnx"],
+                ),
+                step(
+                    "evaluate",
+                    &["train"],
+                    &["artifacts/model.onnx", "evaluate.py"],
+                    &["reports/m.json"],
+                ),
             ],
+            ..RunRecord::blank("r1")
         };
         let l = of("artifacts/model.onnx", "sha256:aa", Some(&run));
         assert_eq!(l.steps, ["prepare", "train"]);

@@ -8,8 +8,8 @@ pub mod checks;
 pub mod decide;
 pub mod gate;
 pub mod hashes;
-pub mod lineage;
 pub mod key;
+pub mod lineage;
 pub mod store;
 
 use std::path::{Path, PathBuf};

@@ -662,29 +662,7 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
         }
         for (i, o) in t.outputs.iter().enumerate() {
             let field = format!("train.outputs[{i}]");
-            if o.parent().is_none() && !o.is_dir_syntax() {
-                bad(
-                    &field,
-                    format!(
-                        "{o} is at the top of the project; outputs go in a directory so only that directory is writable"
-                    ),
-                    Some(format!("e.g. artifacts/{o}")),
-                );
-            }
-            if let Some(inp) = t
-                .inputs
-                .iter()
-                .find(|i| o.starts_with(i) || i.starts_with(o))
-            {
-                bad(
-                    &field,
-                    format!("{o} overlaps the input {inp}, which is mounted read-only"),
-                    Some("write outputs to their own directory, e.g. artifacts/".into()),
-                );
-            }
-            if let Err(m) = o.check_contained(root) {
-                bad(&field, m, None);
-            }
+            pipeline::check_output(&mut bad, root, &field, o, &t.inputs);
         }
         if let Some(c) = &t.resources.memory
             && c.bytes < MIN_MEMORY

@@ -137,29 +137,7 @@ pub(super) fn check(spec: &Spec, root: &Path, bad: &mut impl FnMut(&str, String,
         }
         for (j, o) in step.outputs.iter().enumerate() {
             let field = at(&format!("outputs[{j}]"));
-            if o.parent().is_none() && !o.is_dir_syntax() {
-                bad(
-                    &field,
-                    format!(
-                        "{o} is at the top of the project; outputs go in a directory so only that directory is writable"
-                    ),
-                    Some(format!("e.g. artifacts/{o}")),
-                );
-            }
-            if matches!(o.top(), ".ferry" | ".git") {
-                bad(
-                    &field,
-                    format!("{o} is inside {}, which ferry or git keeps", o.top()),
-                    None,
-                );
-            }
-            if let Some(inp) = step.inputs.iter().find(|i| overlaps(o, i)) {
-                bad(
-                    &field,
-                    format!("{o} overlaps the step's input {inp}, which is mounted read-only"),
-                    Some("write outputs to their own directory, e.g. artifacts/".into()),
-                );
-            }
+            check_output(bad, root, &field, o, &step.inputs);
             if let Some(prev) = step.outputs[..j].iter().find(|p| overlaps(o, p)) {
                 bad(
                     &field,
@@ -180,9 +158,6 @@ pub(super) fn check(spec: &Spec, root: &Path, bad: &mut impl FnMut(&str, String,
                         ),
                     );
                 }
-            }
-            if let Err(m) = o.check_contained(root) {
-                bad(&field, m, None);
             }
         }
         for (file, bars) in &step.checks {
@@ -250,5 +225,42 @@ pub(super) fn check(spec: &Spec, root: &Path, bad: &mut impl FnMut(&str, String,
                 cycle[1]
             )),
         );
+    }
+}
+
+/// Where an output of a step (or of `train:`) may be: in a directory of its own, not inside
+/// ferry's or git's, not over one of the step's read-only inputs, not out of the project.
+pub(super) fn check_output(
+    bad: &mut impl FnMut(&str, String, Option<String>),
+    root: &Path,
+    field: &str,
+    o: &RelPath,
+    inputs: &[RelPath],
+) {
+    if o.parent().is_none() && !o.is_dir_syntax() {
+        bad(
+            field,
+            format!(
+                "{o} is at the top of the project; outputs go in a directory so only that directory is writable"
+            ),
+            Some(format!("e.g. artifacts/{o}")),
+        );
+    }
+    if matches!(o.top(), ".ferry" | ".git") {
+        bad(
+            field,
+            format!("{o} is inside {}, which ferry or git keeps", o.top()),
+            None,
+        );
+    }
+    if let Some(inp) = inputs.iter().find(|i| overlaps(o, i)) {
+        bad(
+            field,
+            format!("{o} overlaps the input {inp}, which is mounted read-only"),
+            Some("write outputs to their own directory, e.g. artifacts/".into()),
+        );
+    }
+    if let Err(m) = o.check_contained(root) {
+        bad(field, m, None);
     }
 }

@@ -549,7 +549,7 @@ fn step_fields_are_checked() {
         (
             "    command: python prepare.py\n    inputs: [data/customers.csv]\n    outputs: [data/features/]\n",
             "    command: python prepare.py\n    inputs: [data/]\n    outputs: [data/features/]\n",
-            "overlaps the step's input data/",
+            "overlaps the input data/",
         ),
         (
             "reports/metrics.json: { auc:",
