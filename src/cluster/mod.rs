@@ -88,6 +88,10 @@ pub enum ClusterError {
     },
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Select(#[from] crate::pipeline::select::SelectError),
     #[error(
         "{env}: the pipeline declares checks, and no successful run that passed them produced {}:{}\n  hint: {}",
         if models.len() == 1 { "this model" } else { "these models" },

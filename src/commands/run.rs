@@ -1,5 +1,6 @@
-//! `ferry run`: the pipeline's steps (or the named ones and what they need), cached where
-//! nothing they depend on changed, with a summary table; `--dry-run` says what would run and why.
+//! `ferry run [--env ENV]`: the pipeline's steps (or the named ones and what they need) on
+//! Docker, or as Jobs in a cluster environment; each cached where nothing it depends on changed,
+//! with a summary table; `--dry-run` says what would run and why.
 
 use super::args::SpecArgs;
 use super::runtime;
@@ -22,27 +23,34 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Stop the other steps as soon as one fails (by default, steps that do not need the
-    /// failed one still finish).
+    /// failed one still finish). In a cluster environment the steps run one after another and
+    /// a failed one always stops those that need it.
     #[arg(long)]
     fail_fast: bool,
 }
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     let project = args.spec.load()?;
-    if project.spec.target == crate::spec::TargetKind::Kubernetes {
-        return Err(CliError::Usage(format!(
-            "`ferry run` runs the pipeline on this machine's Docker engine; {} is a cluster environment\n  hint: run it locally (`ferry run`), or train in the cluster with `ferry train --env {}`",
-            project.spec.env.as_deref().unwrap_or("this"),
-            project.spec.env.as_deref().unwrap_or("ENV"),
-        )));
-    }
     let opts = Options {
         steps: args.steps,
         force: args.force,
         dry_run: args.dry_run,
         fail_fast: args.fail_fast,
     };
-    let outcome = runtime()?.block_on(pipeline::run(&project, &opts, ui))?;
+    let in_cluster = project.spec.target == crate::spec::TargetKind::Kubernetes;
+    let outcome = if in_cluster && !opts.dry_run {
+        // Failed and interrupted runs exit as locally.
+        let r = runtime()?
+            .block_on(crate::cluster::train::steps::run(&project, &opts, ui))
+            .map_err(|e| match e {
+                crate::cluster::ClusterError::Interrupted(i) => CliError::Local(i.into()),
+                e => CliError::Cluster(Box::new(e)),
+            })?;
+        Outcome::Done(Box::new(r))
+    } else {
+        // A dry run is the same decision wherever the steps would run: the keys are the same.
+        runtime()?.block_on(pipeline::run(&project, &opts, ui))?
+    };
     let r = match outcome {
         Outcome::DryRun(planned) => {
             if ui.mode() == OutputMode::Json {

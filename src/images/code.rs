@@ -79,7 +79,7 @@ pub async fn plan_code_image(
         .await
         .map_err(|e| DockerError::api(format!("inspecting {}", env.tag), e))?;
     let (layer, diff_id) = code_layer(&project.root)?;
-    let config = image_config(&inspect, &project.spec.name, &diff_id).map_err(|e| {
+    let config = image_config(&inspect, &project.spec.name, "project", &diff_id).map_err(|e| {
         ImageError::LoadFailed {
             tag: env.tag.clone(),
             message: format!("cannot write the project image's config: {e}"),
@@ -106,13 +106,14 @@ pub async fn plan_code_image(
 fn image_config(
     env: &bollard::models::ImageInspect,
     project: &str,
+    role: &str,
     diff_id: &str,
 ) -> serde_json::Result<Vec<u8>> {
     let mut run_config = match &env.config {
         Some(c) => serde_json::to_value(c)?,
         None => json!({}),
     };
-    set_labels(&mut run_config, project);
+    set_labels(&mut run_config, project, role);
     let mut diff_ids = env
         .root_fs
         .as_ref()
@@ -138,7 +139,7 @@ fn image_config(
 
 /// The environment's config with the project image's labels: everything the environment image
 /// was labelled with, its role replaced.
-fn set_labels(run_config: &mut Value, project: &str) {
+fn set_labels(run_config: &mut Value, project: &str, role: &str) {
     if !run_config.is_object() {
         *run_config = json!({});
     }
@@ -147,7 +148,7 @@ fn set_labels(run_config: &mut Value, project: &str) {
         *labels = json!({});
     }
     labels[LABEL_PROJECT] = json!(project);
-    labels[LABEL_ROLE] = json!("project");
+    labels[LABEL_ROLE] = json!(role);
 }
 
 /// The image config in the order the engine writes its fields; maps inside `config` are
@@ -213,6 +214,92 @@ impl CodeImage {
                 tag: self.tag.clone(),
                 message: "the engine took the archive but has no image of that name".into(),
             }),
+        }
+    }
+}
+
+/// The project image `base` with one more layer: `files` (project path → file on this machine)
+/// at their places under `/workspace`. A pipeline step in a cluster runs in it, so the pod
+/// reads exactly the bytes the step's cache key names, whether `.dockerignore` keeps them out
+/// of the project image or another step made them. Tagged `ferry/<name>-step:<hash>` by its
+/// config's digest; written once.
+pub async fn with_files(
+    docker: &Docker,
+    project: &Project,
+    base: &Built,
+    files: &[(String, std::path::PathBuf)],
+    ui: &Ui,
+) -> Result<Built, ImageError> {
+    let ctx_err = |source| ImageError::Context {
+        path: project.root.clone(),
+        source,
+    };
+    let dir = WORKDIR.trim_start_matches('/');
+    let mut ctx = Context::new();
+    let mut dirs = BTreeSet::new();
+    for (rel, _) in files {
+        let mut at = String::from(dir);
+        for part in rel.split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |x| x.1) {
+            at = format!("{at}/{part}");
+            dirs.insert(at.clone());
+        }
+    }
+    ctx.add_dir(dir, 0o755).map_err(ctx_err)?;
+    for d in &dirs {
+        ctx.add_dir(d, 0o755).map_err(ctx_err)?;
+    }
+    for (rel, path) in files {
+        ctx.add_file(&format!("{dir}/{rel}"), path).map_err(ctx_err)?;
+    }
+    let (layer, digest) = ctx.finish().map_err(ctx_err)?;
+    let diff_id = format!("sha256:{digest}");
+    let inspect = docker
+        .inspect_image(&base.id)
+        .await
+        .map_err(|e| DockerError::api(format!("inspecting {}", base.tag), e))?;
+    let config = image_config(&inspect, &project.spec.name, "step", &diff_id).map_err(|e| {
+        ImageError::LoadFailed {
+            tag: base.tag.clone(),
+            message: format!("cannot write the step image's config: {e}"),
+        }
+    })?;
+    let hex = hex::encode(Sha256::digest(&config));
+    let image = CodeImage {
+        tag: format!("ferry/{}-step:{}", project.spec.name, &hex[..12]),
+        id: format!("sha256:{hex}"),
+        config,
+        env_layers: inspect
+            .root_fs
+            .as_ref()
+            .and_then(|r| r.layers.clone())
+            .unwrap_or_default(),
+        layer,
+        diff_id,
+    };
+    if let Some(id) = docker::image_id(docker, &image.tag).await? {
+        return Ok(Built {
+            tag: image.tag,
+            id,
+            built: false,
+        });
+    }
+    let step = ui.step(format!("writing step image {}", image.tag));
+    match image.load(docker).await {
+        Ok(id) => {
+            step.finish(format!(
+                "wrote step image {} ({} of inputs)",
+                image.tag,
+                crate::ui::human_bytes(image.layer.len() as u64)
+            ));
+            Ok(Built {
+                tag: image.tag,
+                id,
+                built: true,
+            })
+        }
+        Err(e) => {
+            step.fail();
+            Err(e)
         }
     }
 }

@@ -259,7 +259,7 @@ pub fn training_job(p: &Placement, train: &Workload, run_id: &str) -> Job {
     }
 }
 
-fn run_label(run_id: &str) -> String {
+pub fn run_label(run_id: &str) -> String {
     let mut v: String = run_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))

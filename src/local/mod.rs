@@ -59,16 +59,12 @@ pub enum LocalError {
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(transparent)]
-    UnknownStep(#[from] pipeline::UnknownStep),
+    Select(#[from] crate::pipeline::select::SelectError),
     #[error(
         "the steps training needs failed, so training did not start: {reason}\n  record: {}",
         record.display()
     )]
     StepsFirst { reason: String, record: PathBuf },
-    #[error(
-        "--force {step}: `{step}` is not part of this run\n  hint: name it among the steps to run, e.g. `ferry run {step} --force {step}`"
-    )]
-    NotInRun { step: String },
     #[error(
         "{} runs on this machine's Docker engine, which runs {engine} programs, but the spec asks for {}\n  hint: leave `platform:` out for this environment (the engine's platform is the default), add {engine} to `platforms:`, or point DOCKER_HOST at an engine of that platform",
         env.as_deref().map_or("the project".to_string(), |e| format!("environment {e}")),

@@ -26,25 +26,14 @@ use crate::pipeline::checks::{self, CheckResult};
 use crate::pipeline::decide::{Decision, decide};
 use crate::pipeline::hashes::Hashes;
 use crate::pipeline::key::KeyParts;
+pub use crate::pipeline::select::{Options, status_word};
+use crate::pipeline::select::{Selection, select};
 use crate::pipeline::store::{Entry, Store};
 use crate::plan::{VolumePath, Workload, step_workload};
-use crate::project_plan::{PlanError, make_plan};
+use crate::project_plan::make_plan;
 use crate::runs::{self, Output, RunRecord, Status, StepRun, StepStatus, TrainResult};
 use crate::spec::{Graph, Project, Step};
 use crate::ui::Ui;
-
-/// What `ferry run` was asked.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// The steps wanted (with what they need); empty: all.
-    pub steps: Vec<String>,
-    /// Steps run even when cached.
-    pub force: Vec<String>,
-    /// Say what would run and why; run nothing.
-    pub dry_run: bool,
-    /// Stop the other steps at the first failure.
-    pub fail_fast: bool,
-}
 
 /// One step of a dry run.
 #[derive(Clone, Debug, Serialize)]
@@ -60,50 +49,14 @@ pub enum Outcome {
     Done(Box<TrainResult>),
 }
 
-/// Step names the spec does not have.
-#[derive(Debug, thiserror::Error)]
-#[error("no step named `{name}`; the pipeline has: {}{}", known.join(", "), crate::spec::did_you_mean(name, known.iter().map(String::as_str)).map(|m| format!("\n  hint: did you mean `{m}`?")).unwrap_or_default())]
-pub struct UnknownStep {
-    pub name: String,
-    pub known: Vec<String>,
-}
-
 pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, LocalError> {
-    let steps = project.spec.steps();
-    if steps.is_empty() {
-        return Err(PlanError::MissingSection {
-            file: project.file.clone(),
-            section: "pipeline",
-            hint: "add `pipeline:` with named steps, or `train:` (see `ferry init --template churn`)",
-        }
-        .into());
-    }
-    let graph = Graph::new(&steps);
-    let index = |name: &String| {
-        graph.index(name).ok_or_else(|| UnknownStep {
-            name: name.clone(),
-            known: graph.names.clone(),
-        })
-    };
-    let targets: Vec<usize> = if opts.steps.is_empty() {
-        (0..graph.names.len()).collect()
-    } else {
-        opts.steps.iter().map(index).collect::<Result<_, _>>()?
-    };
-    let selected = graph.needed(&targets);
-    let mut forced = BTreeSet::new();
-    for f in &opts.force {
-        let i = index(f)?;
-        if !selected.contains(&i) {
-            return Err(LocalError::NotInRun { step: f.clone() });
-        }
-        forced.insert(i);
-    }
-    let order: Vec<usize> = graph
-        .order()
-        .into_iter()
-        .filter(|i| selected.contains(i))
-        .collect();
+    let Selection {
+        steps,
+        graph,
+        selected,
+        order,
+        forced,
+    } = select(project, opts)?;
 
     let mut interrupt = Interrupt::new()?;
     let list: Vec<&Step> = steps.values().collect();
@@ -327,10 +280,13 @@ impl Ctx<'_> {
         StepRun {
             name: self.name(i).to_string(),
             status: StepStatus::Failed,
-            needs: self.graph.deps[i]
-                .iter()
-                .map(|&d| self.name(d).to_string())
-                .collect(),
+            needs: {
+                // In the order they run, as the summary lists them.
+                let order = self.graph.order();
+                let mut deps: Vec<usize> = self.graph.deps[i].iter().copied().collect();
+                deps.sort_by_key(|d| order.iter().position(|o| o == d));
+                deps.iter().map(|&d| self.name(d).to_string()).collect()
+            },
             key: None,
             reason: None,
             duration_secs: 0.0,
@@ -716,17 +672,6 @@ impl Ctx<'_> {
             ),
         };
         eprintln!("{line}");
-    }
-}
-
-/// `ran`, `cached`, `failed`, `skipped`, `interrupted`.
-pub fn status_word(s: StepStatus) -> &'static str {
-    match s {
-        StepStatus::Ran => "ran",
-        StepStatus::Cached => "cached",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Interrupted => "interrupted",
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) mod image;
 mod logs;
 pub(crate) mod objects;
 pub(crate) mod pod;
+pub mod steps;
 mod record;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,76 +123,27 @@ pub async fn train(
         &image.id,
         &spec_hash,
     )?;
-    let job = training_job(&placement, &work, &id);
-    let name = job_name(&placement.project, &id);
-    let ns = placement.namespace.clone();
-    let ctx = JobCtx {
-        client: kube.clone(),
-        ns: ns.clone(),
-        job: name.clone(),
-        selector: format!("{LABEL_INSTANCE}={},ferry.dev/run={id}", placement.project),
-        workdir: work.workdir.clone(),
-    };
     ui.info(format!(
-        "{} run {id} in {} (Job {name}, namespace {ns})",
+        "{} run {id} in {} (Job {}, namespace {})",
         console::style("▶").cyan(),
-        pushed.reference
+        pushed.reference,
+        job_name(&placement.project, &id),
+        placement.namespace
     ));
-
-    // From here on the Job may exist: every way out deletes it or leaves it completed.
-    let created = AtomicBool::new(false);
-    let body = async {
-        ensure_namespace(&kube, &ns).await?;
-        if let (Some(s), Some(secret)) = (&secrets, &placement.secret) {
-            apply_env_secret(&kube, &placement, secret, s).await?;
-        }
-        let step = ui.step(format!("creating Job {name} in namespace {ns}"));
-        created.store(true, Ordering::SeqCst);
-        let jobs: Api<Job> = Api::namespaced(kube.clone(), &ns);
-        match jobs.create(&PostParams::default(), &job).await {
-            Ok(_) => step.finish(format!("created Job {name}")),
-            Err(e) => {
-                step.fail();
-                return Err(Failure::Error(
-                    Op::new("create", "jobs.batch")
-                        .name(&name)
-                        .namespace(&ns)
-                        .error(e)
-                        .into(),
-                ));
-            }
-        }
-        let pod = wait_started(&ctx, ui).await?;
-        let ended = follow_training(&ctx, &pod, &run, ui).await?;
-        if ended.exit_code != 0 || ended.reason == "OOMKilled" {
-            let reason = match &work.notebook {
-                // The init container's volumes go with the failed pod: the log, which has
-                // the runner's account of the failing cell, is what is left of the notebook.
-                Some(nb) => {
-                    crate::notebook::failure_reason(nb, &run.log_path, None, ended.describe())
-                }
-                None => ended.describe(),
-            };
-            return Err(Failure::Train {
-                code: ended.exit_code,
-                reason,
-            });
-        }
-        let files = collect_outputs(&ctx, &pod, &work, &run, ui).await?;
-        Ok((pod, files))
-    };
-    let outcome = tokio::select! {
-        r = body => r,
-        _ = interrupt.recv() => Err(Failure::Interrupted),
-    };
-    let (pod, files) = match outcome {
-        Ok(x) => x,
-        Err(failure) => {
-            if created.load(Ordering::SeqCst) {
-                delete_job(&ctx, ui).await;
-            }
-            return Err(run.fail(failure)?);
-        }
+    let Finished { ctx, pod, files } = match run_job(
+        &kube,
+        &placement,
+        secrets.as_ref(),
+        &work,
+        &id,
+        &run,
+        &mut interrupt,
+        ui,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(failure) => return Err(run.fail(failure)?),
     };
 
     // Everything arrived and checked: into the project, as a local run does.
@@ -218,17 +170,116 @@ pub async fn train(
     }
     let _ = std::fs::remove_dir_all(&run.staging);
 
-    // The outputs are safe here: release the collector and let the Job complete. A Ctrl-C now
-    // only cuts the wait short; the run itself succeeded.
+    finish_job(&ctx, &pod, &mut interrupt, ui).await;
+    let rec = run.record(Status::Succeeded, Some(0), None, outputs);
+    let path = rec.save(&project.root)?;
+    Ok(TrainResult {
+        run: rec,
+        record: path,
+    })
+}
+
+/// A Job that ran to its end: where it is, its pod, and its outputs in the run's staging.
+struct Finished {
+    ctx: JobCtx,
+    pod: String,
+    files: std::collections::BTreeMap<String, copy::Collected>,
+}
+
+/// Runs `work` as a Job named for `id`: the namespace and the environment's Secret made sure
+/// of, the Job created, its pod waited for, its output followed into the run's log, and its
+/// outputs copied into the run's staging with every file checked. Any failure (a Ctrl-C too)
+/// deletes the Job; recording it is the caller's.
+#[allow(clippy::too_many_arguments)]
+async fn run_job(
+    kube: &kube::Client,
+    placement: &Placement,
+    secrets: Option<&crate::cluster::Secrets>,
+    work: &crate::plan::Workload,
+    id: &str,
+    run: &Run<'_>,
+    interrupt: &mut Interrupt,
+    ui: &Ui,
+) -> Result<Finished, Failure> {
+    let job = training_job(placement, work, id);
+    let name = job_name(&placement.project, id);
+    let ns = placement.namespace.clone();
+    let ctx = JobCtx {
+        client: kube.clone(),
+        ns: ns.clone(),
+        job: name.clone(),
+        selector: format!("{LABEL_INSTANCE}={},ferry.dev/run={}", placement.project, crate::kube::workloads::run_label(id)),
+        workdir: work.workdir.clone(),
+    };
+    // From here on the Job may exist: every way out deletes it or leaves it completed.
+    let created = AtomicBool::new(false);
+    let body = async {
+        ensure_namespace(kube, &ns).await?;
+        if let (Some(s), Some(secret)) = (secrets, &placement.secret) {
+            apply_env_secret(kube, placement, secret, s).await?;
+        }
+        let step = ui.step(format!("creating Job {name} in namespace {ns}"));
+        created.store(true, Ordering::SeqCst);
+        let jobs: Api<Job> = Api::namespaced(kube.clone(), &ns);
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => step.finish(format!("created Job {name}")),
+            Err(e) => {
+                step.fail();
+                return Err(Failure::Error(
+                    Op::new("create", "jobs.batch")
+                        .name(&name)
+                        .namespace(&ns)
+                        .error(e)
+                        .into(),
+                ));
+            }
+        }
+        let pod = wait_started(&ctx, ui).await?;
+        let ended = follow_training(&ctx, &pod, run, ui).await?;
+        if ended.exit_code != 0 || ended.reason == "OOMKilled" {
+            let reason = match &work.notebook {
+                // The init container's volumes go with the failed pod: the log, which has
+                // the runner's account of the failing cell, is what is left of the notebook.
+                Some(nb) => {
+                    crate::notebook::failure_reason(nb, &run.log_path, None, ended.describe())
+                }
+                None => ended.describe(),
+            };
+            return Err(Failure::Train {
+                code: ended.exit_code,
+                reason,
+            });
+        }
+        let files = collect_outputs(&ctx, &pod, work, run, ui).await?;
+        Ok((pod, files))
+    };
+    let outcome = tokio::select! {
+        r = body => r,
+        _ = interrupt.recv() => Err(Failure::Interrupted),
+    };
+    match outcome {
+        Ok((pod, files)) => Ok(Finished { ctx, pod, files }),
+        Err(failure) => {
+            if created.load(Ordering::SeqCst) {
+                delete_job(&ctx, ui).await;
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// With the outputs safe on this machine: releases the collector and lets the Job complete. A
+/// Ctrl-C now only cuts the wait short (the Job is deleted instead); the run itself succeeded.
+async fn finish_job(ctx: &JobCtx, pod: &str, interrupt: &mut Interrupt, ui: &Ui) {
     let finish = async {
         exec_output(
-            &ctx,
-            &pod,
+            ctx,
+            pod,
             vec!["touch".into(), COLLECT_DONE.into()],
             &mut tokio::io::sink(),
         )
         .await?;
-        wait_complete(&ctx, ui).await
+        wait_complete(ctx, ui).await
     };
     let finished = tokio::select! {
         r = finish => r,
@@ -241,12 +292,6 @@ pub async fn train(
             "{e}\nthe outputs are collected; deleting Job {} instead",
             ctx.job
         ));
-        delete_job(&ctx, ui).await;
+        delete_job(ctx, ui).await;
     }
-    let rec = run.record(Status::Succeeded, Some(0), None, outputs);
-    let path = rec.save(&project.root)?;
-    Ok(TrainResult {
-        run: rec,
-        record: path,
-    })
 }

@@ -47,6 +47,20 @@ pub(super) enum Failure {
     Error(ClusterError),
 }
 
+impl Failure {
+    /// Why the run failed, in words (for a step's record).
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Failure::Interrupted => "interrupted".into(),
+            Failure::Train { reason, .. } | Failure::Missing(reason) => reason.clone(),
+            Failure::BadModel { output, source } => {
+                format!("{output} does not load in ONNX Runtime: {source}")
+            }
+            Failure::Error(e) => e.to_string(),
+        }
+    }
+}
+
 impl From<ClusterError> for Failure {
     fn from(e: ClusterError) -> Failure {
         Failure::Error(e)
