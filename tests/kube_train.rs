@@ -1663,3 +1663,197 @@ async fn a_training_runs_and_is_collected_on_a_real_cluster() {
         hex::encode(sha2::Sha256::digest(&model))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_its_uncached_steps_as_jobs_on_images_that_carry_their_inputs() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let fake = FakeApi::start().await;
+    fake.for_training(
+        fixture("pod-train-collecting.json"),
+        "logs-train-succeeded.txt",
+    );
+    fake.on(
+        "GET",
+        &format!("/apis/batch/v1/namespaces/{NS}/jobs/*"),
+        ok("job-train-complete.json"),
+    );
+    let pod_fs = tempfile::tempdir().unwrap();
+    let workspace = pod_fs.path().join("workspace");
+    std::fs::create_dir_all(workspace.join("artifacts")).unwrap();
+    std::fs::create_dir_all(pod_fs.path().join("ferry-collect")).unwrap();
+    *fake.state.pod_root.lock().unwrap() = Some(pod_fs.path().to_path_buf());
+    let dir = project(NAME, &registry.host);
+    let root = dir.path();
+    // `prepare` makes what training reads; the project image leaves data/ out.
+    let spec = std::fs::read_to_string(root.join("ferry.yaml")).unwrap();
+    let spec = spec
+        .replace("  inputs: [data/]\n", "  inputs: [data/prepared/]\n")
+        .replace(
+            "notebook: {",
+            "pipeline:\n  prepare:\n    command: \"mkdir -p data/prepared && cp data/customers.csv data/prepared/c.csv\"\n    inputs: [data/customers.csv]\n    outputs: [data/prepared/]\nnotebook: {",
+        );
+    std::fs::write(root.join("ferry.yaml"), &spec).unwrap();
+    std::fs::write(
+        root.join(".dockerignore"),
+        ".ferry/\nartifacts/\ndata/\n.env.*\n",
+    )
+    .unwrap();
+    let kubeconfig = fake.kubeconfig();
+
+    // On this machine first: prepare runs in Docker and is cached.
+    let local = ferry_with_kubeconfig(root, &kubeconfig, &["run", "prepare", "--json"]).await;
+    assert!(local.status.success(), "{}", stderr(&local));
+
+    // In the cluster: prepare is cached (the same key), train runs as a Job whose image holds
+    // prepare's output; what the pod wrote comes back checked.
+    let model: Vec<u8> = (0u32..50_000).map(|i| (i % 251) as u8).collect();
+    std::fs::write(workspace.join("artifacts/model.txt"), &model).unwrap();
+    let out =
+        ferry_with_kubeconfig(root, &kubeconfig, &["run", "--env", "staging", "--json"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+    assert_eq!(rec["env"], "staging");
+    let steps = rec["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "prepare");
+    assert_eq!(steps[0]["status"], "cached");
+    assert_eq!(steps[1]["name"], "train");
+    assert_eq!(steps[1]["status"], "ran", "{rec:#}");
+    let image = steps[1]["image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("{}/ml/{NAME}-steps@sha256:", registry.host)),
+        "{image}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("artifacts/model.txt")).unwrap(),
+        model
+    );
+    use sha2::Digest;
+    assert_eq!(
+        steps[1]["outputs"][0]["sha256"],
+        hex::encode(sha2::Sha256::digest(&model))
+    );
+    // The Job ran that image, and the image holds the input as this machine has it.
+    let jobs: Vec<Value> = fake
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/jobs"))
+        .filter_map(|s| s.body.clone())
+        .collect();
+    assert_eq!(jobs.len(), 1);
+    let job_image = jobs[0]["spec"]["template"]["spec"]["initContainers"][0]["image"]
+        .as_str()
+        .or_else(|| jobs[0]["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
+        .unwrap();
+    assert_eq!(job_image, image);
+    let local_tag = String::from_utf8(
+        docker(&[
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            &format!("ferry/{NAME}-step"),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let local_tag = local_tag
+        .lines()
+        .next()
+        .expect("the step image is here")
+        .to_string();
+    let inside = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "cat",
+        &local_tag,
+        "/workspace/data/prepared/c.csv",
+    ]);
+    assert_eq!(
+        inside.stdout,
+        std::fs::read(root.join("data/prepared/c.csv")).unwrap()
+    );
+
+    // Again: every step cached, no Job.
+    let again =
+        ferry_with_kubeconfig(root, &kubeconfig, &["run", "--env", "staging", "--json"]).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    let rec: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(
+        rec["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "cached"),
+        "{rec:#}"
+    );
+    let posts = fake
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/jobs"))
+        .count();
+    assert_eq!(posts, 1);
+    let _ = docker(&["rmi", &local_tag]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_fails_in_the_cluster_skips_what_needs_it_and_its_job_is_deleted() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let fake = FakeApi::start().await;
+    fake.for_training(
+        fixture("pod-train-oomkilled.json"),
+        "logs-train-oomkilled.txt",
+    );
+    let dir = project(NAME, &registry.host);
+    let root = dir.path();
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            "notebook: {",
+            "pipeline:\n  report:\n    command: \"wc -c artifacts/model.txt > reports/size.txt\"\n    inputs: [artifacts/model.txt]\n    outputs: [reports/size.txt]\nnotebook: {",
+        );
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+
+    let out = ferry_with_kubeconfig(
+        root,
+        &fake.kubeconfig(),
+        &["run", "--env", "staging", "--json"],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("train: ") && err.contains("OOMKilled"),
+        "{err}"
+    );
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["status"], "failed");
+    let steps = rec["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "train");
+    assert_eq!(steps[0]["status"], "failed");
+    assert_eq!(steps[1]["name"], "report");
+    assert_eq!(steps[1]["status"], "skipped");
+    let seen = fake.seen();
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.method == "DELETE" && s.path.contains("/jobs/"))
+            .count(),
+        1,
+        "the failed step's Job is deleted"
+    );
+    assert!(!root.join("artifacts").exists());
+    assert!(
+        std::fs::read_dir(root.join(".ferry/cache/steps"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "no cache entry for a failed step"
+    );
+}

@@ -239,7 +239,12 @@ pub async fn with_files(
     let mut dirs = BTreeSet::new();
     for (rel, _) in files {
         let mut at = String::from(dir);
-        for part in rel.split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |x| x.1) {
+        for part in rel
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |x| x.1)
+        {
             at = format!("{at}/{part}");
             dirs.insert(at.clone());
         }
@@ -249,7 +254,8 @@ pub async fn with_files(
         ctx.add_dir(d, 0o755).map_err(ctx_err)?;
     }
     for (rel, path) in files {
-        ctx.add_file(&format!("{dir}/{rel}"), path).map_err(ctx_err)?;
+        ctx.add_file(&format!("{dir}/{rel}"), path)
+            .map_err(ctx_err)?;
     }
     let (layer, digest) = ctx.finish().map_err(ctx_err)?;
     let diff_id = format!("sha256:{digest}");

@@ -23,8 +23,8 @@ pub(crate) mod image;
 mod logs;
 pub(crate) mod objects;
 pub(crate) mod pod;
-pub mod steps;
 mod record;
+pub mod steps;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -208,7 +208,11 @@ async fn run_job(
         client: kube.clone(),
         ns: ns.clone(),
         job: name.clone(),
-        selector: format!("{LABEL_INSTANCE}={},ferry.dev/run={}", placement.project, crate::kube::workloads::run_label(id)),
+        selector: format!(
+            "{LABEL_INSTANCE}={},ferry.dev/run={}",
+            placement.project,
+            crate::kube::workloads::run_label(id)
+        ),
         workdir: work.workdir.clone(),
     };
     // From here on the Job may exist: every way out deletes it or leaves it completed.

@@ -47,10 +47,12 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
     } = select(project, opts)?;
     let plan = make_plan(project)?;
     super::image::check_secrets_not_in_image(project)?;
-    if order
-        .iter()
-        .any(|&i| steps[i].outputs.iter().any(|o| o.as_str().ends_with(".onnx")))
-    {
+    if order.iter().any(|&i| {
+        steps[i]
+            .outputs
+            .iter()
+            .any(|o| o.as_str().ends_with(".onnx"))
+    }) {
         crate::onnx::init().map_err(|source| RunError::OnnxRuntime { source })?;
     }
     let secrets = crate::cluster::environment_secrets(project)?;
@@ -94,7 +96,10 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         let mut rec = StepRun {
             name: name.clone(),
             status: StepStatus::Failed,
-            needs: graph.deps[i].iter().map(|&d| graph.names[d].clone()).collect(),
+            needs: graph.deps[i]
+                .iter()
+                .map(|&d| graph.names[d].clone())
+                .collect(),
             key: None,
             reason: None,
             duration_secs: 0.0,
@@ -250,6 +255,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
             rec.notebook = Some(relative(&project.root, to));
         }
         // Checked where they arrived, before anything moves into the project.
+        rec.status = StepStatus::Ran;
         judge(
             &mut rec,
             checks::evaluate(&run.staging, &step.parsed_checks()),
