@@ -1857,3 +1857,75 @@ async fn a_step_that_fails_in_the_cluster_skips_what_needs_it_and_its_job_is_del
         "no cache entry for a failed step"
     );
 }
+
+/// The pipeline on a real cluster: two steps, the second reading the first's output, both as
+/// Jobs; their outputs come back byte for byte, and a second run runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_on_a_real_cluster() {
+    let Some(kubeconfig) = std::env::var_os("FERRY_TEST_KUBECONFIG") else {
+        eprintln!("skipped: FERRY_TEST_KUBECONFIG is not set");
+        return;
+    };
+    let Some(registry) = std::env::var("FERRY_TEST_REGISTRY").ok() else {
+        eprintln!(
+            "skipped: FERRY_TEST_REGISTRY is not set (a registry this machine pushes to and the cluster pulls from)"
+        );
+        return;
+    };
+    let _g = SERIAL.lock().await;
+    let dir = project(NAME, &registry);
+    let root = dir.path();
+    let namespace = format!("ferry-pipeline-test-{}", std::process::id());
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            &format!("namespace: {NS}"),
+            &format!("namespace: {namespace}"),
+        )
+        .replace(
+            "notebook: {",
+            "pipeline:\n  report:\n    command: \"mkdir -p reports && wc -c artifacts/model.txt > reports/size.txt\"\n    inputs: [artifacts/model.txt]\n    outputs: [reports/size.txt]\nnotebook: {",
+        );
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+    let kubeconfig = Path::new(&kubeconfig);
+    let first =
+        ferry_with_kubeconfig(root, kubeconfig, &["run", "--env", "staging", "--json"]).await;
+    let second =
+        ferry_with_kubeconfig(root, kubeconfig, &["run", "--env", "staging", "--json"]).await;
+    let client = ferry::kube::client::connect_with(kubeconfig, None)
+        .await
+        .unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    let _ = namespaces
+        .delete(&namespace, &kube::api::DeleteParams::background())
+        .await;
+
+    assert!(first.status.success(), "{}", stderr(&first));
+    let rec: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let ran: Vec<&str> = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "ran")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["train", "report"], "{rec:#}");
+    assert_eq!(
+        std::fs::read(root.join("artifacts/model.txt")).unwrap(),
+        b"3 data/customers.csv\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("reports/size.txt")).unwrap(),
+        "21 artifacts/model.txt\n"
+    );
+    assert!(second.status.success(), "{}", stderr(&second));
+    let rec: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert!(
+        rec["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "cached"),
+        "{rec:#}"
+    );
+}

@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn the_config_is_the_environments_with_the_code_on_top() {
-        let bytes = image_config(&env_image(), "demo", "sha256:cc").unwrap();
+        let bytes = image_config(&env_image(), "demo", "project", "sha256:cc").unwrap();
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
             v["rootfs"]["diff_ids"],
@@ -494,10 +494,10 @@ mod tests {
     fn the_same_code_on_the_same_environment_gives_the_same_bytes() {
         // Labels come from a HashMap, whose order varies between instances.
         let a: Vec<Vec<u8>> = (0..8)
-            .map(|_| image_config(&env_image(), "demo", "sha256:cc").unwrap())
+            .map(|_| image_config(&env_image(), "demo", "project", "sha256:cc").unwrap())
             .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        let other = image_config(&env_image(), "demo", "sha256:dd").unwrap();
+        let other = image_config(&env_image(), "demo", "project", "sha256:dd").unwrap();
         assert_ne!(a[0], other);
     }
 
@@ -542,7 +542,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("train.py"), "print(1)\n").unwrap();
         let (layer, diff_id) = code_layer(dir.path()).unwrap();
-        let config = image_config(&env_image(), "demo", &diff_id).unwrap();
+        let config = image_config(&env_image(), "demo", "project", &diff_id).unwrap();
         let hex = hex::encode(Sha256::digest(&config));
         let image = CodeImage {
             tag: format!("ferry/demo:{}", &hex[..12]),
