@@ -180,5 +180,12 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
                 .contains(image.rsplit('@').next().unwrap()),
             "ferry.lock records the promoted digest: {staging}"
         );
+        // The promoted model's run, and through it the data and code behind it.
+        let model_run = staging["runs"]["artifacts/model.onnx"].as_str().unwrap();
+        assert!(runs.iter().any(|r| r["id"] == model_run), "{staging}");
+        assert!(printed.contains("  model      artifacts/model.onnx "), "{printed}");
+        assert!(printed.contains("    steps    prepare → train\n"), "{printed}");
+        assert!(printed.contains("    data     data/customers.csv "), "{printed}");
+        assert!(printed.contains("    code     train.py "), "{printed}");
     }
 }
