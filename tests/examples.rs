@@ -183,9 +183,18 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
         // The promoted model's run, and through it the data and code behind it.
         let model_run = staging["runs"]["artifacts/model.onnx"].as_str().unwrap();
         assert!(runs.iter().any(|r| r["id"] == model_run), "{staging}");
-        assert!(printed.contains("  model      artifacts/model.onnx "), "{printed}");
-        assert!(printed.contains("    steps    prepare → train\n"), "{printed}");
-        assert!(printed.contains("    data     data/customers.csv "), "{printed}");
+        assert!(
+            printed.contains("  model      artifacts/model.onnx "),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("    steps    prepare → train\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("    data     data/customers.csv "),
+            "{printed}"
+        );
         assert!(printed.contains("    code     train.py "), "{printed}");
     }
 }

@@ -89,6 +89,14 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
         .and_then(|i| i.ncpu)
         .filter(|n| *n > 0)
         .unwrap_or(1) as u32;
+    // MiB the engine has; steps that give `resources.memory` take their share of it.
+    let memory_mib = info
+        .as_ref()
+        .and_then(|i| i.mem_total)
+        .filter(|m| *m > 0)
+        .map_or(u32::MAX >> 1, |m| {
+            (m >> 20).clamp(1, i64::from(u32::MAX >> 1)) as u32
+        });
     let id = runs::new_id();
     let store = Store::open(&project.root);
     let ctx = Ctx {
@@ -109,6 +117,8 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
         stopping: AtomicBool::new(false),
         cpu: Semaphore::new((cores * 1000) as usize),
         cpu_total: cores * 1000,
+        memory: Semaphore::new(memory_mib as usize),
+        memory_total: memory_mib,
         width: order
             .iter()
             .map(|&i| graph.names[i].len())
@@ -268,6 +278,9 @@ struct Ctx<'a> {
     /// Thousandths of a core the running steps may take together.
     cpu: Semaphore,
     cpu_total: u32,
+    /// MiB of the engine's memory the running steps that declare theirs may take together.
+    memory: Semaphore,
+    memory_total: u32,
     width: usize,
 }
 
@@ -469,6 +482,14 @@ impl Ctx<'_> {
         let _permit = self
             .cpu
             .acquire_many(want)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mib = step.resources.memory.as_ref().map_or(0, |m| {
+            (m.bytes >> 20).clamp(1, u64::from(self.memory_total)) as u32
+        });
+        let _memory = self
+            .memory
+            .acquire_many(mib)
             .await
             .map_err(|e| e.to_string())?;
         if self.stopping.load(Ordering::SeqCst) {
