@@ -43,6 +43,10 @@ environments:
     target: kubernetes
     namespace: pipe-staging
     registry: 127.0.0.1:1/ml
+  production:
+    target: kubernetes
+    namespace: pipe-production
+    registry: 127.0.0.1:1/ml
 ";
 
 /// A fresh pipeline project; its environment image is shared by every test (same name, same
@@ -404,6 +408,20 @@ fn a_failed_check_fails_the_step_and_promote_refuses_the_model() {
     );
     assert!(stderr.contains(&model_sha[..12]), "{stderr}");
     assert!(stderr.contains("--unchecked"), "{stderr}");
+    // --unchecked lets it through with a warning (to the cluster, which is not there)...
+    let promote = no_cluster(root, &["promote", "staging", "--yes", "--unchecked"]);
+    let stderr = String::from_utf8_lossy(&promote.stderr);
+    assert!(!promote.status.success());
+    assert!(stderr.contains("promoting an unchecked model"), "{stderr}");
+    assert!(!stderr.contains("passed them"), "{stderr}");
+    // ...but never into a protected environment.
+    let promote = no_cluster(root, &["promote", "production", "--yes", "--unchecked"]);
+    let stderr = String::from_utf8_lossy(&promote.stderr);
+    assert_eq!(promote.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("production is protected, so --unchecked is refused there"),
+        "{stderr}"
+    );
 
     // Relaxed, the check passes on the cached outputs and promote gets past the gate (to the
     // cluster, which is not there).
