@@ -1616,14 +1616,7 @@ async fn the_collectors_commands_copy_outputs_byte_for_byte_from_the_project_ima
 /// A whole training on a real cluster: built, pushed, run, its output copied back and checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_training_runs_and_is_collected_on_a_real_cluster() {
-    let Some(kubeconfig) = std::env::var_os("FERRY_TEST_KUBECONFIG") else {
-        eprintln!("skipped: FERRY_TEST_KUBECONFIG is not set");
-        return;
-    };
-    let Some(registry) = std::env::var("FERRY_TEST_REGISTRY").ok() else {
-        eprintln!(
-            "skipped: FERRY_TEST_REGISTRY is not set (a registry this machine pushes to and the cluster pulls from)"
-        );
+    let Some((kubeconfig, registry)) = real_cluster() else {
         return;
     };
     let _g = SERIAL.lock().await;
@@ -1644,13 +1637,7 @@ async fn a_training_runs_and_is_collected_on_a_real_cluster() {
         &["train", "--env", "staging", "--json"],
     )
     .await;
-    let client = ferry::kube::client::connect_with(Path::new(&kubeconfig), None)
-        .await
-        .unwrap();
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
-    let _ = namespaces
-        .delete(&namespace, &kube::api::DeleteParams::background())
-        .await;
+    drop_namespace(Path::new(&kubeconfig), &namespace).await;
 
     assert!(out.status.success(), "{}", stderr(&out));
     let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1750,32 +1737,25 @@ async fn a_pipeline_runs_its_uncached_steps_as_jobs_on_images_that_carry_their_i
         .or_else(|| jobs[0]["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
         .unwrap();
     assert_eq!(job_image, image);
-    let local_tag = String::from_utf8(
-        docker(&[
-            "images",
-            "--format",
-            "{{.Repository}}:{{.Tag}}",
-            &format!("ferry/{NAME}-step"),
-        ])
-        .stdout,
-    )
-    .unwrap();
-    let local_tag = local_tag
-        .lines()
-        .next()
-        .expect("the step image is here")
-        .to_string();
+    // Pulled back from the registry (ferry keeps no copy here), it holds prepare's output.
+    assert!(docker(&["pull", "-q", image]).status.success());
     let inside = docker(&[
         "run",
         "--rm",
         "--entrypoint",
         "cat",
-        &local_tag,
+        image,
         "/workspace/data/prepared/c.csv",
     ]);
     assert_eq!(
         inside.stdout,
         std::fs::read(root.join("data/prepared/c.csv")).unwrap()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&docker(&["images", "-q", &format!("ferry/{NAME}-step")]).stdout)
+            .trim(),
+        "",
+        "the step image is not kept here"
     );
 
     // Again: every step cached, no Job.
@@ -1797,7 +1777,7 @@ async fn a_pipeline_runs_its_uncached_steps_as_jobs_on_images_that_carry_their_i
         .filter(|s| s.method == "POST" && s.path.ends_with("/jobs"))
         .count();
     assert_eq!(posts, 1);
-    let _ = docker(&["rmi", &local_tag]);
+    let _ = docker(&["rmi", image]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1862,14 +1842,7 @@ async fn a_step_that_fails_in_the_cluster_skips_what_needs_it_and_its_job_is_del
 /// Jobs; their outputs come back byte for byte, and a second run runs nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_runs_on_a_real_cluster() {
-    let Some(kubeconfig) = std::env::var_os("FERRY_TEST_KUBECONFIG") else {
-        eprintln!("skipped: FERRY_TEST_KUBECONFIG is not set");
-        return;
-    };
-    let Some(registry) = std::env::var("FERRY_TEST_REGISTRY").ok() else {
-        eprintln!(
-            "skipped: FERRY_TEST_REGISTRY is not set (a registry this machine pushes to and the cluster pulls from)"
-        );
+    let Some((kubeconfig, registry)) = real_cluster() else {
         return;
     };
     let _g = SERIAL.lock().await;
@@ -1892,13 +1865,7 @@ async fn a_pipeline_runs_on_a_real_cluster() {
         ferry_with_kubeconfig(root, kubeconfig, &["run", "--env", "staging", "--json"]).await;
     let second =
         ferry_with_kubeconfig(root, kubeconfig, &["run", "--env", "staging", "--json"]).await;
-    let client = ferry::kube::client::connect_with(kubeconfig, None)
-        .await
-        .unwrap();
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
-    let _ = namespaces
-        .delete(&namespace, &kube::api::DeleteParams::background())
-        .await;
+    drop_namespace(kubeconfig, &namespace).await;
 
     assert!(first.status.success(), "{}", stderr(&first));
     let rec: Value = serde_json::from_slice(&first.stdout).unwrap();
@@ -1928,4 +1895,31 @@ async fn a_pipeline_runs_on_a_real_cluster() {
             .all(|s| s["status"] == "cached"),
         "{rec:#}"
     );
+}
+
+/// The real cluster and registry the tests may use (`FERRY_TEST_KUBECONFIG`,
+/// `FERRY_TEST_REGISTRY`); `None`, saying "skipped", without them.
+fn real_cluster() -> Option<(std::ffi::OsString, String)> {
+    let Some(kubeconfig) = std::env::var_os("FERRY_TEST_KUBECONFIG") else {
+        eprintln!("skipped: FERRY_TEST_KUBECONFIG is not set");
+        return None;
+    };
+    let Ok(registry) = std::env::var("FERRY_TEST_REGISTRY") else {
+        eprintln!(
+            "skipped: FERRY_TEST_REGISTRY is not set (a registry this machine pushes to and the cluster pulls from)"
+        );
+        return None;
+    };
+    Some((kubeconfig, registry))
+}
+
+/// Removes a namespace a real-cluster test made (in the background: the test does not wait).
+async fn drop_namespace(kubeconfig: &Path, namespace: &str) {
+    let client = ferry::kube::client::connect_with(kubeconfig, None)
+        .await
+        .unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    let _ = namespaces
+        .delete(namespace, &kube::api::DeleteParams::background())
+        .await;
 }

@@ -26,12 +26,13 @@ use crate::pipeline::checks::{self, CheckResult};
 use crate::pipeline::decide::{Decision, decide};
 use crate::pipeline::hashes::Hashes;
 use crate::pipeline::key::KeyParts;
+use crate::pipeline::record::{RunInfo, blank_step, judge, key_parts, run_record};
 pub use crate::pipeline::select::{Options, status_word};
 use crate::pipeline::select::{Selection, select};
 use crate::pipeline::store::{Entry, Store};
 use crate::plan::{VolumePath, Workload, step_workload};
 use crate::project_plan::make_plan;
-use crate::runs::{self, Output, RunRecord, Status, StepRun, StepStatus, TrainResult};
+use crate::runs::{self, Output, StepRun, StepStatus, TrainResult};
 use crate::spec::{Graph, Project, Step};
 use crate::ui::Ui;
 
@@ -207,43 +208,17 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
     ctx.hashes.lock().map(|mut h| h.save()).ok();
 
     let steps_run: Vec<StepRun> = order.iter().filter_map(|&i| results[i].take()).collect();
-    let failed: Vec<String> = steps_run
-        .iter()
-        .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| format!("{}: {}", s.name, s.reason.as_deref().unwrap_or("failed")))
-        .collect();
-    let status = if interrupted {
-        Status::Interrupted
-    } else if steps_run.iter().all(|s| s.status.succeeded()) {
-        Status::Succeeded
-    } else {
-        Status::Failed
-    };
-    let record = RunRecord {
+    let info = RunInfo {
         id: ctx.id.clone(),
-        status,
         started,
-        duration_secs: (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        duration_secs: clock.elapsed().as_secs_f64(),
         env: project.spec.env.clone(),
         image: ctx.env_image.tag.clone(),
         image_id: ctx.env_image.id.clone(),
         spec_hash: project.hash()?.to_string(),
-        command: Vec::new(),
-        exit_code: None,
-        reason: match status {
-            Status::Interrupted => Some("interrupted".into()),
-            _ if failed.is_empty() => None,
-            _ => Some(failed.join("; ")),
-        },
-        outputs: steps_run
-            .iter()
-            .filter(|s| s.status.succeeded())
-            .flat_map(|s| s.outputs.iter().cloned())
-            .collect(),
         log: relative(&project.root, &ctx.run_dir),
-        notebook: None,
-        steps: steps_run,
     };
+    let record = run_record(info, steps_run, interrupted);
     let path = record.save(&project.root)?;
     if interrupted {
         return Err(Interrupted.into());
@@ -290,27 +265,7 @@ impl Ctx<'_> {
     }
 
     fn blank(&self, i: usize) -> StepRun {
-        StepRun {
-            name: self.name(i).to_string(),
-            status: StepStatus::Failed,
-            needs: {
-                // In the order they run, as the summary lists them.
-                let order = self.graph.order();
-                let mut deps: Vec<usize> = self.graph.deps[i].iter().copied().collect();
-                deps.sort_by_key(|d| order.iter().position(|o| o == d));
-                deps.iter().map(|&d| self.name(d).to_string()).collect()
-            },
-            key: None,
-            reason: None,
-            duration_secs: 0.0,
-            image: None,
-            exit_code: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            checks: Vec::new(),
-            log: None,
-            notebook: None,
-        }
+        blank_step(&self.graph, i)
     }
 
     fn skipped(&self, i: usize, reason: String) -> StepRun {
@@ -323,25 +278,14 @@ impl Ctx<'_> {
 
     /// The key of step `i` from its inputs as the project holds them now.
     fn parts(&self, i: usize) -> Result<KeyParts, LocalError> {
-        let step = &self.steps[i];
-        let mut inputs = Vec::new();
-        {
-            let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
-            for inp in &step.inputs {
-                inputs.extend(h.tree(&self.project.root, inp)?);
-            }
-            if let Some(nb) = &step.notebook {
-                inputs.extend(h.tree(&self.project.root, nb)?);
-            }
-        }
-        inputs.sort_by(|a, b| a.path.cmp(&b.path));
-        inputs.dedup_by(|a, b| a.path == b.path);
-        Ok(KeyParts::new(
+        let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(key_parts(
+            self.project,
+            &mut h,
             &self.env_image.id,
-            step,
+            &self.steps[i],
             &self.workloads[i].env,
-            inputs,
-        ))
+        )?)
     }
 
     fn dry_run(&self, order: &[usize]) -> Vec<Planned> {
@@ -446,24 +390,8 @@ impl Ctx<'_> {
 
     /// Records the checks; a failed one fails the step.
     fn judge(&self, run: &mut StepRun, checks: Vec<CheckResult>, kept: Option<&Path>) {
-        let failed: Vec<String> = checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(CheckResult::describe)
-            .collect();
-        run.checks = checks;
-        if !failed.is_empty() {
-            run.status = StepStatus::Failed;
-            let mut why = format!("check failed: {}", failed.join("; "));
-            if let Some(k) = kept {
-                why.push_str(&format!(
-                    " (its outputs are kept in {})",
-                    relative(&self.project.root, k)
-                ));
-            }
-            run.reason = Some(why);
-            run.outputs.clear();
-        }
+        let kept = kept.map(|k| relative(&self.project.root, k));
+        judge(run, checks, kept.as_deref());
     }
 
     /// Runs step `i`'s container and, when it succeeded and passed its checks, places its

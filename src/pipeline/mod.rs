@@ -10,6 +10,7 @@ pub mod gate;
 pub mod hashes;
 pub mod key;
 pub mod lineage;
+pub mod record;
 pub mod select;
 pub mod store;
 

@@ -102,18 +102,13 @@ pub async fn train(
         _ = interrupt.recv() => return Err(Interrupted.into()),
     };
 
-    let placement = Placement {
-        project: project.spec.name.clone(),
-        env: env.clone(),
-        namespace: namespace(project),
-        cluster: project.spec.cluster.clone().unwrap_or_default(),
-        image: pushed.reference.clone(),
-        secret: secrets
-            .as_ref()
-            .filter(|s| !s.is_empty())
-            .map(|_| secret_name(&project.spec.name)),
-        run_on: chosen.run_on.clone(),
-    };
+    let placement = placement(
+        project,
+        &env,
+        &pushed.reference,
+        secrets.as_ref(),
+        chosen.run_on.clone(),
+    );
     let id = runs::new_id();
     let run = Run::new(
         project,
@@ -177,6 +172,28 @@ pub async fn train(
         run: rec,
         record: path,
     })
+}
+
+/// Where a run's Job goes: the environment's namespace and cluster settings, `image` by
+/// digest, the environment's Secret when it has secrets, the nodes of the chosen architectures.
+fn placement(
+    project: &Project,
+    env: &str,
+    image: &str,
+    secrets: Option<&crate::cluster::Secrets>,
+    run_on: Vec<crate::platform::Arch>,
+) -> Placement {
+    Placement {
+        project: project.spec.name.clone(),
+        env: env.to_string(),
+        namespace: namespace(project),
+        cluster: project.spec.cluster.clone().unwrap_or_default(),
+        image: image.to_string(),
+        secret: secrets
+            .filter(|s| !s.is_empty())
+            .map(|_| secret_name(&project.spec.name)),
+        run_on,
+    }
 }
 
 /// A Job that ran to its end: where it is, its pod, and its outputs in the run's staging.

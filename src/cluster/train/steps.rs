@@ -14,22 +14,21 @@ use std::time::Instant;
 
 use super::record::Run;
 use super::{Finished, finish_job, run_job};
-use crate::cluster::{ClusterError, namespace, require_cluster};
+use crate::cluster::{ClusterError, require_cluster};
 use crate::docker;
 use crate::images::build as images;
 use crate::images::push;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::kube::client;
-use crate::kube::workloads::Placement;
-use crate::pipeline::checks::{self, CheckResult};
+use crate::pipeline::checks;
 use crate::pipeline::decide::{Decision, decide};
 use crate::pipeline::hashes::Hashes;
-use crate::pipeline::key::KeyParts;
+use crate::pipeline::record::{RunInfo, blank_step, judge, key_parts, run_record};
 use crate::pipeline::select::{Options, Selection, select};
 use crate::pipeline::store::{Entry, Store};
 use crate::plan::step_workload;
 use crate::project_plan::make_plan;
-use crate::runs::{self, Output, RunError, RunRecord, Status, StepRun, StepStatus, TrainResult};
+use crate::runs::{self, Output, RunError, StepRun, StepStatus, TrainResult};
 use crate::spec::Project;
 use crate::ui::Ui;
 
@@ -93,24 +92,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         let step = &steps[i];
         let work = step_workload(project, step, "train");
         let step_clock = Instant::now();
-        let mut rec = StepRun {
-            name: name.clone(),
-            status: StepStatus::Failed,
-            needs: graph.deps[i]
-                .iter()
-                .map(|&d| graph.names[d].clone())
-                .collect(),
-            key: None,
-            reason: None,
-            duration_secs: 0.0,
-            image: None,
-            exit_code: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            checks: Vec::new(),
-            log: None,
-            notebook: None,
-        };
+        let mut rec = blank_step(&graph, i);
         let finish = |mut r: StepRun| {
             r.duration_secs = (step_clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
             r
@@ -133,13 +115,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         }
 
         // The key from the inputs as this machine holds them: the same key as a local run's.
-        let mut inputs = Vec::new();
-        for inp in step.inputs.iter().chain(step.notebook.iter()) {
-            inputs.extend(hashes.tree(&project.root, inp)?);
-        }
-        inputs.sort_by(|a, b| a.path.cmp(&b.path));
-        inputs.dedup_by(|a, b| a.path == b.path);
-        let parts = KeyParts::new(&env_image.id, step, &work.env, inputs);
+        let parts = key_parts(project, &mut hashes, &env_image.id, step, &work.env)?;
         rec.key = Some(parts.key());
         rec.inputs = parts.inputs.clone();
         let reason = match decide(&store, &name, &parts, forced.contains(&i)) {
@@ -152,6 +128,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
                         judge(
                             &mut rec,
                             checks::evaluate(&project.root, &step.parsed_checks()),
+                            None,
                         );
                         announce(ui, &rec);
                         results.push(finish(rec));
@@ -177,7 +154,17 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         let pushed = tokio::select! {
             r = async {
                 let image = crate::images::code::with_files(&docker, project, &project_image, &files, ui).await?;
-                Ok::<_, ClusterError>(push::push(&docker, &image.tag, &repository, ui).await?)
+                let pushed = push::push(&docker, &image.tag, &repository, ui).await;
+                // The cluster pulls it from the registry: here it would only pile up (its
+                // layers below the inputs' stay, the project image's).
+                let _ = docker
+                    .remove_image(
+                        &image.tag,
+                        Some(bollard::query_parameters::RemoveImageOptionsBuilder::default().build()),
+                        None,
+                    )
+                    .await;
+                Ok::<_, ClusterError>(pushed?)
             } => r,
             _ = interrupt.recv() => Err(Interrupted.into()),
         };
@@ -198,18 +185,13 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
             }
         };
         rec.image = Some(pushed.reference.clone());
-        let placement = Placement {
-            project: project.spec.name.clone(),
-            env: env.clone(),
-            namespace: namespace(project),
-            cluster: project.spec.cluster.clone().unwrap_or_default(),
-            image: pushed.reference.clone(),
-            secret: secrets
-                .as_ref()
-                .filter(|s| !s.is_empty())
-                .map(|_| super::objects::secret_name(&project.spec.name)),
-            run_on: chosen.run_on.clone(),
-        };
+        let placement = super::placement(
+            project,
+            &env,
+            &pushed.reference,
+            secrets.as_ref(),
+            chosen.run_on.clone(),
+        );
         let job_id = format!("{id}-{name}");
         let run = Run::new(
             project,
@@ -256,9 +238,11 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         }
         // Checked where they arrived, before anything moves into the project.
         rec.status = StepStatus::Ran;
+        let kept = relative(&project.root, &run.staging);
         judge(
             &mut rec,
             checks::evaluate(&run.staging, &step.parsed_checks()),
+            Some(&kept),
         );
         if rec.status == StepStatus::Failed {
             finish_job(&ctx, &pod, &mut interrupt, ui).await;
@@ -298,43 +282,17 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
     }
     hashes.save();
 
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| format!("{}: {}", s.name, s.reason.as_deref().unwrap_or("failed")))
-        .collect();
-    let status = if interrupted {
-        Status::Interrupted
-    } else if results.iter().all(|s| s.status.succeeded()) {
-        Status::Succeeded
-    } else {
-        Status::Failed
-    };
-    let record = RunRecord {
-        id: id.clone(),
-        status,
+    let info = RunInfo {
+        id,
         started,
-        duration_secs: (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        duration_secs: clock.elapsed().as_secs_f64(),
         env: project.spec.env.clone(),
         image: env_image.tag.clone(),
         image_id: env_image.id.clone(),
         spec_hash,
-        command: Vec::new(),
-        exit_code: None,
-        reason: match status {
-            Status::Interrupted => Some("interrupted".into()),
-            _ if failed.is_empty() => None,
-            _ => Some(failed.join("; ")),
-        },
-        outputs: results
-            .iter()
-            .filter(|s| s.status.succeeded())
-            .flat_map(|s| s.outputs.iter().cloned())
-            .collect(),
         log: relative(&project.root, &run_dir),
-        notebook: None,
-        steps: results,
     };
+    let record = run_record(info, results, interrupted);
     let path = record.save(&project.root)?;
     if interrupted {
         return Err(Interrupted.into());
@@ -343,21 +301,6 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         run: record,
         record: path,
     })
-}
-
-/// Records the checks; a failed one fails the step.
-fn judge(rec: &mut StepRun, results: Vec<CheckResult>) {
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|c| !c.passed)
-        .map(CheckResult::describe)
-        .collect();
-    rec.checks = results;
-    if !failed.is_empty() {
-        rec.status = StepStatus::Failed;
-        rec.reason = Some(format!("check failed: {}", failed.join("; ")));
-        rec.outputs.clear();
-    }
 }
 
 fn announce(ui: &Ui, r: &StepRun) {
