@@ -1923,3 +1923,57 @@ async fn drop_namespace(kubeconfig: &Path, namespace: &str) {
         .delete(namespace, &kube::api::DeleteParams::background())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_pipeline_step_deletes_its_job_and_records_the_run_interrupted() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let fake = FakeApi::start().await;
+    let mut pod = fixture("pod-train-collecting.json");
+    pod["status"]["initContainerStatuses"][0]["state"] =
+        json!({"running": {"startedAt": "2025-05-12T09:20:13Z"}});
+    pod["status"]["containerStatuses"][0]["state"] =
+        json!({"waiting": {"reason": "PodInitializing"}});
+    fake.for_training(pod, "logs-train-succeeded.txt");
+    let dir = project(NAME, &registry.host);
+    let root = dir.path();
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            "notebook: {",
+            "pipeline:\n  report:\n    command: \"wc -c artifacts/model.txt > reports/size.txt\"\n    inputs: [artifacts/model.txt]\n    outputs: [reports/size.txt]\nnotebook: {",
+        );
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+    let log = root.join("ferry.err");
+    let child = spawn_ferry(root, &fake.kubeconfig(), &["run", "--env", "staging"], &log);
+    // The step's output is being followed: its Job runs.
+    until_seen(&fake, 300, &log, |seen| {
+        seen.iter().any(|s| s.path.ends_with("/log"))
+    })
+    .await;
+    interrupt(&child);
+    let code = exit_code(child, 30).await;
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+
+    let seen = fake.seen();
+    let job_name = posted_job(&seen)["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "DELETE" && s.path.ends_with(&format!("/jobs/{job_name}"))),
+        "{seen:#?}"
+    );
+    let rec = only_record(root);
+    assert_eq!(rec["status"], "interrupted");
+    let steps = rec["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "train");
+    assert_eq!(steps[0]["status"], "interrupted");
+    assert_eq!(steps[1]["status"], "skipped");
+    assert!(!root.join("artifacts").exists());
+    assert!(!root.join(".ferry/cache/steps").exists());
+}
