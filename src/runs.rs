@@ -262,6 +262,14 @@ pub fn list(root: &Path) -> Vec<RunRecord> {
     runs
 }
 
+/// `path` as the project names it: relative to `root` when inside it.
+pub fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Moves one output from staging to its place in the project, replacing what was there;
 /// returns where it now is.
 pub fn place_output(staging: &Path, root: &Path, out: &RelPath) -> Result<PathBuf, RunError> {

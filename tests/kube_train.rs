@@ -974,23 +974,9 @@ async fn a_successful_training_is_copied_back_checked_byte_for_byte_and_recorded
     let Some(registry) = Registry::start(false).await else {
         return;
     };
-    let fake = FakeApi::start().await;
-    fake.for_training(
-        fixture("pod-train-collecting.json"),
-        "logs-train-succeeded.txt",
-    );
-    fake.on(
-        "GET",
-        &format!("/apis/batch/v1/namespaces/{NS}/jobs/*"),
-        ok("job-train-complete.json"),
-    );
-    // What the pod's volumes hold: the commands exec'd "in the pod" run here.
-    let pod_fs = tempfile::tempdir().unwrap();
+    let (fake, pod_fs) = collecting().await;
     let workspace = pod_fs.path().join("workspace");
     let done = pod_fs.path().join("ferry-collect/done");
-    std::fs::create_dir_all(&workspace).unwrap();
-    std::fs::create_dir_all(done.parent().unwrap()).unwrap();
-    *fake.state.pod_root.lock().unwrap() = Some(pod_fs.path().to_path_buf());
     let dir = project(NAME, &registry.host);
     let root = dir.path();
     let kubeconfig = fake.kubeconfig();
@@ -1657,21 +1643,9 @@ async fn a_pipeline_runs_its_uncached_steps_as_jobs_on_images_that_carry_their_i
     let Some(registry) = Registry::start(false).await else {
         return;
     };
-    let fake = FakeApi::start().await;
-    fake.for_training(
-        fixture("pod-train-collecting.json"),
-        "logs-train-succeeded.txt",
-    );
-    fake.on(
-        "GET",
-        &format!("/apis/batch/v1/namespaces/{NS}/jobs/*"),
-        ok("job-train-complete.json"),
-    );
-    let pod_fs = tempfile::tempdir().unwrap();
+    let (fake, pod_fs) = collecting().await;
     let workspace = pod_fs.path().join("workspace");
     std::fs::create_dir_all(workspace.join("artifacts")).unwrap();
-    std::fs::create_dir_all(pod_fs.path().join("ferry-collect")).unwrap();
-    *fake.state.pod_root.lock().unwrap() = Some(pod_fs.path().to_path_buf());
     let dir = project(NAME, &registry.host);
     let root = dir.path();
     // `prepare` makes what training reads; the project image leaves data/ out.
@@ -1976,4 +1950,25 @@ async fn ctrl_c_during_a_pipeline_step_deletes_its_job_and_records_the_run_inter
     assert_eq!(steps[1]["status"], "skipped");
     assert!(!root.join("artifacts").exists());
     assert!(!root.join(".ferry/cache/steps").exists());
+}
+
+/// A fake cluster whose training pod succeeds and waits to be collected, its Jobs complete, and
+/// the directory standing for the pod's volumes (`workspace/`, `ferry-collect/`), where the
+/// commands exec'd "in the pod" run.
+async fn collecting() -> (FakeApi, tempfile::TempDir) {
+    let fake = FakeApi::start().await;
+    fake.for_training(
+        fixture("pod-train-collecting.json"),
+        "logs-train-succeeded.txt",
+    );
+    fake.on(
+        "GET",
+        &format!("/apis/batch/v1/namespaces/{NS}/jobs/*"),
+        ok("job-train-complete.json"),
+    );
+    let pod_fs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pod_fs.path().join("workspace")).unwrap();
+    std::fs::create_dir_all(pod_fs.path().join("ferry-collect")).unwrap();
+    *fake.state.pod_root.lock().unwrap() = Some(pod_fs.path().to_path_buf());
+    (fake, pod_fs)
 }

@@ -64,11 +64,14 @@ pub struct Exit {
 }
 
 impl Exit {
-    /// A sentence for the user: the exit code and, where known, why.
-    pub fn describe(&self) -> String {
+    /// A sentence for the user: the exit code and, where known, why; `memory` names what sets
+    /// the container's memory limit, for the advice after an OOM kill.
+    pub fn describe(&self, memory: &str) -> String {
         let mut s = format!("exit code {}", self.code);
         if self.oom_killed {
-            s.push_str(", killed by the kernel for running out of memory (OOM) — raise train.resources.memory or use less");
+            s.push_str(&format!(
+                ", killed by the kernel for running out of memory (OOM) — raise {memory} or use less"
+            ));
         } else if self.code == 137 {
             s.push_str(" (killed by SIGKILL)");
         } else if self.code == 143 {

@@ -498,7 +498,7 @@ async fn install(
         return Err(ImageError::BuildFailed {
             tag: req.tag.to_string(),
             step: what,
-            message: exit.describe(),
+            message: exit.describe("the Docker engine's memory"),
             tail,
         });
     }

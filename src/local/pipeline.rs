@@ -18,6 +18,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
+use super::train::exists_nonempty;
 use super::{LocalError, container_spec, root_key};
 use crate::docker::{self, Exit};
 use crate::images::build::{self as images, Built};
@@ -26,13 +27,15 @@ use crate::pipeline::checks::{self, CheckResult};
 use crate::pipeline::decide::{Decision, decide};
 use crate::pipeline::hashes::Hashes;
 use crate::pipeline::key::KeyParts;
-use crate::pipeline::record::{RunInfo, blank_step, judge, key_parts, run_record};
+use crate::pipeline::record::{
+    RunInfo, announce, blank_step, from_cache, judge, key_parts, run_record,
+};
 pub use crate::pipeline::select::{Options, status_word};
 use crate::pipeline::select::{Selection, select};
 use crate::pipeline::store::{Entry, Store};
 use crate::plan::{VolumePath, Workload, step_workload};
 use crate::project_plan::make_plan;
-use crate::runs::{self, Output, StepRun, StepStatus, TrainResult};
+use crate::runs::{self, Output, StepRun, StepStatus, TrainResult, relative};
 use crate::spec::{Graph, Project, Step};
 use crate::ui::Ui;
 
@@ -181,7 +184,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<Outcome, 
         }
         tokio::select! {
             Some((i, r)) = futs.next() => {
-                c.announce(&r);
+                announce(c.ui, &r);
                 if !r.status.succeeded() && opts.fail_fast && !c.stopping.swap(true, Ordering::SeqCst) {
                     c.stop_running().await;
                 }
@@ -334,23 +337,24 @@ impl Ctx<'_> {
         run.key = Some(parts.key());
         run.inputs = parts.inputs.clone();
         let reason = match decide(&self.store, self.name(i), &parts, self.forced.contains(&i)) {
-            Decision::Cached(entry) => match self.restore(i, &entry) {
-                Ok(Ok(checks)) => {
-                    run.outputs = entry.outputs.clone();
-                    run.status = StepStatus::Cached;
-                    run.reason = Some(format!("cached (run {})", entry.run));
-                    self.judge(&mut run, checks, None);
-                    return finish(run, clock);
+            Decision::Cached(entry) => {
+                let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+                match from_cache(
+                    self.project,
+                    &self.store,
+                    &mut h,
+                    &self.steps[i],
+                    &entry,
+                    &mut run,
+                ) {
+                    Ok(Ok(())) => return finish(run, clock),
+                    Ok(Err(damaged)) => format!("{}; running it again", damaged.0),
+                    Err(e) => {
+                        run.reason = Some(e.to_string());
+                        return finish(run, clock);
+                    }
                 }
-                Ok(Err(damaged)) => {
-                    self.store.forget(&entry);
-                    format!("{}; running it again", damaged.0)
-                }
-                Err(e) => {
-                    run.reason = Some(e.to_string());
-                    return finish(run, clock);
-                }
-            },
+            }
             Decision::Run(r) => r,
         };
         run.reason = Some(reason.clone());
@@ -365,27 +369,6 @@ impl Ctx<'_> {
             run.outputs.clear();
         }
         finish(run, clock)
-    }
-
-    /// Puts a cached entry's outputs in place and evaluates the checks on them.
-    #[allow(clippy::type_complexity)]
-    fn restore(
-        &self,
-        i: usize,
-        entry: &Entry,
-    ) -> Result<Result<Vec<CheckResult>, crate::pipeline::store::Damaged>, LocalError> {
-        let step = &self.steps[i];
-        let mut h = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
-        match self
-            .store
-            .restore(&self.project.root, &step.outputs, entry, &mut h)?
-        {
-            Err(d) => Ok(Err(d)),
-            Ok(_) => Ok(Ok(checks::evaluate(
-                &self.project.root,
-                &step.parsed_checks(),
-            ))),
-        }
     }
 
     /// Records the checks; a failed one fails the step.
@@ -504,10 +487,10 @@ impl Ctx<'_> {
                     nb,
                     &log_path,
                     executed.as_deref(),
-                    describe_exit(&exit, &name),
+                    exit.describe(&format!("pipeline.{name}.resources.memory")),
                 ),
                 None => {
-                    let mut why = describe_exit(&exit, &name);
+                    let mut why = exit.describe(&format!("pipeline.{name}.resources.memory"));
                     if let Some(last) = last_line(&log_path) {
                         why.push_str(&format!("; its last line: {last}"));
                     }
@@ -603,32 +586,6 @@ impl Ctx<'_> {
             let _ = docker::remove_container(&self.docker, &n).await;
         }
     }
-
-    fn announce(&self, r: &StepRun) {
-        if !self.ui.is_human() {
-            return;
-        }
-        let time = crate::ui::human_duration(std::time::Duration::from_secs_f64(r.duration_secs));
-        let line = match r.status {
-            StepStatus::Ran => format!("{} {} ran in {time}", console::style("✓").green(), r.name),
-            StepStatus::Cached => format!("{} {} cached", console::style("✓").green(), r.name),
-            _ => format!(
-                "{} {} {}: {}",
-                console::style("✗").red(),
-                r.name,
-                status_word(r.status),
-                r.reason.as_deref().unwrap_or("")
-            ),
-        };
-        eprintln!("{line}");
-    }
-}
-
-fn describe_exit(exit: &Exit, name: &str) -> String {
-    exit.describe().replace(
-        "train.resources.memory",
-        &format!("pipeline.{name}.resources.memory"),
-    )
 }
 
 /// The last non-empty line of a log, trimmed to a readable length.
@@ -645,19 +602,4 @@ fn last_line(log: &Path) -> Option<String> {
 fn finish(mut run: StepRun, clock: Instant) -> StepRun {
     run.duration_secs = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     run
-}
-
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn exists_nonempty(p: &Path) -> bool {
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()),
-        Ok(_) => true,
-        Err(_) => false,
-    }
 }

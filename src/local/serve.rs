@@ -240,7 +240,7 @@ pub async fn serve(
             let tail = logs_tail(&docker, &id, 15).await;
             let _ = docker::remove_container(&docker, &id).await;
             forget_endpoint(&project.root);
-            Err(LocalError::ServerFailed { reason: format!("the server stopped: {}", exit.describe()), tail })
+            Err(LocalError::ServerFailed { reason: format!("the server stopped: {}", exit.describe("serve.resources.memory")), tail })
         }
         _ = interrupt.recv() => {
             let step = ui.step("stopping the model server");

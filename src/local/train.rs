@@ -14,7 +14,7 @@ use crate::interrupt::{Interrupt, Interrupted};
 use crate::notebook::{self, Request};
 use crate::plan::VolumePath;
 use crate::project_plan::{PlanError, make_plan_with};
-use crate::runs::{self, Output, RunError, RunRecord, Status, TrainResult, place_output};
+use crate::runs::{self, Output, RunError, RunRecord, Status, TrainResult, place_output, relative};
 use crate::spec::{Project, RelPath, sha256_file};
 use crate::ui::Ui;
 
@@ -199,10 +199,13 @@ pub async fn train(
     };
     if exit.code != 0 || exit.oom_killed {
         let reason = match &work.notebook {
-            Some(nb) => {
-                notebook::failure_reason(nb, &log_path, executed.as_deref(), exit.describe())
-            }
-            None => exit.describe(),
+            Some(nb) => notebook::failure_reason(
+                nb,
+                &log_path,
+                executed.as_deref(),
+                exit.describe("train.resources.memory"),
+            ),
+            None => exit.describe("train.resources.memory"),
         };
         fail(reason.clone(), &exit)?;
         return Err(RunError::TrainFailed {
@@ -298,20 +301,14 @@ async fn prepare_inputs(project: &Project, ui: &Ui) -> Result<(), LocalError> {
     Ok(())
 }
 
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .into_owned()
-}
-
 fn is_output_dir(volumes: &[crate::plan::Volume], p: &RelPath) -> bool {
     volumes
         .iter()
         .any(|v| !v.read_only && v.path == VolumePath::Sub(p.clone()))
 }
 
-fn exists_nonempty(p: &Path) -> bool {
+/// Whether an output is there: a file, or a directory with something in it.
+pub(super) fn exists_nonempty(p: &Path) -> bool {
     match std::fs::metadata(p) {
         Ok(m) if m.is_dir() => std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()),
         Ok(_) => true,

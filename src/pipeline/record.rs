@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use super::PipelineError;
-use super::checks::CheckResult;
+use super::checks::{self, CheckResult};
 use super::hashes::Hashes;
 use super::key::KeyParts;
+use super::store::{Damaged, Entry, Store};
 use crate::runs::{RunRecord, Status, StepRun, StepStatus};
 use crate::spec::{Graph, Project, Step};
 
@@ -67,6 +68,49 @@ pub fn judge(rec: &mut StepRun, results: Vec<CheckResult>, kept: Option<&str>) {
         rec.reason = Some(why);
         rec.outputs.clear();
     }
+}
+
+/// A cached step: its entry's outputs put back where the project's differ (each byte checked),
+/// its checks read from them, its record saying so. `Err(Damaged)`: the entry is forgotten and
+/// the step must run again.
+pub fn from_cache(
+    project: &Project,
+    store: &Store,
+    hashes: &mut Hashes,
+    step: &Step,
+    entry: &Entry,
+    rec: &mut StepRun,
+) -> Result<Result<(), Damaged>, PipelineError> {
+    if let Err(damaged) = store.restore(&project.root, &step.outputs, entry, hashes)? {
+        store.forget(entry);
+        return Ok(Err(damaged));
+    }
+    rec.status = StepStatus::Cached;
+    rec.reason = Some(format!("cached (run {})", entry.run));
+    rec.outputs = entry.outputs.clone();
+    judge(
+        rec,
+        checks::evaluate(&project.root, &step.parsed_checks()),
+        None,
+    );
+    Ok(Ok(()))
+}
+
+/// One line for a person when a step ends: `✓ train ran in 3.0s`, `✗ evaluate failed: …`.
+pub fn announce(ui: &crate::ui::Ui, r: &StepRun) {
+    let time = crate::ui::human_duration(std::time::Duration::from_secs_f64(r.duration_secs));
+    let line = match r.status {
+        StepStatus::Ran => format!("{} {} ran in {time}", console::style("✓").green(), r.name),
+        StepStatus::Cached => format!("{} {} cached", console::style("✓").green(), r.name),
+        _ => format!(
+            "{} {} {}: {}",
+            console::style("✗").red(),
+            r.name,
+            super::select::status_word(r.status),
+            r.reason.as_deref().unwrap_or("")
+        ),
+    };
+    ui.info(line);
 }
 
 /// The parts of a run record that are not its steps.

@@ -23,12 +23,14 @@ use crate::kube::client;
 use crate::pipeline::checks;
 use crate::pipeline::decide::{Decision, decide};
 use crate::pipeline::hashes::Hashes;
-use crate::pipeline::record::{RunInfo, blank_step, judge, key_parts, run_record};
+use crate::pipeline::record::{
+    RunInfo, announce, blank_step, from_cache, judge, key_parts, run_record,
+};
 use crate::pipeline::select::{Options, Selection, select};
 use crate::pipeline::store::{Entry, Store};
 use crate::plan::step_workload;
 use crate::project_plan::make_plan;
-use crate::runs::{self, Output, RunError, StepRun, StepStatus, TrainResult};
+use crate::runs::{self, Output, RunError, StepRun, StepStatus, TrainResult, relative};
 use crate::spec::Project;
 use crate::ui::Ui;
 
@@ -97,6 +99,11 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
             r.duration_secs = (step_clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
             r
         };
+        let done = |r: StepRun, results: &mut Vec<StepRun>| {
+            let r = finish(r);
+            announce(ui, &r);
+            results.push(r);
+        };
         if interrupted {
             rec.status = StepStatus::Skipped;
             rec.reason = Some("interrupted".into());
@@ -120,24 +127,12 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         rec.inputs = parts.inputs.clone();
         let reason = match decide(&store, &name, &parts, forced.contains(&i)) {
             Decision::Cached(entry) => {
-                match store.restore(&project.root, &step.outputs, &entry, &mut hashes)? {
-                    Ok(_) => {
-                        rec.status = StepStatus::Cached;
-                        rec.reason = Some(format!("cached (run {})", entry.run));
-                        rec.outputs = entry.outputs.clone();
-                        judge(
-                            &mut rec,
-                            checks::evaluate(&project.root, &step.parsed_checks()),
-                            None,
-                        );
-                        announce(ui, &rec);
-                        results.push(finish(rec));
+                match from_cache(project, &store, &mut hashes, step, &entry, &mut rec)? {
+                    Ok(()) => {
+                        done(rec, &mut results);
                         continue;
                     }
-                    Err(damaged) => {
-                        store.forget(&entry);
-                        format!("{}; running it again", damaged.0)
-                    }
+                    Err(damaged) => format!("{}; running it again", damaged.0),
                 }
             }
             Decision::Run(r) => r,
@@ -179,8 +174,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
             }
             Err(e) => {
                 rec.reason = Some(e.to_string());
-                announce(ui, &rec);
-                results.push(finish(rec));
+                done(rec, &mut results);
                 continue;
             }
         };
@@ -225,8 +219,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
                     rec.exit_code = Some(*code);
                 }
                 rec.reason = Some(failure.describe());
-                announce(ui, &rec);
-                results.push(finish(rec));
+                done(rec, &mut results);
                 continue;
             }
         };
@@ -246,8 +239,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         );
         if rec.status == StepStatus::Failed {
             finish_job(&ctx, &pod, &mut interrupt, ui).await;
-            announce(ui, &rec);
-            results.push(finish(rec));
+            done(rec, &mut results);
             continue;
         }
         let mut outputs: Vec<Output> = Vec::new();
@@ -259,8 +251,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         if let Err(e) = moved {
             rec.status = StepStatus::Failed;
             rec.reason = Some(e.to_string());
-            announce(ui, &rec);
-            results.push(finish(rec));
+            done(rec, &mut results);
             continue;
         }
         outputs.sort_by(|a, b| a.path.cmp(&b.path));
@@ -277,8 +268,7 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         }
         rec.status = StepStatus::Ran;
         rec.outputs = outputs;
-        announce(ui, &rec);
-        results.push(finish(rec));
+        done(rec, &mut results);
     }
     hashes.save();
 
@@ -301,26 +291,4 @@ pub async fn run(project: &Project, opts: &Options, ui: &Ui) -> Result<TrainResu
         run: record,
         record: path,
     })
-}
-
-fn announce(ui: &Ui, r: &StepRun) {
-    let line = match r.status {
-        StepStatus::Ran => format!("{} {} ran", console::style("✓").green(), r.name),
-        StepStatus::Cached => format!("{} {} cached", console::style("✓").green(), r.name),
-        _ => format!(
-            "{} {} {}: {}",
-            console::style("✗").red(),
-            r.name,
-            crate::pipeline::select::status_word(r.status),
-            r.reason.as_deref().unwrap_or("")
-        ),
-    };
-    ui.info(line);
-}
-
-fn relative(root: &std::path::Path, path: &std::path::Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .into_owned()
 }
