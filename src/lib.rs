@@ -53,6 +53,8 @@ pub mod predict;
 pub mod project_plan;
 #[cfg(feature = "cli")]
 pub mod runs;
+#[cfg(feature = "score")]
+pub mod score;
 pub mod server;
 #[cfg(feature = "cli")]
 pub mod serving_image;

@@ -99,6 +99,32 @@ pub struct RunRecord {
     /// A pipeline run's steps, in the order they were decided; empty for `ferry train`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRun>,
+    /// A scoring run's model, inputs and output, by sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreRun>,
+}
+
+/// What `ferry score` read and wrote.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoreRun {
+    pub model: String,
+    pub model_sha256: String,
+    pub inputs: Vec<ScoreInput>,
+    pub output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+    pub rows: u64,
+    pub rows_per_second: f64,
+}
+
+/// One table scored: a file by its sha256, or a URL by what its server said of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoreInput {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub bytes: u64,
+    pub rows: u64,
 }
 
 /// How one step of a pipeline run went.
@@ -231,6 +257,7 @@ impl RunRecord {
             log: String::new(),
             notebook: None,
             steps: vec![],
+            score: None,
         }
     }
 
@@ -354,6 +381,7 @@ mod tests {
             log: "x".into(),
             notebook: None,
             steps: vec![],
+            score: None,
         };
         mk("20260101-000000-0001", Status::Succeeded)
             .save(dir.path())

@@ -12,6 +12,8 @@ pub enum CliError {
     Server(#[from] crate::server::ServerError),
     #[error(transparent)]
     Predict(#[from] crate::predict::PredictError),
+    #[error(transparent)]
+    Score(#[from] crate::score::ScoreError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -57,6 +59,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Local(e) => e.exit_code(),
+            CliError::Score(crate::score::ScoreError::Interrupted) => 130,
             _ => 1,
         }
     }

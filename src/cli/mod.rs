@@ -69,6 +69,9 @@ enum Command {
     Diff(commands::diff::Args),
     /// Run the model server from a serving config (the serving image's entrypoint).
     ServeModel(commands::serve_model::Args),
+    /// Score CSV and Parquet tables with a model, in this process: the outputs beside the
+    /// columns kept, in input order, to a CSV or Parquet file; a run record.
+    Score(commands::score::Args),
     /// Send a prediction request to the running server.
     Predict(commands::predict::Args),
     /// Write the GitHub Actions workflow for the spec's environments (`ferry init` writes one):
@@ -135,6 +138,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
         Command::Diff(args) => commands::diff::run(args, ui),
         Command::ServeModel(args) => commands::serve_model::run(args),
         Command::Predict(args) => commands::predict::run(args, ui),
+        Command::Score(args) => commands::score::run(args, ui),
         Command::Ci(args) => commands::ci::run(args, ui),
         Command::Monitoring(args) => commands::monitoring::run(args, ui),
         Command::Completions(args) => commands::completions::run(args),

@@ -18,6 +18,7 @@ pub mod promote;
 pub mod render;
 pub mod run;
 pub mod runs;
+pub mod score;
 pub mod serve;
 pub mod serve_model;
 pub mod status;

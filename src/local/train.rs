@@ -119,6 +119,7 @@ pub async fn train(
             .filter(|(_, to)| to.exists())
             .map(|(_, to)| relative(&project.root, to)),
         steps: Vec::new(),
+        score: None,
     };
 
     ui.info(format!(

@@ -165,5 +165,6 @@ pub fn run_record(info: RunInfo, steps: Vec<StepRun>, interrupted: bool) -> RunR
         log: info.log,
         notebook: None,
         steps,
+        score: None,
     }
 }

@@ -26,10 +26,10 @@ mod exposition;
 pub mod fuzzing;
 mod http;
 mod metrics;
-mod model;
+pub(crate) mod model;
 mod parse;
 mod stats;
-mod tensor;
+pub(crate) mod tensor;
 mod triton;
 
 use std::collections::HashMap;

@@ -291,6 +291,16 @@ fn onnx_element_name(ty: TensorElementType) -> String {
 /// that cannot start it (no GPU, no CUDA libraries), is an error, never a quiet fall back to the
 /// CPU.
 pub(crate) fn open_session(path: &Path, device: Device) -> Result<Session, OnnxError> {
+    open_session_with(path, device, 1)
+}
+
+/// [`open_session`] with `intra_threads` threads for each operator: batch scoring has the
+/// machine to itself.
+pub(crate) fn open_session_with(
+    path: &Path,
+    device: Device,
+    intra_threads: usize,
+) -> Result<Session, OnnxError> {
     let model_error = |message: String| OnnxError::ModelLoad {
         path: path.to_path_buf(),
         message,
@@ -306,7 +316,7 @@ pub(crate) fn open_session(path: &Path, device: Device) -> Result<Session, OnnxE
     let env = crate::onnx::environment()?;
     let builder = Session::builder(env)
         .map_err(|e| model_error(e.to_string()))?
-        .with_intra_threads(1)
+        .with_intra_threads(intra_threads.max(1))
         .map_err(|e| model_error(e.to_string()))?
         .with_inter_threads(1)
         .map_err(|e| model_error(e.to_string()))?;

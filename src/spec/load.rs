@@ -350,6 +350,7 @@ fn parse(text: &str, file: &Path, root: &Path) -> Result<(Spec, HashMap<String, 
             ("notebook", &target.notebook),
             ("train", &target.train),
             ("serve", &target.serve),
+            ("score", &target.score),
             ("pipeline", &target.pipeline),
         ] {
             if let (Some(overlay), Value::Mapping(m)) = (overlay, &mut merged) {
@@ -612,6 +613,29 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                 format!("{k:?} is not a valid environment variable name"),
                 None,
             );
+        }
+    }
+
+    if let Some(score) = &spec.score {
+        let table = |p: &str| {
+            let lower = p.to_ascii_lowercase();
+            [".csv", ".tsv", ".parquet", ".pq"]
+                .iter()
+                .any(|ext| lower.ends_with(ext))
+        };
+        if let Some(output) = &score.output
+            && !table(output)
+        {
+            bad(
+                "score.output",
+                format!("{output:?} is not a .csv, .tsv or .parquet file"),
+                Some("the output's extension chooses its format, e.g. scores.parquet".into()),
+            );
+        }
+        for (i, input) in score.inputs.iter().enumerate() {
+            if input.trim().is_empty() {
+                bad(&format!("score.inputs[{i}]"), "an empty path".into(), None);
+            }
         }
     }
 
@@ -1121,6 +1145,7 @@ fn resolve(spec: &Spec, env: Option<&str>) -> Resolved {
         notebook: spec.notebook.clone(),
         train: spec.train.clone(),
         serve: spec.serve.clone(),
+        score: spec.score.clone(),
         pipeline: spec.pipeline.clone(),
     }
 }

@@ -43,6 +43,9 @@ pub struct Spec {
     pub train: Option<Train>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<Serve>,
+    /// Defaults for `ferry score`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<Score>,
     /// Named steps, ordered by the outputs they read from each other. `train:`, when present,
     /// is the pipeline's step named `train`.
     #[serde(default, skip_serializing_if = "indexmap::IndexMap::is_empty")]
@@ -194,6 +197,26 @@ pub struct Serve {
     pub device: Device,
 }
 
+/// What `ferry score` does when the command line does not say: the model (a served model's name
+/// or an `.onnx` path), the tables read, the file written and the columns kept beside the scores.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Score {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Files or directories of CSV and Parquet, relative to the project (or `http(s)://` URLs
+    /// for a cluster's scoring Job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
+    /// Input name → the columns that fill it, as `--columns` gives them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, Vec<String>>,
+}
+
 fn default_serve_port() -> u16 {
     8080
 }
@@ -279,6 +302,8 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<serde_yaml_ng::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<serde_yaml_ng::Value>,
 }
 
@@ -359,6 +384,8 @@ pub struct Resolved {
     pub train: Option<Train>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serve: Option<Serve>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<Score>,
     #[serde(skip_serializing_if = "indexmap::IndexMap::is_empty")]
     pub pipeline: indexmap::IndexMap<String, Step>,
 }

@@ -53,6 +53,11 @@ impl Ui {
         self.mode
     }
 
+    /// Human output on a terminal: where progress bars are drawn.
+    pub fn is_interactive(&self) -> bool {
+        self.interactive
+    }
+
     pub fn is_human(&self) -> bool {
         self.mode == OutputMode::Human
     }

@@ -146,6 +146,7 @@ impl<'a> Run<'a> {
                     .into_owned()
             }),
             steps: Vec::new(),
+            score: None,
         }
     }
 

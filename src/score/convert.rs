@@ -1,0 +1,487 @@
+//! Arrow columns into model input tensors (cast to the model's type, empty and NaN cells refused
+//! or filled), and model outputs back into Arrow columns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    ArrowPrimitiveType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, BooleanArray, PrimitiveArray, RecordBatch, StringArray};
+use arrow_cast::cast::{CastOptions, cast_with_options};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::DataType as ArrowType;
+use half::f16;
+
+use super::ScoreError;
+use super::columns::InputColumns;
+use crate::server::model::HostTensor;
+use crate::server::tensor::{DataType, OutputView, TensorData};
+
+/// The Arrow type a model's datatype reads from and writes to.
+pub fn arrow_type(datatype: DataType) -> ArrowType {
+    match datatype {
+        DataType::Bool => ArrowType::Boolean,
+        DataType::Uint8 => ArrowType::UInt8,
+        DataType::Uint16 => ArrowType::UInt16,
+        DataType::Uint32 => ArrowType::UInt32,
+        DataType::Uint64 => ArrowType::UInt64,
+        DataType::Int8 => ArrowType::Int8,
+        DataType::Int16 => ArrowType::Int16,
+        DataType::Int32 => ArrowType::Int32,
+        DataType::Int64 => ArrowType::Int64,
+        DataType::Fp16 => ArrowType::Float16,
+        DataType::Fp32 => ArrowType::Float32,
+        DataType::Fp64 => ArrowType::Float64,
+        DataType::Bytes => ArrowType::Utf8,
+    }
+}
+
+/// What `--fill` puts in empty and NaN cells, already parsed for one input's type.
+#[derive(Clone, Debug)]
+pub struct Fill(pub String);
+
+/// Where a batch came from, for messages that name a file and a row.
+pub struct Origin<'a> {
+    pub path: &'a PathBuf,
+    /// The batch's first row in its file, counting from 0.
+    pub first_row: u64,
+}
+
+impl Origin<'_> {
+    /// Rows are numbered from 1, as a spreadsheet or `pandas` (plus one) shows them.
+    fn row(&self, index: usize) -> u64 {
+        self.first_row + index as u64 + 1
+    }
+}
+
+/// The tensor for `input`: its columns of `batch`, cast to its datatype, row-major.
+pub fn input_tensor(
+    input: &InputColumns,
+    batch: &RecordBatch,
+    origin: &Origin<'_>,
+    fill: Option<&Fill>,
+) -> Result<HostTensor, ScoreError> {
+    let rows = batch.num_rows();
+    let target = arrow_type(input.datatype);
+    let mut columns = Vec::with_capacity(input.columns.len());
+    for name in &input.columns {
+        let array = batch
+            .column_by_name(name)
+            .ok_or_else(|| ScoreError::Input {
+                path: origin.path.clone(),
+                message: format!("column '{name}' is missing from a batch"),
+            })?;
+        columns.push(cast(array, &target, name, origin)?);
+    }
+    let cell = |j: usize, r: usize, problem: &'static str| ScoreError::Cell {
+        path: origin.path.clone(),
+        row: origin.row(r),
+        column: input.columns[j].clone(),
+        problem,
+    };
+    let data = match input.datatype {
+        DataType::Fp32 => TensorData::Fp32(gather::<Float32Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            f32::is_nan,
+            &cell,
+        )?),
+        DataType::Fp64 => TensorData::Fp64(gather::<Float64Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            f64::is_nan,
+            &cell,
+        )?),
+        DataType::Fp16 => TensorData::Fp16(gather::<Float16Type>(
+            &columns,
+            rows,
+            parse_fill::<f32>(fill, input)?.map(f16::from_f32),
+            f16::is_nan,
+            &cell,
+        )?),
+        DataType::Int64 => TensorData::Int64(gather::<Int64Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Int32 => TensorData::Int32(gather::<Int32Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Int16 => TensorData::Int16(gather::<Int16Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Int8 => TensorData::Int8(gather::<Int8Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Uint64 => TensorData::Uint64(gather::<UInt64Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Uint32 => TensorData::Uint32(gather::<UInt32Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Uint16 => TensorData::Uint16(gather::<UInt16Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Uint8 => TensorData::Uint8(gather::<UInt8Type>(
+            &columns,
+            rows,
+            parse_fill(fill, input)?,
+            |_| false,
+            &cell,
+        )?),
+        DataType::Bool => {
+            let fill = parse_fill::<bool>(fill, input)?;
+            let arrays: Vec<&BooleanArray> = columns.iter().map(|c| c.as_boolean()).collect();
+            let mut out = Vec::with_capacity(rows * arrays.len());
+            for r in 0..rows {
+                for (j, a) in arrays.iter().enumerate() {
+                    out.push(if a.is_null(r) {
+                        fill.ok_or_else(|| cell(j, r, "empty"))?
+                    } else {
+                        a.value(r)
+                    });
+                }
+            }
+            TensorData::Bool(out)
+        }
+        DataType::Bytes => {
+            let fill = fill.map(|f| f.0.clone());
+            let arrays: Vec<&StringArray> = columns.iter().map(|c| c.as_string::<i32>()).collect();
+            let mut out = Vec::with_capacity(rows * arrays.len());
+            for r in 0..rows {
+                for (j, a) in arrays.iter().enumerate() {
+                    out.push(if a.is_null(r) {
+                        fill.clone().ok_or_else(|| cell(j, r, "empty"))?
+                    } else {
+                        a.value(r).to_string()
+                    });
+                }
+            }
+            TensorData::Bytes(out)
+        }
+    };
+    let shape = if input.rank == 1 {
+        vec![rows]
+    } else {
+        vec![rows, input.columns.len()]
+    };
+    Ok(HostTensor { shape, data })
+}
+
+/// `array` as `target`; a value that does not convert is named with its row.
+fn cast(
+    array: &ArrayRef,
+    target: &ArrowType,
+    column: &str,
+    origin: &Origin<'_>,
+) -> Result<ArrayRef, ScoreError> {
+    if array.data_type() == target {
+        return Ok(Arc::clone(array));
+    }
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let unsupported = |e: arrow_schema::ArrowError| ScoreError::Unsupported {
+        message: format!(
+            "{}: column '{column}' is {}, which does not convert to {target}: {e}",
+            origin.path.display(),
+            array.data_type()
+        ),
+    };
+    match cast_with_options(array, target, &strict) {
+        Ok(cast) => Ok(cast),
+        Err(e) => {
+            // The strict cast does not say where; the lenient one leaves the bad cells empty.
+            let lenient =
+                cast_with_options(array, target, &CastOptions::default()).map_err(unsupported)?;
+            let Some(r) = (0..array.len()).find(|&r| array.is_valid(r) && lenient.is_null(r))
+            else {
+                return Err(unsupported(e));
+            };
+            let value = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+                .map(|f| f.value(r).to_string())
+                .unwrap_or_default();
+            Err(ScoreError::Cast {
+                path: origin.path.clone(),
+                row: origin.row(r),
+                column: column.to_string(),
+                value,
+                datatype: target.to_string(),
+            })
+        }
+    }
+}
+
+fn parse_fill<T: std::str::FromStr>(
+    fill: Option<&Fill>,
+    input: &InputColumns,
+) -> Result<Option<T>, ScoreError> {
+    fill.map(|f| {
+        f.0.trim().parse::<T>().map_err(|_| ScoreError::FillArg {
+            value: f.0.clone(),
+            input: input.name.clone(),
+            datatype: input.datatype.to_string(),
+        })
+    })
+    .transpose()
+}
+
+/// The columns' values row by row; an empty cell or a NaN takes `fill` or is refused.
+fn gather<T: ArrowPrimitiveType>(
+    columns: &[ArrayRef],
+    rows: usize,
+    fill: Option<T::Native>,
+    nan: fn(T::Native) -> bool,
+    cell: &dyn Fn(usize, usize, &'static str) -> ScoreError,
+) -> Result<Vec<T::Native>, ScoreError> {
+    let arrays: Vec<&PrimitiveArray<T>> = columns.iter().map(|c| c.as_primitive::<T>()).collect();
+    let clean = arrays
+        .iter()
+        .all(|a| a.null_count() == 0 && !a.values().iter().any(|&v| nan(v)));
+    if clean && arrays.len() == 1 {
+        return Ok(arrays[0].values().to_vec());
+    }
+    let mut out = Vec::with_capacity(rows * arrays.len());
+    if clean {
+        let values: Vec<&[T::Native]> = arrays.iter().map(|a| a.values().as_ref()).collect();
+        for r in 0..rows {
+            out.extend(values.iter().map(|v| v[r]));
+        }
+        return Ok(out);
+    }
+    for r in 0..rows {
+        for (j, a) in arrays.iter().enumerate() {
+            let value = if a.is_null(r) {
+                fill.ok_or_else(|| cell(j, r, "empty"))?
+            } else {
+                let v = a.value(r);
+                if nan(v) {
+                    fill.ok_or_else(|| cell(j, r, "NaN"))?
+                } else {
+                    v
+                }
+            };
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// The `width` columns of an output (row-major, `width` values per row), the first `keep` rows
+/// of each.
+pub fn output_arrays(view: &OutputView<'_>, width: usize, keep: usize) -> Vec<ArrayRef> {
+    fn split<T: ArrowPrimitiveType>(v: &[T::Native], width: usize, keep: usize) -> Vec<ArrayRef> {
+        (0..width)
+            .map(|j| {
+                let column: Vec<T::Native> = if width == 1 {
+                    v[..keep].to_vec()
+                } else {
+                    (0..keep).map(|r| v[r * width + j]).collect()
+                };
+                Arc::new(PrimitiveArray::<T>::from_iter_values(column)) as ArrayRef
+            })
+            .collect()
+    }
+    match view {
+        OutputView::Fp32(v) => split::<Float32Type>(v, width, keep),
+        OutputView::Fp64(v) => split::<Float64Type>(v, width, keep),
+        OutputView::Fp16(bits) => {
+            let v: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
+            split::<Float16Type>(&v, width, keep)
+        }
+        OutputView::Int64(v) => split::<Int64Type>(v, width, keep),
+        OutputView::Int32(v) => split::<Int32Type>(v, width, keep),
+        OutputView::Int16(v) => split::<Int16Type>(v, width, keep),
+        OutputView::Int8(v) => split::<Int8Type>(v, width, keep),
+        OutputView::Uint64(v) => split::<UInt64Type>(v, width, keep),
+        OutputView::Uint32(v) => split::<UInt32Type>(v, width, keep),
+        OutputView::Uint16(v) => split::<UInt16Type>(v, width, keep),
+        OutputView::Uint8(v) => split::<UInt8Type>(v, width, keep),
+        OutputView::Bool(v) => (0..width)
+            .map(|j| {
+                Arc::new(BooleanArray::from_iter(
+                    (0..keep).map(|r| Some(v[r * width + j])),
+                )) as ArrayRef
+            })
+            .collect(),
+        OutputView::Bytes(v) => (0..width)
+            .map(|j| {
+                Arc::new(StringArray::from_iter_values(
+                    (0..keep).map(|r| v[r * width + j].as_str()),
+                )) as ArrayRef
+            })
+            .collect(),
+    }
+}
+
+/// Repeats the last row of `tensor` (of `rows` rows) until it has `to` rows: a model with a
+/// fixed batch size gets full batches; the padding's answers are dropped.
+pub fn pad(tensor: &mut HostTensor, rows: usize, to: usize) -> Result<(), ScoreError> {
+    if rows == 0 || rows >= to {
+        return Ok(());
+    }
+    let row_len = tensor.data.len() / rows;
+    let last = OutputView::of(&tensor.data).copy((rows - 1) * row_len..rows * row_len);
+    for _ in rows..to {
+        tensor
+            .data
+            .extend_from(&last)
+            .map_err(|e| ScoreError::Inference {
+                message: e.to_string(),
+            })?;
+    }
+    tensor.shape[0] = to;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float64Array, Int64Array};
+
+    fn origin() -> (PathBuf, u64) {
+        (PathBuf::from("data/x.parquet"), 100)
+    }
+
+    fn input(name: &str, datatype: DataType, columns: &[&str], rank: usize) -> InputColumns {
+        InputColumns {
+            name: name.into(),
+            datatype,
+            columns: columns.iter().map(|s| s.to_string()).collect(),
+            rank,
+        }
+    }
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn columns_interleave_into_rows() {
+        let b = batch(vec![
+            (
+                "a",
+                Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef,
+            ),
+            ("b", Arc::new(Int64Array::from(vec![10, 20])) as ArrayRef),
+            ("s", Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef),
+        ]);
+        let (path, first_row) = origin();
+        let o = Origin {
+            path: &path,
+            first_row,
+        };
+        let t = input_tensor(&input("x", DataType::Fp32, &["a", "b"], 2), &b, &o, None).unwrap();
+        assert_eq!(t.shape, vec![2, 2]);
+        assert_eq!(t.data, TensorData::Fp32(vec![1.0, 10.0, 2.0, 20.0]));
+        let t = input_tensor(&input("s", DataType::Bytes, &["s"], 1), &b, &o, None).unwrap();
+        assert_eq!(t.shape, vec![2]);
+        assert_eq!(t.data, TensorData::Bytes(vec!["x".into(), "y".into()]));
+    }
+
+    #[test]
+    fn bad_cells_are_named_by_file_row_and_column() {
+        let b = batch(vec![
+            (
+                "a",
+                Arc::new(StringArray::from(vec!["1.5", "oops"])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef,
+            ),
+            (
+                "m",
+                Arc::new(Float64Array::from(vec![f64::NAN, 2.0])) as ArrayRef,
+            ),
+        ]);
+        let (path, first_row) = origin();
+        let o = Origin {
+            path: &path,
+            first_row,
+        };
+        let err = input_tensor(&input("a", DataType::Fp32, &["a"], 1), &b, &o, None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("data/x.parquet") && text.contains("row 102"),
+            "{text}"
+        );
+        assert!(text.contains("'a'") && text.contains("oops"), "{text}");
+        let err = input_tensor(&input("n", DataType::Fp32, &["n"], 1), &b, &o, None).unwrap_err();
+        assert!(err.to_string().contains("row 102") && err.to_string().contains("empty"));
+        let err = input_tensor(&input("m", DataType::Fp64, &["m"], 1), &b, &o, None).unwrap_err();
+        assert!(err.to_string().contains("row 101") && err.to_string().contains("NaN"));
+        let fill = Fill("-1".into());
+        let t = input_tensor(
+            &input("n", DataType::Fp32, &["n", "m"], 2),
+            &b,
+            &o,
+            Some(&fill),
+        )
+        .unwrap();
+        assert_eq!(t.data, TensorData::Fp32(vec![1.0, -1.0, -1.0, 2.0]));
+        let bad_fill = Fill("zero".into());
+        let err = input_tensor(
+            &input("n", DataType::Fp32, &["n"], 1),
+            &b,
+            &o,
+            Some(&bad_fill),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--fill zero"), "{err}");
+    }
+
+    #[test]
+    fn outputs_split_into_columns_and_padding_repeats_the_last_row() {
+        let data = TensorData::Fp32(vec![0.1, 0.9, 0.2, 0.8, 0.3, 0.7]);
+        let arrays = output_arrays(&OutputView::of(&data), 2, 2);
+        assert_eq!(arrays.len(), 2);
+        assert_eq!(
+            arrays[0].as_primitive::<Float32Type>().values().as_ref(),
+            &[0.1, 0.2]
+        );
+        assert_eq!(
+            arrays[1].as_primitive::<Float32Type>().values().as_ref(),
+            &[0.9, 0.8]
+        );
+        let mut t = HostTensor {
+            shape: vec![2, 2],
+            data: TensorData::Int64(vec![1, 2, 3, 4]),
+        };
+        pad(&mut t, 2, 4).unwrap();
+        assert_eq!(t.shape, vec![4, 2]);
+        assert_eq!(t.data, TensorData::Int64(vec![1, 2, 3, 4, 3, 4, 3, 4]));
+    }
+}
