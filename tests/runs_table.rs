@@ -37,6 +37,7 @@ fn record(
         log: format!(".ferry/runs/{id}/train.log"),
         notebook: None,
         steps: vec![],
+        score: None,
     }
 }
 
