@@ -133,19 +133,69 @@ pub async fn predict(
             )
         }
         Input::Csv(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| PredictError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let rows = parse_csv(&text, path)?;
-            (
-                format!("{base}/v2/models/{model}/infer"),
-                request_for(&c, base, model, rows).await?,
-            )
+            let (meta, _) = send(&c, &format!("{base}/v2/models/{model}"), None, None).await?;
+            let body = match table_request(path, &meta)? {
+                Some(body) => body,
+                None => {
+                    let text =
+                        std::fs::read_to_string(path).map_err(|source| PredictError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    request_for(&c, base, model, parse_csv(&text, path)?).await?
+                }
+            };
+            (format!("{base}/v2/models/{model}/infer"), body)
         }
     };
     let (body, variant) = send(&c, &url, Some(&body), key).await?;
     Ok(Answer { body, variant })
+}
+
+/// A v2 request with every input filled from the CSV columns named after it (an `[N, k]` input
+/// from `NAME_0 … NAME_{k-1}`), as `ferry score` reads tables; `None` for a one-input model
+/// whose columns the file does not name, whose rows are then read as bare numbers.
+fn table_request(path: &Path, meta: &Value) -> Result<Option<Value>, PredictError> {
+    let inputs = meta
+        .get("inputs")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| {
+                    Some(crate::server::model::IoSpec {
+                        name: i.get("name")?.as_str()?.to_string(),
+                        datatype: crate::server::tensor::DataType::from_name(
+                            i.get("datatype")?.as_str()?,
+                        )?,
+                        shape: i
+                            .get("shape")?
+                            .as_array()?
+                            .iter()
+                            .filter_map(Value::as_i64)
+                            .collect(),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let table = crate::score::table_inputs(path, inputs).map_err(|e| PredictError::BadInput {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(table.map(|tensors| {
+        let inputs: Vec<Value> = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                json!({
+                    "name": name,
+                    "datatype": t.data.datatype().name(),
+                    "shape": t.shape,
+                    "data": t.data,
+                })
+            })
+            .collect();
+        json!({ "inputs": inputs })
+    }))
 }
 
 /// A v2 request for the model's single input, typed from the model's metadata.

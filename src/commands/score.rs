@@ -15,7 +15,7 @@ use crate::interrupt::Interrupt;
 use crate::pipeline::hashes::Hashes;
 use crate::pipeline::store::Store;
 use crate::runs::{self, RunRecord, ScoreInput, ScoreRun, Status};
-use crate::score::{self, ColumnArgs, DEFAULT_BATCH_ROWS, Options, Progress, ScoreError, Summary};
+use crate::score::{self, ColumnArgs, Options, Progress, ScoreError, Summary};
 use crate::server::config::Device;
 use crate::spec::{Project, TargetKind};
 use crate::ui::{OutputMode, Ui, human_bytes, human_duration, print_json};
@@ -48,9 +48,9 @@ pub struct Args {
     /// Replace the output file if it exists.
     #[arg(long)]
     force: bool,
-    /// Rows per model run.
-    #[arg(long, value_name = "ROWS", default_value_t = DEFAULT_BATCH_ROWS)]
-    batch_size: usize,
+    /// Rows per model run (default: from the number of columns read, 1,024 to 65,536).
+    #[arg(long, value_name = "ROWS")]
+    batch_size: Option<usize>,
     /// ONNX Runtime threads per operator (reading and writing take a thread each besides).
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
@@ -124,7 +124,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     } else {
         args.keep.clone()
     };
-    if args.batch_size == 0 {
+    if args.batch_size == Some(0) {
         return Err(CliError::Usage("--batch-size must be at least 1".into()));
     }
     let options = Options {

@@ -235,6 +235,8 @@ fn width_columns(
             }
             Ok(list.clone())
         }
+        // `[N, 1]` is one column, named as the input, as `[N]` is.
+        None if width == 1 => Ok(vec![spec.name.clone()]),
         None if width > 0 => Ok(numbered(&spec.name, width as usize)),
         None => Err(ScoreError::Unsupported {
             message: format!(
@@ -256,7 +258,9 @@ fn output_columns(spec: &IoSpec, given: Option<&Vec<String>>) -> Result<Vec<Stri
     {
         return Ok(list.clone());
     }
-    Ok(if width >= 0 {
+    Ok(if width == 1 {
+        vec![spec.name.clone()]
+    } else if width >= 0 {
         numbered(&spec.name, width as usize)
     } else {
         Vec::new()

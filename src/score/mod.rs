@@ -33,9 +33,11 @@ use columns::Mapping;
 use convert::{Fill, Origin};
 use source::{Format, InputFile};
 
-/// Rows per batch unless told otherwise: large enough that per-batch costs vanish, small enough
-/// that a batch of wide string rows stays a few MB.
-pub const DEFAULT_BATCH_ROWS: usize = 65_536;
+/// Cells (rows × columns read) per batch unless told otherwise: enough that per-batch costs
+/// vanish, few enough that a batch and what the model makes of it stay in the CPU's caches
+/// and memory stays flat for wide tables (the churn template's 79 columns: 6,636 rows).
+const BATCH_CELLS: usize = 512 * 1024;
+const BATCH_ROWS: std::ops::RangeInclusive<usize> = 1024..=65_536;
 
 /// Batches in flight between two threads.
 const QUEUE: usize = 2;
@@ -125,7 +127,8 @@ pub struct Options {
     pub outputs: Vec<String>,
     pub fill: Option<String>,
     pub force: bool,
-    pub batch_rows: usize,
+    /// Rows per batch; by default as many as make [`BATCH_CELLS`] cells.
+    pub batch_rows: Option<usize>,
     /// ONNX Runtime's threads per operator.
     pub threads: usize,
     pub device: Device,
@@ -231,10 +234,13 @@ pub fn score(
 
     let read_bytes = Arc::new(AtomicU64::new(0));
     let fill = options.fill.clone().map(Fill);
+    let batch_rows = options.batch_rows.unwrap_or_else(|| {
+        (BATCH_CELLS / wanted.len().max(1)).clamp(*BATCH_ROWS.start(), *BATCH_ROWS.end())
+    });
     let batch_rows = match mapping.fixed_batch {
         // Whole model batches per table batch: padding is needed at most once per file.
-        Some(fixed) => (options.batch_rows.max(fixed) / fixed) * fixed,
-        None => options.batch_rows.max(1),
+        Some(fixed) => (batch_rows.max(fixed) / fixed) * fixed,
+        None => batch_rows.max(1),
     };
     let mut per_file = vec![0u64; files.len()];
     let mut rows = 0u64;
@@ -247,11 +253,23 @@ pub fn score(
             let files = &files;
             let wanted = &wanted;
             let read_bytes = &read_bytes;
-            scope.spawn(move || read_all(files, wanted, batch_rows, read_bytes, batches_tx))
+            std::thread::Builder::new()
+                .name("score-read".into())
+                .spawn_scoped(scope, move || {
+                    read_all(files, wanted, batch_rows, read_bytes, batches_tx)
+                })
+                .map_err(|e| ScoreError::Inference {
+                    message: format!("cannot start a thread: {e}"),
+                })?
         };
         let writing = {
             let sink = &mut sink;
-            scope.spawn(move || write_all(sink, out_rx))
+            std::thread::Builder::new()
+                .name("score-write".into())
+                .spawn_scoped(scope, move || write_all(sink, out_rx))
+                .map_err(|e| ScoreError::Inference {
+                    message: format!("cannot start a thread: {e}"),
+                })?
         };
         let scored = (|| -> Result<(), ScoreError> {
             for batch in batches_rx.iter() {
@@ -559,7 +577,11 @@ fn run_batch(
             }
             let width: usize = shape[1..].iter().product();
             if out.columns.is_empty() {
-                out.columns = columns::numbered(&out.name, width);
+                out.columns = if width == 1 {
+                    vec![out.name.clone()]
+                } else {
+                    columns::numbered(&out.name, width)
+                };
             } else if out.columns.len() != width {
                 return Err(ScoreError::Unsupported {
                     message: format!(
@@ -662,6 +684,70 @@ fn empty_schema(keep: &[String], keep_types: &[ArrowType], mapping: &Mapping) ->
         fields.extend(out.columns.iter().map(|c| Field::new(c, ty.clone(), true)));
     }
     Arc::new(Schema::new(fields))
+}
+
+/// A small table's rows as the model's input tensors, by the same mapping `score` uses (for a
+/// single request: `ferry predict --csv`). `None` when the file does not name the model's
+/// input columns and the model has one input: the caller reads it as bare numbers.
+pub(crate) fn table_inputs(
+    path: &Path,
+    inputs: Vec<crate::server::model::IoSpec>,
+) -> Result<Option<Vec<(String, crate::server::model::HostTensor)>>, ScoreError> {
+    let single = inputs.len() == 1;
+    let signature = Signature {
+        inputs,
+        outputs: Vec::new(),
+    };
+    let mapping = Mapping::new(&signature, &BTreeMap::new(), &ColumnArgs::default(), &[])?;
+    let files = source::list(&[path.to_path_buf()])?;
+    let (fields, _) = source::columns(&files[0])?;
+    let named = mapping.inputs.iter().all(|i| {
+        i.columns
+            .iter()
+            .all(|c| fields.iter().any(|f| f.name() == c))
+    });
+    if !named && single {
+        return Ok(None);
+    }
+    let (wanted, _, _) = check_files(&files, &mapping, &[])?;
+    let mut batches = Vec::new();
+    source::read(
+        0,
+        &files[0],
+        &wanted,
+        usize::MAX >> 1,
+        &Arc::default(),
+        |b| {
+            batches.push(b);
+            true
+        },
+    )?;
+    let schema = match batches.first() {
+        Some(b) => b.data.schema(),
+        None => {
+            return Err(ScoreError::Input {
+                path: path.to_path_buf(),
+                message: "no rows".into(),
+            });
+        }
+    };
+    let data = arrow_select::concat::concat_batches(&schema, batches.iter().map(|b| &b.data))
+        .map_err(|e| ScoreError::Input {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let origin = Origin {
+        path: &files[0].path,
+        first_row: 0,
+    };
+    mapping
+        .inputs
+        .iter()
+        .map(|input| {
+            convert::input_tensor(input, &data, &origin, None).map(|t| (input.name.clone(), t))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Rows per second as people read them: `1.23M rows/s`.

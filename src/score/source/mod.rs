@@ -2,7 +2,7 @@
 //! columns the model and `--keep` need, through the Arrow CSV reader and the Parquet crate.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::ScoreError;
+
+mod csv;
 
 /// A table format, told by the file's extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,32 +209,42 @@ pub fn read(
                     })
                     .collect::<Vec<_>>(),
             );
-            let counting = Counting {
-                inner: open(&file.path)?,
-                count: Arc::clone(read_bytes),
+            let schema = Arc::new(schema);
+            let decoder = || {
+                arrow_csv::ReaderBuilder::new(Arc::clone(&schema))
+                    .with_header(false)
+                    .with_delimiter(delimiter)
+                    .with_batch_size(batch_size)
+                    .with_projection(projection.clone())
+                    .build_decoder()
             };
-            let reader = arrow_csv::ReaderBuilder::new(Arc::new(schema))
-                .with_header(true)
-                .with_delimiter(delimiter)
-                .with_batch_size(batch_size)
-                .with_projection(projection)
-                .build_buffered(BufReader::with_capacity(1 << 20, counting))
-                .map_err(|e| ScoreError::Input {
+            csv::read(
+                open(&file.path)?,
+                &decoder,
+                read_bytes,
+                |rows_before, batches| {
+                    let batches = batches.map_err(|e| csv_error(file, &fields, rows_before, e))?;
+                    for data in batches {
+                        let rows = data.num_rows() as u64;
+                        if !each(Batch {
+                            file: index,
+                            first_row,
+                            data,
+                        }) {
+                            return Ok(false);
+                        }
+                        first_row += rows;
+                    }
+                    Ok(true)
+                },
+            )
+            .map_err(|e| match e {
+                csv::Error::Io(e) => ScoreError::Input {
                     path: file.path.clone(),
                     message: e.to_string(),
-                })?;
-            for batch in reader {
-                let data = batch.map_err(|e| csv_error(file, &fields, e))?;
-                let rows = data.num_rows() as u64;
-                if !each(Batch {
-                    file: index,
-                    first_row,
-                    data,
-                }) {
-                    return Ok(());
-                }
-                first_row += rows;
-            }
+                },
+                csv::Error::Stop(e) => e,
+            })?;
         }
         Format::Parquet => {
             let builder = parquet_builder(file)?;
@@ -285,9 +297,15 @@ fn bad_parquet(file: &InputFile, message: String) -> ScoreError {
     }
 }
 
-/// The Arrow CSV reader names a value that does not parse by column index and record number
-/// (the header is record 0, so the first data row is 1): turned into the column's name.
-fn csv_error(file: &InputFile, fields: &[Field], e: arrow_schema::ArrowError) -> ScoreError {
+/// The Arrow CSV reader names a value that does not parse by column index and record number in
+/// its chunk (from 0; `rows_before` rows came before the chunk): turned into the column's name
+/// and the row's number in the file, from 1.
+fn csv_error(
+    file: &InputFile,
+    fields: &[Field],
+    rows_before: u64,
+    e: arrow_schema::ArrowError,
+) -> ScoreError {
     let message = e.to_string();
     let parsed = (|| {
         let value = message.split_once("value '")?.1;
@@ -305,7 +323,7 @@ fn csv_error(file: &InputFile, fields: &[Field], e: arrow_schema::ArrowError) ->
     match parsed {
         Some((value, datatype, column, row)) => ScoreError::Cast {
             path: file.path.clone(),
-            row,
+            row: rows_before + row + 1,
             column: fields
                 .get(column)
                 .map_or_else(|| format!("#{column}"), |f| f.name().clone()),
@@ -316,20 +334,6 @@ fn csv_error(file: &InputFile, fields: &[Field], e: arrow_schema::ArrowError) ->
             path: file.path.clone(),
             message,
         },
-    }
-}
-
-/// Counts the bytes read through it, for progress.
-struct Counting<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
     }
 }
 
