@@ -24,7 +24,7 @@ pub enum PredictError {
     #[error("the server answered {status}: {message}")]
     Server { status: u16, message: String },
     #[error(
-        "model `{model}` takes {inputs} inputs; --values and --csv fill one\n  hint: write a v2 request file with every input"
+        "model `{model}` takes {inputs} inputs; --values fills one\n  hint: --csv with a column named after each input, or a v2 request file"
     )]
     ManyInputs { model: String, inputs: usize },
 }

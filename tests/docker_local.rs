@@ -346,7 +346,8 @@ fn train_writes_a_loadable_model_and_records_it() {
     );
 
     let summary = ferry::onnx::check_model(&path).expect("the model loads in ONNX Runtime");
-    assert_eq!(summary.inputs[0].name, "features");
+    assert_eq!(summary.inputs.len(), 78, "one input per raw column");
+    assert_eq!(summary.inputs[0].name, "plan");
     assert_eq!(summary.inputs[0].shape[0], -1, "dynamic batch axis");
 
     let id = run["id"].as_str().unwrap();

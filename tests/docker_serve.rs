@@ -42,7 +42,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/server")
 }
 
-/// A churn project whose model is the committed, trained fixture.
+/// A churn project whose model is the committed fixture the template's train.py made (one
+/// input per raw column).
 fn project(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let out = ferry(
@@ -53,7 +54,7 @@ fn project(name: &str) -> (tempfile::TempDir, PathBuf) {
     let root = dir.path().join(name);
     std::fs::create_dir_all(root.join("artifacts")).unwrap();
     std::fs::copy(
-        fixtures().join("churn.onnx"),
+        fixtures().join("churn_raw.onnx"),
         root.join("artifacts/model.onnx"),
     )
     .unwrap();
@@ -101,8 +102,11 @@ fn serve_predict_logs_down() {
     let (meta, code) = curl(&[&format!("{url}/v2/models/serve-demo")]);
     assert_eq!(code, "200", "{meta}");
     let meta: Value = serde_json::from_str(&meta).unwrap();
-    assert_eq!(meta["inputs"][0]["name"], "features");
-    assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 78]));
+    let inputs = meta["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 78, "one input per raw column");
+    assert_eq!(inputs[0]["name"], "plan");
+    assert_eq!(inputs[0]["datatype"], "BYTES");
+    assert_eq!(inputs[0]["shape"], serde_json::json!([-1, 1]));
 
     // The template's example request, through `ferry predict`, as JSON.
     let out = ok(&root, &["predict", "request.json", "--json"]);
@@ -123,14 +127,12 @@ fn serve_predict_logs_down() {
         assert!((pair[0] + pair[1] - 1.0).abs() < 1e-5, "{probs:?}");
     }
 
-    // Inline values: the first customer of the request, as a table.
-    let request: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("request.json")).unwrap()).unwrap();
-    let row: Vec<String> = request["inputs"][0]["data"].as_array().unwrap()[..78]
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    let out = ok(&root, &["predict", "--values", &row.join(",")]);
+    // The data as it is: the request's first customer is the first row of customers.csv, and
+    // `--csv` fills every input from the column of its name (the id and label left aside).
+    let data = std::fs::read_to_string(root.join("data/customers.csv")).unwrap();
+    let first: Vec<&str> = data.lines().take(2).collect();
+    std::fs::write(root.join("one.csv"), first.join("\n") + "\n").unwrap();
+    let out = ok(&root, &["predict", "--csv", "one.csv"]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(table.starts_with("row"), "{table}");
     assert!(
@@ -140,8 +142,17 @@ fn serve_predict_logs_down() {
     let out = ferry(&root, &["predict", "--values", "1,2,3"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("78"),
-        "a wrong row length names the expected one"
+        String::from_utf8_lossy(&out.stderr).contains("78 inputs"),
+        "--values cannot fill 78 inputs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(root.join("short.csv"), "plan,region\nbasic,north\n").unwrap();
+    let out = ferry(&root, &["predict", "--csv", "short.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("column 'contract' is missing"),
+        "a missing column is named: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Least privilege, loopback only.

@@ -18,7 +18,8 @@ use half::f16;
 use super::ScoreError;
 use super::columns::InputColumns;
 use crate::server::model::HostTensor;
-use crate::server::tensor::{DataType, OutputView, TensorData};
+use crate::server::tensor::{DataType, OutputView, TensorData, TensorError, string_tensor};
+use ort::value::DynValue;
 
 /// The Arrow type a model's datatype reads from and writes to.
 pub fn arrow_type(datatype: DataType) -> ArrowType {
@@ -63,7 +64,7 @@ pub fn input_tensor(
     batch: &RecordBatch,
     origin: &Origin<'_>,
     fill: Option<&Fill>,
-) -> Result<HostTensor, ScoreError> {
+) -> Result<Prepared, ScoreError> {
     let rows = batch.num_rows();
     let target = arrow_type(input.datatype);
     let mut columns = Vec::with_capacity(input.columns.len());
@@ -176,27 +177,122 @@ pub fn input_tensor(
             TensorData::Bool(out)
         }
         DataType::Bytes => {
-            let fill = fill.map(|f| f.0.clone());
-            let arrays: Vec<&StringArray> = columns.iter().map(|c| c.as_string::<i32>()).collect();
-            let mut out = Vec::with_capacity(rows * arrays.len());
-            for r in 0..rows {
-                for (j, a) in arrays.iter().enumerate() {
-                    out.push(if a.is_null(r) {
-                        fill.clone().ok_or_else(|| cell(j, r, "empty"))?
-                    } else {
-                        a.value(r).to_string()
-                    });
+            // Text stays in the batch's columns until ONNX Runtime copies it in: one copy, not
+            // two. Empty cells are checked here, where their row is known.
+            if fill.is_none() {
+                for (j, column) in columns.iter().enumerate() {
+                    if let Some(r) = (0..rows).find(|&r| column.is_null(r)) {
+                        return Err(cell(j, r, "empty"));
+                    }
                 }
             }
-            TensorData::Bytes(out)
+            return Ok(Prepared::Text {
+                shape: shape(input, rows),
+                columns,
+                fill: fill.map(|f| f.0.clone()),
+            });
         }
     };
-    let shape = if input.rank == 1 {
+    Ok(Prepared::Host(HostTensor {
+        shape: shape(input, rows),
+        data,
+    }))
+}
+
+fn shape(input: &InputColumns, rows: usize) -> Vec<usize> {
+    if input.rank == 1 {
         vec![rows]
     } else {
         vec![rows, input.columns.len()]
-    };
-    Ok(HostTensor { shape, data })
+    }
+}
+
+/// An input ready for ONNX Runtime: numbers in a buffer of the model's type, or text still in
+/// its Arrow columns (with what fills their empty cells).
+#[derive(Debug)]
+pub enum Prepared {
+    Host(HostTensor),
+    Text {
+        /// The shape the model gets: more rows than the columns hold when padded.
+        shape: Vec<usize>,
+        columns: Vec<ArrayRef>,
+        fill: Option<String>,
+    },
+}
+
+impl Prepared {
+    pub fn into_ort(self) -> Result<DynValue, TensorError> {
+        match self {
+            Prepared::Host(t) => t.data.into_ort(&t.shape),
+            Prepared::Text {
+                shape,
+                columns,
+                fill,
+            } => {
+                let arrays: Vec<&StringArray> =
+                    columns.iter().map(|c| c.as_string::<i32>()).collect();
+                let rows = arrays.first().map_or(0, |a| a.len());
+                let fill = fill.as_deref().unwrap_or_default();
+                let mut values: Vec<&str> = Vec::with_capacity(shape.iter().product());
+                for r in 0..rows {
+                    for a in &arrays {
+                        values.push(if a.is_null(r) { fill } else { a.value(r) });
+                    }
+                }
+                // Padding repeats the last row.
+                let width = arrays.len();
+                while values.len() < shape.iter().product::<usize>() && rows > 0 {
+                    values.extend_from_within(values.len() - width..);
+                }
+                Ok(string_tensor(shape, &values)?.into_dyn())
+            }
+        }
+    }
+
+    /// Repeats the last of `rows` rows until there are `to`: a model with a fixed batch size
+    /// gets full batches; the padding's answers are dropped.
+    pub fn pad(&mut self, rows: usize, to: usize) -> Result<(), ScoreError> {
+        match self {
+            Prepared::Host(t) => pad(t, rows, to),
+            Prepared::Text { shape, .. } => {
+                if rows > 0 && rows < to {
+                    shape[0] = to;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The tensor as the server holds a request's.
+    pub fn into_host(self) -> HostTensor {
+        match self {
+            Prepared::Host(t) => t,
+            Prepared::Text {
+                shape,
+                columns,
+                fill,
+            } => {
+                let arrays: Vec<&StringArray> =
+                    columns.iter().map(|c| c.as_string::<i32>()).collect();
+                let rows = arrays.first().map_or(0, |a| a.len());
+                let fill = fill.unwrap_or_default();
+                let mut values = Vec::with_capacity(rows * arrays.len());
+                for r in 0..rows {
+                    for a in &arrays {
+                        values.push(if a.is_null(r) {
+                            fill.clone()
+                        } else {
+                            a.value(r).to_string()
+                        });
+                    }
+                }
+                HostTensor {
+                    shape,
+                    data: TensorData::Bytes(values),
+                }
+            }
+        }
+    }
 }
 
 /// `array` as `target`; a value that does not convert is named with its row.
@@ -346,9 +442,7 @@ pub fn output_arrays(view: &OutputView<'_>, width: usize, keep: usize) -> Vec<Ar
     }
 }
 
-/// Repeats the last row of `tensor` (of `rows` rows) until it has `to` rows: a model with a
-/// fixed batch size gets full batches; the padding's answers are dropped.
-pub fn pad(tensor: &mut HostTensor, rows: usize, to: usize) -> Result<(), ScoreError> {
+fn pad(tensor: &mut HostTensor, rows: usize, to: usize) -> Result<(), ScoreError> {
     if rows == 0 || rows >= to {
         return Ok(());
     }
@@ -403,10 +497,14 @@ mod tests {
             path: &path,
             first_row,
         };
-        let t = input_tensor(&input("x", DataType::Fp32, &["a", "b"], 2), &b, &o, None).unwrap();
+        let t = input_tensor(&input("x", DataType::Fp32, &["a", "b"], 2), &b, &o, None)
+            .unwrap()
+            .into_host();
         assert_eq!(t.shape, vec![2, 2]);
         assert_eq!(t.data, TensorData::Fp32(vec![1.0, 10.0, 2.0, 20.0]));
-        let t = input_tensor(&input("s", DataType::Bytes, &["s"], 1), &b, &o, None).unwrap();
+        let t = input_tensor(&input("s", DataType::Bytes, &["s"], 1), &b, &o, None)
+            .unwrap()
+            .into_host();
         assert_eq!(t.shape, vec![2]);
         assert_eq!(t.data, TensorData::Bytes(vec!["x".into(), "y".into()]));
     }
@@ -450,7 +548,8 @@ mod tests {
             &o,
             Some(&fill),
         )
-        .unwrap();
+        .unwrap()
+        .into_host();
         assert_eq!(t.data, TensorData::Fp32(vec![1.0, -1.0, -1.0, 2.0]));
         let bad_fill = Fill("zero".into());
         let err = input_tensor(

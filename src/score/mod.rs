@@ -535,12 +535,12 @@ fn run_batch(
             .collect::<Result<Vec<_>, _>>()?;
         if n < step {
             for t in &mut tensors {
-                convert::pad(t, n, step)?;
+                t.pad(n, step)?;
             }
         }
         let values = tensors
             .into_iter()
-            .map(|t| t.data.into_ort(&t.shape).map(SessionInputValue::from))
+            .map(|t| t.into_ort().map(SessionInputValue::from))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ScoreError::Inference {
                 message: format!("preparing inputs: {e}"),
@@ -744,7 +744,8 @@ pub(crate) fn table_inputs(
         .inputs
         .iter()
         .map(|input| {
-            convert::input_tensor(input, &data, &origin, None).map(|t| (input.name.clone(), t))
+            convert::input_tensor(input, &data, &origin, None)
+                .map(|t| (input.name.clone(), t.into_host()))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)

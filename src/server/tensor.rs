@@ -410,6 +410,58 @@ fn fp16_tensor(shape: Vec<usize>, values: &[f16]) -> Result<DynTensor, TensorErr
     Ok(tensor)
 }
 
+/// A string tensor of `values` (row-major, `shape`), copied once: into one buffer of
+/// NUL-terminated strings that ONNX Runtime copies into its own strings (short ones without an
+/// allocation). `ort`'s own constructor wants owned strings and makes a C string of each, two
+/// allocations per cell, which costs more than the model on a table with text columns.
+pub(crate) fn string_tensor(shape: Vec<usize>, values: &[&str]) -> Result<DynTensor, TensorError> {
+    use ort::AsPointer;
+    let expected: usize = shape.iter().product();
+    if expected != values.len() {
+        return Err(TensorError(format!(
+            "BYTES tensor of shape {shape:?} needs {expected} values, got {}",
+            values.len()
+        )));
+    }
+    let mut text = Vec::with_capacity(values.iter().map(|v| v.len() + 1).sum());
+    let mut starts = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        if value.as_bytes().contains(&0) {
+            return Err(TensorError(format!(
+                "BYTES element {i} holds a NUL character, which ONNX Runtime strings cannot"
+            )));
+        }
+        starts.push(text.len());
+        text.extend_from_slice(value.as_bytes());
+        text.push(0);
+    }
+    let pointers: Vec<*const std::ffi::c_char> = starts
+        .iter()
+        .map(|&start| text[start..].as_ptr().cast())
+        .collect();
+    let mut tensor = DynTensor::new(&Allocator::default(), TensorElementType::String, shape)?;
+    if pointers.is_empty() {
+        return Ok(tensor);
+    }
+    let api = ort::api();
+    // SAFETY: `tensor` is a string tensor ONNX Runtime just made with exactly `pointers.len()`
+    // elements; every pointer points at a NUL-terminated string inside `text`, which outlives
+    // the call; ONNX Runtime copies the strings and keeps no pointer.
+    let status = unsafe { (api.FillStringTensor)(tensor.ptr_mut(), pointers.as_ptr(), pointers.len()) };
+    if !status.0.is_null() {
+        // SAFETY: a non-null status is an error ONNX Runtime allocated for us to read and free.
+        let message = unsafe {
+            let text = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+                .to_string_lossy()
+                .into_owned();
+            (api.ReleaseStatus)(status.0);
+            text
+        };
+        return Err(TensorError(format!("filling a string tensor: {message}")));
+    }
+    Ok(tensor)
+}
+
 /// A read-only view of one ONNX Runtime output, from which per-request slices are copied.
 pub(crate) enum OutputView<'a> {
     Bool(&'a [bool]),

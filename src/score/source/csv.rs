@@ -196,11 +196,11 @@ fn last_record_end(buf: &[u8]) -> Option<usize> {
     }
     let mut quoted = false;
     let mut last = None;
-    for (i, &b) in buf.iter().enumerate() {
-        match b {
-            b'"' => quoted = !quoted,
-            b'\n' if !quoted => last = Some(i + 1),
-            _ => {}
+    for i in memchr::memchr2_iter(b'"', b'\n', buf) {
+        if buf[i] == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            last = Some(i + 1);
         }
     }
     last
