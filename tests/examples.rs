@@ -147,6 +147,27 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
     assert!(evaluation["auc"].as_f64().unwrap() >= 0.75, "{evaluation}");
     assert!(printed.contains("input evaluate.py changed"), "{printed}");
 
+    // score: every customer of the data, in its order, with the model's outputs.
+    let scores = std::fs::read_to_string(root.join("scores.csv")).unwrap();
+    let data = std::fs::read_to_string(root.join("data/customers.csv")).unwrap();
+    let mut lines = scores.lines();
+    assert_eq!(
+        lines.next(),
+        Some("customer_id,label,probabilities_0,probabilities_1")
+    );
+    let ids: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    let expected: Vec<&str> = data
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(ids, expected);
+    let thousands = format!("{},{:03}", expected.len() / 1000, expected.len() % 1000);
+    assert!(
+        printed.contains(&format!("scored {thousands} rows")),
+        "{printed}"
+    );
+
     // serve + predict: a table with a row per customer of request.json.
     let table = printed
         .split("$ ferry predict request.json\n")

@@ -65,6 +65,10 @@ run run --dry-run
 run run
 run runs show latest
 
+step "score: the whole customer base through the model, no server, no feature code"
+run score data/customers.csv --output scores.csv --keep customer_id
+head -3 scores.csv
+
 step "serve: the ONNX model in the serving image on 127.0.0.1:${SERVE_PORT}"
 trap '"$FERRY" down >/dev/null 2>&1 || true' EXIT
 run serve --detach --port "$SERVE_PORT"

@@ -221,6 +221,14 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// The rows the model gets, padding included.
+    pub fn rows(&self) -> usize {
+        match self {
+            Prepared::Host(t) => t.shape.first().copied().unwrap_or(0),
+            Prepared::Text { shape, .. } => shape.first().copied().unwrap_or(0),
+        }
+    }
+
     pub fn into_ort(self) -> Result<DynValue, TensorError> {
         match self {
             Prepared::Host(t) => t.data.into_ort(&t.shape),

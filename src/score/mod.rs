@@ -30,7 +30,7 @@ use crate::server::model::{Signature, SignatureError, open_session_with};
 use crate::server::tensor::OutputView;
 pub use columns::ColumnArgs;
 use columns::Mapping;
-use convert::{Fill, Origin};
+use convert::{Fill, Origin, Prepared};
 use source::{Format, InputFile};
 
 /// Cells (rows × columns read) per batch unless told otherwise: enough that per-batch costs
@@ -246,6 +246,12 @@ pub fn score(
     let mut rows = 0u64;
     let mut schema: Option<SchemaRef> = None;
 
+    let inputs = mapping.inputs.clone();
+    let preparing = Preparing {
+        inputs: &inputs,
+        fixed_batch: mapping.fixed_batch,
+        fill: fill.as_ref(),
+    };
     std::thread::scope(|scope| -> Result<(), ScoreError> {
         let (batches_tx, batches_rx) = sync_channel(QUEUE);
         let (out_tx, out_rx) = sync_channel::<RecordBatch>(QUEUE);
@@ -253,10 +259,11 @@ pub fn score(
             let files = &files;
             let wanted = &wanted;
             let read_bytes = &read_bytes;
+            let preparing = &preparing;
             std::thread::Builder::new()
                 .name("score-read".into())
                 .spawn_scoped(scope, move || {
-                    read_all(files, wanted, batch_rows, read_bytes, batches_tx)
+                    read_all(files, wanted, batch_rows, read_bytes, preparing, batches_tx)
                 })
                 .map_err(|e| ScoreError::Inference {
                     message: format!("cannot start a thread: {e}"),
@@ -272,33 +279,27 @@ pub fn score(
                 })?
         };
         let scored = (|| -> Result<(), ScoreError> {
-            for batch in batches_rx.iter() {
+            for ready in batches_rx.iter() {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(ScoreError::Interrupted);
                 }
-                let batch: source::Batch = batch?;
-                let n = batch.data.num_rows();
-                if n == 0 {
-                    continue;
-                }
-                let origin = Origin {
-                    path: &files[batch.file].path,
-                    first_row: batch.first_row,
-                };
+                let ready: Ready = ready?;
+                let n = ready.batch.num_rows();
+                let file = ready.file;
+                let batch = ready.batch.clone();
                 let outputs = run_batch(
                     &mut session,
                     &signature,
-                    &mut mapping,
-                    &batch.data,
-                    &origin,
-                    fill.as_ref(),
+                    &mut mapping.outputs,
+                    &files[file].path,
+                    ready,
                 )?;
-                let out = output_batch(&keep, &batch.data, outputs, &mapping, &mut schema)?;
+                let out = output_batch(&keep, &batch, outputs, &mapping, &mut schema)?;
                 if out_tx.send(out).is_err() {
                     // The writer stopped: its error is the one to report.
                     break;
                 }
-                per_file[batch.file] += n as u64;
+                per_file[file] += n as u64;
                 rows += n as u64;
                 progress.advance(rows, read_bytes.load(Ordering::Relaxed));
             }
@@ -476,20 +477,80 @@ fn check_files(
     Ok((wanted, total, keep_types))
 }
 
+/// A batch made ready on the reading side, so the thread that runs the model does only that:
+/// the model's inputs for each run (one, unless the model's batch size is fixed), and the
+/// batch itself for the kept columns.
+struct Ready {
+    batch: RecordBatch,
+    runs: Vec<(usize, Vec<Prepared>)>,
+    file: usize,
+}
+
+struct Preparing<'a> {
+    inputs: &'a [columns::InputColumns],
+    fixed_batch: Option<usize>,
+    fill: Option<&'a Fill>,
+}
+
+impl Preparing<'_> {
+    fn prepare(&self, files: &[InputFile], batch: source::Batch) -> Result<Ready, ScoreError> {
+        let rows = batch.data.num_rows();
+        let step = self.fixed_batch.unwrap_or(rows.max(1));
+        let mut runs = Vec::with_capacity(rows.div_ceil(step));
+        let mut offset = 0;
+        while offset < rows {
+            let n = step.min(rows - offset);
+            let part = batch.data.slice(offset, n);
+            let origin = Origin {
+                path: &files[batch.file].path,
+                first_row: batch.first_row + offset as u64,
+            };
+            let mut tensors = self
+                .inputs
+                .iter()
+                .map(|input| convert::input_tensor(input, &part, &origin, self.fill))
+                .collect::<Result<Vec<_>, _>>()?;
+            if n < step {
+                for t in &mut tensors {
+                    t.pad(n, step)?;
+                }
+            }
+            runs.push((n, tensors));
+            offset += n;
+        }
+        Ok(Ready {
+            batch: batch.data,
+            runs,
+            file: batch.file,
+        })
+    }
+}
+
 fn read_all(
     files: &[InputFile],
     wanted: &[(String, ArrowType)],
     batch_rows: usize,
     read_bytes: &Arc<AtomicU64>,
-    tx: SyncSender<Result<source::Batch, ScoreError>>,
+    preparing: &Preparing<'_>,
+    tx: SyncSender<Result<Ready, ScoreError>>,
 ) -> Result<(), ScoreError> {
     for (i, file) in files.iter().enumerate() {
         let mut open = true;
+        let mut failed = None;
         let result = source::read(i, file, wanted, batch_rows, read_bytes, |batch| {
-            open = tx.send(Ok(batch)).is_ok();
+            if batch.data.num_rows() == 0 {
+                return true;
+            }
+            match preparing.prepare(files, batch) {
+                Ok(ready) => open = tx.send(Ok(ready)).is_ok(),
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            }
             open
         });
-        if let Err(e) = result {
+        if let Some(e) = failed.or(result.err()) {
             // Handed over in order, so the rows before it are scored first.
             let _ = tx.send(Err(e));
             return Ok(());
@@ -512,32 +573,13 @@ fn write_all(sink: &mut sink::Sink, rx: Receiver<RecordBatch>) -> Result<(), Sco
 fn run_batch(
     session: &mut Session,
     signature: &Signature,
-    mapping: &mut Mapping,
-    batch: &RecordBatch,
-    origin: &Origin<'_>,
-    fill: Option<&Fill>,
+    outputs: &mut [columns::OutputColumns],
+    path: &Path,
+    ready: Ready,
 ) -> Result<Vec<ArrayRef>, ScoreError> {
-    let rows = batch.num_rows();
-    let step = mapping.fixed_batch.unwrap_or(rows);
-    let mut columns: Vec<Vec<ArrayRef>> = Vec::new();
-    let mut offset = 0;
-    while offset < rows {
-        let n = step.min(rows - offset);
-        let part = batch.slice(offset, n);
-        let part_origin = Origin {
-            path: origin.path,
-            first_row: origin.first_row + offset as u64,
-        };
-        let mut tensors = mapping
-            .inputs
-            .iter()
-            .map(|input| convert::input_tensor(input, &part, &part_origin, fill))
-            .collect::<Result<Vec<_>, _>>()?;
-        if n < step {
-            for t in &mut tensors {
-                t.pad(n, step)?;
-            }
-        }
+    let mut columns: Vec<Vec<ArrayRef>> = Vec::with_capacity(ready.runs.len());
+    for (n, tensors) in ready.runs {
+        let rows_run = tensors.first().map_or(n, |t| t.rows());
         let values = tensors
             .into_iter()
             .map(|t| t.into_ort().map(SessionInputValue::from))
@@ -545,21 +587,15 @@ fn run_batch(
             .map_err(|e| ScoreError::Inference {
                 message: format!("preparing inputs: {e}"),
             })?;
-        let outputs = session
+        let results = session
             .run(values.as_slice())
             .map_err(|e| ScoreError::Inference {
-                message: format!(
-                    "{} rows {}–{}: {e}",
-                    origin.path.display(),
-                    part_origin.first_row + 1,
-                    part_origin.first_row + n as u64
-                ),
+                message: format!("{}: {e}", path.display()),
             })?;
-        let run_rows = n.max(step);
         let mut part_columns = Vec::new();
-        for out in &mut mapping.outputs {
+        for out in outputs.iter_mut() {
             let spec = &signature.outputs[out.index];
-            let value = outputs
+            let value = results
                 .get(&spec.name)
                 .ok_or_else(|| ScoreError::Inference {
                     message: format!("ONNX Runtime returned no output '{}'", spec.name),
@@ -567,10 +603,10 @@ fn run_batch(
             let (shape, view) = OutputView::new(value).map_err(|e| ScoreError::Inference {
                 message: format!("output '{}': {e}", spec.name),
             })?;
-            if shape.first() != Some(&run_rows) {
+            if shape.first() != Some(&rows_run) {
                 return Err(ScoreError::Unsupported {
                     message: format!(
-                        "output '{}' has shape {shape:?} for {run_rows} rows: not one value per row",
+                        "output '{}' has shape {shape:?} for {rows_run} rows: not one value per row",
                         spec.name
                     ),
                 });
@@ -594,7 +630,6 @@ fn run_batch(
             part_columns.extend(convert::output_arrays(&view, width, n));
         }
         columns.push(part_columns);
-        offset += n;
     }
     if columns.len() == 1 {
         return Ok(columns.pop().unwrap_or_default());

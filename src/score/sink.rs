@@ -29,8 +29,9 @@ pub struct Sink {
     done: bool,
 }
 
+// Both boxed: one sink per run, and the CSV writer's state is larger than the rest of the sink.
 enum Writer {
-    Csv(arrow_csv::Writer<Hashing<BufWriter<File>>>),
+    Csv(Box<arrow_csv::Writer<Hashing<BufWriter<File>>>>),
     Parquet(Box<ArrowWriter<Hashing<BufWriter<File>>>>),
 }
 
@@ -99,12 +100,12 @@ impl Sink {
             None => {
                 let file = self.file.take().ok_or_else(|| self.failed("closed"))?;
                 let writer = match self.format {
-                    Format::Csv { delimiter } => Writer::Csv(
+                    Format::Csv { delimiter } => Writer::Csv(Box::new(
                         arrow_csv::WriterBuilder::new()
                             .with_header(true)
                             .with_delimiter(delimiter)
                             .build(file),
-                    ),
+                    )),
                     Format::Parquet => {
                         let props = WriterProperties::builder()
                             .set_compression(Compression::SNAPPY)

@@ -447,7 +447,8 @@ pub(crate) fn string_tensor(shape: Vec<usize>, values: &[&str]) -> Result<DynTen
     // SAFETY: `tensor` is a string tensor ONNX Runtime just made with exactly `pointers.len()`
     // elements; every pointer points at a NUL-terminated string inside `text`, which outlives
     // the call; ONNX Runtime copies the strings and keeps no pointer.
-    let status = unsafe { (api.FillStringTensor)(tensor.ptr_mut(), pointers.as_ptr(), pointers.len()) };
+    let status =
+        unsafe { (api.FillStringTensor)(tensor.ptr_mut(), pointers.as_ptr(), pointers.len()) };
     if !status.0.is_null() {
         // SAFETY: a non-null status is an error ONNX Runtime allocated for us to read and free.
         let message = unsafe {
