@@ -241,7 +241,10 @@ impl TensorData {
             TensorData::Int64(v) => Tensor::from_array((shape, v))?.into_dyn(),
             TensorData::Fp32(v) => Tensor::from_array((shape, v))?.into_dyn(),
             TensorData::Fp64(v) => Tensor::from_array((shape, v))?.into_dyn(),
-            TensorData::Bytes(v) => Tensor::from_string_array((shape, &v[..]))?.into_dyn(),
+            TensorData::Bytes(v) => {
+                let text: Vec<&str> = v.iter().map(String::as_str).collect();
+                string_tensor(shape, &text)?.into_dyn()
+            }
             TensorData::Fp16(v) => fp16_tensor(shape, &v)?.into_dyn(),
         };
         Ok(value)
