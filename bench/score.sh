@@ -118,7 +118,7 @@ echo "machine: $(nproc) cores ($CPU), $(free -g | awk '/Mem/ {print $2}') GiB, $
 "$PY" -c 'import sys, pandas, pyarrow, numpy, onnxruntime
 print(f"python {sys.version.split()[0]}: pandas {pandas.__version__}, pyarrow {pyarrow.__version__}, numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}")'
 echo "ferry: $("$FERRY" --version 2>/dev/null | head -1 || true) ($FERRY)"
-echo "rows: $ROWS, batch: $BATCH rows (python), ${FERRY_BATCH[1]:-ferry's default} (ferry)"
+echo "rows: $ROWS, batch: $BATCH rows (python), ${FERRY_BATCH[1]:-chosen by the table width} (ferry)"
 # Other work on the machine takes CPU and memory from both sides; the load shows how much.
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 echo "load average (1 min) before the runs: $LOAD_BEFORE"
@@ -199,7 +199,7 @@ for model in logreg churn; do
             continue
         fi
         sha256sum "$output" >"$RES/$key.ferry.sha256"
-        echo "  ferry:  $(field "$key.ferry" wall) s, peak RSS $(awk -v k="$(field "$key.ferry" rss_kb)" 'BEGIN { printf "%.0f", k * 1024 / 1e6 }') MB; it reports: $(tail -1 "$RES/$key.ferry.out")"
+        echo "  ferry:  $(field "$key.ferry" wall) s, peak RSS $(awk -v k="$(field "$key.ferry" rss_kb)" 'BEGIN { printf "%.0f", k * 1024 / 1e6 }') MB; it reports: $("$PY" -c 'import json, sys; j = json.load(open(sys.argv[1])); print(f"{j[\"rows\"]:,} rows, {j[\"rows_per_second\"]:,.0f} rows/s, output sha256 {j[\"output_sha256\"][:12]}")' "$RES/$key.ferry.out" 2>/dev/null || tail -1 "$RES/$key.ferry.out")"
         "$PY" "$HERE/compare.py" "$WORK/out/$key.python.$fmt" "$output" --model "$WORK/data/$model.onnx" \
             --keep "$keep" >"$RES/$key.compare.json" 2>"$RES/$key.compare.err" || { FAILED=1; cat "$RES/$key.compare.err" >&2; }
         "$PY" "$HERE/report.py" compare "$RES" "$key"

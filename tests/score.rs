@@ -601,6 +601,70 @@ fn a_failed_write_leaves_no_output() {
 }
 
 #[test]
+fn ctrl_c_stops_scoring_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = String::with_capacity(64 << 20);
+    csv.push_str("height,width,depth\n");
+    for i in 0..3_000_000u32 {
+        csv.push_str(&format!("{i},{},{}\n", i % 97, i % 13));
+    }
+    std::fs::write(d.join("in.csv"), csv).unwrap();
+    let mut child = ferry_cmd(
+        d,
+        &[
+            "score",
+            "in.csv",
+            "-o",
+            "out.parquet",
+            "--model",
+            &fixture_str("meta.onnx"),
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The temporary output is made after the signal handler is in place: once it is there, a
+    // Ctrl-C reaches ferry's cleanup.
+    let partial = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .any(|n| n.starts_with(".out.parquet.ferry-"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !partial(d) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary output appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ferry ended before writing"
+        );
+        std::thread::yield_now();
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted; nothing was written"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["in.csv"],
+        "neither the output nor its temporary file"
+    );
+}
+
+#[test]
 fn the_spec_names_defaults_and_runs_record_scoring() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -646,6 +710,14 @@ fn the_spec_names_defaults_and_runs_record_scoring() {
             .any(|r| r["id"] == run.as_str()),
         "ferry runs lists the scoring run"
     );
+
+    let shown = String::from_utf8_lossy(&ok(d, &["runs", "show", &run]).stdout).to_string();
+    assert!(shown.contains("  model  model.onnx  "), "{shown}");
+    assert!(
+        shown.contains("  in     data/in.csv  ") && shown.contains("  2 rows"),
+        "{shown}"
+    );
+    assert!(shown.contains("  out    out/scores.parquet  "), "{shown}");
 
     // A failed scoring run is recorded as failed, with why.
     std::fs::write(d.join("data/in.csv"), "id,h,w,depth\nA,1,x,3\n").unwrap();

@@ -46,7 +46,19 @@ pub fn run(Args { spec, action }: Args, ui: &Ui) -> Result<(), CliError> {
                     }
                     runs::Status::Interrupted => "interrupted".to_string(),
                 };
-                let outs = if r.steps.is_empty() {
+                let outs = if let Some(score) = &r.score {
+                    format!(
+                        "score {} → {} ({} rows)",
+                        score
+                            .inputs
+                            .iter()
+                            .map(|i| i.path.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        score.output,
+                        score.rows
+                    )
+                } else if r.steps.is_empty() {
                     r.outputs
                         .iter()
                         .map(|o| o.path.clone())
@@ -143,6 +155,37 @@ fn show(root: &std::path::Path, id: &str, ui: &Ui) -> Result<(), CliError> {
             .map(|e| format!("  env {e}"))
             .unwrap_or_default()
     );
+    if let Some(score) = &r.score {
+        out.push_str(&format!("  command: {}\n", r.command.join(" ")));
+        out.push_str(&format!(
+            "  model  {}  {}\n",
+            score.model,
+            short(&score.model_sha256)
+        ));
+        for i in &score.inputs {
+            out.push_str(&format!(
+                "  in     {}  {}  {} rows\n",
+                i.path,
+                i.sha256.as_deref().map_or_else(|| "-".into(), short),
+                i.rows
+            ));
+        }
+        out.push_str(&format!(
+            "  out    {}  {}  {} rows, {:.0} rows/s\n",
+            score.output,
+            score
+                .output_sha256
+                .as_deref()
+                .map_or_else(|| "-".into(), short),
+            score.rows,
+            score.rows_per_second
+        ));
+        if let Some(reason) = &r.reason {
+            out.push_str(&format!("  why    {reason}\n"));
+        }
+        print!("{out}");
+        return Ok(());
+    }
     if r.steps.is_empty() {
         out.push_str(&format!("  command: {}\n", r.command.join(" ")));
         for o in &r.outputs {

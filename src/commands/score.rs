@@ -182,12 +182,16 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     }
 }
 
+/// How long Ctrl-C waits for scoring to stop between batches before leaving without it.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// Scores on a blocking thread so that Ctrl-C, caught here, can stop it between batches.
 fn run_scoring(options: &Options, meter: Arc<Meter>) -> Result<Summary, ScoreError> {
     let rt = runtime().map_err(|e| ScoreError::Inference {
         message: e.to_string(),
     })?;
     let options = options.clone();
+    let output = options.output.clone();
     rt.block_on(async move {
         let cancel = Arc::new(AtomicBool::new(false));
         let mut interrupt = Interrupt::new().map_err(|e| ScoreError::Inference {
@@ -201,7 +205,15 @@ fn run_scoring(options: &Options, meter: Arc<Meter>) -> Result<Summary, ScoreErr
             r = &mut task => r,
             _ = interrupt.recv() => {
                 cancel.store(true, Ordering::Relaxed);
-                task.await
+                // Scoring stops at its next batch; a read blocked on a slow disk or network
+                // file may not get there soon, and the user asked to stop now.
+                match tokio::time::timeout(STOP_WAIT, &mut task).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        score::sink::remove_partial(&output);
+                        return Err(ScoreError::Interrupted);
+                    }
+                }
             }
         };
         joined.unwrap_or_else(|e| {
@@ -349,7 +361,11 @@ fn failed_record(
         image_id: String::new(),
         spec_hash: String::new(),
         command: std::env::args().collect(),
-        exit_code: None,
+        exit_code: Some(if status == Status::Interrupted {
+            130
+        } else {
+            1
+        }),
         reason: Some(error.to_string()),
         outputs: Vec::new(),
         log: String::new(),

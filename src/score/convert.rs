@@ -75,7 +75,13 @@ pub fn input_tensor(
                 path: origin.path.clone(),
                 message: format!("column '{name}' is missing from a batch"),
             })?;
-        columns.push(cast(array, &target, name, origin)?);
+        // Numbers into FP32 are converted while they are gathered: a cast first would write
+        // every cell once more (Parquet files from pandas hold int64 and double).
+        if input.datatype == DataType::Fp32 && widens_to_f32(array.data_type()) {
+            columns.push(Arc::clone(array));
+        } else {
+            columns.push(cast(array, &target, name, origin)?);
+        }
     }
     let cell = |j: usize, r: usize, problem: &'static str| ScoreError::Cell {
         path: origin.path.clone(),
@@ -84,13 +90,9 @@ pub fn input_tensor(
         problem,
     };
     let data = match input.datatype {
-        DataType::Fp32 => TensorData::Fp32(gather::<Float32Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            f32::is_nan,
-            &cell,
-        )?),
+        DataType::Fp32 => {
+            TensorData::Fp32(gather_f32(&columns, rows, parse_fill(fill, input)?, &cell)?)
+        }
         DataType::Fp64 => TensorData::Fp64(gather::<Float64Type>(
             &columns,
             rows,
@@ -360,6 +362,67 @@ fn parse_fill<T: std::str::FromStr>(
         })
     })
     .transpose()
+}
+
+/// The source types [`gather_f32`] converts itself, as Arrow's cast would (`as f32`).
+fn widens_to_f32(ty: &ArrowType) -> bool {
+    matches!(
+        ty,
+        ArrowType::Float32 | ArrowType::Float64 | ArrowType::Int64 | ArrowType::Int32
+    )
+}
+
+/// [`gather`] for FP32 from any [`widens_to_f32`] column, converting on the way.
+fn gather_f32(
+    columns: &[ArrayRef],
+    rows: usize,
+    fill: Option<f32>,
+    cell: &dyn Fn(usize, usize, &'static str) -> ScoreError,
+) -> Result<Vec<f32>, ScoreError> {
+    fn place<T: ArrowPrimitiveType>(
+        out: &mut [f32],
+        (j, k): (usize, usize),
+        column: &dyn Array,
+        convert: impl Fn(T::Native) -> f32,
+        fill: Option<f32>,
+        cell: &dyn Fn(usize, usize, &'static str) -> ScoreError,
+    ) -> Result<(), ScoreError> {
+        let a = column.as_primitive::<T>();
+        let nulls = a.null_count() > 0;
+        for (r, &v) in a.values().iter().enumerate() {
+            let x = if nulls && a.is_null(r) {
+                fill.ok_or_else(|| cell(j, r, "empty"))?
+            } else {
+                let x = convert(v);
+                if x.is_nan() {
+                    fill.ok_or_else(|| cell(j, r, "NaN"))?
+                } else {
+                    x
+                }
+            };
+            out[r * k + j] = x;
+        }
+        Ok(())
+    }
+    let k = columns.len();
+    let mut out = vec![0f32; rows * k];
+    for (j, column) in columns.iter().enumerate() {
+        let at = (j, k);
+        match column.data_type() {
+            ArrowType::Float32 => place::<Float32Type>(&mut out, at, column, |v| v, fill, cell)?,
+            ArrowType::Float64 => {
+                place::<Float64Type>(&mut out, at, column, |v| v as f32, fill, cell)?
+            }
+            ArrowType::Int64 => place::<Int64Type>(&mut out, at, column, |v| v as f32, fill, cell)?,
+            ArrowType::Int32 => place::<Int32Type>(&mut out, at, column, |v| v as f32, fill, cell)?,
+            other => {
+                return Err(ScoreError::Unsupported {
+                    message: format!("a {other} column reached the FP32 gathering"),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The columns' values row by row; an empty cell or a NaN takes `fill` or is refused.

@@ -8,7 +8,7 @@
 
 pub(crate) mod columns;
 pub(crate) mod convert;
-pub(crate) mod sink;
+pub mod sink;
 pub(crate) mod source;
 
 use std::collections::BTreeMap;

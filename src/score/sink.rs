@@ -75,11 +75,7 @@ impl Sink {
                 message: format!("its directory {} does not exist", dir.display()),
             });
         }
-        let temp = dir.join(format!(
-            ".{}.ferry-{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let temp = temporary(&dir, name);
         let file = File::create(&temp).map_err(|e| ScoreError::Write {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -173,6 +169,28 @@ impl Drop for Sink {
             self.file = None;
             let _ = std::fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// The temporary file an output is written to before its rename: beside it, hidden, named by
+/// this process.
+fn temporary(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    dir.join(format!(
+        ".{}.ferry-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ))
+}
+
+/// Removes what this process has written of `output` so far, for a caller that cannot wait
+/// for the writing thread to stop (it may be blocked on a slow input).
+pub fn remove_partial(output: &Path) {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let Some(name) = output.file_name() {
+        let _ = std::fs::remove_file(temporary(&dir, name));
     }
 }
 
