@@ -60,6 +60,16 @@ fn sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -375,9 +385,8 @@ fn bad_cells_are_named_and_nothing_is_written() {
         ],
     );
     assert!(err.contains("--fill x"), "{err}");
-    let leftovers: Vec<_> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let leftovers: Vec<_> = names(d)
+        .into_iter()
         .filter(|n| n.starts_with('.') || n.starts_with("o."))
         .collect();
     assert!(leftovers.is_empty(), "nothing half-written: {leftovers:?}");
@@ -517,46 +526,28 @@ fn bad_files_models_and_outputs_are_refused() {
 
     // Models that cannot score a table.
     std::fs::write(d.join("ab.csv"), "a_0,a_1,b_0,b_1\n1,2,3,4\n").unwrap();
-    let err = refused(
-        d,
-        &[
-            "score",
-            "ab.csv",
-            "-o",
-            "m.csv",
-            "--model",
-            &fixture_str("mixed.onnx"),
-        ],
-    );
-    assert!(err.contains("differ in their first dimension"), "{err}");
-    let err = refused(
-        d,
-        &[
-            "score",
-            "ab.csv",
-            "-o",
-            "m.csv",
-            "--model",
-            &fixture_str("seq.onnx"),
-        ],
-    );
-    assert!(err.contains("--columns X=COL1"), "{err}");
     std::fs::write(d.join("x.csv"), "X_0,X_1,X_2\n1,2,3\n").unwrap();
+    for (input, model, why) in [
+        ("ab.csv", "mixed.onnx", "differ in their first dimension"),
+        ("ab.csv", "seq.onnx", "--columns X=COL1"),
+        ("x.csv", "flat.onnx", "not one value per row"),
+    ] {
+        let err = refused(
+            d,
+            &[
+                "score",
+                input,
+                "-o",
+                "m.csv",
+                "--model",
+                &fixture_str(model),
+            ],
+        );
+        assert!(err.contains(why), "{model}: {err}");
+    }
     let err = refused(
         d,
-        &[
-            "score",
-            "x.csv",
-            "-o",
-            "f.csv",
-            "--model",
-            &fixture_str("flat.onnx"),
-        ],
-    );
-    assert!(err.contains("not one value per row"), "{err}");
-    let err = refused(
-        d,
-        &["score", "x.csv", "-o", "f.csv", "--model", "missing.onnx"],
+        &["score", "x.csv", "-o", "m.csv", "--model", "missing.onnx"],
     );
     assert!(err.contains("missing.onnx"), "{err}");
     let err = refused(d, &["score", "x.csv", "-o", "f.csv"]);
@@ -593,11 +584,7 @@ fn a_failed_write_leaves_no_output() {
         err.contains("writing out.csv") && err.contains("nothing was left"),
         "{err}"
     );
-    let names: Vec<_> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["in.csv"], "the temporary file is gone too");
+    assert_eq!(names(d), ["in.csv"], "the temporary file is gone too");
 }
 
 #[test]
@@ -627,9 +614,8 @@ fn ctrl_c_stops_scoring_and_leaves_nothing() {
     // The temporary output is made after the signal handler is in place: once it is there, a
     // Ctrl-C reaches ferry's cleanup.
     let partial = |d: &Path| {
-        std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        names(d)
+            .iter()
             .any(|n| n.starts_with(".out.parquet.ferry-"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -653,12 +639,8 @@ fn ctrl_c_stops_scoring_and_leaves_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted; nothing was written"), "{err}");
-    let names: Vec<_> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
     assert_eq!(
-        names,
+        names(d),
         ["in.csv"],
         "neither the output nor its temporary file"
     );

@@ -149,9 +149,14 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     let id = runs::new_id();
     match result {
         Ok(summary) => {
-            let record = project
-                .as_ref()
-                .map(|p| record(p, &id, &started, clock.elapsed(), &summary, None));
+            let outcome = Outcome {
+                id: &id,
+                started: &started,
+                took: clock.elapsed(),
+                status: Status::Succeeded,
+                error: None,
+            };
+            let record = project.as_ref().map(|p| record(p, &outcome, &summary));
             let saved = match record {
                 Some(Ok(r)) => Some(r.save(&root).map_err(|e| CliError::Usage(e.to_string()))?),
                 Some(Err(e)) => {
@@ -174,7 +179,14 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
                     ScoreError::Interrupted => Status::Interrupted,
                     _ => Status::Failed,
                 };
-                let failed = failed_record(p, &id, &started, clock.elapsed(), &options, status, &e);
+                let outcome = Outcome {
+                    id: &id,
+                    started: &started,
+                    took: clock.elapsed(),
+                    status,
+                    error: Some(&e),
+                };
+                let failed = failed_record(p, &outcome, &options);
                 let _ = failed.save(&root);
             }
             Err(e.into())
@@ -287,13 +299,47 @@ fn resolve_model(
     Ok((path, Device::Cpu))
 }
 
+/// When and how a scoring run went, for its record.
+struct Outcome<'a> {
+    id: &'a str,
+    started: &'a str,
+    took: Duration,
+    status: Status,
+    error: Option<&'a ScoreError>,
+}
+
+impl Outcome<'_> {
+    /// A run record of scoring: no image, no log; what it read and wrote is in `score`.
+    fn record(&self, project: &Project, outputs: Vec<runs::Output>, score: ScoreRun) -> RunRecord {
+        RunRecord {
+            id: self.id.to_string(),
+            status: self.status,
+            started: self.started.to_string(),
+            duration_secs: (self.took.as_secs_f64() * 100.0).round() / 100.0,
+            env: project.spec.env.clone(),
+            image: String::new(),
+            image_id: String::new(),
+            spec_hash: String::new(),
+            command: std::env::args().collect(),
+            exit_code: Some(match self.status {
+                Status::Succeeded => 0,
+                Status::Interrupted => 130,
+                Status::Failed => 1,
+            }),
+            reason: self.error.map(ToString::to_string),
+            outputs,
+            log: String::new(),
+            notebook: None,
+            steps: Vec::new(),
+            score: Some(score),
+        }
+    }
+}
+
 fn record(
     project: &Project,
-    id: &str,
-    started: &str,
-    took: Duration,
+    outcome: &Outcome<'_>,
     summary: &Summary,
-    reason: Option<String>,
 ) -> Result<RunRecord, String> {
     let root = &project.root;
     let mut hashes = Hashes::load(Store::open(root).dir());
@@ -309,27 +355,15 @@ fn record(
     }
     hashes.save();
     let output = runs::relative(root, &absolute(&summary.output));
-    Ok(RunRecord {
-        id: id.to_string(),
-        status: Status::Succeeded,
-        started: started.to_string(),
-        duration_secs: (took.as_secs_f64() * 100.0).round() / 100.0,
-        env: project.spec.env.clone(),
-        image: String::new(),
-        image_id: String::new(),
-        spec_hash: String::new(),
-        command: std::env::args().collect(),
-        exit_code: Some(0),
-        reason,
-        outputs: vec![runs::Output {
-            path: output.clone(),
-            sha256: summary.output_sha256.clone(),
-            size: summary.output_bytes,
-        }],
-        log: String::new(),
-        notebook: None,
-        steps: Vec::new(),
-        score: Some(ScoreRun {
+    let outputs = vec![runs::Output {
+        path: output.clone(),
+        sha256: summary.output_sha256.clone(),
+        size: summary.output_bytes,
+    }];
+    Ok(outcome.record(
+        project,
+        outputs,
+        ScoreRun {
             model: runs::relative(root, &absolute(&summary.model)),
             model_sha256: summary.model_sha256.clone(),
             inputs,
@@ -337,41 +371,16 @@ fn record(
             output_sha256: Some(summary.output_sha256.clone()),
             rows: summary.rows,
             rows_per_second: summary.rows_per_second.round(),
-        }),
-    })
+        },
+    ))
 }
 
-fn failed_record(
-    project: &Project,
-    id: &str,
-    started: &str,
-    took: Duration,
-    options: &Options,
-    status: Status,
-    error: &ScoreError,
-) -> RunRecord {
+fn failed_record(project: &Project, outcome: &Outcome<'_>, options: &Options) -> RunRecord {
     let root = &project.root;
-    RunRecord {
-        id: id.to_string(),
-        status,
-        started: started.to_string(),
-        duration_secs: (took.as_secs_f64() * 100.0).round() / 100.0,
-        env: project.spec.env.clone(),
-        image: String::new(),
-        image_id: String::new(),
-        spec_hash: String::new(),
-        command: std::env::args().collect(),
-        exit_code: Some(if status == Status::Interrupted {
-            130
-        } else {
-            1
-        }),
-        reason: Some(error.to_string()),
-        outputs: Vec::new(),
-        log: String::new(),
-        notebook: None,
-        steps: Vec::new(),
-        score: Some(ScoreRun {
+    outcome.record(
+        project,
+        Vec::new(),
+        ScoreRun {
             model: runs::relative(root, &absolute(&options.model)),
             model_sha256: String::new(),
             inputs: options
@@ -388,8 +397,8 @@ fn failed_record(
             output_sha256: None,
             rows: 0,
             rows_per_second: 0.0,
-        }),
-    }
+        },
+    )
 }
 
 fn absolute(p: &Path) -> PathBuf {

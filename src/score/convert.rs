@@ -89,6 +89,12 @@ pub fn input_tensor(
         column: input.columns[j].clone(),
         problem,
     };
+    // Integers, which have no NaN.
+    macro_rules! whole {
+        ($t:ty) => {
+            gather::<$t>(&columns, rows, parse_fill(fill, input)?, |_| false, &cell)?
+        };
+    }
     let data = match input.datatype {
         DataType::Fp32 => {
             TensorData::Fp32(gather_f32(&columns, rows, parse_fill(fill, input)?, &cell)?)
@@ -107,62 +113,14 @@ pub fn input_tensor(
             f16::is_nan,
             &cell,
         )?),
-        DataType::Int64 => TensorData::Int64(gather::<Int64Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Int32 => TensorData::Int32(gather::<Int32Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Int16 => TensorData::Int16(gather::<Int16Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Int8 => TensorData::Int8(gather::<Int8Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Uint64 => TensorData::Uint64(gather::<UInt64Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Uint32 => TensorData::Uint32(gather::<UInt32Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Uint16 => TensorData::Uint16(gather::<UInt16Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
-        DataType::Uint8 => TensorData::Uint8(gather::<UInt8Type>(
-            &columns,
-            rows,
-            parse_fill(fill, input)?,
-            |_| false,
-            &cell,
-        )?),
+        DataType::Int64 => TensorData::Int64(whole!(Int64Type)),
+        DataType::Int32 => TensorData::Int32(whole!(Int32Type)),
+        DataType::Int16 => TensorData::Int16(whole!(Int16Type)),
+        DataType::Int8 => TensorData::Int8(whole!(Int8Type)),
+        DataType::Uint64 => TensorData::Uint64(whole!(UInt64Type)),
+        DataType::Uint32 => TensorData::Uint32(whole!(UInt32Type)),
+        DataType::Uint16 => TensorData::Uint16(whole!(UInt16Type)),
+        DataType::Uint8 => TensorData::Uint8(whole!(UInt8Type)),
         DataType::Bool => {
             let fill = parse_fill::<bool>(fill, input)?;
             let arrays: Vec<&BooleanArray> = columns.iter().map(|c| c.as_boolean()).collect();
@@ -199,6 +157,19 @@ pub fn input_tensor(
         shape: shape(input, rows),
         data,
     }))
+}
+
+/// The text of string columns row by row, `fill` in empty cells.
+fn text_cells<'a>(columns: &'a [ArrayRef], fill: &'a str) -> Vec<&'a str> {
+    let arrays: Vec<&StringArray> = columns.iter().map(|c| c.as_string::<i32>()).collect();
+    let rows = arrays.first().map_or(0, |a| a.len());
+    let mut values = Vec::with_capacity(rows * arrays.len());
+    for r in 0..rows {
+        for a in &arrays {
+            values.push(if a.is_null(r) { fill } else { a.value(r) });
+        }
+    }
+    values
 }
 
 fn shape(input: &InputColumns, rows: usize) -> Vec<usize> {
@@ -239,19 +210,10 @@ impl Prepared {
                 columns,
                 fill,
             } => {
-                let arrays: Vec<&StringArray> =
-                    columns.iter().map(|c| c.as_string::<i32>()).collect();
-                let rows = arrays.first().map_or(0, |a| a.len());
-                let fill = fill.as_deref().unwrap_or_default();
-                let mut values: Vec<&str> = Vec::with_capacity(shape.iter().product());
-                for r in 0..rows {
-                    for a in &arrays {
-                        values.push(if a.is_null(r) { fill } else { a.value(r) });
-                    }
-                }
+                let mut values = text_cells(&columns, fill.as_deref().unwrap_or_default());
                 // Padding repeats the last row.
-                let width = arrays.len();
-                while values.len() < shape.iter().product::<usize>() && rows > 0 {
+                let width = columns.len();
+                while values.len() < shape.iter().product::<usize>() && !values.is_empty() {
                     values.extend_from_within(values.len() - width..);
                 }
                 Ok(string_tensor(shape, &values)?.into_dyn())
@@ -282,20 +244,10 @@ impl Prepared {
                 columns,
                 fill,
             } => {
-                let arrays: Vec<&StringArray> =
-                    columns.iter().map(|c| c.as_string::<i32>()).collect();
-                let rows = arrays.first().map_or(0, |a| a.len());
-                let fill = fill.unwrap_or_default();
-                let mut values = Vec::with_capacity(rows * arrays.len());
-                for r in 0..rows {
-                    for a in &arrays {
-                        values.push(if a.is_null(r) {
-                            fill.clone()
-                        } else {
-                            a.value(r).to_string()
-                        });
-                    }
-                }
+                let values = text_cells(&columns, fill.as_deref().unwrap_or_default())
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
                 HostTensor {
                     shape,
                     data: TensorData::Bytes(values),
