@@ -3,6 +3,8 @@
 One row per customer: a few static account fields, 18 months of monthly
 activity (month 01 is the oldest, month 18 the most recent) and the label
 `churned_6m` (1 if the customer cancels within the 6 months after month 18).
+`plan` (basic, standard, premium), `region` (north, south, east, west, central)
+and `contract` (monthly, annual, two_year) are text; every other column is a number.
 
 The label comes from a latent risk model: falling usage, support tickets,
 late payments, month-to-month contracts, high prices and short tenure all
@@ -21,12 +23,17 @@ import numpy as np
 MONTHS = 18
 METRICS = ("logins", "hours", "tickets", "late")
 
-PLAN_PRICES = np.array([9.99, 19.99, 39.99])  # basic, standard, premium
-N_REGIONS = 5
+# The categorical fields are written as the words a billing or CRM export would hold. The
+# latent model below works on their codes (the index into these tuples), so a seed draws the
+# same customers whatever the words.
+PLANS = ("basic", "standard", "premium")
+PLAN_PRICES = np.array([9.99, 19.99, 39.99])  # per plan, in the order of PLANS
+REGIONS = ("north", "south", "east", "west", "central")
+CONTRACTS = ("monthly", "annual", "two_year")
 
 
 def columns():
-    static = ["customer_id", "plan_tier", "monthly_price", "tenure_months",
+    static = ["customer_id", "plan", "monthly_price", "tenure_months",
               "region", "contract", "autopay"]
     monthly = [f"{m}_m{i:02d}" for m in METRICS for i in range(1, MONTHS + 1)]
     return static + monthly + ["churned_6m"]
@@ -37,11 +44,11 @@ def generate(n, seed):
     t = np.arange(MONTHS) / (MONTHS - 1)  # 0 .. 1 across the window
 
     # --- static fields -------------------------------------------------
-    plan_tier = rng.choice(3, size=n, p=[0.45, 0.38, 0.17])
+    plan_tier = rng.choice(len(PLANS), size=n, p=[0.45, 0.38, 0.17])
     discount = rng.choice([0.0, 0.1, 0.2], size=n, p=[0.75, 0.18, 0.07])
     monthly_price = np.round(PLAN_PRICES[plan_tier] * (1 - discount), 2)
     tenure_months = np.clip(np.round(rng.gamma(2.2, 16.0, size=n)) + MONTHS, MONTHS, 120).astype(int)
-    region = rng.choice(N_REGIONS, size=n, p=[0.30, 0.25, 0.20, 0.15, 0.10])
+    region = rng.choice(len(REGIONS), size=n, p=[0.30, 0.25, 0.20, 0.15, 0.10])
     # longer-tenured customers are more often on annual / two-year contracts
     p_long = 1 / (1 + np.exp(-(tenure_months - 40) / 15))
     u = rng.random(n)
@@ -95,8 +102,8 @@ def generate(n, seed):
 
     rows = []
     for i in range(n):
-        rows.append([f"C{i + 1:05d}", plan_tier[i], f"{monthly_price[i]:.2f}", tenure_months[i],
-                     region[i], contract[i], autopay[i],
+        rows.append([f"C{i + 1:05d}", PLANS[plan_tier[i]], f"{monthly_price[i]:.2f}",
+                     tenure_months[i], REGIONS[region[i]], CONTRACTS[contract[i]], autopay[i],
                      *logins[i], *hours[i], *tickets[i], *late[i], churned[i]])
     return rows, churned.mean()
 

@@ -5,10 +5,12 @@
 `--data` is any CSV of customers: the training part that `prepare.py` splits off (what the
 pipeline passes), or the whole `data/customers.csv`.
 
-Writes the model (one FP32 input `features` of shape [N, F]; outputs `label`
-int64 [N] and `probabilities` float [N, 2]) and `metrics.json` next to it.
-The model input is every column of the CSV except `customer_id` and
-`churned_6m`, in file order; metrics.json lists the names.
+The model takes the customers as the CSV holds them: one input per column except
+`customer_id` and `churned_6m`, named like the column, of shape [N, 1]: string for text
+columns (plan, region, contract), FP32 for numbers. The preprocessing (one-hot encoding of
+the text, standardisation of the numbers) is part of the ONNX graph, so callers pass raw
+columns and map them by name. Outputs: `label` int64 [N] and `probabilities` float [N, 2].
+Writes the model and `metrics.json` (scores and the list of inputs) next to it.
 """
 
 import argparse
@@ -19,53 +21,91 @@ import time
 
 import numpy as np
 import pandas as pd
+from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 ID_COLUMN = "customer_id"
 LABEL = "churned_6m"
-INPUT_NAME = "features"
 # Conservative opsets so that older ONNX Runtime releases can load the model too.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 MAX_ABS_DIFF = 1e-4
 
 
 def load(path):
+    """The model's columns (a DataFrame, numbers as float32) and the labels of a CSV."""
     if not os.path.isfile(path):
         sys.exit(f"error: data file not found: {path}\n"
                  f"hint: generate it with `python generate_data.py --out {path}`")
     df = pd.read_csv(path)
     if LABEL not in df.columns:
         sys.exit(f"error: {path} has no `{LABEL}` column")
-    feature_names = [c for c in df.columns if c not in (ID_COLUMN, LABEL)]
-    X = df[feature_names].to_numpy(dtype=np.float32)
+    X = df[[c for c in df.columns if c not in (ID_COLUMN, LABEL)]].copy()
+    for column in X.columns:
+        if pd.api.types.is_numeric_dtype(X[column]):
+            # The ONNX model computes in float32: scikit-learn must see the same values for
+            # the two to agree to 1e-4.
+            X[column] = X[column].astype(np.float32)
+        else:
+            # An empty cell is the empty string, as a client sending the CSV's text would send it.
+            X[column] = X[column].fillna("").astype(str)
     y = df[LABEL].to_numpy(dtype=np.int64)
-    return X, y, feature_names
+    return X, y
 
 
-def build_model(seed):
+def model_inputs(X):
+    """(name, dtype) of each model input: one per column of X, in file order."""
+    return [(c, "float32" if pd.api.types.is_numeric_dtype(X[c]) else "string")
+            for c in X.columns]
+
+
+def build_model(X, seed):
+    text = [name for name, dtype in model_inputs(X) if dtype == "string"]
+    numbers = [name for name, dtype in model_inputs(X) if dtype != "string"]
     # A regularised linear model scores as well as gradient boosting on this data (held-out AUC
-    # 0.82 against 0.83) and serves about ten times faster: a fraction of a microsecond per row.
+    # 0.83 against 0.82) and serves far faster: one-hot encoding, scaling and the regression
+    # convert to a handful of ONNX nodes. A text value that training never saw (a new region)
+    # counts as none of the known ones.
+    prepare = ColumnTransformer(
+        [("text", OneHotEncoder(handle_unknown="ignore", sparse_output=False), text),
+         ("numbers", StandardScaler(), numbers)],
+        verbose_feature_names_out=False,
+    )
     return Pipeline([
-        ("scale", StandardScaler()),
+        ("prepare", prepare),
         ("clf", LogisticRegression(C=0.1, max_iter=2000, random_state=seed)),
     ])
 
 
-def export_onnx(model, n_features, path):
+def onnx_feed(X):
+    """The ONNX model's inputs for the rows of X: one [N, 1] array per column."""
+    return {name: X[name].to_numpy(dtype=object if dtype == "string" else np.float32)
+            .reshape(-1, 1)
+            for name, dtype in model_inputs(X)}
+
+
+def export_onnx(model, X, path):
     # Only the export needs the converter.
     import onnx
     from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
+    initial_types = [(name, StringTensorType([None, 1]) if dtype == "string"
+                      else FloatTensorType([None, 1]))
+                     for name, dtype in model_inputs(X)]
     onx = to_onnx(
         model,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        options={"zipmap": False},  # plain tensors instead of a list of dicts
+        initial_types=initial_types,
+        options={
+            LogisticRegression: {"zipmap": False},  # plain tensors, not a list of dicts
+            # Sub and Div instead of the ai.onnx.ml Scaler operator: they run vectorised, and
+            # the model scores about 40 % more rows per second.
+            StandardScaler: {"div": "div"},
+        },
         target_opset=TARGET_OPSET,
     )
     # Name the outputs the way the server and clients expect them.
@@ -74,7 +114,7 @@ def export_onnx(model, n_features, path):
         node.output[:] = [rename.get(o, o) for o in node.output]
     for out in onx.graph.output:
         out.name = rename.get(out.name, out.name)
-    # A named, dynamic batch dimension on the input and on both outputs.
+    # A named, dynamic batch dimension on every input and on both outputs.
     for value in list(onx.graph.input) + list(onx.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "N"
     # Keep one import per operator domain.
@@ -84,7 +124,8 @@ def export_onnx(model, n_features, path):
     del onx.opset_import[:]
     for domain, version in sorted(opsets.items()):
         onx.opset_import.add(domain=domain, version=version)
-    onx.doc_string = "churn: P(cancel within 6 months) from 18 months of activity"
+    onx.doc_string = ("churn: P(cancel within 6 months) from 18 months of activity; "
+                      "one input per CSV column, named like it")
     onnx.checker.check_model(onx)
     with open(path, "wb") as f:
         f.write(onx.SerializeToString())
@@ -99,13 +140,16 @@ def verify(path, model, X):
     sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     inputs = [(i.name, i.shape, i.type) for i in sess.get_inputs()]
     outputs = [o.name for o in sess.get_outputs()]
-    assert [i[0] for i in inputs] == [INPUT_NAME], inputs
+    assert [i[0] for i in inputs] == list(X.columns), inputs
+    assert all(i[1] == ["N", 1] for i in inputs), inputs
     assert outputs == ["label", "probabilities"], outputs
-    label, proba = sess.run(None, {INPUT_NAME: X.astype(np.float32)})
+    label, proba = sess.run(None, onnx_feed(X))
     expected = model.predict_proba(X)
     diff = float(np.max(np.abs(proba - expected)))
     label_mismatch = int(np.sum(label != model.predict(X)))
-    print(f"onnx check: inputs {inputs}, outputs {outputs}")
+    text = [name for name, _, kind in inputs if kind == "tensor(string)"]
+    print(f"onnx check: {len(inputs)} inputs of shape [N, 1] ({len(text)} string: "
+          f"{', '.join(text)}; {len(inputs) - len(text)} float), outputs {outputs}")
     print(f"onnx check: max |p_onnx - p_sklearn| = {diff:.2e} on {len(X)} rows, "
           f"{label_mismatch} label mismatches")
     if diff > MAX_ABS_DIFF:
@@ -113,7 +157,7 @@ def verify(path, model, X):
     return diff
 
 
-def save_metrics(out_dir, *, auc, acc, y, n_train, n_test, max_diff, feature_names):
+def save_metrics(out_dir, *, auc, acc, y, n_train, n_test, max_diff, X):
     """Writes metrics.json beside the model (train.ipynb writes the same file)."""
     metrics = {
         "auc": round(auc, 4),
@@ -122,16 +166,22 @@ def save_metrics(out_dir, *, auc, acc, y, n_train, n_test, max_diff, feature_nam
         "n_test": int(n_test),
         "churn_rate": round(float(y.mean()), 4),
         "onnx_max_abs_diff": max_diff,
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, len(feature_names)]},
+        # Every input has shape [N, 1] and takes the CSV column of the same name.
+        "inputs": [{"name": name, "dtype": dtype} for name, dtype in model_inputs(X)],
         "outputs": {"label": "int64 [N], 1 = churns",
                     "probabilities": "float32 [N, 2], columns [stays, churns]"},
-        "features": feature_names,
     }
     metrics_path = os.path.join(out_dir, "metrics.json")
     with open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
     return metrics_path
+
+
+def describe(path, X, y):
+    text = [name for name, dtype in model_inputs(X) if dtype == "string"]
+    return (f"loaded {path}: {len(y)} customers, {X.shape[1]} columns "
+            f"({len(text)} text: {', '.join(text)}), churn rate {y.mean():.1%}")
 
 
 def main():
@@ -145,15 +195,14 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="OpenMP threads for training")
     args = ap.parse_args()
 
-    X, y, feature_names = load(args.data)
-    print(f"loaded {args.data}: {len(y)} customers, {len(feature_names)} features, "
-          f"churn rate {y.mean():.1%}")
+    X, y = load(args.data)
+    print(describe(args.data, X, y))
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=args.test_size, random_state=args.seed, stratify=y)
 
     start = time.perf_counter()
     with threadpool_limits(limits=args.threads, user_api="openmp"):
-        model = build_model(args.seed).fit(X_train, y_train)
+        model = build_model(X, args.seed).fit(X_train, y_train)
         train_seconds = time.perf_counter() - start
         proba = model.predict_proba(X_test)[:, 1]
     auc = float(roc_auc_score(y_test, proba))
@@ -163,12 +212,11 @@ def main():
 
     out_dir = os.path.dirname(args.out) or "."
     os.makedirs(out_dir, exist_ok=True)
-    export_onnx(model, len(feature_names), args.out)
+    export_onnx(model, X, args.out)
     max_diff = verify(args.out, model, X_test)
 
     metrics_path = save_metrics(out_dir, auc=auc, acc=acc, y=y, n_train=len(y_train),
-                                n_test=len(y_test), max_diff=max_diff,
-                                feature_names=feature_names)
+                                n_test=len(y_test), max_diff=max_diff, X=X)
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes) and {metrics_path}")
 
 
