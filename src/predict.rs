@@ -179,7 +179,7 @@ fn table_request(path: &Path, meta: &Value) -> Result<Option<Value>, PredictErro
         })
         .unwrap_or_default();
     let table = crate::score::table_inputs(path, inputs).map_err(|e| PredictError::BadInput {
-        what: path.display().to_string(),
+        what: "--csv".into(),
         message: e.to_string(),
     })?;
     Ok(table.map(|tensors| {

@@ -150,7 +150,8 @@ fn serve_predict_logs_down() {
     let out = ferry(&root, &["predict", "--csv", "short.csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("column 'contract' is missing"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("76 columns are missing: monthly_price, tenure_months, contract"),
         "a missing column is named: {}",
         String::from_utf8_lossy(&out.stderr)
     );

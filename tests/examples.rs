@@ -82,11 +82,12 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
     assert_eq!(data.lines().count(), 3001, "3000 customers and a header");
 
     // The notebook's run (after the split training reads, made by `prepare` first), then the
-    // pipeline three times: everything, nothing, evaluate alone.
+    // pipeline three times: everything, nothing, evaluate alone; then the customers scored.
     let runs = runs(&root);
     let kinds: Vec<String> = runs
         .iter()
         .map(|r| match r["steps"].as_array() {
+            None if r["score"].is_object() => "score".to_string(),
             None => "train".to_string(),
             Some(steps) => steps
                 .iter()
@@ -110,6 +111,7 @@ async fn churn_walkthrough_data_notebook_train_serve_predict_promote() {
             "prepare cached, train ran, evaluate ran",
             "prepare cached, train cached, evaluate cached",
             "prepare cached, train cached, evaluate ran",
+            "score",
         ],
         "{runs:#?}"
     );

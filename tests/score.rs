@@ -550,6 +550,23 @@ fn bad_files_models_and_outputs_are_refused() {
         &["score", "x.csv", "-o", "m.csv", "--model", "missing.onnx"],
     );
     assert!(err.contains("missing.onnx"), "{err}");
+    let err = refused(
+        d,
+        &[
+            "score",
+            "x.csv",
+            "-o",
+            "m.csv",
+            "--model",
+            &model,
+            "--batch-size",
+            "0",
+        ],
+    );
+    assert!(
+        err.contains("--batch-size 0: give 1 to 1048576 rows"),
+        "{err}"
+    );
     let err = refused(d, &["score", "x.csv", "-o", "f.csv"]);
     assert!(err.contains("which model?"), "{err}");
 }

@@ -124,8 +124,13 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     } else {
         args.keep.clone()
     };
-    if args.batch_size == Some(0) {
-        return Err(CliError::Usage("--batch-size must be at least 1".into()));
+    if let Some(rows) = args.batch_size
+        && !(1..=score::MAX_BATCH_ROWS).contains(&rows)
+    {
+        return Err(CliError::Usage(format!(
+            "--batch-size {rows}: give 1 to {} rows",
+            score::MAX_BATCH_ROWS
+        )));
     }
     let options = Options {
         inputs,

@@ -194,8 +194,11 @@ impl Mapping {
 
     /// The model's inputs as `name [shape] ← columns`, for messages.
     pub fn describe_inputs(&self) -> String {
-        self.inputs
+        const SHOWN: usize = 10;
+        let mut text = self
+            .inputs
             .iter()
+            .take(SHOWN)
             .map(|i| {
                 if i.columns.len() == 1 && i.columns[0] == i.name {
                     format!("{} ({})", i.name, i.datatype)
@@ -204,7 +207,14 @@ impl Mapping {
                 }
             })
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        if self.inputs.len() > SHOWN {
+            text.push_str(&format!(
+                "; … ({} inputs in all, each from the column of its name)",
+                self.inputs.len()
+            ));
+        }
+        text
     }
 }
 

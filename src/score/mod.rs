@@ -38,6 +38,8 @@ use source::{Format, InputFile};
 /// and memory stays flat for wide tables (the churn template's 79 columns: 6,636 rows).
 const BATCH_CELLS: usize = 512 * 1024;
 const BATCH_ROWS: std::ops::RangeInclusive<usize> = 1024..=65_536;
+/// The most rows a batch may be given: the CSV reader sets aside room for a whole batch.
+pub const MAX_BATCH_ROWS: usize = 1 << 20;
 
 /// Batches in flight between two threads.
 const QUEUE: usize = 2;
@@ -51,12 +53,13 @@ pub enum ScoreError {
     #[error("input {}: not a readable Parquet file: {message}", path.display())]
     BadParquet { path: PathBuf, message: String },
     #[error(
-        "input {}: column '{column}' is missing; the model reads {inputs}; the file has: {columns}{hint}",
+        "input {}: {missing}; the model reads {inputs}; the file has: {columns}{hint}",
         path.display()
     )]
     MissingColumn {
         path: PathBuf,
-        column: String,
+        /// "column 'x' is missing", or how many are and the first of them.
+        missing: String,
         inputs: String,
         columns: String,
         hint: String,
@@ -432,34 +435,37 @@ fn check_files(
     for (i, file) in files.iter().enumerate() {
         let (fields, rows) = source::columns(file)?;
         total = total.zip(rows).map(|(a, b)| a + b);
-        for (column, _) in &wanted {
-            if !fields.iter().any(|f| f.name() == column) {
-                let reader = mapping.inputs.iter().find(|i| i.columns.contains(column));
-                let hint = match reader {
-                    Some(input) if input.columns.len() > 1 || input.columns[0] != input.name => {
-                        format!(
-                            "; hint: --columns {}=COL,… names the columns input '{}' reads",
-                            input.name, input.name
-                        )
-                    }
-                    Some(input) => format!(
-                        "; hint: --columns {}=COLUMN reads input '{}' from another column",
+        let missing: Vec<&String> = wanted
+            .iter()
+            .map(|(column, _)| column)
+            .filter(|column| !fields.iter().any(|f| f.name() == *column))
+            .collect();
+        if let Some(&column) = missing.first() {
+            let reader = mapping.inputs.iter().find(|i| i.columns.contains(column));
+            let hint = match reader {
+                Some(input) if input.columns.len() > 1 || input.columns[0] != input.name => {
+                    format!(
+                        "; hint: --columns {}=COL,… names the columns input '{}' reads",
                         input.name, input.name
-                    ),
-                    None => "; it is named by --keep".into(),
-                };
-                return Err(ScoreError::MissingColumn {
-                    path: file.path.clone(),
-                    column: column.clone(),
-                    inputs: mapping.describe_inputs(),
-                    columns: fields
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    hint,
-                });
-            }
+                    )
+                }
+                Some(input) => format!(
+                    "; hint: --columns {}=COLUMN reads input '{}' from another column",
+                    input.name, input.name
+                ),
+                None => "; it is named by --keep".into(),
+            };
+            let missing = match missing.len() {
+                1 => format!("column '{column}' is missing"),
+                n => format!("{n} columns are missing: {}", abridged(&missing)),
+            };
+            return Err(ScoreError::MissingColumn {
+                path: file.path.clone(),
+                missing,
+                inputs: mapping.describe_inputs(),
+                columns: abridged(&fields.iter().map(|f| f.name()).collect::<Vec<_>>()),
+                hint,
+            });
         }
         if i == 0 {
             keep_types = keep
@@ -524,6 +530,21 @@ impl Preparing<'_> {
             file: batch.file,
         })
     }
+}
+
+/// A list for a message: the first ten of a long one, then how many more.
+fn abridged<T: std::fmt::Display>(items: &[T]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(", … ({} more)", items.len() - SHOWN));
+    }
+    text
 }
 
 fn read_all(
@@ -750,7 +771,7 @@ pub(crate) fn table_inputs(
         0,
         &files[0],
         &wanted,
-        usize::MAX >> 1,
+        *BATCH_ROWS.end(),
         &Arc::default(),
         |b| {
             batches.push(b);
@@ -795,5 +816,50 @@ pub fn rate(rows: u64, elapsed: Duration) -> String {
         format!("{:.1}k rows/s", per_second / 1e3)
     } else {
         format!("{per_second:.0} rows/s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::model::IoSpec;
+    use crate::server::tensor::{DataType, TensorData};
+
+    fn io(name: &str, datatype: DataType, shape: &[i64]) -> IoSpec {
+        IoSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_small_table_becomes_request_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        std::fs::write(&path, "id,plan,age\nA,basic,30\nB,premium,41.5\n").unwrap();
+        let inputs = vec![
+            io("plan", DataType::Bytes, &[-1, 1]),
+            io("age", DataType::Fp32, &[-1]),
+        ];
+        let tensors = table_inputs(&path, inputs).unwrap().expect("named columns");
+        assert_eq!(tensors[0].0, "plan");
+        assert_eq!(tensors[0].1.shape, vec![2, 1]);
+        assert_eq!(
+            tensors[0].1.data,
+            TensorData::Bytes(vec!["basic".into(), "premium".into()])
+        );
+        assert_eq!(tensors[1].1.shape, vec![2]);
+        assert_eq!(tensors[1].1.data, TensorData::Fp32(vec![30.0, 41.5]));
+        // One input whose columns the file does not name: the caller reads bare numbers.
+        let one = vec![io("features", DataType::Fp32, &[-1, 3])];
+        assert!(table_inputs(&path, one).unwrap().is_none());
+        // Several inputs, one of them missing: named.
+        let two = vec![
+            io("plan", DataType::Bytes, &[-1, 1]),
+            io("region", DataType::Bytes, &[-1, 1]),
+        ];
+        let err = table_inputs(&path, two).unwrap_err().to_string();
+        assert!(err.contains("column 'region' is missing"), "{err}");
     }
 }
