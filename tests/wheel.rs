@@ -124,7 +124,7 @@ async fn the_wheel_alone_runs_doctor_native_serving_and_the_churn_walkthrough() 
     let project = dir.path().join("native");
     std::fs::create_dir_all(project.join("artifacts")).unwrap();
     std::fs::copy(
-        common::fixture("churn.onnx"),
+        common::fixture("churn_raw.onnx"),
         project.join("artifacts/model.onnx"),
     )
     .unwrap();
