@@ -307,10 +307,10 @@ fn batch_dimension(inputs: &[IoSpec]) -> Result<Option<usize>, ScoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn io(name: &str, datatype: DataType, shape: &[i64]) -> IoSpec {
+    pub(crate) fn io(name: &str, datatype: DataType, shape: &[i64]) -> IoSpec {
         IoSpec {
             name: name.into(),
             datatype,

@@ -822,16 +822,8 @@ pub fn rate(rows: u64, elapsed: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::model::IoSpec;
+    use crate::score::columns::tests::io;
     use crate::server::tensor::{DataType, TensorData};
-
-    fn io(name: &str, datatype: DataType, shape: &[i64]) -> IoSpec {
-        IoSpec {
-            name: name.into(),
-            datatype,
-            shape: shape.to_vec(),
-        }
-    }
 
     #[test]
     fn a_small_table_becomes_request_tensors() {
