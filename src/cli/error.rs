@@ -60,6 +60,17 @@ impl CliError {
         match self {
             CliError::Local(e) => e.exit_code(),
             CliError::Score(crate::score::ScoreError::Interrupted) => 130,
+            CliError::Cluster(e)
+                if matches!(
+                    **e,
+                    crate::cluster::ClusterError::Interrupted(_)
+                        | crate::cluster::ClusterError::Score(
+                            crate::score::ScoreError::Interrupted
+                        )
+                ) =>
+            {
+                130
+            }
             _ => 1,
         }
     }

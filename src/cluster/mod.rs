@@ -6,6 +6,7 @@ pub mod dev;
 pub mod history;
 pub mod platform;
 pub mod promote;
+pub mod score;
 pub mod train;
 
 use crate::docker::{self, DockerError};
@@ -58,6 +59,33 @@ pub enum ClusterError {
     Push(#[from] PushError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    Score(#[from] crate::score::ScoreError),
+    #[error(
+        "score input {input} is outside the project ({root}): in a cluster the scoring pods copy their inputs out of the project image\n  hint: move it under the project, or score it here without --env"
+    )]
+    ScoreInputOutside { input: String, root: String },
+    #[error(
+        "score input {input} is not in the project image: {file} leaves out {excluded}, and in a cluster the scoring pods copy their inputs out of the image\n  hint: remove the rule that excludes it from .dockerignore (or add `!{excluded}` after it), or score it here without --env"
+    )]
+    ScoreInputNotInImage {
+        input: String,
+        excluded: String,
+        file: String,
+    },
+    #[error(
+        "model {model} is not in the serving image, which holds {served}: in a cluster the serving image's ferry scores with its own models\n  hint: --model with a served model's name, or add the model to serve.models"
+    )]
+    ScoreModelNotServed { model: String, served: String },
+    #[error(
+        "shard {shard} of {shards} ({inputs}) failed: {reason}\n  hint: nothing was written; fix the input or the cause named, then run again"
+    )]
+    ShardFailed {
+        shard: usize,
+        shards: usize,
+        inputs: String,
+        reason: String,
+    },
     #[error(transparent)]
     History(#[from] history::HistoryError),
     #[error(transparent)]

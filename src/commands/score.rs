@@ -54,6 +54,10 @@ pub struct Args {
     /// ONNX Runtime threads per operator (reading and writing take a thread each besides).
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
+    /// In a cluster environment (--env): score as an Indexed Job of N pods, each taking a run
+    /// of whole input files (default: 1).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
 }
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
@@ -63,15 +67,19 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     } else {
         None
     };
-    if let Some(p) = &project
-        && p.spec.target == TargetKind::Kubernetes
-    {
-        return Err(CliError::Usage(format!(
-            "environment {} is a cluster: scoring there as a Job is not available in this version; \
-             hint: score here with `ferry score` without --env",
-            p.spec.env.as_deref().unwrap_or("?")
-        )));
-    }
+    let in_cluster = project
+        .as_ref()
+        .is_some_and(|p| p.spec.target == TargetKind::Kubernetes);
+    let shards = match args.shards {
+        Some(0) => return Err(CliError::Usage("--shards 0: give 1 or more".into())),
+        Some(n) if !in_cluster => {
+            return Err(CliError::Usage(format!(
+                "--shards {n} splits scoring across a cluster's pods\n  hint: add --env with a `target: kubernetes` environment, or leave --shards out to score here"
+            )));
+        }
+        Some(n) => n,
+        None => 1,
+    };
     let defaults = project.as_ref().and_then(|p| p.spec.score.clone());
     let root = project.as_ref().map_or(cwd.clone(), |p| p.root.clone());
     let from_spec = |p: &str| root.join(p);
@@ -148,18 +156,28 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
 
     let started = runs::now_rfc3339();
     let clock = Instant::now();
-    let meter = Arc::new(Meter::new(ui));
-    let result = run_scoring(&options, Arc::clone(&meter));
-    meter.clear();
     let id = runs::new_id();
+    let result = match project.as_ref().filter(|_| in_cluster) {
+        Some(p) => runtime()?
+            .block_on(crate::cluster::score::score(p, &options, shards, &id, ui))
+            .map(|s| (s.summary, Some(s.image)))
+            .map_err(CliError::from),
+        None => {
+            let meter = Arc::new(Meter::new(ui));
+            let result = run_scoring(&options, Arc::clone(&meter));
+            meter.clear();
+            result.map(|s| (s, None)).map_err(CliError::from)
+        }
+    };
     match result {
-        Ok(summary) => {
+        Ok((summary, image)) => {
             let outcome = Outcome {
                 id: &id,
                 started: &started,
                 took: clock.elapsed(),
                 status: Status::Succeeded,
                 error: None,
+                image: image.unwrap_or_default(),
             };
             let record = project.as_ref().map(|p| record(p, &outcome, &summary));
             let saved = match record {
@@ -180,21 +198,24 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
         }
         Err(e) => {
             if let Some(p) = &project {
-                let status = match e {
-                    ScoreError::Interrupted => Status::Interrupted,
-                    _ => Status::Failed,
+                let status = if e.exit_code() == 130 {
+                    Status::Interrupted
+                } else {
+                    Status::Failed
                 };
+                let reason = e.to_string();
                 let outcome = Outcome {
                     id: &id,
                     started: &started,
                     took: clock.elapsed(),
                     status,
-                    error: Some(&e),
+                    error: Some(&reason),
+                    image: String::new(),
                 };
                 let failed = failed_record(p, &outcome, &options);
                 let _ = failed.save(&root);
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -310,7 +331,9 @@ struct Outcome<'a> {
     started: &'a str,
     took: Duration,
     status: Status,
-    error: Option<&'a ScoreError>,
+    error: Option<&'a str>,
+    /// The serving image a cluster run's pods ran; empty for a run here.
+    image: String,
 }
 
 impl Outcome<'_> {
@@ -322,7 +345,7 @@ impl Outcome<'_> {
             started: self.started.to_string(),
             duration_secs: (self.took.as_secs_f64() * 100.0).round() / 100.0,
             env: project.spec.env.clone(),
-            image: String::new(),
+            image: self.image.clone(),
             image_id: String::new(),
             spec_hash: String::new(),
             command: std::env::args().collect(),

@@ -259,6 +259,155 @@ pub fn training_job(p: &Placement, train: &Workload, run_id: &str) -> Job {
     }
 }
 
+/// The name of a scoring run's Job: `<project>-score-<run id>`, as [`job_name`].
+pub fn score_job_name(project: &str, run_id: &str) -> String {
+    job_name(project, run_id).replacen(
+        &format!("{project}-train-"),
+        &format!("{project}-score-"),
+        1,
+    )
+}
+
+/// A cluster scoring run as an Indexed Job, one completion per shard of `plan`. Each pod copies
+/// its shard's inputs out of the project image (`inputs`, an init container), scores them with
+/// the serving image's ferry (`score`, an init container too, retried by the Job per index),
+/// and holds its part of the output in a collector until ferry has copied it, as a training
+/// does.
+pub fn scoring_job(
+    p: &Placement,
+    serving_image: &str,
+    workdir: &str,
+    plan: &crate::score::shard::ShardPlan,
+    run_id: &str,
+) -> Result<Job, serde_json::Error> {
+    use crate::score::shard::{PLAN_ENV, POD_DIR};
+    let name = score_job_name(&p.project, run_id);
+    let mut labels = p.labels("score");
+    labels.insert("ferry.dev/run".into(), run_label(run_id));
+    let shards = plan.shards.len() as i32;
+    let work = VolumeMount {
+        name: "score".into(),
+        mount_path: POD_DIR.into(),
+        ..Default::default()
+    };
+    let tmp = VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    };
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut script = format!("set -e\nmkdir -p {POD_DIR}/in\ncase \"$JOB_COMPLETION_INDEX\" in\n");
+    for (k, files) in plan.shards.iter().enumerate() {
+        script.push_str(&format!("{k})"));
+        for &i in files {
+            let input = &plan.inputs[i];
+            script.push_str(&format!(
+                " cp -- {} {POD_DIR}/in/{};",
+                quote(&input.name),
+                input.pod_name(i)
+            ));
+        }
+        script.push_str(" ;;\n");
+    }
+    script
+        .push_str("*) echo \"no shard $JOB_COMPLETION_INDEX in this Job\" >&2; exit 2 ;;\nesac\n");
+    let inputs = Container {
+        name: "inputs".into(),
+        image: Some(p.image.clone()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        working_dir: Some(workdir.to_string()),
+        resources: Some(small_resources()),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![work.clone(), tmp.clone()]),
+        ..Default::default()
+    };
+    let scorer = Container {
+        name: "score".into(),
+        image: Some(serving_image.to_string()),
+        command: Some(vec![
+            crate::images::serving::BINARY_PATH.into(),
+            "score-shard".into(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: PLAN_ENV.into(),
+            value: Some(serde_json::to_string(plan)?),
+            ..Default::default()
+        }]),
+        resources: Some(resources(None, None, None)),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![work.clone(), tmp.clone()]),
+        ..Default::default()
+    };
+    let collector = Container {
+        name: "collect".into(),
+        image: Some(p.image.clone()),
+        command: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "i=0; while [ ! -f {COLLECT_DONE} ] && [ $i -lt {COLLECT_WAIT_SECONDS} ]; do sleep 1; i=$((i+1)); done"
+            ),
+        ]),
+        working_dir: Some(POD_DIR.into()),
+        resources: Some(small_resources()),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![
+            work,
+            tmp,
+            VolumeMount {
+                name: "collect".into(),
+                mount_path: COLLECT_DIR.into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    let mut pod = p.pod(vec![collector]);
+    pod.init_containers = Some(vec![inputs, scorer]);
+    pod.restart_policy = Some("Never".into());
+    pod.volumes = Some(vec![
+        empty_dir("score"),
+        empty_dir("tmp"),
+        empty_dir("collect"),
+    ]);
+    Ok(Job {
+        metadata: p.meta(&name, labels.clone()),
+        spec: Some(JobSpec {
+            completions: Some(shards),
+            parallelism: Some(shards),
+            completion_mode: Some("Indexed".into()),
+            // A shard that fails is tried again (a node lost, an eviction); one that fails
+            // three times fails the whole run at once.
+            backoff_limit_per_index: Some(2),
+            max_failed_indexes: Some(0),
+            ttl_seconds_after_finished: Some(JOB_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn small_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".into())),
+            ("memory".to_string(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("64Mi".into()),
+        )])),
+        ..Default::default()
+    }
+}
+
 pub fn run_label(run_id: &str) -> String {
     let mut v: String = run_id
         .chars()

@@ -8,6 +8,8 @@
 
 pub(crate) mod columns;
 pub(crate) mod convert;
+pub mod join;
+pub mod shard;
 pub mod sink;
 pub(crate) mod source;
 
@@ -211,6 +213,25 @@ pub(crate) fn plan(options: &Options) -> Result<Plan, ScoreError> {
         mapping,
         model_sha256: hex::encode(Sha256::digest(&bytes)),
     })
+}
+
+/// What [`score`] checks before its first row, without scoring one: the inputs listed, the
+/// model opened and mapped to every file's columns. A cluster run says these on this machine.
+pub fn preflight(options: &Options) -> Result<Vec<ScoredInput>, ScoreError> {
+    let files = source::list(&options.inputs)?;
+    refuse_output_among_inputs(&options.output, &files)?;
+    let Plan { mapping, .. } = plan(options)?;
+    let keep = keep_columns(&options.keep, &mapping)?;
+    check_files(&files, &mapping, &keep)?;
+    Ok(files
+        .iter()
+        .map(|f| ScoredInput {
+            path: f.path.clone(),
+            format: f.format.name(),
+            bytes: f.bytes,
+            rows: 0,
+        })
+        .collect())
 }
 
 /// Scores `options.inputs` into `options.output`. `cancel` stops it between batches (the

@@ -26,6 +26,8 @@ pub struct Sink {
     format: Format,
     file: Option<Hashing<BufWriter<File>>>,
     writer: Option<Writer>,
+    /// Bytes were written as they are (CSV parts being joined), not through a writer.
+    raw: bool,
     done: bool,
 }
 
@@ -86,6 +88,7 @@ impl Sink {
             format,
             file: Some(Hashing::new(BufWriter::with_capacity(1 << 20, file))),
             writer: None,
+            raw: false,
             done: false,
         })
     }
@@ -124,16 +127,34 @@ impl Sink {
         result.map_err(|message| self.failed(&message))
     }
 
+    /// Writes `bytes` as they are: already-written CSV joined into one file. Not for a sink
+    /// that has written batches, nor for Parquet.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ScoreError> {
+        if self.writer.is_some() || !matches!(self.format, Format::Csv { .. }) {
+            return Err(self.failed("raw bytes go only into a CSV output written no other way"));
+        }
+        self.raw = true;
+        let file = self.file.as_mut().ok_or_else(|| ScoreError::Write {
+            path: self.path.clone(),
+            message: "closed".into(),
+        })?;
+        file.write_all(bytes)
+            .map_err(|e| self.failed(&e.to_string()))
+    }
+
     /// Closes the file, makes it durable and renames it to the output's name.
     pub fn finish(mut self, empty: &RecordBatch) -> Result<Written, ScoreError> {
-        if self.writer.is_none() {
+        if self.writer.is_none() && !self.raw {
             // No rows: the file still has the columns (a CSV header, a Parquet schema).
             self.write(empty)?;
         }
         let hashing = match self.writer.take() {
             Some(Writer::Csv(w)) => w.into_inner(),
             Some(Writer::Parquet(w)) => w.into_inner().map_err(|e| self.failed(&e.to_string()))?,
-            None => return Err(self.failed("nothing was written")),
+            None => match self.file.take() {
+                Some(f) if self.raw => f,
+                _ => return Err(self.failed("nothing was written")),
+            },
         };
         let Hashing {
             inner,

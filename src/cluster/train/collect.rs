@@ -27,7 +27,7 @@ const COMPLETE_WAIT: Duration = Duration::from_secs(2 * 60);
 
 /// Runs `command` in the pod's `collect` container, its stdout into `sink`; a non-zero exit
 /// is an error carrying its stderr.
-pub(super) async fn exec_output<W: tokio::io::AsyncWrite + Unpin>(
+pub(crate) async fn exec_output<W: tokio::io::AsyncWrite + Unpin>(
     ctx: &JobCtx,
     pod: &str,
     command: Vec<String>,

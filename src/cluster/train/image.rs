@@ -41,7 +41,7 @@ pub(super) fn check_inputs_in_image(
 }
 
 /// The project's `.dockerignore` (the rules that decide what the image holds) and its path.
-fn dockerignore(project: &Project) -> Result<(PathBuf, DockerIgnore), ClusterError> {
+pub(crate) fn dockerignore(project: &Project) -> Result<(PathBuf, DockerIgnore), ClusterError> {
     let file = project.root.join(".dockerignore");
     let ignore = DockerIgnore::load(&project.root).map_err(|source| images::ImageError::Read {
         path: file.clone(),

@@ -45,7 +45,8 @@ use crate::project_plan::{PlanError, make_plan_with};
 use crate::runs::{self, RunError, Status, TrainResult};
 use crate::spec::Project;
 use crate::ui::Ui;
-use collect::{collect_outputs, exec_output, wait_complete};
+pub(crate) use collect::exec_output;
+use collect::{collect_outputs, wait_complete};
 use copy::move_output;
 use image::{check_inputs_in_image, check_secrets_not_in_image};
 use logs::follow_training;
@@ -54,7 +55,7 @@ use pod::wait_started;
 use record::{Failure, Run};
 
 /// How often pods and Jobs are looked at while waiting.
-const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// `ferry train` in a cluster: `train.command`, or `notebook` in its place.
 pub async fn train(

@@ -112,25 +112,25 @@ where
 }
 
 /// Where the Job runs and how its pod is found.
-pub(super) struct JobCtx {
-    pub(super) client: Client,
-    pub(super) ns: String,
-    pub(super) job: String,
-    pub(super) selector: String,
-    pub(super) workdir: String,
+pub(crate) struct JobCtx {
+    pub(crate) client: Client,
+    pub(crate) ns: String,
+    pub(crate) job: String,
+    pub(crate) selector: String,
+    pub(crate) workdir: String,
 }
 
 impl JobCtx {
-    pub(super) fn pods(&self) -> Api<Pod> {
+    pub(crate) fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    pub(super) fn jobs(&self) -> Api<Job> {
+    pub(crate) fn jobs(&self) -> Api<Job> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 }
 
-pub(super) async fn delete_job(ctx: &JobCtx, ui: &Ui) {
+pub(crate) async fn delete_job(ctx: &JobCtx, ui: &Ui) {
     match ctx
         .jobs()
         .delete(&ctx.job, &DeleteParams::background())

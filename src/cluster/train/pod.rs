@@ -135,7 +135,7 @@ pub(crate) struct Ended {
 }
 
 impl Ended {
-    pub(super) fn of(t: &ContainerStateTerminated) -> Ended {
+    pub(crate) fn of(t: &ContainerStateTerminated) -> Ended {
         Ended {
             exit_code: i64::from(t.exit_code),
             reason: t.reason.clone().unwrap_or_default(),
@@ -162,7 +162,7 @@ impl Ended {
     }
 }
 
-pub(super) fn container_status<'p>(pod: &'p Pod, name: &str) -> Option<&'p ContainerStatus> {
+pub(crate) fn container_status<'p>(pod: &'p Pod, name: &str) -> Option<&'p ContainerStatus> {
     crate::kube::rollout::statuses(pod).find(|c| c.name == name)
 }
 
