@@ -123,6 +123,9 @@ pub struct ScoreInput {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// A URL's ETag, as its server gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     pub bytes: u64,
     pub rows: u64,
 }

@@ -118,6 +118,8 @@ struct State {
     seen: Mutex<Vec<Seen>>,
     /// What `/workspace` and `/ferry-collect` are for commands exec'd in the pod.
     pod_root: Mutex<Option<PathBuf>>,
+    /// Per pod by name, what `/score` and `/ferry-collect` are (a scoring Job's pods).
+    pod_roots: Mutex<std::collections::HashMap<String, PathBuf>>,
     /// Flip a byte of every tar stream an exec sends back.
     corrupt_tar: AtomicBool,
     /// Where a port-forward to the pod's port reaches.
@@ -499,7 +501,17 @@ async fn exec(state: &State, mut conn: tokio::net::TcpStream, key: &str, seen: &
     {
         return;
     }
-    let root = state.pod_root.lock().unwrap().clone().unwrap_or_default();
+    let pod = seen
+        .path
+        .trim_end_matches("/exec")
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let root = match state.pod_roots.lock().unwrap().get(&pod) {
+        Some(r) => r.clone(),
+        None => state.pod_root.lock().unwrap().clone().unwrap_or_default(),
+    };
     let argv: Vec<String> = seen
         .command()
         .iter()
@@ -509,6 +521,7 @@ async fn exec(state: &State, mut conn: tokio::net::TcpStream, key: &str, seen: &
                     "/ferry-collect",
                     &root.join("ferry-collect").to_string_lossy(),
                 )
+                .replace("/score", &root.join("score").to_string_lossy())
         })
         .collect();
     let out = tokio::process::Command::new(&argv[0])
@@ -1971,4 +1984,480 @@ async fn collecting() -> (FakeApi, tempfile::TempDir) {
     std::fs::create_dir_all(pod_fs.path().join("ferry-collect")).unwrap();
     *fake.state.pod_root.lock().unwrap() = Some(pod_fs.path().to_path_buf());
     (fake, pod_fs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scoring as an Indexed Job
+// ---------------------------------------------------------------------------------------------
+
+/// A project serving the `meta` model (Y = 2X over the columns height, width, depth), with
+/// three tables to score and one with a bad cell, and the `staging` cluster environment.
+fn scoring_project(registry: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let header = "id,height,width,depth\n";
+    let table = |rows: std::ops::Range<u32>| {
+        let mut t = header.to_string();
+        for i in rows {
+            t.push_str(&format!("c{i},{i},{}.5,{}\n", i * 3, i % 7));
+        }
+        t
+    };
+    std::fs::write(root.join("data/a.csv"), table(0..40)).unwrap();
+    std::fs::write(root.join("data/b.csv"), table(40..70)).unwrap();
+    std::fs::write(root.join("data/c.csv"), table(70..120)).unwrap();
+    std::fs::write(
+        root.join("data/bad.csv"),
+        format!("{header}c1,1,2,3\nc2,tall,5,6\n"),
+    )
+    .unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/server/meta.onnx"),
+        root.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(root.join(".dockerignore"), ".ferry/\n*.out.csv\n.env.*\n").unwrap();
+    std::fs::write(root.join(".env.staging"), "DB_PASSWORD=hunter2\n").unwrap();
+    std::fs::write(
+        root.join("ferry.yaml"),
+        format!(
+            "name: {NAME}
+environment:
+  bootstrap: bookworm
+  system_packages: [libgomp1]
+serve:
+  model: model.onnx
+environments:
+  dev: {{ target: docker }}
+  staging:
+    target: kubernetes
+    namespace: {NS}
+    registry: {registry}/ml
+    secrets: .env.staging
+"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// A scoring pod of shard `index`: its init containers ended with these codes, the collector
+/// running when both succeeded.
+fn shard_pod(name: &str, index: usize, score_exit: i32) -> Value {
+    let ended = |container: &str, code: i32| {
+        json!({"name": container, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+               "state": {"terminated": {"exitCode": code,
+                          "reason": if code == 0 { "Completed" } else { "Error" }}}})
+    };
+    let ok = score_exit == 0;
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS,
+                     "creationTimestamp": "2025-11-12T09:20:10Z",
+                     "labels": {"app.kubernetes.io/instance": NAME},
+                     "annotations": {"batch.kubernetes.io/job-completion-index": index.to_string()}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "collect", "image": "x"}]},
+        "status": {
+            "phase": if ok { "Running" } else { "Failed" },
+            "initContainerStatuses": [ended("inputs", 0), ended("score", score_exit)],
+            "containerStatuses": [{"name": "collect", "image": "x", "imageID": "",
+                "ready": ok, "restartCount": 0,
+                "state": if ok { json!({"running": {"startedAt": "2025-11-12T09:21:00Z"}}) }
+                         else { json!({"waiting": {"reason": "PodInitializing"}}) }}]
+        }
+    })
+}
+
+/// Does what shard `index`'s pod does, on this machine under `pod_root`: the Job's `inputs`
+/// script copies the shard's inputs (the project standing for the image's workdir), then
+/// `ferry-serve score-shard` scores them with the plan the Job carries (its model path pointed
+/// at the project's copy). Returns the scorer's exit code and stderr.
+fn run_shard(job: &Value, index: usize, project: &Path, pod_root: &Path) -> (i32, String) {
+    let score_dir = pod_root.join("score");
+    std::fs::create_dir_all(&score_dir).unwrap();
+    std::fs::create_dir_all(pod_root.join("ferry-collect")).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    let inits = pod["initContainers"].as_array().unwrap();
+    assert_eq!(inits[0]["name"], "inputs");
+    assert_eq!(inits[1]["name"], "score");
+    let script = inits[0]["command"][2]
+        .as_str()
+        .unwrap()
+        .replace("/score", &score_dir.to_string_lossy());
+    let copied = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .current_dir(project)
+        .env("JOB_COMPLETION_INDEX", index.to_string())
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{}", stderr(&copied));
+    let env = inits[1]["env"].as_array().unwrap();
+    let plan_text = env
+        .iter()
+        .find(|e| e["name"] == "FERRY_SCORE_PLAN")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    let mut plan: Value = serde_json::from_str(plan_text).unwrap();
+    assert!(
+        plan["model"].as_str().unwrap().starts_with("/models/"),
+        "{plan}"
+    );
+    plan["model"] = json!(project.join("model.onnx"));
+    let scored = Command::new(env!("CARGO_BIN_EXE_ferry-serve"))
+        .args(["score-shard", "--dir", &score_dir.to_string_lossy()])
+        .env("JOB_COMPLETION_INDEX", index.to_string())
+        .env("FERRY_SCORE_PLAN", plan.to_string())
+        .output()
+        .unwrap();
+    (scored.status.code().unwrap_or(-1), stderr(&scored))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_order() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let dir = scoring_project(&registry.host);
+    let root = dir.path();
+    let core = format!("/api/v1/namespaces/{NS}");
+    let batch = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+    let no_pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []});
+    let fake = FakeApi::start().await;
+    let pods_fs = tempfile::tempdir().unwrap();
+    fake.on("GET", &core, ok("namespace-churn-staging.json"));
+    fake.on(
+        "PATCH",
+        &format!("{core}/secrets/{NAME}-secrets"),
+        ok("secret-train-applied.json"),
+    );
+    fake.on("POST", &batch, Reply::Echo);
+    fake.on("DELETE", &format!("{batch}/*"), Reply::Json(200, json!({})));
+    fake.on(
+        "GET",
+        &format!("{core}/pods"),
+        Reply::Json(200, no_pods.clone()),
+    );
+    let kubeconfig = fake.kubeconfig();
+    let posts = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.method == "POST" && s.path == batch)
+            .count()
+    };
+
+    // The same tables scored here: what the cluster's joined output must equal, byte for byte.
+    let here = ferry_cmd(
+        root,
+        &[
+            "score",
+            "data/a.csv",
+            "data/b.csv",
+            "data/c.csv",
+            "-o",
+            "here.out.csv",
+            "--keep",
+            "id",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(here.status.success(), "{}", stderr(&here));
+
+    // A shard whose input has a bad cell fails for good: the run fails naming the shard, its
+    // input and the pod's own error; the Job is deleted; nothing is written.
+    fake.on(
+        "GET",
+        &format!("{batch}/*"),
+        Reply::Json(
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "status": {}}),
+        ),
+    );
+    let log = root.join("ferry-1.log");
+    let child = spawn_ferry(
+        root,
+        &kubeconfig,
+        &[
+            "score",
+            "data/a.csv",
+            "data/bad.csv",
+            "-o",
+            "scores.out.csv",
+            "--keep",
+            "id",
+            "--env",
+            "staging",
+            "--shards",
+            "2",
+        ],
+        &log,
+    );
+    until_seen(&fake, 600, &log, |s| posts(s) == 1).await;
+    let job = posted_job(&fake.seen());
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 2);
+    assert_eq!(job["spec"]["backoffLimitPerIndex"], 2);
+    let image = job["spec"]["template"]["spec"]["initContainers"][1]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        image.starts_with(&format!("{}/ml/{NAME}-serve@sha256:", registry.host)),
+        "{image}"
+    );
+    let mut names = Vec::new();
+    let mut pods = Vec::new();
+    for k in 0..2 {
+        let name = format!("{NAME}-score-{k}-x7k2p");
+        let pod_root = pods_fs.path().join(&name);
+        let (code, err) = run_shard(&job, k, root, &pod_root);
+        if k == 1 {
+            assert_eq!(code, 1, "{err}");
+            assert!(
+                err.contains("data/bad.csv, row 2, column 'height'"),
+                "{err}"
+            );
+            fake.on(
+                "GET",
+                &format!("{core}/pods/{name}/log"),
+                Reply::Text(200, err),
+            );
+        } else {
+            assert_eq!(code, 0, "{err}");
+        }
+        fake.state
+            .pod_roots
+            .lock()
+            .unwrap()
+            .insert(name.clone(), pod_root);
+        pods.push(shard_pod(&name, k, code));
+        names.push(name);
+    }
+    fake.on(
+        "GET",
+        &format!("{batch}/*"),
+        Reply::Json(
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {},
+            "status": {"failed": 3, "failedIndexes": "1", "conditions": [
+                {"type": "Failed", "status": "True", "reason": "FailedIndexes",
+                 "message": "Job has failed indexes"}]}}),
+        ),
+    );
+    fake.on(
+        "GET",
+        &format!("{core}/pods"),
+        Reply::Json(
+            200,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
+        ),
+    );
+    let code = exit_code(child, 120).await;
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("shard 1 of 2 (data/bad.csv) failed")
+            && err.contains("row 2, column 'height': 'tall'"),
+        "{err}"
+    );
+    assert!(!root.join("scores.out.csv").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("scores.out.csv"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(
+        fake.seen()
+            .iter()
+            .any(|s| s.method == "DELETE"
+                && s.path.ends_with(job["metadata"]["name"].as_str().unwrap())),
+        "the Job was deleted"
+    );
+    let rec = newest_record(root);
+    assert_eq!(rec["status"], "failed");
+    assert!(
+        rec["reason"].as_str().unwrap().contains("shard 1 of 2"),
+        "{rec}"
+    );
+
+    // Three files in two shards: each shard's part copied home checked, the collectors
+    // released, the parts joined in input order into exactly what scoring here writes.
+    fake.on("GET", &format!("{core}/pods"), Reply::Json(200, no_pods));
+    fake.on(
+        "GET",
+        &format!("{batch}/*"),
+        Reply::Json(
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {},
+                               "status": {"succeeded": 2}}),
+        ),
+    );
+    // The middle table comes from an object store by a presigned URL, with its sha256.
+    let b = std::fs::read(root.join("data/b.csv")).unwrap();
+    let store = object_store(b.clone()).await;
+    use sha2::Digest;
+    let b_sha = hex::encode(sha2::Sha256::digest(&b));
+    let url = format!("http://{store}/bucket/b.csv?X-Amz-Signature=s3cr3t#sha256={b_sha}");
+    let log = root.join("ferry-2.log");
+    let mut child = spawn_ferry(
+        root,
+        &kubeconfig,
+        &[
+            "score",
+            "data/a.csv",
+            &url,
+            "data/c.csv",
+            "-o",
+            "scores.out.csv",
+            "--keep",
+            "id",
+            "--env",
+            "staging",
+            "--shards",
+            "2",
+            "--json",
+        ],
+        &log,
+    );
+    until_seen(&fake, 300, &log, |s| posts(s) == 2).await;
+    let job = fake
+        .seen()
+        .iter()
+        .rfind(|s| s.method == "POST" && s.path == batch)
+        .and_then(|s| s.body.clone())
+        .unwrap();
+    let plan: Value = serde_json::from_str(
+        job["spec"]["template"]["spec"]["initContainers"][1]["env"][0]["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let shards: Vec<Vec<u64>> = serde_json::from_value(plan["shards"].clone()).unwrap();
+    assert_eq!(shards.len(), 2, "{plan}");
+    assert_eq!(shards.concat(), [0, 1, 2], "{plan}");
+    let mut pods = Vec::new();
+    let mut done = Vec::new();
+    for k in 0..2 {
+        let name = format!("{NAME}-score-ok-{k}");
+        let pod_root = pods_fs.path().join(&name);
+        let (code, err) = run_shard(&job, k, root, &pod_root);
+        assert_eq!(code, 0, "{err}");
+        done.push(pod_root.join("ferry-collect/done"));
+        fake.state
+            .pod_roots
+            .lock()
+            .unwrap()
+            .insert(name.clone(), pod_root);
+        pods.push(shard_pod(&name, k, 0));
+    }
+    // Listed in reverse: the join follows the shards' order, not the pods'.
+    pods.reverse();
+    fake.on(
+        "GET",
+        &format!("{core}/pods"),
+        Reply::Json(
+            200,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
+        ),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let (summary, _stdout) = next_json(stdout, 120, &log).await;
+    let code = exit_code(child, 60).await;
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let scored = std::fs::read(root.join("scores.out.csv")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&scored),
+        String::from_utf8_lossy(&std::fs::read(root.join("here.out.csv")).unwrap())
+    );
+    assert_eq!(
+        summary["output_sha256"],
+        hex::encode(sha2::Sha256::digest(&scored))
+    );
+    assert_eq!(summary["rows"], 120);
+    let rows: Vec<u64> = summary["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [40, 30, 50]);
+    assert!(done.iter().all(|d| d.exists()), "every collector released");
+    let rec = newest_record(root);
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert_eq!(rec["env"], "staging");
+    assert_eq!(rec["image"], json!(image_of(&job)));
+    assert_eq!(rec["score"]["rows"], 120);
+    assert_eq!(
+        rec["score"]["output_sha256"],
+        hex::encode(sha2::Sha256::digest(&scored))
+    );
+    assert!(
+        !root
+            .join(".ferry/runs")
+            .join(rec["id"].as_str().unwrap())
+            .join("shards")
+            .exists(),
+        "the parts are not kept once joined"
+    );
+    // The URL is recorded without its credential, with what its server said of it.
+    let fetched = &rec["score"]["inputs"][1];
+    assert_eq!(
+        fetched["path"],
+        format!("http://{store}/bucket/b.csv"),
+        "{rec}"
+    );
+    assert_eq!(fetched["sha256"], b_sha);
+    assert_eq!(fetched["etag"], "\"b-v1\"");
+    assert_eq!(fetched["bytes"], b.len());
+    assert_eq!(fetched["rows"], 30);
+    assert!(
+        !std::fs::read_to_string(
+            root.join(".ferry/runs")
+                .join(rec["id"].as_str().unwrap())
+                .join("run.json")
+        )
+        .unwrap()
+        .contains("s3cr3t")
+    );
+}
+
+/// A stand-in object store on 127.0.0.1: every GET gets `body` with an ETag.
+async fn object_store(body: Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"b-v1\"\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn image_of(job: &Value) -> String {
+    job["spec"]["template"]["spec"]["initContainers"][1]["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

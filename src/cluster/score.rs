@@ -38,7 +38,8 @@ use crate::kube::render::LABEL_INSTANCE;
 use crate::kube::workloads::{COLLECT_DONE, Placement, run_label, score_job_name, scoring_job};
 use crate::project_plan::make_plan;
 use crate::score::shard::{self, PlanInput, SUMMARY_FILE, ShardPlan, ShardSummary};
-use crate::score::{self, Options, ScoreError, ScoredInput, Summary};
+use crate::score::source::Format;
+use crate::score::{self, Options, ScoreError, ScoredInput, Summary, fetch};
 use crate::serving_image::{serving_image, serving_plan};
 use crate::spec::{Project, RelPath, sha256_file};
 use crate::ui::{Ui, human_bytes};
@@ -71,17 +72,23 @@ pub async fn score(
     let env = require_cluster(project)?;
     let registry = super::registry(project, &env)?;
 
-    // What can be found wrong on this machine is said before the cluster is asked anything.
-    let scored_inputs = {
-        let options = options.clone();
-        tokio::task::spawn_blocking(move || score::preflight(&options))
+    // What can be found wrong on this machine is said before the cluster is asked anything:
+    // every file's columns against the model (a URL's are the pod's to check).
+    let (inputs, mut scored_inputs) = plan_inputs(project, &options.inputs)?;
+    {
+        let mut local = options.clone();
+        local.inputs = inputs
+            .iter()
+            .filter(|i| i.url.is_none())
+            .map(|i| project.root.join(&i.name))
+            .collect();
+        tokio::task::spawn_blocking(move || score::preflight(&local))
             .await
             .map_err(|e| ScoreError::Inference {
                 message: e.to_string(),
-            })??
-    };
+            })??;
+    }
     drop(score::sink::Sink::create(&options.output, options.force)?);
-    let inputs = plan_inputs(project, &scored_inputs)?;
     let serving = serving_plan(project)?;
     let model = served_model(project, &serving, &options.model)?;
     let model_sha256 = sha256_file(&options.model).map_err(|e| ScoreError::Output {
@@ -95,7 +102,10 @@ pub async fn score(
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let sizes: Vec<u64> = inputs.iter().map(|i| i.bytes).collect();
+    // A URL's size is unknown until fetched: counted as a typical file's.
+    let known: Vec<u64> = inputs.iter().filter_map(|i| i.bytes).collect();
+    let typical = (known.iter().sum::<u64>() / known.len().max(1) as u64).max(1);
+    let sizes: Vec<u64> = inputs.iter().map(|i| i.bytes.unwrap_or(typical)).collect();
     let plan = ShardPlan {
         model,
         inputs,
@@ -216,7 +226,7 @@ pub async fn score(
     let joined = join_parts(&plan, &staging, options, ui).await;
     let _ = std::fs::remove_dir_all(&staging);
     let written = joined?;
-    let mut inputs: Vec<ScoredInput> = scored_inputs;
+    let inputs = &mut scored_inputs;
     for (k, files) in plan.shards.iter().enumerate() {
         let s = &summaries[k];
         if s.model_sha256 != model_sha256 {
@@ -234,6 +244,11 @@ pub async fn score(
         for (&i, rows) in files.iter().zip(&s.input_rows) {
             if let Some(input) = inputs.get_mut(i) {
                 input.rows = *rows;
+                if let Some(f) = s.fetched.get(&i) {
+                    input.bytes = f.bytes;
+                    input.sha256 = Some(f.sha256.clone());
+                    input.etag = f.etag.clone();
+                }
             }
         }
     }
@@ -246,7 +261,7 @@ pub async fn score(
             rows_per_second: rows as f64 / seconds.max(1e-9),
             model: options.model.clone(),
             model_sha256,
-            inputs,
+            inputs: scored_inputs,
             output: options.output.clone(),
             output_sha256: written.sha256,
             output_bytes: written.bytes,
@@ -261,45 +276,96 @@ pub async fn score(
     })
 }
 
-/// Each input as the plan names it: its path in the project (so in the project image), size
-/// and sha256. Inputs outside the project, or left out of the image, are refused.
-fn plan_inputs(project: &Project, files: &[ScoredInput]) -> Result<Vec<PlanInput>, ClusterError> {
+/// The inputs as the plan names them, in the order given (directories walked): a file by its
+/// path in the project (so in the project image), size and sha256; a URL as it is. Files
+/// outside the project, or left out of the image, are refused.
+fn plan_inputs(
+    project: &Project,
+    given: &[PathBuf],
+) -> Result<(Vec<PlanInput>, Vec<ScoredInput>), ClusterError> {
+    if given.is_empty() {
+        return Err(ScoreError::NoInputs.into());
+    }
     let root = project
         .root
         .canonicalize()
         .unwrap_or_else(|_| project.root.clone());
     let (ignore_file, ignore) = dockerignore(project)?;
-    let mut out = Vec::with_capacity(files.len());
-    for f in &files[..] {
-        let absolute = f.path.canonicalize().unwrap_or_else(|_| f.path.clone());
-        let relative = absolute
-            .strip_prefix(&root)
-            .ok()
-            .and_then(|r| RelPath::parse(&r.to_string_lossy()).ok())
-            .ok_or_else(|| ClusterError::ScoreInputOutside {
-                input: f.path.display().to_string(),
-                root: project.root.display().to_string(),
+    let mut plan = Vec::new();
+    let mut scored = Vec::new();
+    for g in given {
+        let text = g.to_string_lossy();
+        if let Some(url) = fetch::parse(&text) {
+            let url = url.map_err(|message| ScoreError::Input {
+                path: PathBuf::from(fetch::redact(&text)),
+                message,
             })?;
-        if let Ok(Some((_, excluded))) =
-            left_out(&project.root, std::slice::from_ref(&relative), &ignore)
-        {
-            return Err(ClusterError::ScoreInputNotInImage {
-                input: relative.as_str().to_string(),
-                excluded,
-                file: ignore_file.display().to_string(),
+            let name = fetch::redact(&url.url);
+            let path_part = reqwest::Url::parse(&url.url)
+                .map(|u| u.path().to_string())
+                .unwrap_or_default();
+            let format = Format::of(Path::new(&path_part)).ok_or_else(|| ScoreError::Input {
+                path: PathBuf::from(&name),
+                message:
+                    "not a table ferry reads: the URL's path must end in .csv, .tsv or .parquet"
+                        .into(),
+            })?;
+            scored.push(ScoredInput {
+                path: PathBuf::from(&name),
+                format: format.name(),
+                bytes: 0,
+                rows: 0,
+                sha256: url.sha256.clone(),
+                etag: None,
+            });
+            plan.push(PlanInput {
+                name,
+                url: Some(url.url),
+                sha256: url.sha256,
+                bytes: None,
+            });
+            continue;
+        }
+        for f in score::source::list(std::slice::from_ref(g))? {
+            let absolute = f.path.canonicalize().unwrap_or_else(|_| f.path.clone());
+            let relative = absolute
+                .strip_prefix(&root)
+                .ok()
+                .and_then(|r| RelPath::parse(&r.to_string_lossy()).ok())
+                .ok_or_else(|| ClusterError::ScoreInputOutside {
+                    input: f.path.display().to_string(),
+                    root: project.root.display().to_string(),
+                })?;
+            if let Ok(Some((_, excluded))) =
+                left_out(&project.root, std::slice::from_ref(&relative), &ignore)
+            {
+                return Err(ClusterError::ScoreInputNotInImage {
+                    input: relative.as_str().to_string(),
+                    excluded,
+                    file: ignore_file.display().to_string(),
+                });
+            }
+            let sha256 = sha256_file(&f.path).map_err(|e| ScoreError::Input {
+                path: f.path.clone(),
+                message: e.to_string(),
+            })?;
+            scored.push(ScoredInput {
+                path: f.path.clone(),
+                format: f.format.name(),
+                bytes: f.bytes,
+                rows: 0,
+                sha256: None,
+                etag: None,
+            });
+            plan.push(PlanInput {
+                name: relative.as_str().to_string(),
+                url: None,
+                sha256: Some(sha256),
+                bytes: Some(f.bytes),
             });
         }
-        let sha256 = sha256_file(&f.path).map_err(|e| ScoreError::Input {
-            path: f.path.clone(),
-            message: e.to_string(),
-        })?;
-        out.push(PlanInput {
-            name: relative.as_str().to_string(),
-            sha256,
-            bytes: f.bytes,
-        });
     }
-    Ok(out)
+    Ok((plan, scored))
 }
 
 /// Where the serving image holds `model`: it must be one of the models it serves.
@@ -407,7 +473,15 @@ async fn failure_reason(ctx: &JobCtx, pod: &str, ended: &str) -> String {
         .find(|l| l.starts_with("error:"))
         .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()));
     match last {
-        Some(line) => format!("{} ({ended})", line.trim_start_matches("error: ").trim()),
+        Some(line) => {
+            let line = line.trim_start_matches("error: ").trim();
+            // `shard K (INPUTS): ` is said again by the caller.
+            let line = match line.strip_prefix("shard ") {
+                Some(rest) => rest.split_once("): ").map_or(line, |(_, why)| why),
+                None => line,
+            };
+            format!("{line} ({ended})")
+        }
         None => ended.to_string(),
     }
 }

@@ -99,6 +99,16 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), CliError> {
     } else {
         args.inputs.clone()
     };
+    if !in_cluster
+        && let Some(url) = inputs
+            .iter()
+            .find(|i| crate::score::fetch::parse(&i.to_string_lossy()).is_some())
+    {
+        return Err(CliError::Usage(format!(
+            "input {}: URLs are fetched by the pods of a cluster scoring run\n  hint: score it in a cluster with --env ENV, or download it and score the file here",
+            crate::score::fetch::redact(&url.to_string_lossy())
+        )));
+    }
     let output = match args.output.clone() {
         Some(o) => o,
         None => match defaults.as_ref().and_then(|d| d.output.as_deref()) {
@@ -348,7 +358,13 @@ impl Outcome<'_> {
             image: self.image.clone(),
             image_id: String::new(),
             spec_hash: String::new(),
-            command: std::env::args().collect(),
+            // A presigned URL's query is a credential: the record keeps the URL without it.
+            command: std::env::args()
+                .map(|a| match crate::score::fetch::parse(&a) {
+                    Some(_) => crate::score::fetch::redact(&a),
+                    None => a,
+                })
+                .collect(),
             exit_code: Some(match self.status {
                 Status::Succeeded => 0,
                 Status::Interrupted => 130,
@@ -373,10 +389,21 @@ fn record(
     let mut hashes = Hashes::load(Store::open(root).dir());
     let mut inputs = Vec::with_capacity(summary.inputs.len());
     for input in &summary.inputs {
-        let sha256 = hashes.file(&input.path).map_err(|e| e.to_string())?;
+        let text = input.path.to_string_lossy();
+        let (path, sha256) = match &input.sha256 {
+            // A URL (its sha256 as its pod fetched it) is named as it is.
+            Some(s) if crate::score::fetch::parse(&text).is_some() => {
+                (text.into_owned(), s.clone())
+            }
+            _ => (
+                runs::relative(root, &absolute(&input.path)),
+                hashes.file(&input.path).map_err(|e| e.to_string())?,
+            ),
+        };
         inputs.push(ScoreInput {
-            path: runs::relative(root, &absolute(&input.path)),
+            path,
             sha256: Some(sha256),
+            etag: input.etag.clone(),
             bytes: input.bytes,
             rows: input.rows,
         });
@@ -415,8 +442,12 @@ fn failed_record(project: &Project, outcome: &Outcome<'_>, options: &Options) ->
                 .inputs
                 .iter()
                 .map(|p| ScoreInput {
-                    path: runs::relative(root, &absolute(p)),
+                    path: match crate::score::fetch::parse(&p.to_string_lossy()) {
+                        Some(_) => crate::score::fetch::redact(&p.to_string_lossy()),
+                        None => runs::relative(root, &absolute(p)),
+                    },
                     sha256: None,
+                    etag: None,
                     bytes: 0,
                     rows: 0,
                 })

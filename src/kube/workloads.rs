@@ -299,7 +299,8 @@ pub fn scoring_job(
     let mut script = format!("set -e\nmkdir -p {POD_DIR}/in\ncase \"$JOB_COMPLETION_INDEX\" in\n");
     for (k, files) in plan.shards.iter().enumerate() {
         script.push_str(&format!("{k})"));
-        for &i in files {
+        // Inputs given as URLs are fetched by the scorer itself.
+        for &i in files.iter().filter(|&&i| plan.inputs[i].url.is_none()) {
             let input = &plan.inputs[i];
             script.push_str(&format!(
                 " cp -- {} {POD_DIR}/in/{};",

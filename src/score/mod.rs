@@ -8,6 +8,7 @@
 
 pub(crate) mod columns;
 pub(crate) mod convert;
+pub mod fetch;
 pub mod join;
 pub mod shard;
 pub mod sink;
@@ -157,10 +158,17 @@ impl Progress for Quiet {
 /// One input file as scored.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScoredInput {
+    /// A file, or a URL without its query.
     pub path: PathBuf,
     pub format: &'static str,
     pub bytes: u64,
     pub rows: u64,
+    /// Known without reading the file again: a URL's, as its pod fetched it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// A URL's ETag, as its server gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 /// What a scoring run did.
@@ -218,7 +226,12 @@ pub(crate) fn plan(options: &Options) -> Result<Plan, ScoreError> {
 /// What [`score`] checks before its first row, without scoring one: the inputs listed, the
 /// model opened and mapped to every file's columns. A cluster run says these on this machine.
 pub fn preflight(options: &Options) -> Result<Vec<ScoredInput>, ScoreError> {
-    let files = source::list(&options.inputs)?;
+    // No files: the model alone is checked (a cluster run's inputs may all be URLs).
+    let files = if options.inputs.is_empty() {
+        Vec::new()
+    } else {
+        source::list(&options.inputs)?
+    };
     refuse_output_among_inputs(&options.output, &files)?;
     let Plan { mapping, .. } = plan(options)?;
     let keep = keep_columns(&options.keep, &mapping)?;
@@ -230,6 +243,8 @@ pub fn preflight(options: &Options) -> Result<Vec<ScoredInput>, ScoreError> {
             format: f.format.name(),
             bytes: f.bytes,
             rows: 0,
+            sha256: None,
+            etag: None,
         })
         .collect())
 }
@@ -375,6 +390,8 @@ pub fn score(
                 format: f.format.name(),
                 bytes: f.bytes,
                 rows,
+                sha256: None,
+                etag: None,
             })
             .collect(),
         output: options.output.clone(),

@@ -15,6 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::fetch::{FetchError, Fetched, UrlInput};
 use super::{ColumnArgs, Options, Progress, ScoreError};
 use crate::server::config::Device;
 
@@ -50,13 +51,22 @@ pub struct ShardPlan {
     pub threads: usize,
 }
 
-/// One input file of the plan.
+/// One input file of the plan: a file of the project (so of the project image), or a URL the
+/// pod fetches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanInput {
-    /// The path the user gave (relative to the project), for messages and the record.
+    /// The file's path in the project, or the URL without query or credentials: for messages
+    /// and the record.
     pub name: String,
-    pub sha256: String,
-    pub bytes: u64,
+    /// What the pod fetches (query and all), for an input given as a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Always known for a file; for a URL, when it ends in `#sha256=HEX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Known for a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl PlanInput {
@@ -135,6 +145,9 @@ pub struct ShardSummary {
     /// Rows per input, in the shard's order.
     pub input_rows: Vec<u64>,
     pub model_sha256: String,
+    /// What the shard fetched of its URL inputs, by input index.
+    #[serde(default)]
+    pub fetched: BTreeMap<usize, Fetched>,
     /// The part's columns, in order.
     pub columns: Vec<String>,
     pub seconds: f64,
@@ -159,6 +172,8 @@ pub enum ShardError {
     #[error("input {name}: {message}")]
     Input { name: String, message: String },
     #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
     Score(#[from] ScoreError),
     #[error("{}: {message}", path.display())]
     Io { path: PathBuf, message: String },
@@ -178,12 +193,35 @@ pub fn run(
     })?;
     let started = Instant::now();
     let mut paths = Vec::with_capacity(files.len());
+    let mut fetched = BTreeMap::new();
     for &i in files {
         let input = plan.inputs.get(i).ok_or_else(|| {
             ShardError::Plan(format!("shard {index} names input {i}, which it lacks"))
         })?;
         let path = dir.join("in").join(input.pod_name(i));
-        check(input, &path)?;
+        match &input.url {
+            Some(url) => {
+                let into = dir.join("in");
+                std::fs::create_dir_all(&into).map_err(|e| ShardError::Io {
+                    path: into.clone(),
+                    message: e.to_string(),
+                })?;
+                eprintln!("fetching {}", input.name);
+                let got = super::fetch::fetch(
+                    &UrlInput {
+                        url: url.clone(),
+                        sha256: input.sha256.clone(),
+                    },
+                    &path,
+                )?;
+                eprintln!(
+                    "fetched {} ({} bytes, sha256 {})",
+                    input.name, got.bytes, got.sha256
+                );
+                fetched.insert(i, got);
+            }
+            None => check(input, &path)?,
+        }
         paths.push(path);
     }
     let out = dir.join("out");
@@ -213,6 +251,7 @@ pub fn run(
         rows: summary.rows,
         input_rows: summary.inputs.iter().map(|i| i.rows).collect(),
         model_sha256: summary.model_sha256,
+        fetched,
         columns: summary.columns,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -247,11 +286,11 @@ fn check(input: &PlanInput, path: &Path) -> Result<(), ShardError> {
         bytes += n as u64;
     }
     let actual = hex::encode(hasher.finalize());
-    if bytes != input.bytes || actual != input.sha256 {
+    if Some(bytes) != input.bytes || Some(&actual) != input.sha256.as_ref() {
         return Err(ShardError::Changed {
             name: input.name.clone(),
-            bytes: input.bytes,
-            sha256: input.sha256.clone(),
+            bytes: input.bytes.unwrap_or_default(),
+            sha256: input.sha256.clone().unwrap_or_default(),
             actual_bytes: bytes,
             actual,
         });
@@ -433,8 +472,9 @@ mod tests {
     fn a_shard_is_described_by_its_inputs() {
         let input = |name: &str| PlanInput {
             name: name.into(),
-            sha256: String::new(),
-            bytes: 0,
+            url: None,
+            sha256: None,
+            bytes: None,
         };
         let plan = ShardPlan {
             model: "/models/m.onnx".into(),

@@ -38,6 +38,7 @@ enum Writer {
 }
 
 /// What was written.
+#[derive(Debug)]
 pub struct Written {
     pub sha256: String,
     pub bytes: u64,
