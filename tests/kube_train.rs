@@ -2461,3 +2461,173 @@ fn image_of(job: &Value) -> String {
         .unwrap()
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_shards_score_deletes_the_job_and_writes_nothing() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let dir = scoring_project(&registry.host);
+    let root = dir.path();
+    let core = format!("/api/v1/namespaces/{NS}");
+    let batch = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+    let fake = FakeApi::start().await;
+    fake.on("GET", &core, ok("namespace-churn-staging.json"));
+    fake.on(
+        "PATCH",
+        &format!("{core}/secrets/{NAME}-secrets"),
+        ok("secret-train-applied.json"),
+    );
+    fake.on("POST", &batch, Reply::Echo);
+    fake.on("DELETE", &format!("{batch}/*"), Reply::Json(200, json!({})));
+    fake.on(
+        "GET",
+        &format!("{batch}/*"),
+        Reply::Json(
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "status": {}}),
+        ),
+    );
+    // The shards' pods are still being scheduled.
+    fake.on(
+        "GET",
+        &format!("{core}/pods"),
+        Reply::Json(
+            200,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+        ),
+    );
+    let log = root.join("ferry.log");
+    let child = spawn_ferry(
+        root,
+        &fake.kubeconfig(),
+        &[
+            "score",
+            "data",
+            "-o",
+            "scores.out.parquet",
+            "--env",
+            "staging",
+            "--shards",
+            "3",
+        ],
+        &log,
+    );
+    // Listing pods means the Job exists and ferry waits on its shards.
+    until_seen(&fake, 600, &log, |seen| {
+        seen.iter()
+            .any(|s| s.method == "GET" && s.path == format!("{core}/pods"))
+    })
+    .await;
+    let job = posted_job(&fake.seen());
+    assert_eq!(job["spec"]["completions"], 3);
+    interrupt(&child);
+    let code = exit_code(child, 30).await;
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+    let name = job["metadata"]["name"].as_str().unwrap();
+    assert!(
+        fake.seen()
+            .iter()
+            .any(|s| s.method == "DELETE" && s.path == format!("{batch}/{name}")),
+        "the Job was deleted: {err}"
+    );
+    let rec = newest_record(root);
+    assert_eq!(rec["status"], "interrupted", "{rec}");
+    let written: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("scores.out"))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoring_runs_in_shards_on_a_real_cluster() {
+    let Some((kubeconfig, registry)) = real_cluster() else {
+        return;
+    };
+    let _g = SERIAL.lock().await;
+    let dir = scoring_project(&registry);
+    let root = dir.path();
+    let namespace = format!("ferry-score-test-{}", std::process::id());
+    let spec = std::fs::read_to_string(root.join("ferry.yaml"))
+        .unwrap()
+        .replace(
+            &format!("namespace: {NS}"),
+            &format!("namespace: {namespace}"),
+        );
+    std::fs::write(root.join("ferry.yaml"), spec).unwrap();
+    let here = ferry_cmd(
+        root,
+        &[
+            "score",
+            "data/a.csv",
+            "data/b.csv",
+            "data/c.csv",
+            "-o",
+            "here.out.csv",
+            "--keep",
+            "id",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(here.status.success(), "{}", stderr(&here));
+    let kubeconfig = Path::new(&kubeconfig);
+    let scored = ferry_with_kubeconfig(
+        root,
+        kubeconfig,
+        &[
+            "score",
+            "data/a.csv",
+            "data/b.csv",
+            "data/c.csv",
+            "-o",
+            "scores.out.csv",
+            "--keep",
+            "id",
+            "--env",
+            "staging",
+            "--shards",
+            "3",
+            "--json",
+        ],
+    )
+    .await;
+    let failed = ferry_with_kubeconfig(
+        root,
+        kubeconfig,
+        &[
+            "score",
+            "data/a.csv",
+            "data/bad.csv",
+            "-o",
+            "bad.out.csv",
+            "--keep",
+            "id",
+            "--env",
+            "staging",
+            "--shards",
+            "2",
+        ],
+    )
+    .await;
+    drop_namespace(kubeconfig, &namespace).await;
+
+    assert!(scored.status.success(), "{}", stderr(&scored));
+    assert_eq!(
+        std::fs::read(root.join("scores.out.csv")).unwrap(),
+        std::fs::read(root.join("here.out.csv")).unwrap()
+    );
+    let summary: Value = serde_json::from_slice(&scored.stdout).unwrap();
+    assert_eq!(summary["rows"], 120);
+    let err = stderr(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("shard 1 of 2 (data/bad.csv) failed") && err.contains("'tall'"),
+        "{err}"
+    );
+    assert!(!root.join("bad.out.csv").exists());
+}
