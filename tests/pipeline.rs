@@ -59,7 +59,28 @@ environments:
 
 /// A fresh pipeline project; its environment image is shared by every test (same name, same
 /// environment).
+/// Builds the environment image every test's project shares, once, before the tests race to
+/// build it: two builds at once make two images of the same content under one tag, and a step's
+/// cache key names the image's ID, so a test could see its environment change between runs.
+fn environment_built() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let dir = project_files(SPEC);
+        let out = ferry(dir.path(), &["build"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 fn project(spec: &str) -> tempfile::TempDir {
+    environment_built();
+    project_files(spec)
+}
+
+fn project_files(spec: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("pipeline-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
