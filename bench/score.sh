@@ -10,6 +10,7 @@
 # same format they read, the id column kept and every model output; the two results are then
 # compared (row count, labels exactly, the largest difference of the probabilities).
 # Figures: wall time of the whole command (rows/s = ROWS / wall), peak RSS, speedup, and the goals.
+# Each side starts with its input file in the page cache (read once, untimed, just before).
 #
 # Usage: bash bench/score.sh                 (FERRY=path/to/ferry to use another binary)
 #        ROWS=200000 bash bench/score.sh      (default 10,000,000 rows)
@@ -109,6 +110,12 @@ sys.exit(rc)' "$RES/$key.rss" "$@" >"$RES/$key.out" 2>"$RES/$key.err" || rc=$?
     echo "wall=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }') rss_kb=$(tail -1 "$RES/$key.rss" 2>/dev/null) rc=$rc" >"$RES/$key.run"
     return "$rc"
 }
+# warm FILE: reads FILE once, untimed, so that each side starts with it in the page cache. Without
+# it the order decides: the whole-file pandas read can take most of the memory and push the data
+# out of the cache, and whichever side runs next reads it from disk.
+warm() {
+    cat "$1" >/dev/null
+}
 field() { # KEY.run FIELD
     sed -n "s/.*\b$2=\([^ ]*\).*/\1/p" "$RES/$1.run"
 }
@@ -176,6 +183,7 @@ for model in logreg churn; do
                 chunked=(--chunked)
             fi
         fi
+        warm "$input"
         if ! measure "$key.python" "$PY" "$HERE/baseline.py" "$WORK/data/$model.onnx" "$input" \
             "$WORK/out/$key.python.$fmt" --keep "$keep" --batch-size "$BATCH" ${chunked[@]+"${chunked[@]}"}; then
             cat "$RES/$key.python.err" >&2
@@ -191,6 +199,7 @@ for model in logreg churn; do
         cmd=("$FERRY" score "$input" --output "$output" --model "$WORK/data/$model.onnx"
             --keep "$keep" ${FERRY_BATCH[@]+"${FERRY_BATCH[@]}"} --json --force)
         echo "  ferry:  ${cmd[*]}"
+        warm "$input"
         if ! measure "$key.ferry" "${cmd[@]}"; then
             echo "  ferry score failed (exit $(field "$key.ferry" rc)):" >&2
             tail -20 "$RES/$key.ferry.err" | sed 's/^/    /' >&2

@@ -2114,19 +2114,12 @@ fn run_shard(job: &Value, index: usize, project: &Path, pod_root: &Path) -> (i32
     (scored.status.code().unwrap_or(-1), stderr(&scored))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_order() {
-    let _g = SERIAL.lock().await;
-    let Some(registry) = Registry::start(false).await else {
-        return;
-    };
-    let dir = scoring_project(&registry.host);
-    let root = dir.path();
+/// The fake for a scoring run: the namespace, the Secret, Jobs created (echoed), read (no
+/// status yet) and deleted, and no pods so far.
+async fn scoring_fake() -> FakeApi {
     let core = format!("/api/v1/namespaces/{NS}");
     let batch = format!("/apis/batch/v1/namespaces/{NS}/jobs");
-    let no_pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []});
     let fake = FakeApi::start().await;
-    let pods_fs = tempfile::tempdir().unwrap();
     fake.on("GET", &core, ok("namespace-churn-staging.json"));
     fake.on(
         "PATCH",
@@ -2137,17 +2130,27 @@ async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_or
     fake.on("DELETE", &format!("{batch}/*"), Reply::Json(200, json!({})));
     fake.on(
         "GET",
-        &format!("{core}/pods"),
-        Reply::Json(200, no_pods.clone()),
+        &format!("{batch}/*"),
+        Reply::Json(
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "status": {}}),
+        ),
     );
-    let kubeconfig = fake.kubeconfig();
-    let posts = |seen: &[Seen]| {
-        seen.iter()
-            .filter(|s| s.method == "POST" && s.path == batch)
-            .count()
-    };
+    fake.on(
+        "GET",
+        &format!("{core}/pods"),
+        Reply::Json(200, pod_list(vec![])),
+    );
+    fake
+}
 
-    // The same tables scored here: what the cluster's joined output must equal, byte for byte.
+fn pod_list(pods: Vec<Value>) -> Value {
+    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods})
+}
+
+/// `ferry score` of the three good tables here, into `here.out.csv`: what a cluster's joined
+/// output must equal, byte for byte.
+fn score_here(root: &Path) {
     let here = ferry_cmd(
         root,
         &[
@@ -2164,17 +2167,31 @@ async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_or
     .output()
     .unwrap();
     assert!(here.status.success(), "{}", stderr(&here));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_order() {
+    let _g = SERIAL.lock().await;
+    let Some(registry) = Registry::start(false).await else {
+        return;
+    };
+    let dir = scoring_project(&registry.host);
+    let root = dir.path();
+    let core = format!("/api/v1/namespaces/{NS}");
+    let batch = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+    let fake = scoring_fake().await;
+    let pods_fs = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig();
+    let posts = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.method == "POST" && s.path == batch)
+            .count()
+    };
+
+    score_here(root);
 
     // A shard whose input has a bad cell fails for good: the run fails naming the shard, its
     // input and the pod's own error; the Job is deleted; nothing is written.
-    fake.on(
-        "GET",
-        &format!("{batch}/*"),
-        Reply::Json(
-            200,
-            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "status": {}}),
-        ),
-    );
     let log = root.join("ferry-1.log");
     let child = spawn_ferry(
         root,
@@ -2249,10 +2266,7 @@ async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_or
     fake.on(
         "GET",
         &format!("{core}/pods"),
-        Reply::Json(
-            200,
-            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
-        ),
+        Reply::Json(200, pod_list(pods)),
     );
     let code = exit_code(child, 120).await;
     let err = std::fs::read_to_string(&log).unwrap();
@@ -2285,7 +2299,11 @@ async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_or
 
     // Three files in two shards: each shard's part copied home checked, the collectors
     // released, the parts joined in input order into exactly what scoring here writes.
-    fake.on("GET", &format!("{core}/pods"), Reply::Json(200, no_pods));
+    fake.on(
+        "GET",
+        &format!("{core}/pods"),
+        Reply::Json(200, pod_list(vec![])),
+    );
     fake.on(
         "GET",
         &format!("{batch}/*"),
@@ -2358,10 +2376,7 @@ async fn scoring_in_a_cluster_runs_shards_as_an_indexed_job_and_joins_them_in_or
     fake.on(
         "GET",
         &format!("{core}/pods"),
-        Reply::Json(
-            200,
-            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
-        ),
+        Reply::Json(200, pod_list(pods)),
     );
     let stdout = child.stdout.take().unwrap();
     let (summary, _stdout) = next_json(stdout, 120, &log).await;
@@ -2472,32 +2487,8 @@ async fn ctrl_c_while_shards_score_deletes_the_job_and_writes_nothing() {
     let root = dir.path();
     let core = format!("/api/v1/namespaces/{NS}");
     let batch = format!("/apis/batch/v1/namespaces/{NS}/jobs");
-    let fake = FakeApi::start().await;
-    fake.on("GET", &core, ok("namespace-churn-staging.json"));
-    fake.on(
-        "PATCH",
-        &format!("{core}/secrets/{NAME}-secrets"),
-        ok("secret-train-applied.json"),
-    );
-    fake.on("POST", &batch, Reply::Echo);
-    fake.on("DELETE", &format!("{batch}/*"), Reply::Json(200, json!({})));
-    fake.on(
-        "GET",
-        &format!("{batch}/*"),
-        Reply::Json(
-            200,
-            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "status": {}}),
-        ),
-    );
     // The shards' pods are still being scheduled.
-    fake.on(
-        "GET",
-        &format!("{core}/pods"),
-        Reply::Json(
-            200,
-            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
-        ),
-    );
+    let fake = scoring_fake().await;
     let log = root.join("ferry.log");
     let child = spawn_ferry(
         root,
@@ -2559,22 +2550,7 @@ async fn scoring_runs_in_shards_on_a_real_cluster() {
             &format!("namespace: {namespace}"),
         );
     std::fs::write(root.join("ferry.yaml"), spec).unwrap();
-    let here = ferry_cmd(
-        root,
-        &[
-            "score",
-            "data/a.csv",
-            "data/b.csv",
-            "data/c.csv",
-            "-o",
-            "here.out.csv",
-            "--keep",
-            "id",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(here.status.success(), "{}", stderr(&here));
+    score_here(root);
     let kubeconfig = Path::new(&kubeconfig);
     let scored = ferry_with_kubeconfig(
         root,

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -26,8 +26,8 @@ use kube::api::{Api, ListParams, LogParams, PostParams};
 use super::train::copy::{copy_command, listing_command, parse_sha256sum, unpack_verified};
 use super::train::image::{dockerignore, left_out};
 use super::train::objects::{JobCtx, apply_env_secret, delete_job, ensure_namespace, secret_name};
-use super::train::pod::{Ended, Pending, container_status};
-use super::train::{POLL, exec_output};
+use super::train::pod::{Ended, Pending, container_status, job_failure};
+use super::train::{POLL, exec_output, wait_complete};
 use super::{ClusterError, namespace, require_cluster};
 use crate::docker;
 use crate::images::build as images;
@@ -46,8 +46,6 @@ use crate::ui::{Ui, human_bytes};
 
 /// The label and annotation an Indexed Job puts on each pod: its completion index.
 const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
-/// How long the Job may take to count every shard once all were collected.
-const COMPLETE_WAIT: Duration = Duration::from_secs(2 * 60);
 
 /// A finished cluster scoring run.
 pub struct Scored {
@@ -205,7 +203,12 @@ pub async fn score(
         }
         step.finish(format!("created Job {name}"));
         let summaries = collect_shards(&ctx, &plan, &staging, ui).await?;
-        wait_all_complete(&ctx, plan.shards.len(), ui).await?;
+        if let Err(e) = wait_complete(&ctx, plan.shards.len(), ui).await {
+            // The parts are home and checked: the run stands; the Job is left to its TTL.
+            ui.warn(format!(
+                "{e}\nthe parts are home; the Job is left to the cluster"
+            ));
+        }
         Ok::<_, ClusterError>(summaries)
     };
     let outcome = tokio::select! {
@@ -349,14 +352,7 @@ fn plan_inputs(
                 path: f.path.clone(),
                 message: e.to_string(),
             })?;
-            scored.push(ScoredInput {
-                path: f.path.clone(),
-                format: f.format.name(),
-                bytes: f.bytes,
-                rows: 0,
-                sha256: None,
-                etag: None,
-            });
+            scored.push(ScoredInput::of(&f, 0));
             plan.push(PlanInput {
                 name: relative.as_str().to_string(),
                 url: None,
@@ -596,34 +592,17 @@ async fn job_failed(
             .namespace(&ctx.ns)
             .error(e)
     })?;
-    let Some(job) = job else {
-        return Ok(Some((None, "the Job was deleted".into())));
-    };
-    let Some(status) = job.status else {
+    let Some(why) = job_failure(job.as_ref()) else {
         return Ok(None);
     };
-    let failed = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Failed" && c.status == "True");
-    let Some(c) = failed else {
-        return Ok(None);
-    };
-    let index = status
-        .failed_indexes
-        .as_deref()
+    let index = job
+        .as_ref()
+        .and_then(|j| j.status.as_ref())
+        .and_then(|s| s.failed_indexes.as_deref())
         .and_then(|s| s.split([',', '-']).next())
         .and_then(|s| s.trim().parse::<usize>().ok())
         .filter(|k| *k < shards);
-    Ok(Some((
-        index,
-        format!(
-            "the Job failed: {}: {}",
-            c.reason.clone().unwrap_or_default(),
-            c.message.clone().unwrap_or_default()
-        ),
-    )))
+    Ok(Some((index, format!("the Job failed: {why}"))))
 }
 
 /// Copies shard `k`'s `out/` from its pod into `staging/<k>/`, every file checked.
@@ -695,44 +674,6 @@ async fn collect_part(
         });
     }
     Ok(summary)
-}
-
-/// Waits until the Job counts every shard as succeeded (each collector released).
-async fn wait_all_complete(ctx: &JobCtx, shards: usize, ui: &Ui) -> Result<(), ClusterError> {
-    let step = ui.step(format!("waiting for Job {} to complete", ctx.job));
-    let started = Instant::now();
-    loop {
-        let job = ctx.jobs().get_opt(&ctx.job).await.map_err(|e| {
-            Op::new("get", "jobs.batch")
-                .name(&ctx.job)
-                .namespace(&ctx.ns)
-                .error(e)
-        });
-        let job = match job {
-            Ok(j) => j,
-            Err(e) => {
-                step.fail();
-                return Err(e.into());
-            }
-        };
-        let succeeded = job
-            .and_then(|j| j.status)
-            .and_then(|s| s.succeeded)
-            .unwrap_or(0);
-        if succeeded as usize >= shards {
-            step.finish(format!("Job {} completed", ctx.job));
-            return Ok(());
-        }
-        if started.elapsed() > COMPLETE_WAIT {
-            // The parts are home and checked: the run stands; the Job is left to its TTL.
-            step.finish(format!(
-                "Job {} has counted {succeeded} of {shards} shard(s) so far; the parts are home",
-                ctx.job
-            ));
-            return Ok(());
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// The parts joined, in shard order, into the output.

@@ -210,32 +210,7 @@ pub fn training_job(p: &Placement, train: &Workload, run_id: &str) -> Job {
         mount_path: COLLECT_DIR.into(),
         ..Default::default()
     });
-    let collector = Container {
-        name: "collect".into(),
-        image: Some(p.image.clone()),
-        command: Some(vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!(
-                "i=0; while [ ! -f {COLLECT_DONE} ] && [ $i -lt {COLLECT_WAIT_SECONDS} ]; do sleep 1; i=$((i+1)); done"
-            ),
-        ]),
-        working_dir: Some(train.workdir.clone()),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("10m".into())),
-                ("memory".to_string(), Quantity("32Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_string(),
-                Quantity("64Mi".into()),
-            )])),
-            ..Default::default()
-        }),
-        security_context: Some(container_security()),
-        volume_mounts: Some(collect_mounts),
-        ..Default::default()
-    };
+    let collector = collector(p, &train.workdir, collect_mounts);
     let mut pod = p.pod(vec![collector]);
     pod.init_containers = Some(vec![trainer]);
     pod.restart_policy = Some("Never".into());
@@ -339,20 +314,10 @@ pub fn scoring_job(
         volume_mounts: Some(vec![work.clone(), tmp.clone()]),
         ..Default::default()
     };
-    let collector = Container {
-        name: "collect".into(),
-        image: Some(p.image.clone()),
-        command: Some(vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!(
-                "i=0; while [ ! -f {COLLECT_DONE} ] && [ $i -lt {COLLECT_WAIT_SECONDS} ]; do sleep 1; i=$((i+1)); done"
-            ),
-        ]),
-        working_dir: Some(POD_DIR.into()),
-        resources: Some(small_resources()),
-        security_context: Some(container_security()),
-        volume_mounts: Some(vec![
+    let collector = collector(
+        p,
+        POD_DIR,
+        vec![
             work,
             tmp,
             VolumeMount {
@@ -360,9 +325,8 @@ pub fn scoring_job(
                 mount_path: COLLECT_DIR.into(),
                 ..Default::default()
             },
-        ]),
-        ..Default::default()
-    };
+        ],
+    );
     let mut pod = p.pod(vec![collector]);
     pod.init_containers = Some(vec![inputs, scorer]);
     pod.restart_policy = Some("Never".into());
@@ -395,6 +359,28 @@ pub fn scoring_job(
     })
 }
 
+/// The container that holds a finished pod's volumes (the project image's shell, `tar` and
+/// `sha256sum` at hand) until ferry has copied what it needs and marks it done.
+fn collector(p: &Placement, workdir: &str, mounts: Vec<VolumeMount>) -> Container {
+    Container {
+        name: "collect".into(),
+        image: Some(p.image.clone()),
+        command: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "i=0; while [ ! -f {COLLECT_DONE} ] && [ $i -lt {COLLECT_WAIT_SECONDS} ]; do sleep 1; i=$((i+1)); done"
+            ),
+        ]),
+        working_dir: Some(workdir.to_string()),
+        resources: Some(small_resources()),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+/// What a container that copies files or waits needs.
 fn small_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([

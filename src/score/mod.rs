@@ -171,6 +171,20 @@ pub struct ScoredInput {
     pub etag: Option<String>,
 }
 
+impl ScoredInput {
+    /// A file as listed, with the rows scored of it.
+    pub(crate) fn of(file: &InputFile, rows: u64) -> ScoredInput {
+        ScoredInput {
+            path: file.path.clone(),
+            format: file.format.name(),
+            bytes: file.bytes,
+            rows,
+            sha256: None,
+            etag: None,
+        }
+    }
+}
+
 /// What a scoring run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -236,17 +250,7 @@ pub fn preflight(options: &Options) -> Result<Vec<ScoredInput>, ScoreError> {
     let Plan { mapping, .. } = plan(options)?;
     let keep = keep_columns(&options.keep, &mapping)?;
     check_files(&files, &mapping, &keep)?;
-    Ok(files
-        .iter()
-        .map(|f| ScoredInput {
-            path: f.path.clone(),
-            format: f.format.name(),
-            bytes: f.bytes,
-            rows: 0,
-            sha256: None,
-            etag: None,
-        })
-        .collect())
+    Ok(files.iter().map(|f| ScoredInput::of(f, 0)).collect())
 }
 
 /// Scores `options.inputs` into `options.output`. `cancel` stops it between batches (the
@@ -385,14 +389,7 @@ pub fn score(
         inputs: files
             .iter()
             .zip(per_file)
-            .map(|(f, rows)| ScoredInput {
-                path: f.path.clone(),
-                format: f.format.name(),
-                bytes: f.bytes,
-                rows,
-                sha256: None,
-                etag: None,
-            })
+            .map(|(f, rows)| ScoredInput::of(f, rows))
             .collect(),
         output: options.output.clone(),
         output_sha256: written.sha256,

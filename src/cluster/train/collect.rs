@@ -257,8 +257,12 @@ async fn collect_all(
     Ok(all)
 }
 
-/// Waits until the Job counts its pod as succeeded.
-pub(super) async fn wait_complete(ctx: &JobCtx, ui: &Ui) -> Result<(), ClusterError> {
+/// Waits until the Job counts `completions` pods as succeeded.
+pub(crate) async fn wait_complete(
+    ctx: &JobCtx,
+    completions: usize,
+    ui: &Ui,
+) -> Result<(), ClusterError> {
     let step = ui.step(format!("waiting for Job {} to complete", ctx.job));
     let started = Instant::now();
     loop {
@@ -276,7 +280,8 @@ pub(super) async fn wait_complete(ctx: &JobCtx, ui: &Ui) -> Result<(), ClusterEr
             }
         };
         let status = job.and_then(|j| j.status);
-        if status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+        let succeeded = status.as_ref().and_then(|s| s.succeeded).unwrap_or(0);
+        if usize::try_from(succeeded).unwrap_or(0) >= completions {
             step.finish(format!("Job {} completed", ctx.job));
             return Ok(());
         }

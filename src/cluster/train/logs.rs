@@ -7,7 +7,7 @@ use kube::api::LogParams;
 
 use super::POLL;
 use super::objects::JobCtx;
-use super::pod::{Ended, TrainState, job_failure, train_state};
+use super::pod::{Ended, TrainState, job_failed, train_state};
 use super::record::{Failure, Run};
 use crate::cluster::ClusterError;
 use crate::kube::client::Op;
@@ -79,7 +79,7 @@ pub(super) async fn follow_training(
             .await
             .map_err(|e| Op::new("get", "pods").name(pod).namespace(&ctx.ns).error(e))?;
         let Some(pod_now) = pod_now else {
-            let why = job_failure(ctx).await?.unwrap_or_default();
+            let why = job_failed(ctx).await?.unwrap_or_default();
             return Err(ClusterError::PodFailed {
                 what: format!("pod {pod}"),
                 reason: format!("deleted while training ran {why}")

@@ -45,8 +45,9 @@ use crate::project_plan::{PlanError, make_plan_with};
 use crate::runs::{self, RunError, Status, TrainResult};
 use crate::spec::Project;
 use crate::ui::Ui;
+use collect::collect_outputs;
 pub(crate) use collect::exec_output;
-use collect::{collect_outputs, wait_complete};
+pub(crate) use collect::wait_complete;
 use copy::move_output;
 use image::{check_inputs_in_image, check_secrets_not_in_image};
 use logs::follow_training;
@@ -301,7 +302,7 @@ async fn finish_job(ctx: &JobCtx, pod: &str, interrupt: &mut Interrupt, ui: &Ui)
             &mut tokio::io::sink(),
         )
         .await?;
-        wait_complete(ctx, ui).await
+        wait_complete(ctx, 1, ui).await
     };
     let finished = tokio::select! {
         r = finish => r,

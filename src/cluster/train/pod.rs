@@ -202,29 +202,34 @@ async fn newest_pod(ctx: &JobCtx) -> Result<Option<Pod>, ClusterError> {
 }
 
 /// Why the Job failed, if it did (e.g. its pod was deleted or evicted).
-pub(super) async fn job_failure(ctx: &JobCtx) -> Result<Option<String>, ClusterError> {
+pub(super) async fn job_failed(ctx: &JobCtx) -> Result<Option<String>, ClusterError> {
     let job = ctx.jobs().get_opt(&ctx.job).await.map_err(|e| {
         Op::new("get", "jobs.batch")
             .name(&ctx.job)
             .namespace(&ctx.ns)
             .error(e)
     })?;
+    Ok(job_failure(job.as_ref()))
+}
+
+/// Why a Job (as read; `None`: it is gone) has failed, if it has.
+pub(crate) fn job_failure(job: Option<&k8s_openapi::api::batch::v1::Job>) -> Option<String> {
     let Some(job) = job else {
-        return Ok(Some("the Job was deleted".into()));
+        return Some("the Job was deleted".into());
     };
-    Ok(job
-        .status
-        .and_then(|s| s.conditions)
-        .into_iter()
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
         .flatten()
         .find(|c| c.type_ == "Failed" && c.status == "True")
         .map(|c| {
             format!(
                 "{}: {}",
-                c.reason.unwrap_or_default(),
-                c.message.unwrap_or_default()
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default()
             )
-        }))
+        })
 }
 
 /// The newest warning about the Job itself (a quota refusing its pod: `FailedCreate`).
@@ -249,7 +254,7 @@ pub(super) async fn wait_started(ctx: &JobCtx, ui: &Ui) -> Result<String, Failur
         let mut pending = Pending::new();
         loop {
             let Some(pod) = newest_pod(ctx).await? else {
-                if let Some(why) = job_failure(ctx).await? {
+                if let Some(why) = job_failed(ctx).await? {
                     return Err(ClusterError::PodFailed {
                         what: format!("Job {}", ctx.job),
                         reason: why,

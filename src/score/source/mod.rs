@@ -15,6 +15,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::ScoreError;
 
 mod csv;
+mod plain_csv;
 
 /// A table format, told by the file's extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,9 +219,20 @@ pub fn read(
                     .with_projection(projection.clone())
                     .build_decoder()
             };
+            let plain = plain_csv::Layout::new(
+                fields.len(),
+                &projection,
+                Arc::new(schema.project(&projection).map_err(|e| ScoreError::Input {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                })?),
+                delimiter,
+                batch_size,
+            );
             csv::read(
                 open(&file.path)?,
                 &decoder,
+                plain.as_ref(),
                 read_bytes,
                 |rows_before, batches| {
                     let batches = batches.map_err(|e| csv_error(file, &fields, rows_before, e))?;
