@@ -37,6 +37,10 @@ pub enum ServingImageError {
         "a CUDA serving image is made from this machine's GPU build of ONNX Runtime, so only for this machine's platform, not {platform}\n  hint: build it on a {platform} machine, or set serve.device: cpu"
     )]
     CudaElsewhere { platform: Platform },
+    #[error(
+        "a scoring image carries this machine's ferry, so it is made for this machine's platform only, not {platform} (the Docker engine's)\n  hint: score from a machine of the engine's platform, or use an engine of this machine's"
+    )]
+    ScoringElsewhere { platform: Platform },
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -143,6 +147,41 @@ pub async fn serving_image(
     let here = Platform::host() == Some(platform);
     let host_binary = if here { Some(serving_binary()?) } else { None };
     let binary = runtime_parts::server_binary(platform, host_binary.as_deref())?;
+    image_with(docker, project, serving, platform, binary, ui).await
+}
+
+/// The image a cluster's scoring pods run: the serving image (the same ONNX Runtime, libraries
+/// and models) with this machine's whole ferry in place of the server-only build, so that
+/// `ferry score-shard` is there. The serving image itself stays small: scoring's Arrow,
+/// Parquet and TLS go only into this one. For this machine's platform, on the CPU.
+pub async fn scoring_image(
+    docker: &Docker,
+    project: &Project,
+    serving: &Serving,
+    platform: Platform,
+    ui: &Ui,
+) -> Result<Built, ServingImageError> {
+    if Platform::host() != Some(platform) {
+        return Err(ServingImageError::ScoringElsewhere { platform });
+    }
+    let exe = std::env::current_exe()
+        .map_err(ServingImageError::io("cannot find", Path::new("ferry")))?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let mut cpu = serving.clone();
+    cpu.config.device = Device::Cpu;
+    image_with(docker, project, &cpu, platform, exe, ui).await
+}
+
+/// The serving image of `serving` for `platform` with `binary` as its ferry.
+async fn image_with(
+    docker: &Docker,
+    project: &Project,
+    serving: &Serving,
+    platform: Platform,
+    binary: PathBuf,
+    ui: &Ui,
+) -> Result<Built, ServingImageError> {
+    let here = Platform::host() == Some(platform);
     let models: Vec<ServingModel> = serving
         .models
         .iter()

@@ -2071,8 +2071,8 @@ fn shard_pod(name: &str, index: usize, score_exit: i32) -> Value {
 
 /// Does what shard `index`'s pod does, on this machine under `pod_root`: the Job's `inputs`
 /// script copies the shard's inputs (the project standing for the image's workdir), then
-/// `ferry-serve score-shard` scores them with the plan the Job carries (its model path pointed
-/// at the project's copy). Returns the scorer's exit code and stderr.
+/// `ferry score-shard` scores them with the plan the Job carries (its model path pointed at the
+/// project's copy). Returns the scorer's exit code and stderr.
 fn run_shard(job: &Value, index: usize, project: &Path, pod_root: &Path) -> (i32, String) {
     let score_dir = pod_root.join("score");
     std::fs::create_dir_all(&score_dir).unwrap();
@@ -2105,7 +2105,7 @@ fn run_shard(job: &Value, index: usize, project: &Path, pod_root: &Path) -> (i32
         "{plan}"
     );
     plan["model"] = json!(project.join("model.onnx"));
-    let scored = Command::new(env!("CARGO_BIN_EXE_ferry-serve"))
+    let scored = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["score-shard", "--dir", &score_dir.to_string_lossy()])
         .env("JOB_COMPLETION_INDEX", index.to_string())
         .env("FERRY_SCORE_PLAN", plan.to_string())

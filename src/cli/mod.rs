@@ -72,6 +72,9 @@ enum Command {
     /// Score CSV and Parquet tables with a model, in this process: the outputs beside the
     /// columns kept, in input order, to a CSV or Parquet file; a run record.
     Score(commands::score::Args),
+    /// One shard of a cluster scoring run (the scoring pods' entrypoint).
+    #[command(hide = true)]
+    ScoreShard(commands::score_shard::Args),
     /// Send a prediction request to the running server.
     Predict(commands::predict::Args),
     /// Write the GitHub Actions workflow for the spec's environments (`ferry init` writes one):
@@ -137,6 +140,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
         Command::Status(args) => commands::status::run(args, ui),
         Command::Diff(args) => commands::diff::run(args, ui),
         Command::ServeModel(args) => commands::serve_model::run(args),
+        Command::ScoreShard(args) => commands::score_shard::run(args),
         Command::Predict(args) => commands::predict::run(args, ui),
         Command::Score(args) => commands::score::run(args, ui),
         Command::Ci(args) => commands::ci::run(args, ui),

@@ -1,6 +1,6 @@
 //! `ferry score --env ENV` for a `target: kubernetes` environment: the inputs split into shards
-//! of whole files, scored by an Indexed Job of the serving image, the shards' parts copied home
-//! sha256-checked and joined in input order.
+//! of whole files, scored by an Indexed Job of the scoring image (the serving image with the
+//! whole ferry in it), the shards' parts copied home sha256-checked and joined in input order.
 //!
 //! ```text
 //! check here (inputs, columns, model) ─► build + push the project and serving images
@@ -40,7 +40,7 @@ use crate::project_plan::make_plan;
 use crate::score::shard::{self, PlanInput, SUMMARY_FILE, ShardPlan, ShardSummary};
 use crate::score::source::Format;
 use crate::score::{self, Options, ScoreError, ScoredInput, Summary, fetch};
-use crate::serving_image::{serving_image, serving_plan};
+use crate::serving_image::{scoring_image, serving_plan};
 use crate::spec::{Project, RelPath, sha256_file};
 use crate::ui::{Ui, human_bytes};
 
@@ -50,7 +50,7 @@ const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
 /// A finished cluster scoring run.
 pub struct Scored {
     pub summary: Summary,
-    /// The serving image the shards ran, by digest.
+    /// The scoring image the shards ran, by digest.
     pub image: String,
     pub job: String,
     pub shards: usize,
@@ -138,7 +138,7 @@ pub async fn score(
             let pushed = push::push(
                 &docker, &image.tag, &format!("{base}/{}", project.spec.name), ui,
             ).await?;
-            let built = serving_image(&docker, project, &serving, engine, ui).await?;
+            let built = scoring_image(&docker, project, &serving, engine, ui).await?;
             let serving = push::push(
                 &docker, &built.tag, &format!("{base}/{}-serve", project.spec.name), ui,
             ).await?;

@@ -19,6 +19,7 @@ pub mod render;
 pub mod run;
 pub mod runs;
 pub mod score;
+pub mod score_shard;
 pub mod serve;
 pub mod serve_model;
 pub mod status;

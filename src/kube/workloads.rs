@@ -245,12 +245,12 @@ pub fn score_job_name(project: &str, run_id: &str) -> String {
 
 /// A cluster scoring run as an Indexed Job, one completion per shard of `plan`. Each pod copies
 /// its shard's inputs out of the project image (`inputs`, an init container), scores them with
-/// the serving image's ferry (`score`, an init container too, retried by the Job per index),
+/// the scoring image's ferry (`score`, an init container too, retried by the Job per index),
 /// and holds its part of the output in a collector until ferry has copied it, as a training
 /// does.
 pub fn scoring_job(
     p: &Placement,
-    serving_image: &str,
+    scoring_image: &str,
     workdir: &str,
     plan: &crate::score::shard::ShardPlan,
     run_id: &str,
@@ -299,7 +299,7 @@ pub fn scoring_job(
     };
     let scorer = Container {
         name: "score".into(),
-        image: Some(serving_image.to_string()),
+        image: Some(scoring_image.to_string()),
         command: Some(vec![
             crate::images::serving::BINARY_PATH.into(),
             "score-shard".into(),

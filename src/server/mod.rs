@@ -623,9 +623,6 @@ pub fn main() -> i32 {
             println!("ferry {}", env!("CARGO_PKG_VERSION"));
             return 0;
         }
-        // A cluster scoring run's pods run the serving image's binary this way.
-        #[cfg(feature = "score")]
-        ["score-shard", rest @ ..] => return crate::score::shard::main(rest),
         ["serve-model"] => config::CONFIG_PATH.to_string(),
         ["serve-model", "--config", path] => path.to_string(),
         ["serve-model", flag] if flag.starts_with("--config=") => {
@@ -633,7 +630,7 @@ pub fn main() -> i32 {
         }
         _ => {
             eprintln!(
-                "usage: ferry serve-model [--config FILE] | ferry score-shard [--index N]\n(this build of ferry only serves models; the full one has every command)"
+                "usage: ferry serve-model [--config FILE]\n(this build of ferry only serves models; the full one has every command)"
             );
             return 2;
         }
