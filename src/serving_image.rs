@@ -106,6 +106,13 @@ fn field_for(serving: &Serving, image_path: &str) -> String {
     }
 }
 
+/// This very ferry, links resolved.
+fn this_binary() -> Result<PathBuf, ServingImageError> {
+    let exe = std::env::current_exe()
+        .map_err(ServingImageError::io("cannot find", Path::new("ferry")))?;
+    Ok(exe.canonicalize().unwrap_or(exe))
+}
+
 /// The ferry binary that goes into serving images: the server-only `ferry-serve` beside this
 /// binary (where the `ferry-ml` wheel, `cargo install` and install.sh put it, a fraction of the
 /// size), else install.sh's older place `lib/ferry/ferry-serve`, else this very binary.
@@ -114,9 +121,7 @@ pub fn serving_binary() -> Result<PathBuf, ServingImageError> {
     if let Some(p) = std::env::var_os("FERRY_SERVE_BINARY") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()
-        .map_err(ServingImageError::io("cannot find", Path::new("ferry")))?;
-    let exe = exe.canonicalize().unwrap_or(exe);
+    let exe = this_binary()?;
     if let Some(dir) = exe.parent() {
         for slim in [
             dir.join("ferry-serve"),
@@ -164,9 +169,7 @@ pub async fn scoring_image(
     if Platform::host() != Some(platform) {
         return Err(ServingImageError::ScoringElsewhere { platform });
     }
-    let exe = std::env::current_exe()
-        .map_err(ServingImageError::io("cannot find", Path::new("ferry")))?;
-    let exe = exe.canonicalize().unwrap_or(exe);
+    let exe = this_binary()?;
     let mut cpu = serving.clone();
     cpu.config.device = Device::Cpu;
     image_with(docker, project, &cpu, platform, exe, ui).await

@@ -352,7 +352,10 @@ fn plan_inputs(
                 path: f.path.clone(),
                 message: e.to_string(),
             })?;
-            scored.push(ScoredInput::of(&f, 0));
+            scored.push(ScoredInput {
+                sha256: Some(sha256.clone()),
+                ..ScoredInput::of(&f, 0)
+            });
             plan.push(PlanInput {
                 name: relative.as_str().to_string(),
                 url: None,
@@ -586,12 +589,7 @@ async fn job_failed(
     ctx: &JobCtx,
     shards: usize,
 ) -> Result<Option<(Option<usize>, String)>, ClusterError> {
-    let job = ctx.jobs().get_opt(&ctx.job).await.map_err(|e| {
-        Op::new("get", "jobs.batch")
-            .name(&ctx.job)
-            .namespace(&ctx.ns)
-            .error(e)
-    })?;
+    let job = ctx.job().await?;
     let Some(why) = job_failure(job.as_ref()) else {
         return Ok(None);
     };

@@ -390,15 +390,15 @@ fn record(
     let mut inputs = Vec::with_capacity(summary.inputs.len());
     for input in &summary.inputs {
         let text = input.path.to_string_lossy();
-        let (path, sha256) = match &input.sha256 {
-            // A URL (its sha256 as its pod fetched it) is named as it is.
-            Some(s) if crate::score::fetch::parse(&text).is_some() => {
-                (text.into_owned(), s.clone())
-            }
-            _ => (
-                runs::relative(root, &absolute(&input.path)),
-                hashes.file(&input.path).map_err(|e| e.to_string())?,
-            ),
+        // A URL is named as it is; a file by its path in the project.
+        let path = match crate::score::fetch::parse(&text) {
+            Some(_) => text.into_owned(),
+            None => runs::relative(root, &absolute(&input.path)),
+        };
+        // Known already when a cluster run checked it (or its pod fetched it).
+        let sha256 = match &input.sha256 {
+            Some(s) => s.clone(),
+            None => hashes.file(&input.path).map_err(|e| e.to_string())?,
         };
         inputs.push(ScoreInput {
             path,

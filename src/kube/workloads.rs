@@ -93,6 +93,32 @@ impl Placement {
         }
     }
 
+    /// A Job of `pod`, labelled, left to the cluster a day after it finishes; `spec` says how
+    /// many pods and what a failure does.
+    fn job(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        pod: PodSpec,
+        spec: JobSpec,
+    ) -> Job {
+        Job {
+            metadata: self.meta(name, labels.clone()),
+            spec: Some(JobSpec {
+                ttl_seconds_after_finished: Some(JOB_TTL_SECONDS),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..Default::default()
+                    }),
+                    spec: Some(pod),
+                },
+                ..spec
+            }),
+            ..Default::default()
+        }
+    }
+
     fn env_from(&self) -> Option<Vec<EnvFromSource>> {
         self.secret.as_ref().map(|s| {
             vec![EnvFromSource {
@@ -215,23 +241,16 @@ pub fn training_job(p: &Placement, train: &Workload, run_id: &str) -> Job {
     pod.init_containers = Some(vec![trainer]);
     pod.restart_policy = Some("Never".into());
     pod.volumes = Some(volumes);
-    Job {
-        metadata: p.meta(&name, labels.clone()),
-        spec: Some(JobSpec {
+    p.job(
+        &name,
+        labels,
+        pod,
+        JobSpec {
             // A failed training is reported, not retried: the same code fails the same way.
             backoff_limit: Some(0),
-            ttl_seconds_after_finished: Some(JOB_TTL_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// The name of a scoring run's Job: `<project>-score-<run id>`, as [`job_name`].
@@ -335,9 +354,11 @@ pub fn scoring_job(
         empty_dir("tmp"),
         empty_dir("collect"),
     ]);
-    Ok(Job {
-        metadata: p.meta(&name, labels.clone()),
-        spec: Some(JobSpec {
+    Ok(p.job(
+        &name,
+        labels,
+        pod,
+        JobSpec {
             completions: Some(shards),
             parallelism: Some(shards),
             completion_mode: Some("Indexed".into()),
@@ -345,18 +366,9 @@ pub fn scoring_job(
             // three times fails the whole run at once.
             backoff_limit_per_index: Some(2),
             max_failed_indexes: Some(0),
-            ttl_seconds_after_finished: Some(JOB_TTL_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    ))
 }
 
 /// The container that holds a finished pod's volumes (the project image's shell, `tar` and

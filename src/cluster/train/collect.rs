@@ -266,17 +266,12 @@ pub(crate) async fn wait_complete(
     let step = ui.step(format!("waiting for Job {} to complete", ctx.job));
     let started = Instant::now();
     loop {
-        let job = ctx.jobs().get_opt(&ctx.job).await.map_err(|e| {
-            Op::new("get", "jobs.batch")
-                .name(&ctx.job)
-                .namespace(&ctx.ns)
-                .error(e)
-        });
+        let job = ctx.job().await;
         let job = match job {
             Ok(j) => j,
             Err(e) => {
                 step.fail();
-                return Err(e.into());
+                return Err(e);
             }
         };
         let status = job.and_then(|j| j.status);

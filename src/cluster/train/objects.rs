@@ -128,6 +128,17 @@ impl JobCtx {
     pub(crate) fn jobs(&self) -> Api<Job> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
+
+    /// The Job as it is now; `None` once it is gone.
+    pub(crate) async fn job(&self) -> Result<Option<Job>, ClusterError> {
+        self.jobs().get_opt(&self.job).await.map_err(|e| {
+            Op::new("get", "jobs.batch")
+                .name(&self.job)
+                .namespace(&self.ns)
+                .error(e)
+                .into()
+        })
+    }
 }
 
 pub(crate) async fn delete_job(ctx: &JobCtx, ui: &Ui) {

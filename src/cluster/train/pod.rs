@@ -203,12 +203,7 @@ async fn newest_pod(ctx: &JobCtx) -> Result<Option<Pod>, ClusterError> {
 
 /// Why the Job failed, if it did (e.g. its pod was deleted or evicted).
 pub(super) async fn job_failed(ctx: &JobCtx) -> Result<Option<String>, ClusterError> {
-    let job = ctx.jobs().get_opt(&ctx.job).await.map_err(|e| {
-        Op::new("get", "jobs.batch")
-            .name(&ctx.job)
-            .namespace(&ctx.ns)
-            .error(e)
-    })?;
+    let job = ctx.job().await?;
     Ok(job_failure(job.as_ref()))
 }
 
