@@ -303,6 +303,8 @@ fn serving(project: &str, sv: &Serve) -> Serving {
         version: "1".into(),
         variants,
         batching: batching(&sv.batching),
+        instances: sv.instances,
+        threads: sv.threads,
     }];
     for m in &sv.models {
         configs.push(ModelConfig {
@@ -315,6 +317,8 @@ fn serving(project: &str, sv: &Serve) -> Serving {
                 sha256: None,
             }],
             batching: batching(&m.batching),
+            instances: m.instances,
+            threads: m.threads,
         });
     }
     let Resources { cpu, memory, gpu } = sv.resources.clone();
@@ -347,6 +351,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             limits: Limits::default(),
             variant_key_header: "x-ferry-key".into(),
             device: sv.device,
+            watch: false,
         },
         models,
         replicas: sv.replicas.unwrap_or(1),

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 mod common;
-use common::{TestServer, config, config_with, fixture, model, sample};
+use common::{TestServer, config, config_with, file_sha256, fixture, model, sample};
 
 fn churn_expected() -> Value {
     let text = std::fs::read_to_string(fixture("churn_expected.json")).unwrap();
@@ -75,12 +75,14 @@ async fn health_and_metadata_follow_the_protocol() {
     assert_eq!(
         meta,
         json!({"name": "ferry", "version": env!("CARGO_PKG_VERSION"),
-            "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
+            "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]})
     );
 
+    // The versions name the served file too, so a dashboard or client sees which one answers.
+    let churn_sha = file_sha256(&fixture("churn.onnx"));
     let expected = json!({
         "name": "churn",
-        "versions": ["1"],
+        "versions": ["1", format!("sha256:{churn_sha}")],
         "platform": "onnxruntime",
         "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 78]}],
         "outputs": [
@@ -591,7 +593,15 @@ fn python_sample(
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s[0] == name && &s[1] == labels)
+        // The labels given, whatever others the series has (a model's sha256).
+        .find(|s| {
+            s[0] == name
+                && labels
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| &s[1][k] == v)
+        })
         .unwrap_or_else(|| panic!("no {name} {labels} in {family}"))[2]
         .as_f64()
         .unwrap()
@@ -628,6 +638,7 @@ async fn metrics_are_read_by_promtool_and_the_python_parsers() {
         ("ferry_queue_depth", "gauge"),
         ("ferry_inference_duration_seconds", "histogram"),
         ("ferry_model_load_seconds", "gauge"),
+        ("ferry_model_reloads", "counter"),
     ];
     for (family, kind) in want_types {
         // In 0.0.4 a counter family is named as its series.
@@ -1488,7 +1499,13 @@ async fn triton_model_config_and_statistics() {
         json!({"preferred_batch_size": [], "max_queue_delay_microseconds": 2000, "preserve_ordering": false})
     );
     assert_eq!(churn["instance_group"][0]["kind"], "KIND_CPU");
-    assert_eq!(churn["instance_group"][0]["count"], 1);
+    // A small model: one session per CPU the process may use, one thread each.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(churn["instance_group"][0]["count"], cpus);
+    assert_eq!(
+        churn["parameters"]["intra_op_thread_count"]["string_value"],
+        "1"
+    );
     assert_eq!(
         server.get("/v2/models/churn/versions/1/config").await,
         (200, churn)

@@ -52,15 +52,18 @@ impl Job {
     }
 }
 
-/// The queue between the HTTP handlers of one variant and its worker.
+/// The queue between the HTTP handlers of one variant and its workers (one per instance).
 ///
-/// A plain channel would wake the worker for every job; on a machine with few cores those
-/// wake-ups (and the preemptions they cause) cost more than the inference. Here the worker is
+/// A plain channel would wake a worker for every job; on a machine with few cores those
+/// wake-ups (and the preemptions they cause) cost more than the inference. Here a worker is
 /// woken only when it has nothing to do, or while it gathers a batch, when the batch can be
 /// filled or no other request for the variant is on its way.
 pub(crate) struct JobQueue {
     inner: Mutex<QueueInner>,
-    wake: Condvar,
+    /// Workers waiting for any job.
+    idle_wake: Condvar,
+    /// Workers gathering a batch.
+    gather_wake: Condvar,
     /// Requests for this variant being received or parsed right now.
     pending: AtomicUsize,
 }
@@ -69,19 +72,24 @@ struct QueueInner {
     jobs: VecDeque<Job>,
     /// Rows of the queued jobs (1 for jobs without rows).
     rows: usize,
-    worker: WorkerState,
+    /// Workers waiting in [`JobQueue::pop`].
+    idle: usize,
+    /// What each worker gathering a batch still lacks, in rows.
+    gathering: Vec<usize>,
     closed: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum WorkerState {
-    Running,
-    /// Waiting for any job.
-    Idle,
-    /// Gathering a batch that lacks `need` rows.
-    Gathering {
-        need: usize,
-    },
+impl QueueInner {
+    /// A gathering worker has what it waits for: rows enough, or nothing more on its way.
+    fn gatherer_satisfied(&self, pending: usize) -> bool {
+        !self.gathering.is_empty()
+            && (pending == 0 || self.gathering.iter().any(|&need| self.rows >= need))
+    }
+
+    fn take_all(&mut self) -> Vec<Job> {
+        self.rows = 0;
+        self.jobs.drain(..).collect()
+    }
 }
 
 /// What the worker gets while gathering a batch.
@@ -97,10 +105,12 @@ impl JobQueue {
             inner: Mutex::new(QueueInner {
                 jobs: VecDeque::new(),
                 rows: 0,
-                worker: WorkerState::Running,
+                idle: 0,
+                gathering: Vec::new(),
                 closed: false,
             }),
-            wake: Condvar::new(),
+            idle_wake: Condvar::new(),
+            gather_wake: Condvar::new(),
             pending: AtomicUsize::new(0),
         }
     }
@@ -121,10 +131,10 @@ impl JobQueue {
     pub(crate) fn end_pending(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             let inner = self.lock();
-            let gathering = matches!(inner.worker, WorkerState::Gathering { .. });
+            let gathering = !inner.gathering.is_empty();
             drop(inner);
             if gathering {
-                self.wake.notify_one();
+                self.gather_wake.notify_all();
             }
         }
     }
@@ -134,23 +144,40 @@ impl JobQueue {
         let mut inner = self.lock();
         inner.rows += job.rows.unwrap_or(1);
         inner.jobs.push_back(job);
-        let wake = match inner.worker {
-            WorkerState::Running => false,
-            WorkerState::Idle => true,
-            WorkerState::Gathering { need } => {
-                inner.rows >= need || self.pending.load(Ordering::Acquire) == 0
-            }
-        };
+        let wake_idle = inner.idle > 0;
+        let wake_gatherers = inner.gatherer_satisfied(self.pending.load(Ordering::Acquire));
         drop(inner);
-        if wake {
-            self.wake.notify_one();
+        if wake_idle {
+            self.idle_wake.notify_one();
+        }
+        if wake_gatherers {
+            self.gather_wake.notify_all();
         }
     }
 
-    /// Stops the worker once the queue is empty.
+    /// Puts jobs a worker took but could not run in its batch back at the front, in order, for
+    /// the next worker free.
+    fn requeue(&self, jobs: VecDeque<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for job in jobs.into_iter().rev() {
+            inner.rows += job.rows.unwrap_or(1);
+            inner.jobs.push_front(job);
+        }
+        let wake_idle = inner.idle > 0;
+        drop(inner);
+        if wake_idle {
+            self.idle_wake.notify_one();
+        }
+    }
+
+    /// Stops the workers once the queue is empty.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
-        self.wake.notify_one();
+        self.idle_wake.notify_all();
+        self.gather_wake.notify_all();
     }
 
     /// The next job; `None` once closed and drained.
@@ -159,17 +186,17 @@ impl JobQueue {
         loop {
             if let Some(job) = inner.jobs.pop_front() {
                 inner.rows = inner.rows.saturating_sub(job.rows.unwrap_or(1));
-                inner.worker = WorkerState::Running;
                 return Some(job);
             }
             if inner.closed {
                 return None;
             }
-            inner.worker = WorkerState::Idle;
+            inner.idle += 1;
             inner = self
-                .wake
+                .idle_wake
                 .wait(inner)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            inner.idle -= 1;
         }
     }
 
@@ -178,30 +205,28 @@ impl JobQueue {
     fn gather(&self, deadline: Instant, need: usize) -> Gathered {
         let mut inner = self.lock();
         loop {
-            if inner.rows >= need
-                || (!inner.jobs.is_empty() && self.pending.load(Ordering::Acquire) == 0)
-                || (!inner.jobs.is_empty() && Instant::now() >= deadline)
-            {
-                inner.rows = 0;
-                inner.worker = WorkerState::Running;
-                return Gathered::Jobs(inner.jobs.drain(..).collect());
-            }
+            let pending = self.pending.load(Ordering::Acquire);
             let now = Instant::now();
-            if inner.closed || now >= deadline || self.pending.load(Ordering::Acquire) == 0 {
-                inner.worker = WorkerState::Running;
+            if !inner.jobs.is_empty() && (inner.rows >= need || pending == 0 || now >= deadline)
+            {
+                return Gathered::Jobs(inner.take_all());
+            }
+            if inner.closed || now >= deadline || pending == 0 {
                 return if inner.jobs.is_empty() {
                     Gathered::Done
                 } else {
-                    inner.rows = 0;
-                    Gathered::Jobs(inner.jobs.drain(..).collect())
+                    Gathered::Jobs(inner.take_all())
                 };
             }
-            inner.worker = WorkerState::Gathering { need };
+            inner.gathering.push(need);
             inner = self
-                .wake
+                .gather_wake
                 .wait_timeout(inner, deadline - now)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            if let Some(i) = inner.gathering.iter().position(|&n| n == need) {
+                inner.gathering.swap_remove(i);
+            }
         }
     }
 }
@@ -231,8 +256,7 @@ pub(crate) enum RunError {
 
 impl Worker {
     pub(crate) fn run(mut self) {
-        let mut deferred = VecDeque::new();
-        while let Some(mut batch) = self.next_batch(&mut deferred) {
+        while let Some(mut batch) = self.next_batch() {
             self.metrics.queue_depth.dec_by(batch.len() as i64);
             // A job whose client has gone (timed out) is not worth running.
             batch.retain(|job| !job.reply.is_closed());
@@ -244,35 +268,20 @@ impl Worker {
 
     /// The next jobs to run together. While a batch is gathered, a request on its way (being
     /// received or parsed) is waited for up to the delay; when none is, waiting would only add
-    /// latency, so the batch runs at once.
-    fn next_batch(&self, deferred: &mut VecDeque<Job>) -> Option<Vec<Job>> {
-        let first = match deferred.pop_front() {
-            Some(job) => job,
-            None => self.queue.pop()?,
-        };
+    /// latency, so the batch runs at once. Jobs taken that do not fit go back to the queue for
+    /// the next worker free (this one, or another instance).
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let first = self.queue.pop()?;
         let (Some(batching), Some(mut rows)) = (self.batching, first.rows) else {
             return Some(vec![first]);
         };
         let deadline = first.enqueued + batching.max_delay;
         let mut batch = vec![first];
+        let mut left = VecDeque::new();
         let fits = |batch: &[Job], job: &Job, rows: usize| {
             job.rows
                 .filter(|r| rows + r <= batching.max_rows && batch[0].compatible(job))
         };
-
-        let mut i = 0;
-        while i < deferred.len() && rows < batching.max_rows {
-            match fits(&batch, &deferred[i], rows) {
-                Some(r) => {
-                    if let Some(job) = deferred.remove(i) {
-                        rows += r;
-                        batch.push(job);
-                    }
-                }
-                None => i += 1,
-            }
-        }
-
         'gather: while rows < batching.max_rows {
             let Gathered::Jobs(jobs) = self.queue.gather(deadline, batching.max_rows - rows) else {
                 break;
@@ -280,7 +289,7 @@ impl Worker {
             let mut full = false;
             for job in jobs {
                 if full {
-                    deferred.push_back(job);
+                    left.push_back(job);
                     continue;
                 }
                 match fits(&batch, &job, rows) {
@@ -292,7 +301,7 @@ impl Worker {
                     None => {
                         // Too big for what is left of this batch: it starts the next one.
                         full = job.rows.is_some() && batch[0].compatible(&job);
-                        deferred.push_back(job);
+                        left.push_back(job);
                     }
                 }
             }
@@ -300,6 +309,7 @@ impl Worker {
                 break 'gather;
             }
         }
+        self.queue.requeue(left);
         Some(batch)
     }
 

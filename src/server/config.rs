@@ -28,6 +28,10 @@ pub struct ServingConfig {
     /// before devices existed.
     #[serde(default, skip_serializing_if = "Device::is_cpu")]
     pub device: Device,
+    /// Watch the model files and swap a changed one in while serving (`ferry serve` on this
+    /// machine; an image in a cluster never changes). Also set by [`WATCH_ENV`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
 }
 
 /// The device ONNX Runtime runs the models on.
@@ -66,6 +70,13 @@ pub struct ModelConfig {
     /// Dynamic batching; absent means every request runs on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<BatchingConfig>,
+    /// Sessions per variant, each run by its own thread; absent: derived from the CPUs the
+    /// server may use (see `server::cores`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// ONNX Runtime intra-op threads per session; absent: derived like `instances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +142,9 @@ fn default_key_header() -> String {
 /// runtime wants it (on the host's loopback with host networking, another port in a cluster).
 pub const HOST_ENV: &str = "FERRY_SERVE_HOST";
 pub const PORT_ENV: &str = "FERRY_SERVE_PORT";
+/// Turns [`ServingConfig::watch`] on: `1`, or a JSON object mapping model paths of the config
+/// to the paths to read and watch instead (a container's mounted project directories).
+pub const WATCH_ENV: &str = "FERRY_SERVE_WATCH";
 
 impl ServingConfig {
     /// The config with [`HOST_ENV`] and [`PORT_ENV`] applied, as read from `get`.
@@ -147,7 +161,37 @@ impl ServingConfig {
                 _ => return Err(format!("{PORT_ENV}={port:?} is not a port (1-65535)")),
             };
         }
+        if let Some(watch) = get(WATCH_ENV).filter(|w| !w.is_empty()) {
+            self.watch_from(&watch)?;
+        }
         Ok(self)
+    }
+
+    fn watch_from(&mut self, value: &str) -> Result<(), String> {
+        self.watch = true;
+        if matches!(value, "1" | "true") {
+            return Ok(());
+        }
+        let map: std::collections::BTreeMap<PathBuf, PathBuf> = serde_json::from_str(value)
+            .map_err(|e| {
+                format!("{WATCH_ENV} must be 1 or a JSON object of model paths: {e}")
+            })?;
+        for (from, to) in map {
+            let mut found = false;
+            for variant in self.models.iter_mut().flat_map(|m| m.variants.iter_mut()) {
+                if variant.path == from {
+                    variant.path = to.clone();
+                    found = true;
+                }
+            }
+            if !found {
+                return Err(format!(
+                    "{WATCH_ENV} names {}, which no model of the config has",
+                    from.display()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

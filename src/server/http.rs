@@ -24,6 +24,7 @@ use super::exposition::{self, Format};
 use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
 use super::parse::{InferRequest, parse_infer, parse_instances};
 use super::tensor::{Nested, TensorData};
+use super::live::Live;
 use super::{AppState, Model, Variant};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -58,6 +59,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}", get(v1_model).post(v1_predict))
         .route("/metrics", get(metrics))
         .merge(super::triton::routes())
+        .merge(super::repository::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -78,7 +80,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
@@ -149,6 +151,9 @@ pub(crate) fn find_model<'s>(
     };
     if let Some(version) = version
         && version != model.version
+        && !version
+            .strip_prefix("sha256:")
+            .is_some_and(|sha| model.variant_with_sha(sha).is_some())
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -174,7 +179,7 @@ async fn model_version_metadata(
 
 fn metadata_response(state: &AppState, model: &str, version: Option<&str>) -> Response {
     match find_model(state, model, version) {
-        Ok(model) => ok_json(model.metadata.clone()),
+        Ok(model) => ok_json(model.described().metadata.clone()),
         Err(e) => e.response(),
     }
 }
@@ -205,13 +210,26 @@ fn ready_response(state: &AppState, model: &str, version: Option<&str>) -> Respo
         )
         .response();
     }
+    if !model.is_loaded() {
+        return unloaded(&model.name).response();
+    }
     ok_json(serde_json::json!({"name": model.name, "ready": true}).to_string())
+}
+
+fn unloaded(model: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "model '{model}' is unloaded; load it with POST /v2/repository/models/{model}/load"
+        ),
+    )
 }
 
 async fn v1_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     match find_model(&state, &model, None) {
         Ok(model) => ok_json(
-            serde_json::json!({"name": model.name, "ready": !state.is_shutting_down()}).to_string(),
+            serde_json::json!({"name": model.name, "ready": model.is_loaded() && !state.is_shutting_down()})
+                .to_string(),
         ),
         Err(e) => e.response(),
     }
@@ -309,10 +327,22 @@ async fn serve_inference(
             return e.response();
         }
     };
-    let key = headers.get(&state.key_header).map(HeaderValue::as_bytes);
-    let variant = &model.variants[pick_variant(&model.weights, key)];
+    // A `sha256:…` version names the file that answers; otherwise the weights choose.
+    let pinned = version
+        .and_then(|v| v.strip_prefix("sha256:"))
+        .and_then(|sha| model.variant_with_sha(sha));
+    let index = pinned.unwrap_or_else(|| {
+        let key = headers.get(&state.key_header).map(HeaderValue::as_bytes);
+        pick_variant(&model.weights, key)
+    });
+    let variant = &model.variants[index];
+    // Held to the end: a swap meanwhile lets this request finish where it started.
+    let Some(live) = variant.live() else {
+        state.metrics.unrouted(Some(&model.name), 503);
+        return unloaded(&model.name).response();
+    };
     let limits = &state.limits;
-    let work = run_inference(state, model, variant, headers, body, protocol);
+    let work = run_inference(state, model, variant, &live, headers, body, protocol);
     let outcome = match tokio::time::timeout(limits.request_timeout, work).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::new(
@@ -332,8 +362,7 @@ async fn serve_inference(
         .headers_mut()
         .insert(VARIANT_HEADER, variant.header.clone());
     let took = started.elapsed();
-    variant
-        .metrics
+    live.metrics
         .request_done(response.status().as_u16(), took.as_secs_f64());
     model
         .stats
@@ -419,14 +448,15 @@ async fn run_inference(
     state: &AppState,
     model: &Model,
     variant: &Variant,
+    live: &Live,
     headers: &HeaderMap,
     body: Body,
     protocol: Protocol,
 ) -> Result<Reply, ApiError> {
     let limits = &state.limits;
-    let mut pending = Pending::start(&variant.queue);
+    let mut pending = Pending::start(&live.queue);
     let bytes = read_body(body, headers, limits.max_body_bytes).await?;
-    let signature = &variant.signature;
+    let signature = &live.signature;
     let (inputs, outputs, id, binary) = match protocol {
         Protocol::V2 => {
             let request = parse_infer(&bytes, json_length(headers)?, limits.max_elements)
@@ -460,7 +490,7 @@ async fn run_inference(
     };
     drop(bytes);
 
-    let rows = if variant.mergeable {
+    let rows = if live.mergeable {
         let first = inputs.first().and_then(|t| t.shape.first().copied());
         inputs
             .iter()
@@ -470,7 +500,7 @@ async fn run_inference(
     } else {
         None
     };
-    if queue_full(&variant.metrics, limits.max_queue) {
+    if queue_full(&live.metrics, limits.max_queue) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -482,6 +512,8 @@ async fn run_inference(
     let (reply, answer) = oneshot::channel();
     // Not pending once queued: the worker must not wait for a request it already has.
     pending.done();
+    // The first request answered is kept to warm a replacement model with.
+    let sample = variant.wants_sample().then(|| inputs.clone());
     let job = Job {
         inputs,
         rows,
@@ -489,7 +521,7 @@ async fn run_inference(
         reply,
         enqueued: Instant::now(),
     };
-    variant.queue.push(job);
+    live.queue.push(job);
     let result = answer.await.map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -497,6 +529,9 @@ async fn run_inference(
         )
     })?;
     let outputs = result.map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m))?;
+    if let Some(sample) = sample {
+        variant.keep_sample(sample);
+    }
     match protocol {
         Protocol::V2 => v2_response(model, &signature.outputs, id.as_deref(), &outputs, &binary),
         Protocol::V1 => Ok(Reply {

@@ -137,6 +137,8 @@ static ROWS: LazyLock<Vec<f64>> = LazyLock::new(|| exponential(1.0, 2.0, 13));
 struct RequestLabels {
     model: String,
     variant: String,
+    /// Of the model file that answered: a swap starts new series.
+    sha256: String,
     status: u16,
 }
 
@@ -145,6 +147,7 @@ struct RequestLabels {
 struct VariantSeries {
     model: String,
     variant: String,
+    sha256: String,
     request_duration: Arc<Histogram>,
     batch_size: Arc<Histogram>,
     queue_depth: Arc<Gauge>,
@@ -157,6 +160,7 @@ impl VariantSeries {
         vec![
             ("model", self.model.clone()),
             ("variant", self.variant.clone()),
+            ("sha256", self.sha256.clone()),
         ]
     }
 }
@@ -167,6 +171,8 @@ type RequestCounters = RwLock<HashMap<RequestLabels, Arc<Counter>>>;
 pub(crate) struct Metrics {
     requests: Arc<RequestCounters>,
     variants: Mutex<Vec<Arc<VariantSeries>>>,
+    /// Model (re)loads after start, by model and result.
+    reloads: RwLock<HashMap<(String, bool), Arc<Counter>>>,
 }
 
 impl Metrics {
@@ -174,10 +180,11 @@ impl Metrics {
         Metrics::default()
     }
 
-    pub(crate) fn variant(&self, model: &str, variant: &str) -> VariantMetrics {
+    pub(crate) fn variant(&self, model: &str, variant: &str, sha256: &str) -> VariantMetrics {
         let series = Arc::new(VariantSeries {
             model: model.to_string(),
             variant: variant.to_string(),
+            sha256: sha256.to_string(),
             request_duration: Arc::new(Histogram::new(&SECONDS)),
             batch_size: Arc::new(Histogram::new(&ROWS)),
             queue_depth: Arc::default(),
@@ -194,6 +201,7 @@ impl Metrics {
                 RequestLabels {
                     model: model.to_string(),
                     variant: variant.to_string(),
+                    sha256: sha256.to_string(),
                     status,
                 },
             )
@@ -219,10 +227,31 @@ impl Metrics {
             RequestLabels {
                 model: model.unwrap_or("").to_string(),
                 variant: String::new(),
+                sha256: String::new(),
                 status,
             },
         )
         .inc();
+    }
+
+    /// Counts a load of a model's files after start (the watch, the repository API).
+    pub(crate) fn reloaded(&self, model: &str, ok: bool) {
+        let key = (model.to_string(), ok);
+        if let Some(c) = self
+            .reloads
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            c.inc();
+            return;
+        }
+        self.reloads
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .inc();
     }
 
     /// Every family with its current values, in a fixed order (series sorted by labels).
@@ -241,6 +270,7 @@ impl Metrics {
                 let labels = vec![
                     ("model", l.model),
                     ("variant", l.variant),
+                    ("sha256", l.sha256),
                     ("status", l.status.to_string()),
                 ];
                 (labels, n)
@@ -252,7 +282,23 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        variants.sort_by(|a, b| (&a.model, &a.variant).cmp(&(&b.model, &b.variant)));
+        variants.sort_by(|a, b| {
+            (&a.model, &a.variant, &a.sha256).cmp(&(&b.model, &b.variant, &b.sha256))
+        });
+        let mut reloads: Vec<(Labels, u64)> = self
+            .reloads
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((model, ok), c)| {
+                let result = if *ok { "loaded" } else { "refused" };
+                (
+                    vec![("model", model.clone()), ("result", result.to_string())],
+                    c.get(),
+                )
+            })
+            .collect();
+        reloads.sort();
         let histograms = |pick: fn(&VariantSeries) -> &Histogram| {
             Series::Histogram(
                 variants
@@ -302,6 +348,11 @@ impl Metrics {
                         .collect(),
                 ),
             },
+            Family {
+                name: "ferry_model_reloads",
+                help: "Model files loaded while serving (watched files, the repository API), by result.",
+                series: Series::Counter(reloads),
+            },
         ]
     }
 }
@@ -346,6 +397,7 @@ impl VariantMetrics {
                 RequestLabels {
                     model: self.series.model.clone(),
                     variant: self.series.variant.clone(),
+                    sha256: self.series.sha256.clone(),
                     status: other,
                 },
             )
@@ -387,8 +439,8 @@ mod tests {
     #[test]
     fn families_hold_every_variant_and_status() {
         let metrics = Metrics::new();
-        let b = metrics.variant("m", "b");
-        let a = metrics.variant("m", "a");
+        let b = metrics.variant("m", "b", "bb");
+        let a = metrics.variant("m", "a", "aa");
         a.request_done(200, 0.001);
         a.request_done(503, 0.002);
         b.queue_depth.inc();
@@ -404,7 +456,8 @@ mod tests {
                 "ferry_batch_size",
                 "ferry_queue_depth",
                 "ferry_inference_duration_seconds",
-                "ferry_model_load_seconds"
+                "ferry_model_load_seconds",
+                "ferry_model_reloads"
             ]
         );
         let Series::Counter(requests) = &families[0].series else {
@@ -420,12 +473,12 @@ mod tests {
         assert_eq!(
             flat,
             [
-                ("model=,variant=,status=404".to_string(), 1),
-                ("model=m,variant=a,status=200".to_string(), 1),
-                ("model=m,variant=a,status=400".to_string(), 0),
-                ("model=m,variant=a,status=503".to_string(), 1),
-                ("model=m,variant=b,status=200".to_string(), 0),
-                ("model=m,variant=b,status=400".to_string(), 0),
+                ("model=,variant=,sha256=,status=404".to_string(), 1),
+                ("model=m,variant=a,sha256=aa,status=200".to_string(), 1),
+                ("model=m,variant=a,sha256=aa,status=400".to_string(), 0),
+                ("model=m,variant=a,sha256=aa,status=503".to_string(), 1),
+                ("model=m,variant=b,sha256=bb,status=200".to_string(), 0),
+                ("model=m,variant=b,sha256=bb,status=400".to_string(), 0),
             ]
         );
         let Series::Gauge(depth) = &families[3].series else {

@@ -21,22 +21,26 @@
 
 mod batch;
 pub mod config;
+mod cores;
 mod exposition;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
 mod metrics;
+mod live;
 pub(crate) mod model;
 mod parse;
+mod repository;
 mod stats;
 pub(crate) mod tensor;
 mod triton;
+mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -49,9 +53,10 @@ pub use config::ServingConfig;
 pub use http::VARIANT_HEADER;
 pub use model::SignatureError;
 
-use self::batch::{Batching, JobQueue, Worker};
-use self::metrics::{Metrics, VariantMetrics};
-use self::model::{IoSpec, Signature};
+use self::config::BatchingConfig;
+use self::live::{Live, Opened};
+use self::metrics::Metrics;
+use self::model::{HostTensor, IoSpec, Signature};
 use self::stats::ModelStats;
 use crate::onnx::OnnxError;
 
@@ -158,6 +163,8 @@ pub fn read_config(path: &Path) -> Result<ServingConfig, ServerError> {
 /// Loaded models with their inference threads running, ready to [`serve`].
 pub struct Server {
     state: Arc<AppState>,
+    /// Watch the model files and swap changed ones in.
+    watch: bool,
 }
 
 impl Server {
@@ -184,6 +191,9 @@ pub(crate) struct AppState {
     shutting_down: AtomicBool,
     metrics: Metrics,
     server_metadata: Bytes,
+    device: config::Device,
+    /// The CPUs this process may use, for the instances of models loaded later.
+    cpus: usize,
 }
 
 impl AppState {
@@ -205,30 +215,126 @@ pub(crate) struct Model {
     version: String,
     variants: Vec<Variant>,
     weights: Vec<u32>,
+    batching: Option<BatchingConfig>,
+    /// The inputs and outputs clients were shown at start; a file swapped in must keep them.
+    interface: Signature,
+    described: RwLock<Arc<Described>>,
+    stats: Arc<ModelStats>,
+    /// Held while the model's files are (re)loaded or unloaded, one change at a time.
+    reloading: Mutex<()>,
+}
+
+/// What `GET /v2/models/{m}` and Triton's `config` answer, remade when a file is swapped in.
+pub(crate) struct Described {
     metadata: Bytes,
     /// Triton's model configuration, as JSON.
     triton_config: Bytes,
-    stats: Arc<ModelStats>,
+}
+
+impl Model {
+    pub(crate) fn described(&self) -> Arc<Described> {
+        self.described
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Remakes the descriptions from what the variants serve now.
+    fn describe(&self, device: config::Device) {
+        let lives: Vec<Arc<Live>> = self.variants.iter().filter_map(Variant::live).collect();
+        let signature = lives.first().map_or(&self.interface, |l| &*l.signature);
+        let mut versions = vec![self.version.clone()];
+        for live in &lives {
+            let version = format!("sha256:{}", live.sha256);
+            if !versions.contains(&version) {
+                versions.push(version);
+            }
+        }
+        let metadata = model_metadata(&self.name, &versions, signature);
+        let variant_names: Vec<&str> = self.variants.iter().map(|v| v.name.as_str()).collect();
+        let mergeable = lives.first().is_some_and(|l| l.mergeable);
+        let triton_config = serde_json::to_vec(&triton::model_config(&triton::Described {
+            name: &self.name,
+            signature,
+            batching: self.batching.filter(|_| mergeable),
+            device,
+            variants: &variant_names,
+            instances: lives.first().map_or((1, 1), |l| (l.instances, l.threads)),
+        }))
+        .unwrap_or_default();
+        *self.described.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Described {
+            metadata,
+            triton_config: Bytes::from(triton_config),
+        });
+    }
+
+    /// Some variant serves (the model was not unloaded).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.variants.iter().any(|v| v.live().is_some())
+    }
+
+    /// The variant serving the model file with this sha256, for a `sha256:…` version.
+    fn variant_with_sha(&self, sha256: &str) -> Option<usize> {
+        self.variants
+            .iter()
+            .position(|v| v.live().is_some_and(|l| l.sha256 == sha256))
+    }
 }
 
 pub(crate) struct Variant {
     name: String,
     header: HeaderValue,
-    queue: Arc<JobQueue>,
-    metrics: VariantMetrics,
-    signature: Arc<Signature>,
-    /// Batching is on and the model allows it.
-    mergeable: bool,
+    /// Where the model is read from (and watched).
+    path: PathBuf,
+    instances: Option<u32>,
+    threads: Option<u32>,
+    /// What serves now; `None` once unloaded.
+    live: RwLock<Option<Arc<Live>>>,
+    /// A request the variant answered, to warm a replacement model with.
+    sample: Mutex<Option<Arc<[HostTensor]>>>,
 }
 
-impl Drop for Variant {
-    fn drop(&mut self) {
-        // The worker finishes what is queued, then its thread ends.
-        self.queue.close();
+impl Variant {
+    pub(crate) fn live(&self) -> Option<Arc<Live>> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swaps what serves; the old one closes once the requests holding it are done.
+    fn set(&self, live: Option<Arc<Live>>) {
+        let old = std::mem::replace(
+            &mut *self.live.write().unwrap_or_else(PoisonError::into_inner),
+            live,
+        );
+        drop(old);
+    }
+
+    fn sample(&self) -> Option<Vec<HostTensor>> {
+        self.sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| s.to_vec())
+    }
+
+    pub(crate) fn wants_sample(&self) -> bool {
+        self.sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    pub(crate) fn keep_sample(&self, inputs: Vec<HostTensor>) {
+        let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        if sample.is_none() {
+            *sample = Some(inputs.into());
+        }
     }
 }
 
-/// Loads every model variant in ONNX Runtime and starts its inference thread. Fails on the
+/// Loads every model variant in ONNX Runtime and starts its inference threads. Fails on the
 /// first model that does not load (naming its file and ONNX Runtime's message), on outputs that
 /// are not tensors, and on inconsistent configs.
 pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
@@ -238,113 +344,96 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
     let key_header = HeaderName::from_bytes(config.variant_key_header.as_bytes())
         .map_err(|e| ServerError::Config(format!("variant_key_header: {e}")))?;
 
-    let sessions = open_all(config)?;
+    let cpus = cores::available();
+    let opened = open_all(config, cpus)?;
     let metrics = Metrics::new();
     let mut models = HashMap::with_capacity(config.models.len());
-    let mut sessions = sessions.into_iter();
+    let mut opened = opened.into_iter();
     for model_config in &config.models {
         let mut variants = Vec::with_capacity(model_config.variants.len());
-        let mut first_signature: Option<(String, Arc<Signature>)> = None;
-        // The variants agree on their interface, so the first decides whether the model batches.
-        let mut model_stats: Option<Arc<ModelStats>> = None;
+        let mut first: Option<(String, Signature, Arc<ModelStats>)> = None;
         for variant_config in &model_config.variants {
-            let Some((session, signature, load_time)) = sessions.next() else {
+            let Some(variant_opened) = opened.next() else {
                 return Err(ServerError::Config(
                     "internal: a model was not loaded".into(),
                 ));
             };
-            let signature = Arc::new(signature);
-            match &first_signature {
-                Some((first, reference)) if !reference.same_interface(&signature) => {
+            let stats = match &first {
+                Some((name, reference, _)) if !reference.same_interface(&variant_opened.signature) => {
                     return Err(ServerError::VariantMismatch {
                         model: model_config.name.clone(),
-                        first: first.clone(),
+                        first: name.clone(),
                         other: variant_config.name.clone(),
                     });
                 }
-                Some(_) => {}
-                None => first_signature = Some((variant_config.name.clone(), signature.clone())),
-            }
-            let label = format!(
-                "model '{}' variant '{}'",
-                model_config.name, variant_config.name
-            );
-            let batching = model_config.batching.and_then(|b| match signature.batchable() {
-                Ok(()) => Some(Batching {
-                    max_rows: b.max_batch_size as usize,
-                    max_delay: Duration::from_millis(b.max_delay_ms),
-                }),
-                Err(reason) => {
-                    eprintln!(
-                        "ferry serve-model: {label} ({}): batching is configured but off: {reason}",
-                        variant_config.path.display()
-                    );
-                    None
+                Some((_, _, stats)) => stats.clone(),
+                None => {
+                    // The variants agree on their interface, so the first decides whether the
+                    // model batches.
+                    let batches = model_config.batching.is_some()
+                        && variant_opened.signature.batchable().is_ok();
+                    let stats = Arc::new(ModelStats::new(batches));
+                    first = Some((
+                        variant_config.name.clone(),
+                        variant_opened.signature.clone(),
+                        stats.clone(),
+                    ));
+                    stats
                 }
-            });
-            let stats = model_stats
-                .get_or_insert_with(|| Arc::new(ModelStats::new(batching.is_some())))
-                .clone();
-            let variant_metrics = metrics.variant(&model_config.name, &variant_config.name);
-            variant_metrics.model_load.set(load_time.as_secs_f64());
-            let queue = Arc::new(JobQueue::new());
-            let worker = Worker {
-                session,
-                signature: signature.clone(),
-                batching,
-                metrics: variant_metrics.clone(),
-                stats,
-                queue: queue.clone(),
-                label,
             };
-            std::thread::Builder::new()
-                .name("ferry-infer".into())
-                .spawn(move || worker.run())
-                .map_err(ServerError::Thread)?;
             let header = HeaderValue::from_str(&variant_config.name).map_err(|_| {
                 ServerError::Config(format!(
                     "variant name {:?} cannot be sent in an HTTP header",
                     variant_config.name
                 ))
             })?;
+            let variant_metrics =
+                metrics.variant(&model_config.name, &variant_config.name, &variant_opened.sha256);
+            let label = format!(
+                "model '{}' variant '{}' ({})",
+                model_config.name,
+                variant_config.name,
+                variant_config.path.display()
+            );
+            let live = live::start(
+                variant_opened,
+                model_config.batching,
+                variant_metrics,
+                stats,
+                label,
+            )?;
             variants.push(Variant {
                 name: variant_config.name.clone(),
                 header,
-                queue,
-                metrics: variant_metrics,
-                signature,
-                mergeable: batching.is_some(),
+                path: variant_config.path.clone(),
+                instances: model_config.instances,
+                threads: model_config.threads,
+                live: RwLock::new(Some(Arc::new(live))),
+                sample: Mutex::new(None),
             });
         }
-        let signature = &variants[0].signature;
-        let metadata = model_metadata(&model_config.name, &model_config.version, signature)?;
-        let variant_names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
-        let triton_config = serde_json::to_vec(&triton::model_config(&triton::Described {
-            name: &model_config.name,
-            signature,
-            batching: model_config.batching.filter(|_| variants[0].mergeable),
-            device: config.device,
-            variants: &variant_names,
-        }))
-        .map_err(|e| ServerError::Config(e.to_string()))?;
-        let Some(stats) = model_stats else {
+        let Some((_, interface, stats)) = first else {
             return Err(ServerError::Config(format!(
                 "model '{}' has no variants",
                 model_config.name
             )));
         };
-        models.insert(
-            model_config.name.clone(),
-            Model {
-                name: model_config.name.clone(),
-                version: model_config.version.clone(),
-                weights: model_config.variants.iter().map(|v| v.weight).collect(),
-                variants,
-                metadata,
-                triton_config: Bytes::from(triton_config),
-                stats,
-            },
-        );
+        let model = Model {
+            name: model_config.name.clone(),
+            version: model_config.version.clone(),
+            weights: model_config.variants.iter().map(|v| v.weight).collect(),
+            variants,
+            batching: model_config.batching,
+            interface,
+            described: RwLock::new(Arc::new(Described {
+                metadata: Bytes::new(),
+                triton_config: Bytes::new(),
+            })),
+            stats,
+            reloading: Mutex::new(()),
+        };
+        model.describe(config.device);
+        models.insert(model_config.name.clone(), model);
     }
 
     let limits = &config.limits;
@@ -353,6 +442,7 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": std::iter::once("binary_tensor_data")
             .chain(triton::EXTENSIONS)
+            .chain(repository::EXTENSIONS)
             .collect::<Vec<_>>(),
     }))
     .map_err(|e| ServerError::Config(e.to_string()))?;
@@ -370,7 +460,10 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
             shutting_down: AtomicBool::new(false),
             metrics,
             server_metadata: Bytes::from(server_metadata),
+            device: config.device,
+            cpus,
         }),
+        watch: config.watch,
     })
 }
 
@@ -434,35 +527,22 @@ fn check_config(config: &ServingConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
-type Opened = (ort::session::Session, Signature, Duration);
-
 /// Opens all variants, in parallel when there are several (start-up time counts).
-fn open_all(config: &ServingConfig) -> Result<Vec<Opened>, ServerError> {
-    let jobs: Vec<(&str, &config::VariantConfig)> = config
+fn open_all(config: &ServingConfig, cpus: usize) -> Result<Vec<Opened>, ServerError> {
+    let jobs: Vec<(&config::ModelConfig, &config::VariantConfig)> = config
         .models
         .iter()
-        .flat_map(|m| m.variants.iter().map(move |v| (m.name.as_str(), v)))
+        .flat_map(|m| m.variants.iter().map(move |v| (m, v)))
         .collect();
-    let open = |(model, variant): (&str, &config::VariantConfig)| -> Result<Opened, ServerError> {
-        let started = Instant::now();
-        let session =
-            model::open_session(&variant.path, config.device).map_err(|source| match source {
-                OnnxError::RuntimeNotFound { .. } | OnnxError::RuntimeLoad { .. } => {
-                    ServerError::Runtime(source)
-                }
-                OnnxError::Provider { .. } => ServerError::Cuda {
-                    model: model.to_string(),
-                    variant: variant.name.clone(),
-                    source,
-                },
-                source => ServerError::Model {
-                    model: model.to_string(),
-                    variant: variant.name.clone(),
-                    source,
-                },
-            })?;
-        let signature = Signature::of(&session, &variant.path)?;
-        Ok((session, signature, started.elapsed()))
+    let open = |(model, variant): (&config::ModelConfig, &config::VariantConfig)| {
+        live::open(
+            &model.name,
+            &variant.name,
+            &variant.path,
+            config.device,
+            (model.instances, model.threads),
+            cpus,
+        )
     };
     if jobs.len() == 1 {
         return jobs.into_iter().map(open).collect();
@@ -485,24 +565,24 @@ fn open_all(config: &ServingConfig) -> Result<Vec<Opened>, ServerError> {
     })
 }
 
-fn model_metadata(name: &str, version: &str, signature: &Signature) -> Result<Bytes, ServerError> {
+fn model_metadata(name: &str, versions: &[String], signature: &Signature) -> Bytes {
     #[derive(Serialize)]
     struct Metadata<'a> {
         name: &'a str,
-        versions: [&'a str; 1],
+        versions: &'a [String],
         platform: &'static str,
         inputs: &'a [IoSpec],
         outputs: &'a [IoSpec],
     }
     serde_json::to_vec(&Metadata {
         name,
-        versions: [version],
+        versions,
         platform: "onnxruntime",
         inputs: &signature.inputs,
         outputs: &signature.outputs,
     })
     .map(Bytes::from)
-    .map_err(|e| ServerError::Config(e.to_string()))
+    .unwrap_or_default()
 }
 
 /// Serves `server` on `listener` until `shutdown` completes. Then readiness turns 503 at once,
@@ -526,6 +606,9 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let watching = server
+        .watch
+        .then(|| tokio::spawn(watch::run(state.clone())));
     let serving = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(signal)
         .into_future();
@@ -542,6 +625,9 @@ pub async fn serve(
             "ferry serve-model: requests still running after the shutdown grace of {} ms were dropped",
             grace.as_millis()
         ),
+    }
+    if let Some(watching) = watching {
+        watching.abort();
     }
     drop(server);
     Ok(())

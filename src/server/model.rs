@@ -283,19 +283,12 @@ fn onnx_element_name(ty: TensorElementType) -> String {
     }
 }
 
-/// Opens `path` in the process's ONNX Runtime environment with one thread per session: the
-/// server runs one session per worker thread, and on small machines extra intra-op threads
-/// would only fight the HTTP threads for the same cores.
+/// Opens `path` in the process's ONNX Runtime environment with `intra_threads` threads for
+/// each operator (see `cores` for how many the server gives each session).
 ///
 /// On `Device::Cuda` the CUDA execution provider must register: a library without it, or one
 /// that cannot start it (no GPU, no CUDA libraries), is an error, never a quiet fall back to the
 /// CPU.
-pub(crate) fn open_session(path: &Path, device: Device) -> Result<Session, OnnxError> {
-    open_session_with(path, device, 1)
-}
-
-/// [`open_session`] with `intra_threads` threads for each operator: batch scoring has the
-/// machine to itself.
 pub(crate) fn open_session_with(
     path: &Path,
     device: Device,

@@ -176,6 +176,25 @@ impl TensorData {
         }
     }
 
+    /// `n` zeros (empty strings for BYTES, `false` for BOOL).
+    pub(crate) fn zeros(datatype: DataType, n: usize) -> TensorData {
+        match datatype {
+            DataType::Bool => TensorData::Bool(vec![false; n]),
+            DataType::Uint8 => TensorData::Uint8(vec![0; n]),
+            DataType::Uint16 => TensorData::Uint16(vec![0; n]),
+            DataType::Uint32 => TensorData::Uint32(vec![0; n]),
+            DataType::Uint64 => TensorData::Uint64(vec![0; n]),
+            DataType::Int8 => TensorData::Int8(vec![0; n]),
+            DataType::Int16 => TensorData::Int16(vec![0; n]),
+            DataType::Int32 => TensorData::Int32(vec![0; n]),
+            DataType::Int64 => TensorData::Int64(vec![0; n]),
+            DataType::Fp16 => TensorData::Fp16(vec![f16::ZERO; n]),
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+            DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
+        }
+    }
+
     pub(crate) fn datatype(&self) -> DataType {
         match self {
             TensorData::Bool(_) => DataType::Bool,

@@ -51,7 +51,7 @@ async fn version_config(
 
 fn config_response(state: &AppState, model: &str, version: Option<&str>) -> Response {
     match find_model(state, model, version) {
-        Ok(model) => ok_json(model.triton_config.clone()),
+        Ok(model) => ok_json(model.described().triton_config.clone()),
         Err(e) => e.response(),
     }
 }
@@ -122,8 +122,10 @@ pub(crate) struct Described<'a> {
     /// The batching in effect: configured, and possible for this model.
     pub batching: Option<BatchingConfig>,
     pub device: Device,
-    /// Each runs in its own session and thread: an instance each, in Triton's terms.
+    /// Each runs its own sessions: an instance group each, in Triton's terms.
     pub variants: &'a [&'a str],
+    /// Sessions per variant and ONNX Runtime threads per session.
+    pub instances: (usize, usize),
 }
 
 /// The model's configuration as Triton writes it. With batching, `max_batch_size` is the
@@ -176,7 +178,7 @@ pub(crate) fn model_config(model: &Described<'_>) -> Value {
             json!({
                 "name": variant,
                 "kind": kind,
-                "count": 1,
+                "count": model.instances.0,
                 "gpus": gpus,
                 "secondary_devices": [],
                 "profile": [],
@@ -195,7 +197,8 @@ pub(crate) fn model_config(model: &Described<'_>) -> Value {
         "batch_input": [],
         "batch_output": [],
         "instance_group": instance_group,
-        "parameters": {},
+        // The key Triton's onnxruntime backend reads for the same setting.
+        "parameters": {"intra_op_thread_count": {"string_value": model.instances.1.to_string()}},
         "model_warmup": [],
         "model_transaction_policy": {"decoupled": false},
     });
@@ -249,6 +252,7 @@ mod tests {
             }),
             device: Device::Cpu,
             variants: &["main", "b"],
+            instances: (1, 1),
         });
         assert_eq!(
             config,
@@ -276,7 +280,7 @@ mod tests {
                     {"name": "b", "kind": "KIND_CPU", "count": 1, "gpus": [],
                         "secondary_devices": [], "profile": [], "passive": false, "host_policy": ""}
                 ],
-                "parameters": {},
+                "parameters": {"intra_op_thread_count": {"string_value": "1"}},
                 "model_warmup": [],
                 "model_transaction_policy": {"decoupled": false}
             })
@@ -298,6 +302,7 @@ mod tests {
             batching: None,
             device: Device::Cuda,
             variants: &["main"],
+            instances: (1, 1),
         });
         assert_eq!(config["max_batch_size"], 0);
         assert!(config.get("dynamic_batching").is_none(), "{config}");

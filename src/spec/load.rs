@@ -721,6 +721,23 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                 None,
             );
         }
+        let models = std::iter::once(("serve".to_string(), s.instances, s.threads)).chain(
+            s.models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("serve.models[{i}]"), m.instances, m.threads)),
+        );
+        for (at, instances, threads) in models {
+            for (field, value) in [("instances", instances), ("threads", threads)] {
+                if value == Some(0) {
+                    bad(
+                        &format!("{at}.{field}"),
+                        "must be at least 1".into(),
+                        Some("leave it out to derive it from the CPUs the server may use".into()),
+                    );
+                }
+            }
+        }
         let total: u64 = s.variants.iter().map(|v| u64::from(v.weight)).sum();
         if total >= 100 {
             bad(

@@ -178,6 +178,13 @@ pub struct Serve {
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// Sessions of the model, each run by its own thread (default: from the CPUs the server
+    /// may use, fewer for large models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// ONNX Runtime threads within each session (default: the CPUs left to each instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
     /// Other versions of the model taking a share of its traffic, in percent; the main model
     /// takes the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -243,6 +250,10 @@ pub struct ExtraModel {
     pub model: RelPath,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

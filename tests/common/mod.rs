@@ -78,6 +78,8 @@ pub fn model(name: &str, file: &str, batching: Option<(u32, u64)>) -> ModelConfi
             max_batch_size,
             max_delay_ms,
         }),
+        instances: None,
+        threads: None,
     }
 }
 
@@ -93,6 +95,7 @@ pub fn config_with(models: Vec<ModelConfig>, limits: Limits) -> ServingConfig {
         limits,
         variant_key_header: "x-ferry-key".into(),
         device: Default::default(),
+        watch: false,
     }
 }
 
@@ -191,10 +194,26 @@ pub async fn post(
 }
 
 /// The value of one sample line of `/metrics`, e.g. `ferry_requests_total{model="m",...}`.
+/// The value of the first series named as `series` (`name{k="v",...}`) whose labels include
+/// the ones given: further labels (a model's sha256) need not be spelled out.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    let (name, wanted) = match series.split_once('{') {
+        Some((name, labels)) => (name, labels.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = wanted.split(',').filter(|l| !l.is_empty()).collect();
     metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
+        let rest = line.strip_prefix(name)?;
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let have: Vec<&str> = labels.split(',').collect();
+        wanted
+            .iter()
+            .all(|w| have.contains(w))
+            .then(|| value.trim().parse().ok())
+            .flatten()
     })
 }
 
@@ -276,4 +295,11 @@ pub fn ferry_to_closed_pipe(dir: &Path, args: &[&str]) -> Output {
         .stderr(std::process::Stdio::piped())
         .output()
         .unwrap()
+}
+
+/// The sha256 of a file, in hex.
+#[allow(dead_code)]
+pub fn file_sha256(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
