@@ -638,6 +638,8 @@ async fn metrics_are_read_by_promtool_and_the_python_parsers() {
         ("ferry_queue_depth", "gauge"),
         ("ferry_inference_duration_seconds", "histogram"),
         ("ferry_model_load_seconds", "gauge"),
+        ("ferry_instances", "gauge"),
+        ("ferry_instances_busy", "gauge"),
         ("ferry_model_reloads", "counter"),
     ];
     for (family, kind) in want_types {

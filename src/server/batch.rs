@@ -261,7 +261,9 @@ impl Worker {
             // A job whose client has gone (timed out) is not worth running.
             batch.retain(|job| !job.reply.is_closed());
             if !batch.is_empty() {
+                self.metrics.busy.inc();
                 self.execute(batch);
+                self.metrics.busy.dec();
             }
         }
     }

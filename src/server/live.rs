@@ -236,6 +236,7 @@ pub(crate) fn start(
         }
     });
     metrics.model_load.set(opened.load_time.as_secs_f64());
+    metrics.instances.set(opened.sessions.len() as i64);
     let queue = Arc::new(JobQueue::new());
     let instances = opened.sessions.len();
     let live = Live {

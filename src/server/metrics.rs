@@ -47,6 +47,10 @@ impl Gauge {
     pub(crate) fn get(&self) -> i64 {
         self.0.load(Ordering::Acquire)
     }
+
+    pub(crate) fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Release);
+    }
 }
 
 /// A measurement that is set rather than counted.
@@ -153,6 +157,8 @@ struct VariantSeries {
     queue_depth: Arc<Gauge>,
     inference_duration: Arc<Histogram>,
     model_load: Arc<FloatGauge>,
+    instances: Arc<Gauge>,
+    busy: Arc<Gauge>,
 }
 
 impl VariantSeries {
@@ -190,6 +196,8 @@ impl Metrics {
             queue_depth: Arc::default(),
             inference_duration: Arc::new(Histogram::new(&SECONDS)),
             model_load: Arc::default(),
+            instances: Arc::default(),
+            busy: Arc::default(),
         });
         self.variants
             .lock()
@@ -215,6 +223,8 @@ impl Metrics {
             queue_depth: series.queue_depth.clone(),
             inference_duration: series.inference_duration.clone(),
             model_load: series.model_load.clone(),
+            instances: series.instances.clone(),
+            busy: series.busy.clone(),
             series,
         }
     }
@@ -349,6 +359,26 @@ impl Metrics {
                 ),
             },
             Family {
+                name: "ferry_instances",
+                help: "Sessions of the model variant, each run by its own thread.",
+                series: Series::Gauge(
+                    variants
+                        .iter()
+                        .map(|v| (v.labels(), v.instances.get() as f64))
+                        .collect(),
+                ),
+            },
+            Family {
+                name: "ferry_instances_busy",
+                help: "Sessions of the model variant running an inference now.",
+                series: Series::Gauge(
+                    variants
+                        .iter()
+                        .map(|v| (v.labels(), v.busy.get() as f64))
+                        .collect(),
+                ),
+            },
+            Family {
                 name: "ferry_model_reloads",
                 help: "Model files loaded while serving (watched files, the repository API), by result.",
                 series: Series::Counter(reloads),
@@ -385,6 +415,8 @@ pub(crate) struct VariantMetrics {
     pub queue_depth: Arc<Gauge>,
     pub inference_duration: Arc<Histogram>,
     pub model_load: Arc<FloatGauge>,
+    pub instances: Arc<Gauge>,
+    pub busy: Arc<Gauge>,
 }
 
 impl VariantMetrics {
@@ -457,6 +489,8 @@ mod tests {
                 "ferry_queue_depth",
                 "ferry_inference_duration_seconds",
                 "ferry_model_load_seconds",
+                "ferry_instances",
+                "ferry_instances_busy",
                 "ferry_model_reloads"
             ]
         );

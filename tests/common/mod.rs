@@ -193,7 +193,6 @@ pub async fn post(
     (status, value)
 }
 
-/// The value of one sample line of `/metrics`, e.g. `ferry_requests_total{model="m",...}`.
 /// The value of the first series named as `series` (`name{k="v",...}`) whose labels include
 /// the ones given: further labels (a model's sha256) need not be spelled out.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
