@@ -289,6 +289,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
         path: file(&main, "default", &sv.model).into(),
         weight: 100u32.saturating_sub(taken),
         sha256: None,
+        source: None,
     }];
     for v in &sv.variants {
         variants.push(VariantConfig {
@@ -296,6 +297,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             path: file(&main, &v.name, &v.model).into(),
             weight: v.weight,
             sha256: None,
+            source: None,
         });
     }
     let mut configs = vec![ModelConfig {
@@ -315,6 +317,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
                 path: file(&m.name, "default", &m.model).into(),
                 weight: 100,
                 sha256: None,
+                source: None,
             }],
             batching: batching(&m.batching),
             instances: m.instances,

@@ -341,3 +341,81 @@ fn a_running_server_survives_a_busy_port_a_repeat_and_other_settings() {
     ok(&root, &["down"]);
     assert!(containers().is_empty());
 }
+
+/// Which scale model answered (Y = X * k): k.
+fn scale_factor(url: &str) -> Option<f64> {
+    let (body, code) = curl(&[
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#,
+        &format!("{url}/v2/models/live/infer"),
+    ]);
+    if code != "200" {
+        return None;
+    }
+    let answer: Value = serde_json::from_str(&body).ok()?;
+    answer["outputs"][0]["data"][0].as_f64()
+}
+
+#[test]
+fn a_model_written_while_serving_is_served_without_a_rebuild() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // The server runs as its image's own user, which reads the mounted project like anyone.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("live");
+    std::fs::create_dir_all(root.join("artifacts")).unwrap();
+    std::fs::write(
+        root.join("ferry.yaml"),
+        "name: live\nenvironment: { base: python:3.11-slim }\nserve: { model: artifacts/model.onnx }\n",
+    )
+    .unwrap();
+    let model = root.join("artifacts/model.onnx");
+    std::fs::copy(fixtures().join("scale1.onnx"), &model).unwrap();
+    let port = free_port();
+    let out = ok(
+        &root,
+        &["serve", "--detach", "--json", "--port", &port.to_string()],
+    );
+    let endpoint: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = endpoint["url"].as_str().unwrap().to_string();
+    let image = endpoint["image"].as_str().unwrap().to_string();
+    assert_eq!(scale_factor(&url), Some(1.0));
+
+    // As a training run leaves it: written beside the old file, renamed over it.
+    let aside = root.join("artifacts/.model.onnx.new");
+    std::fs::copy(fixtures().join("scale2.onnx"), &aside).unwrap();
+    std::fs::rename(&aside, &model).unwrap();
+    let written = std::time::Instant::now();
+    let deadline = written + std::time::Duration::from_secs(30);
+    loop {
+        let k = scale_factor(&url);
+        if k == Some(2.0) {
+            break;
+        }
+        assert_eq!(k, Some(1.0), "the old model answers until the swap");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new model was not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "the running server answered with the new model {} ms after it was written",
+        written.elapsed().as_millis()
+    );
+    let (meta, _) = curl(&[&format!("{url}/v2/models/live")]);
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(
+        meta["versions"][1],
+        format!("sha256:{}", common::file_sha256(&model))
+    );
+    let out = ok(&root, &["logs", "serve"]);
+    let logs = String::from_utf8_lossy(&out.stdout).to_string()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("now serving sha256"), "{logs}");
+    ok(&root, &["down"]);
+    let _ = docker(&["rmi", &image]);
+}

@@ -428,12 +428,14 @@ async fn variants_split_traffic_sticky_by_key_and_are_measured() {
             path: fixture("tiny.onnx"),
             weight: 1,
             sha256: None,
+            source: None,
         },
         VariantConfig {
             name: "b".into(),
             path: fixture("tiny.onnx"),
             weight: 1,
             sha256: None,
+            source: None,
         },
     ];
     let server = TestServer::start(config(vec![ab])).await;
@@ -809,6 +811,7 @@ fn models_that_cannot_be_served_fail_to_load_with_the_reason() {
         path: fixture("two.onnx"),
         weight: 1,
         sha256: None,
+        source: None,
     });
     let message = ferry::server::load(&config(vec![mismatched]))
         .err()

@@ -22,6 +22,7 @@ fn model_at(name: &str, path: &Path, instances: Option<u32>) -> ModelConfig {
             path: path.to_path_buf(),
             weight: 1,
             sha256: None,
+            source: None,
         }],
         batching: None,
         instances,
@@ -114,16 +115,20 @@ async fn a_changed_model_file_is_swapped_in_under_load_and_every_request_is_answ
         })
         .collect();
     let count = || answers.lock().unwrap().len();
-    until("answers from the first model", Duration::from_secs(30), || {
-        std::future::ready(count() >= 200)
-    })
+    until(
+        "answers from the first model",
+        Duration::from_secs(30),
+        || std::future::ready(count() >= 200),
+    )
     .await;
 
     place(dir.path(), "scale2.onnx");
     let swapped = Instant::now();
-    until("an answer from the new model", Duration::from_secs(20), || {
-        std::future::ready(answers.lock().unwrap().contains(&2.0))
-    })
+    until(
+        "an answer from the new model",
+        Duration::from_secs(20),
+        || std::future::ready(answers.lock().unwrap().contains(&2.0)),
+    )
     .await;
     eprintln!(
         "the new model answered {} ms after its file was renamed into place",
@@ -140,7 +145,11 @@ async fn a_changed_model_file_is_swapped_in_under_load_and_every_request_is_answ
     }
 
     let failures = failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
     let answers = answers.lock().unwrap().clone();
     // At most 8 requests were in flight on the old model when the new one came in.
     let tail = &answers[answers.len() - 100..];
@@ -192,18 +201,22 @@ async fn a_replacement_that_does_not_fit_is_refused_and_the_old_model_keeps_serv
 
     // Another interface: clients of the served model would break.
     place(dir.path(), "two.onnx");
-    until("the refusal of two.onnx", Duration::from_secs(20), || async {
-        metric(&server, refused).await >= 1.0
-    })
+    until(
+        "the refusal of two.onnx",
+        Duration::from_secs(20),
+        || async { metric(&server, refused).await >= 1.0 },
+    )
     .await;
     assert_eq!(infer_factor(&server).await, 1.0);
 
     // Not a model at all.
     std::fs::write(dir.path().join(".part"), b"not an onnx model").unwrap();
     std::fs::rename(dir.path().join(".part"), &path).unwrap();
-    until("the refusal of a broken file", Duration::from_secs(20), || async {
-        metric(&server, refused).await >= 2.0
-    })
+    until(
+        "the refusal of a broken file",
+        Duration::from_secs(20),
+        || async { metric(&server, refused).await >= 2.0 },
+    )
     .await;
     assert_eq!(infer_factor(&server).await, 1.0);
     let (_, meta) = server.get("/v2/models/m").await;
@@ -211,9 +224,11 @@ async fn a_replacement_that_does_not_fit_is_refused_and_the_old_model_keeps_serv
 
     // A file that fits is taken after all that.
     place(dir.path(), "scale2.onnx");
-    until("the swap to scale2.onnx", Duration::from_secs(20), || async {
-        infer_factor(&server).await == 2.0
-    })
+    until(
+        "the swap to scale2.onnx",
+        Duration::from_secs(20),
+        || async { infer_factor(&server).await == 2.0 },
+    )
     .await;
     assert_eq!(
         metric(
@@ -238,7 +253,10 @@ async fn the_repository_api_loads_unloads_and_lists_models() {
     let (status, index) = server.post("/v2/repository/index", "").await;
     assert_eq!(
         (status, index),
-        (200, json!([{"name": "m", "version": "1", "state": "READY"}]))
+        (
+            200,
+            json!([{"name": "m", "version": "1", "state": "READY"}])
+        )
     );
 
     place(dir.path(), "scale2.onnx");
@@ -329,9 +347,11 @@ async fn quick_answered_during_slow(instances: u32) -> bool {
     let url = format!("{}/v2/models/slow/infer", server.base);
     let client = server.client.clone();
     let slow = tokio::spawn(async move { post(&client, &url, slow_request(3_000_000)).await });
-    until("the long request to run", Duration::from_secs(20), || async {
-        metric(&server, r#"ferry_instances_busy{model="slow"}"#).await == 1.0
-    })
+    until(
+        "the long request to run",
+        Duration::from_secs(20),
+        || async { metric(&server, r#"ferry_instances_busy{model="slow"}"#).await == 1.0 },
+    )
     .await;
     let (status, _) = server.post("/v2/models/slow/infer", slow_request(1)).await;
     assert_eq!(status, 200);

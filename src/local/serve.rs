@@ -15,7 +15,7 @@ use crate::docker::{self, ContainerSpec};
 use crate::interrupt::Interrupt;
 use crate::plan::{Serving, VolumePath};
 use crate::server::ServingConfig;
-use crate::server::config::{HOST_ENV, PORT_ENV};
+use crate::server::config::{HOST_ENV, PORT_ENV, WATCH_ENV};
 use crate::serving_image::{serving_image, serving_plan};
 use crate::spec::Project;
 use crate::state::STATE_DIR;
@@ -67,10 +67,12 @@ pub enum Network {
     Bridge,
 }
 
-/// The serving config for running natively: models read where they are, on loopback.
+/// The serving config for running natively: models read where they are (and watched), on
+/// loopback.
 pub fn native_config(project: &Project, serving: &Serving, port: Option<u16>) -> ServingConfig {
     let mut config = serving.config.clone();
     config.host = "127.0.0.1".into();
+    config.watch = true;
     config.port = port.unwrap_or(serving.workload.ports[0].published);
     for model in &mut config.models {
         for v in &mut model.variants {
@@ -159,6 +161,7 @@ pub async fn serve(
         spec.env.insert(HOST_ENV.into(), "127.0.0.1".into());
         spec.env.insert(PORT_ENV.into(), published.to_string());
     }
+    watch_project_models(&mut spec, project, &serving);
     let settings = running::config_of(&spec, &image.id, &[]);
     running::label(&mut spec, &settings);
     let url = format!("http://127.0.0.1:{published}");
@@ -249,6 +252,46 @@ pub async fn serve(
             step.finish("stopped and removed the model server");
             Ok(endpoint)
         }
+    }
+}
+
+/// Where the project's model files are mounted (read-only, by directory) in a local server.
+const LIVE_MODELS: &str = "/run/ferry/models";
+
+/// Lets the local server pick up a model the project changes (`ferry train` writing
+/// `serve.model`) without a rebuild: each model's directory is mounted read-only, and
+/// [`WATCH_ENV`] tells the server which mounted file stands for which model of its config. The
+/// directory rather than the file, because a trainer that writes a new file and renames it over
+/// the old one leaves a file mount on the old inode.
+fn watch_project_models(spec: &mut ContainerSpec, project: &Project, serving: &Serving) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut map = std::collections::BTreeMap::new();
+    for model in &serving.models {
+        let host = project.path(&model.source);
+        let (Some(dir), Some(name)) = (host.parent(), host.file_name()) else {
+            continue;
+        };
+        let index = match dirs.iter().position(|d| d == dir) {
+            Some(i) => i,
+            None => {
+                dirs.push(dir.to_path_buf());
+                dirs.len() - 1
+            }
+        };
+        map.insert(
+            model.image_path.clone(),
+            format!("{LIVE_MODELS}/{index}/{}", name.to_string_lossy()),
+        );
+    }
+    for (index, dir) in dirs.into_iter().enumerate() {
+        spec.mounts.push(docker::Mount {
+            host: dir,
+            container: format!("{LIVE_MODELS}/{index}"),
+            read_only: true,
+        });
+    }
+    if let Ok(json) = serde_json::to_string(&map) {
+        spec.env.insert(WATCH_ENV.into(), json);
     }
 }
 

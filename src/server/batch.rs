@@ -207,8 +207,7 @@ impl JobQueue {
         loop {
             let pending = self.pending.load(Ordering::Acquire);
             let now = Instant::now();
-            if !inner.jobs.is_empty() && (inner.rows >= need || pending == 0 || now >= deadline)
-            {
+            if !inner.jobs.is_empty() && (inner.rows >= need || pending == 0 || now >= deadline) {
                 return Gathered::Jobs(inner.take_all());
             }
             if inner.closed || now >= deadline || pending == 0 {

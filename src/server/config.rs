@@ -89,6 +89,10 @@ pub struct VariantConfig {
     /// sha256 of the model file, for metadata and drift checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Where a changed model is loaded from while serving, when not `path`: the project's own
+    /// file, mounted into a local container (see [`WATCH_ENV`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +147,8 @@ fn default_key_header() -> String {
 pub const HOST_ENV: &str = "FERRY_SERVE_HOST";
 pub const PORT_ENV: &str = "FERRY_SERVE_PORT";
 /// Turns [`ServingConfig::watch`] on: `1`, or a JSON object mapping model paths of the config
-/// to the paths to read and watch instead (a container's mounted project directories).
+/// to the files to watch and reload from instead (in a container, the project's model files
+/// mounted from the host); each variant's `source`.
 pub const WATCH_ENV: &str = "FERRY_SERVE_WATCH";
 
 impl ServingConfig {
@@ -173,14 +178,12 @@ impl ServingConfig {
             return Ok(());
         }
         let map: std::collections::BTreeMap<PathBuf, PathBuf> = serde_json::from_str(value)
-            .map_err(|e| {
-                format!("{WATCH_ENV} must be 1 or a JSON object of model paths: {e}")
-            })?;
+            .map_err(|e| format!("{WATCH_ENV} must be 1 or a JSON object of model paths: {e}"))?;
         for (from, to) in map {
             let mut found = false;
             for variant in self.models.iter_mut().flat_map(|m| m.variants.iter_mut()) {
                 if variant.path == from {
-                    variant.path = to.clone();
+                    variant.source = Some(to.clone());
                     found = true;
                 }
             }

@@ -21,10 +21,10 @@ use tokio::sync::oneshot;
 
 use super::batch::{Job, JobQueue, queue_full};
 use super::exposition::{self, Format};
+use super::live::Live;
 use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
 use super::parse::{InferRequest, parse_infer, parse_instances};
 use super::tensor::{Nested, TensorData};
-use super::live::Live;
 use super::{AppState, Model, Variant};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");

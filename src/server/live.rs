@@ -86,12 +86,8 @@ pub(crate) fn open(
 ) -> Result<Opened, ServerError> {
     let started = Instant::now();
     let before = Stamp::of(path);
-    let (instances, threads) = super::cores::plan(
-        instances,
-        threads,
-        cpus,
-        before.map_or(0, |s| s.len),
-    );
+    let (instances, threads) =
+        super::cores::plan(instances, threads, cpus, before.map_or(0, |s| s.len));
     let open_one = || {
         super::model::open_session_with(path, device, threads)
             .map_err(|source| open_error(model, variant, source))
@@ -106,13 +102,15 @@ pub(crate) fn open(
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(ServerError::Config("a model-loading thread panicked".into()))
+                    Err(ServerError::Config(
+                        "a model-loading thread panicked".into(),
+                    ))
                 })
             })
             .collect();
-        let sha = hashing.join().unwrap_or_else(|_| {
-            Err(std::io::Error::other("the hashing thread panicked"))
-        });
+        let sha = hashing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")));
         (sha, rest)
     });
     let sha256 = sha256.map_err(|e| ServerError::Model {

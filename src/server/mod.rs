@@ -20,19 +20,21 @@
 //! being received, so a lone client is never delayed.
 
 mod batch;
+pub mod compare;
 pub mod config;
 mod cores;
 mod exposition;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
-mod metrics;
 mod live;
+mod metrics;
 pub(crate) mod model;
 mod parse;
 mod repository;
 mod stats;
 pub(crate) mod tensor;
+pub mod traffic_log;
 mod triton;
 mod watch;
 
@@ -262,7 +264,10 @@ impl Model {
             instances: lives.first().map_or((1, 1), |l| (l.instances, l.threads)),
         }))
         .unwrap_or_default();
-        *self.described.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Described {
+        *self
+            .described
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Described {
             metadata,
             triton_config: Bytes::from(triton_config),
         });
@@ -284,7 +289,7 @@ impl Model {
 pub(crate) struct Variant {
     name: String,
     header: HeaderValue,
-    /// Where the model is read from (and watched).
+    /// Where the model is loaded from after start, and watched.
     path: PathBuf,
     instances: Option<u32>,
     threads: Option<u32>,
@@ -359,7 +364,9 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 ));
             };
             let stats = match &first {
-                Some((name, reference, _)) if !reference.same_interface(&variant_opened.signature) => {
+                Some((name, reference, _))
+                    if !reference.same_interface(&variant_opened.signature) =>
+                {
                     return Err(ServerError::VariantMismatch {
                         model: model_config.name.clone(),
                         first: name.clone(),
@@ -387,8 +394,11 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                     variant_config.name
                 ))
             })?;
-            let variant_metrics =
-                metrics.variant(&model_config.name, &variant_config.name, &variant_opened.sha256);
+            let variant_metrics = metrics.variant(
+                &model_config.name,
+                &variant_config.name,
+                &variant_opened.sha256,
+            );
             let label = format!(
                 "model '{}' variant '{}' ({})",
                 model_config.name,
@@ -402,10 +412,24 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 stats,
                 label,
             )?;
+            let path = variant_config
+                .source
+                .clone()
+                .unwrap_or_else(|| variant_config.path.clone());
+            if config.watch
+                && let Err(e) = std::fs::File::open(&path)
+            {
+                eprintln!(
+                    "ferry serve-model: model '{}' (variant '{}'): cannot read {} ({e}); changes to it will not be picked up",
+                    model_config.name,
+                    variant_config.name,
+                    path.display()
+                );
+            }
             variants.push(Variant {
                 name: variant_config.name.clone(),
                 header,
-                path: variant_config.path.clone(),
+                path,
                 instances: model_config.instances,
                 threads: model_config.threads,
                 live: RwLock::new(Some(Arc::new(live))),

@@ -146,10 +146,7 @@ fn announce(model: &str, body: &serde_json::Value) {
     }
 }
 
-async fn unload(
-    State(state): State<Arc<AppState>>,
-    Path(model): Path<String>,
-) -> Response {
+async fn unload(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     if let Err(e) = find_model(&state, &model, None) {
         return e.response();
     }
@@ -164,9 +161,7 @@ async fn unload(
     match result {
         Ok(()) => {
             eprintln!("ferry serve-model: model '{model}' unloaded on request");
-            ok_json(
-                serde_json::json!({"name": model, "state": "UNAVAILABLE"}).to_string(),
-            )
+            ok_json(serde_json::json!({"name": model, "state": "UNAVAILABLE"}).to_string())
         }
         Err(e) => ApiError::internal(format!("unloading model '{model}': {e}")).response(),
     }

@@ -73,6 +73,7 @@ pub fn model(name: &str, file: &str, batching: Option<(u32, u64)>) -> ModelConfi
             path: fixture(file),
             weight: 1,
             sha256: None,
+            source: None,
         }],
         batching: batching.map(|(max_batch_size, max_delay_ms)| BatchingConfig {
             max_batch_size,
