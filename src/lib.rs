@@ -8,9 +8,10 @@
 //! `session` is the notebook session `ferry dev` gives, `serving_image` checks the models and
 //! builds the serving image, `interrupt` turns Ctrl-C into cleanup and `state` names the `.ferry/`
 //! directory. `notebook` runs a notebook as the training workload; `lock` keeps `ferry.lock`, what
-//! each environment runs; `onnx` checks models with ONNX Runtime; `platform` names the OS and CPU
-//! an image is made for; `templates` holds the embedded project templates; `ci`, `monitoring` and
-//! `doctor` write the CI workflow, the monitoring files and the machine check. `cli` is the thin
+//! each environment runs; `onnx` checks models with ONNX Runtime; `replay` runs a served model's
+//! logged traffic through a candidate model; `platform` names the OS and CPU an image is made
+//! for; `templates` holds the embedded project templates; `ci`, `monitoring` and `doctor` write
+//! the CI workflow, the monitoring files and the machine check. `cli` is the thin
 //! command-line edge (the parser, the dispatch, error reports); `commands` holds one module per
 //! command: its arguments, its calls into the library, its output; `ui` is the terminal output they
 //! share.
@@ -51,6 +52,8 @@ pub mod platform;
 pub mod predict;
 #[cfg(feature = "cli")]
 pub mod project_plan;
+#[cfg(feature = "cli")]
+pub mod replay;
 #[cfg(feature = "cli")]
 pub mod runs;
 #[cfg(feature = "score")]

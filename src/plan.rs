@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::server::config::{
-    BatchingConfig, CONFIG_PATH, Limits, ModelConfig, ServingConfig, VariantConfig,
+    BatchingConfig, CONFIG_PATH, Limits, ModelConfig, ServingConfig, TrafficLogConfig,
+    VariantConfig, default_keep, default_max_size,
 };
 use crate::spec::{Cpu, Memory, Project, RelPath, Resources, Serve, Step};
 
@@ -283,13 +284,21 @@ fn serving(project: &str, sv: &Serve) -> Serving {
         })
     };
     let main = sv.name.clone().unwrap_or_else(|| project.to_string());
-    let taken: u32 = sv.variants.iter().map(|v| v.weight).sum();
+    // Shadows get a copy of their share: they take nothing from the main model.
+    let taken: u32 = sv
+        .variants
+        .iter()
+        .filter(|v| !v.shadow)
+        .map(|v| v.weight)
+        .sum();
     let mut variants = vec![VariantConfig {
         name: "default".into(),
         path: file(&main, "default", &sv.model).into(),
         weight: 100u32.saturating_sub(taken),
         sha256: None,
         source: None,
+        shadow: false,
+        timeout_ms: None,
     }];
     for v in &sv.variants {
         variants.push(VariantConfig {
@@ -298,6 +307,8 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             weight: v.weight,
             sha256: None,
             source: None,
+            shadow: v.shadow,
+            timeout_ms: v.timeout_ms,
         });
     }
     let mut configs = vec![ModelConfig {
@@ -318,6 +329,8 @@ fn serving(project: &str, sv: &Serve) -> Serving {
                 weight: 100,
                 sha256: None,
                 source: None,
+                shadow: false,
+                timeout_ms: None,
             }],
             batching: batching(&m.batching),
             instances: m.instances,
@@ -355,6 +368,16 @@ fn serving(project: &str, sv: &Serve) -> Serving {
             variant_key_header: "x-ferry-key".into(),
             device: sv.device,
             watch: false,
+            // The file is the runtime's to choose (`LOG_ENV`); standard output otherwise.
+            log: sv.log.as_ref().map(|l| TrafficLogConfig {
+                sample: l.sample,
+                path: None,
+                max_size: l
+                    .max_size
+                    .as_ref()
+                    .map_or_else(default_max_size, |m| m.bytes),
+                keep: l.keep.unwrap_or_else(default_keep),
+            }),
         },
         models,
         replicas: sv.replicas.unwrap_or(1),

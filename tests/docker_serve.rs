@@ -413,8 +413,8 @@ fn a_model_written_while_serving_is_served_without_a_rebuild() {
         format!("sha256:{}", common::file_sha256(&model))
     );
     let out = ok(&root, &["logs", "serve"]);
-    let logs = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let logs =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("now serving sha256"), "{logs}");
     ok(&root, &["down"]);
     let _ = docker(&["rmi", &image]);

@@ -592,6 +592,8 @@ async fn every_metric_and_label_the_dashboard_queries_exists_on_a_real_server() 
         weight: 30,
         sha256: None,
         source: None,
+        shadow: false,
+        timeout_ms: None,
     });
     let server = TestServer::start(config(vec![m])).await;
     let good = json!({"inputs": [{"name": "X", "shape": [2, 3], "datatype": "FP32", "data": [0, 1, 2, 3, 4, 5]}]});

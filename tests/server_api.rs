@@ -429,6 +429,8 @@ async fn variants_split_traffic_sticky_by_key_and_are_measured() {
             weight: 1,
             sha256: None,
             source: None,
+            shadow: false,
+            timeout_ms: None,
         },
         VariantConfig {
             name: "b".into(),
@@ -436,6 +438,8 @@ async fn variants_split_traffic_sticky_by_key_and_are_measured() {
             weight: 1,
             sha256: None,
             source: None,
+            shadow: false,
+            timeout_ms: None,
         },
     ];
     let server = TestServer::start(config(vec![ab])).await;
@@ -812,6 +816,8 @@ fn models_that_cannot_be_served_fail_to_load_with_the_reason() {
         weight: 1,
         sha256: None,
         source: None,
+        shadow: false,
+        timeout_ms: None,
     });
     let message = ferry::server::load(&config(vec![mismatched]))
         .err()

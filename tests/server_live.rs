@@ -23,6 +23,8 @@ fn model_at(name: &str, path: &Path, instances: Option<u32>) -> ModelConfig {
             weight: 1,
             sha256: None,
             source: None,
+            shadow: false,
+            timeout_ms: None,
         }],
         batching: None,
         instances,

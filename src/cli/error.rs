@@ -14,6 +14,15 @@ pub enum CliError {
     Predict(#[from] crate::predict::PredictError),
     #[error(transparent)]
     Score(#[from] crate::score::ScoreError),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
+    #[error("{}", agreement_below(*agreement, *min, *agreeing_rows, *rows))]
+    AgreementBelow {
+        agreement: Option<f64>,
+        min: f64,
+        agreeing_rows: u64,
+        rows: u64,
+    },
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -49,6 +58,16 @@ pub enum CliError {
     Stdout(std::io::Error),
 }
 
+fn agreement_below(agreement: Option<f64>, min: f64, agreeing_rows: u64, rows: u64) -> String {
+    match agreement {
+        Some(a) => format!(
+            "the candidate agrees on {:.2}% of rows ({agreeing_rows} of {rows}), below --min-agreement {min}",
+            a * 100.0
+        ),
+        None => format!("no rows were compared, so agreement cannot reach --min-agreement {min}"),
+    }
+}
+
 impl From<crate::cluster::ClusterError> for CliError {
     fn from(e: crate::cluster::ClusterError) -> Self {
         CliError::Cluster(Box::new(e))
@@ -78,11 +97,13 @@ impl CliError {
 
 pub fn report(e: &CliError, mode: OutputMode) {
     // The doctor's report is already the JSON result; a second document would break parsers.
-    // So is a failed pipeline's run record.
+    // So are a failed pipeline's run record and a replay's report.
     if mode == OutputMode::Json
         && !matches!(
             e,
-            CliError::ChecksFailed { .. } | CliError::PipelineFailed { .. }
+            CliError::ChecksFailed { .. }
+                | CliError::PipelineFailed { .. }
+                | CliError::AgreementBelow { .. }
         )
     {
         let j = serde_json::json!({ "error": e.to_string() });

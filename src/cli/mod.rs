@@ -72,6 +72,10 @@ enum Command {
     /// Score CSV and Parquet tables with a model, in this process: the outputs beside the
     /// columns kept, in input order, to a CSV or Parquet file; a run record.
     Score(commands::score::Args),
+    /// Run a served model's logged requests through a candidate model and report how its
+    /// answers agree with the logged ones (and how fast it runs); a CI gate with
+    /// --min-agreement.
+    Replay(commands::replay::Args),
     /// One shard of a cluster scoring run (the scoring pods' entrypoint).
     #[command(hide = true)]
     ScoreShard(commands::score_shard::Args),
@@ -143,6 +147,7 @@ fn run(command: Command, ui: &Ui) -> Result<(), CliError> {
         Command::ScoreShard(args) => commands::score_shard::run(args),
         Command::Predict(args) => commands::predict::run(args, ui),
         Command::Score(args) => commands::score::run(args, ui),
+        Command::Replay(args) => commands::replay::run(args, ui),
         Command::Ci(args) => commands::ci::run(args, ui),
         Command::Monitoring(args) => commands::monitoring::run(args, ui),
         Command::Completions(args) => commands::completions::run(args),

@@ -16,6 +16,7 @@ pub mod monitoring;
 pub mod predict;
 pub mod promote;
 pub mod render;
+pub mod replay;
 pub mod run;
 pub mod runs;
 pub mod score;

@@ -4,7 +4,7 @@
 //! back. Keeping ONNX Runtime off the async threads means a slow model never stalls HTTP.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,14 +52,24 @@ impl Job {
     }
 }
 
+/// Runs at least this long make a second instance worth waking for a queued job; shorter ones
+/// finish before a woken thread would even start.
+const LONG_RUN: Duration = Duration::from_micros(100);
+/// Jobs queued per busy instance beyond which another is woken even for short runs.
+const BACKLOG: usize = 4;
+
 /// The queue between the HTTP handlers of one variant and its workers (one per instance).
 ///
 /// A plain channel would wake a worker for every job; on a machine with few cores those
 /// wake-ups (and the preemptions they cause) cost more than the inference. Here a worker is
 /// woken only when it has nothing to do, or while it gathers a batch, when the batch can be
-/// filled or no other request for the variant is on its way.
+/// filled or no other request for the variant is on its way. With several instances, an idle
+/// one is woken for a job only when the busy ones will not get to it soon: runs take long (on
+/// average, or the one running now), or the queue keeps growing.
 pub(crate) struct JobQueue {
     inner: Mutex<QueueInner>,
+    /// Average run time in nanoseconds (exponentially weighted).
+    run_ns: AtomicU64,
     /// Workers waiting for any job.
     idle_wake: Condvar,
     /// Workers gathering a batch.
@@ -74,6 +84,8 @@ struct QueueInner {
     rows: usize,
     /// Workers waiting in [`JobQueue::pop`].
     idle: usize,
+    /// Per worker: when its current run started.
+    running: Vec<Option<Instant>>,
     /// What each worker gathering a batch still lacks, in rows.
     gathering: Vec<usize>,
     closed: bool,
@@ -102,10 +114,12 @@ enum Gathered {
 impl JobQueue {
     pub(crate) fn new() -> JobQueue {
         JobQueue {
+            run_ns: AtomicU64::new(0),
             inner: Mutex::new(QueueInner {
                 jobs: VecDeque::new(),
                 rows: 0,
                 idle: 0,
+                running: Vec::new(),
                 gathering: Vec::new(),
                 closed: false,
             }),
@@ -139,12 +153,73 @@ impl JobQueue {
         }
     }
 
+    /// A new worker; its id for [`JobQueue::run_started`] and [`JobQueue::run_ended`].
+    pub(crate) fn register(&self) -> usize {
+        let mut inner = self.lock();
+        inner.running.push(None);
+        inner.running.len() - 1
+    }
+
+    /// Whether an idle worker should be woken for the jobs queued.
+    fn wake_for_jobs(&self, inner: &QueueInner) -> bool {
+        if inner.idle == 0 || inner.jobs.is_empty() {
+            return false;
+        }
+        let busy = inner.running.len().saturating_sub(inner.idle);
+        // Short runs: the busy instances empty the queue sooner than a woken thread would start,
+        // unless it keeps growing.
+        if busy == 0
+            || inner.jobs.len() > BACKLOG * busy
+            || self.run_ns.load(Ordering::Relaxed) >= LONG_RUN.as_nanos() as u64
+        {
+            return true;
+        }
+        let now = Instant::now();
+        inner
+            .running
+            .iter()
+            .flatten()
+            .any(|&started| now.saturating_duration_since(started) >= LONG_RUN)
+    }
+
+    /// Worker `id` starts a run: with runs that take long and jobs still queued, an idle
+    /// instance takes the next one instead of waiting for this run.
+    fn run_started(&self, id: usize) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.running.get_mut(id) {
+            *slot = Some(Instant::now());
+        }
+        let wake = inner.idle > 0
+            && !inner.jobs.is_empty()
+            && self.run_ns.load(Ordering::Relaxed) >= LONG_RUN.as_nanos() as u64;
+        drop(inner);
+        if wake {
+            self.idle_wake.notify_one();
+        }
+    }
+
+    fn run_ended(&self, id: usize, took: Duration) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.running.get_mut(id) {
+            *slot = None;
+        }
+        drop(inner);
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.run_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.run_ns.store(new, Ordering::Relaxed);
+    }
+
     /// Queues a job; the caller has ended its pending count first.
     pub(crate) fn push(&self, job: Job) {
         let mut inner = self.lock();
         inner.rows += job.rows.unwrap_or(1);
         inner.jobs.push_back(job);
-        let wake_idle = inner.idle > 0;
+        let wake_idle = self.wake_for_jobs(&inner);
         let wake_gatherers = inner.gatherer_satisfied(self.pending.load(Ordering::Acquire));
         drop(inner);
         if wake_idle {
@@ -166,7 +241,7 @@ impl JobQueue {
             inner.rows += job.rows.unwrap_or(1);
             inner.jobs.push_front(job);
         }
-        let wake_idle = inner.idle > 0;
+        let wake_idle = self.wake_for_jobs(&inner);
         drop(inner);
         if wake_idle {
             self.idle_wake.notify_one();
@@ -255,14 +330,18 @@ pub(crate) enum RunError {
 
 impl Worker {
     pub(crate) fn run(mut self) {
+        let id = self.queue.register();
         while let Some(mut batch) = self.next_batch() {
             self.metrics.queue_depth.dec_by(batch.len() as i64);
             // A job whose client has gone (timed out) is not worth running.
             batch.retain(|job| !job.reply.is_closed());
             if !batch.is_empty() {
+                let started = Instant::now();
+                self.queue.run_started(id);
                 self.metrics.busy.inc();
                 self.execute(batch);
                 self.metrics.busy.dec();
+                self.queue.run_ended(id, started.elapsed());
             }
         }
     }

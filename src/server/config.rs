@@ -32,6 +32,35 @@ pub struct ServingConfig {
     /// machine; an image in a cluster never changes). Also set by [`WATCH_ENV`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub watch: bool,
+    /// Sampled requests and answers as JSON lines (and every shadowed one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<TrafficLogConfig>,
+}
+
+/// `serve.log` as the server takes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficLogConfig {
+    /// Share of requests logged, above 0 and at most 1.
+    pub sample: f64,
+    /// The file; absent: standard output. [`LOG_ENV`] sets it where the config cannot (the
+    /// image's config is the same everywhere; the file is the runtime's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Bytes before the file is rotated.
+    #[serde(default = "default_max_size")]
+    pub max_size: u64,
+    /// Rotated files kept.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+pub fn default_max_size() -> u64 {
+    100 << 20
+}
+
+pub fn default_keep() -> u32 {
+    5
 }
 
 /// The device ONNX Runtime runs the models on.
@@ -93,6 +122,13 @@ pub struct VariantConfig {
     /// file, mounted into a local container (see [`WATCH_ENV`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<PathBuf>,
+    /// A copy of `weight` percent of the model's requests goes to this variant; its answers are
+    /// compared with the primary's and logged, never returned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// A shadow's answer later than this counts as timed out (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +186,8 @@ pub const PORT_ENV: &str = "FERRY_SERVE_PORT";
 /// to the files to watch and reload from instead (in a container, the project's model files
 /// mounted from the host); each variant's `source`.
 pub const WATCH_ENV: &str = "FERRY_SERVE_WATCH";
+/// The file `log` records go to (`-` for standard output), for a runtime that mounts one.
+pub const LOG_ENV: &str = "FERRY_SERVE_LOG";
 
 impl ServingConfig {
     /// The config with [`HOST_ENV`] and [`PORT_ENV`] applied, as read from `get`.
@@ -168,6 +206,14 @@ impl ServingConfig {
         }
         if let Some(watch) = get(WATCH_ENV).filter(|w| !w.is_empty()) {
             self.watch_from(&watch)?;
+        }
+        if let Some(path) = get(LOG_ENV).filter(|p| !p.is_empty()) {
+            let Some(log) = &mut self.log else {
+                return Err(format!(
+                    "{LOG_ENV} is set, but the serving config has no log (serve.log in ferry.yaml)"
+                ));
+            };
+            log.path = (path != "-").then(|| PathBuf::from(path));
         }
         Ok(self)
     }

@@ -151,9 +151,9 @@ pub(crate) fn find_model<'s>(
     };
     if let Some(version) = version
         && version != model.version
-        && !version
+        && version
             .strip_prefix("sha256:")
-            .is_some_and(|sha| model.variant_with_sha(sha).is_some())
+            .is_none_or(|sha| model.variant_with_sha(sha).is_none())
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -170,6 +170,33 @@ pub struct Server {
 }
 
 impl Server {
+    /// `churn [main: 2 instances x 1 thread], ...`, for the log.
+    pub fn summary(&self) -> String {
+        let mut models: Vec<&Model> = self.state.models.values().collect();
+        models.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        models
+            .iter()
+            .map(|m| {
+                let variants: Vec<String> = m
+                    .variants
+                    .iter()
+                    .map(|v| match v.live() {
+                        Some(l) => format!(
+                            "{}: {} x {}",
+                            v.name,
+                            plural(l.instances, "instance"),
+                            plural(l.threads, "thread")
+                        ),
+                        None => format!("{}: unloaded", v.name),
+                    })
+                    .collect();
+                format!("{} [{}]", m.name, variants.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// A handle that tells whether the server reports itself ready (it stops as soon as the
     /// shutdown future completes).
     pub fn status(&self) -> ServerStatus {
@@ -675,20 +702,12 @@ pub async fn run(
             source,
         })?;
     let device = config.device;
-    let summary: Vec<String> = config
-        .models
-        .iter()
-        .map(|m| {
-            let variants: Vec<&str> = m.variants.iter().map(|v| v.name.as_str()).collect();
-            format!("{} [{}]", m.name, variants.join(", "))
-        })
-        .collect();
     let server = tokio::task::spawn_blocking(move || load(&config))
         .await
         .map_err(|e| ServerError::Config(format!("loading models: {e}")))??;
     eprintln!(
         "ferry serve-model: serving {} on http://{addr}{} (ready in {} ms)",
-        summary.join(", "),
+        server.summary(),
         match device {
             config::Device::Cpu => "",
             config::Device::Cuda => " with the CUDA execution provider",

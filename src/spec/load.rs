@@ -738,7 +738,12 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                 }
             }
         }
-        let total: u64 = s.variants.iter().map(|v| u64::from(v.weight)).sum();
+        let total: u64 = s
+            .variants
+            .iter()
+            .filter(|v| !v.shadow)
+            .map(|v| u64::from(v.weight))
+            .sum();
         if total >= 100 {
             bad(
                 "serve.variants",
@@ -797,6 +802,59 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
             }
             if let Err(m) = v.model.check_contained(root) {
                 bad(&format!("serve.variants[{i}].model"), m, None);
+            }
+            if v.shadow && v.weight > 100 {
+                bad(
+                    &format!("serve.variants[{i}].weight"),
+                    format!(
+                        "a shadow copies {}% of requests; at most 100% can be copied",
+                        v.weight
+                    ),
+                    None,
+                );
+            }
+            if let Some(t) = v.timeout_ms {
+                if !v.shadow {
+                    bad(
+                        &format!("serve.variants[{i}].timeout_ms"),
+                        "only a shadow has its own timeout (the others answer within limits.request_timeout_ms)".into(),
+                        Some("add `shadow: true` or remove timeout_ms".into()),
+                    );
+                } else if t == 0 {
+                    bad(
+                        &format!("serve.variants[{i}].timeout_ms"),
+                        "must be at least 1".into(),
+                        None,
+                    );
+                }
+            }
+        }
+        if let Some(log) = &s.log {
+            if !(log.sample > 0.0 && log.sample <= 1.0) {
+                bad(
+                    "serve.log.sample",
+                    format!("{} is not a share of requests", log.sample),
+                    Some(
+                        "a number above 0 and at most 1, e.g. 0.05 for one request in twenty"
+                            .into(),
+                    ),
+                );
+            }
+            if log.keep == Some(0) {
+                bad(
+                    "serve.log.keep",
+                    "must be at least 1 (the rotated file the current one replaces)".into(),
+                    None,
+                );
+            }
+            if let Some(v) = &log.volume
+                && !is_dns_label(v)
+            {
+                bad(
+                    "serve.log.volume",
+                    format!("{v:?} cannot name a PersistentVolumeClaim"),
+                    Some("lowercase letters, digits and '-'".into()),
+                );
             }
         }
         if let Some(a) = &s.autoscale

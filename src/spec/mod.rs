@@ -202,7 +202,44 @@ pub struct Serve {
     /// `resources.gpu` so the server's container is given a GPU.
     #[serde(default, skip_serializing_if = "Device::is_cpu")]
     pub device: Device,
+    /// Sampled requests and answers written as JSON lines, for drift analysis, debugging and
+    /// `ferry replay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<TrafficLog>,
 }
+
+/// `serve.log`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficLog {
+    /// Share of requests logged, above 0 and at most 1.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Where `ferry serve` writes the records, relative to the project.
+    #[serde(default = "default_log_path")]
+    pub path: RelPath,
+    /// A file is rotated when it would grow past this (default 100Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<Memory>,
+    /// Rotated files kept beside the current one (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// In a cluster: a PersistentVolumeClaim the server pods write their records to, one file
+    /// per pod. Without it, a cluster's servers write them to their standard output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+
+fn default_log_path() -> RelPath {
+    RelPath::parse(DEFAULT_LOG_PATH).unwrap_or_else(|_| unreachable!("a valid relative path"))
+}
+
+/// Where `ferry serve` writes `serve.log` records unless the spec says.
+pub const DEFAULT_LOG_PATH: &str = "logs/traffic.jsonl";
 
 /// What `ferry score` does when the command line does not say: the model (a served model's name
 /// or an `.onnx` path), the tables read, the file written and the columns kept beside the scores.
@@ -240,7 +277,14 @@ pub struct Batching {
 pub struct Variant {
     pub name: String,
     pub model: RelPath,
+    /// Percent of traffic. A shadow gets a copy of that share instead, and its answers are only
+    /// compared and logged, never returned.
     pub weight: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// How long a shadow may take before its answer is counted as timed out (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -74,6 +74,8 @@ pub fn model(name: &str, file: &str, batching: Option<(u32, u64)>) -> ModelConfi
             weight: 1,
             sha256: None,
             source: None,
+            shadow: false,
+            timeout_ms: None,
         }],
         batching: batching.map(|(max_batch_size, max_delay_ms)| BatchingConfig {
             max_batch_size,
@@ -97,6 +99,7 @@ pub fn config_with(models: Vec<ModelConfig>, limits: Limits) -> ServingConfig {
         variant_key_header: "x-ferry-key".into(),
         device: Default::default(),
         watch: false,
+        log: None,
     }
 }
 

@@ -74,6 +74,82 @@ pub(crate) fn parse_infer_general(
     general::general_request(json, max_elements)?.finish(binary)
 }
 
+/// A tensor's `data` as a traffic log keeps it: a JSON array in the form `infer` accepts (flat or
+/// nested as `shape`), converted to `datatype` as request data is. Floating-point data may also
+/// hold the strings `"NaN"`, `"Infinity"` and `"-Infinity"`: model outputs can hold those values,
+/// which JSON numbers cannot.
+pub(crate) fn logged_data(
+    datatype: DataType,
+    shape: &[usize],
+    data: serde_json::Value,
+) -> Result<TensorData, String> {
+    use serde::de::DeserializeSeed;
+
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than memory can hold"))?;
+    let floating = matches!(datatype, DataType::Fp16 | DataType::Fp32 | DataType::Fp64);
+    // Numbers go straight into a typed buffer; only strings need the scalars first.
+    let generic = floating && holds_string(&data);
+    let flat_len = data.as_array().map_or(0, Vec::len);
+    let seed = general::DataSeed {
+        datatype: (!generic).then_some(datatype),
+        capacity: expected.min(flat_len),
+        max_elements: usize::MAX,
+    };
+    let elements::ParsedData {
+        values,
+        dims,
+        error,
+    } = seed
+        .deserialize(data)
+        .map_err(|e| format!("\"data\": {e}"))?;
+    if let Some(error) = error {
+        return Err(error);
+    }
+    let values = match values {
+        elements::Values::Generic(scalars) if generic => {
+            elements::Values::Generic(scalars.into_iter().map(non_finite).collect())
+        }
+        values => values,
+    };
+    let typed = values.into_typed(datatype, "\"data\"")?;
+    if dims.len() <= 1 {
+        if typed.len() != expected {
+            return Err(format!(
+                "\"data\" has {} elements but shape {shape:?} needs {expected}",
+                typed.len()
+            ));
+        }
+    } else if dims != shape {
+        return Err(format!(
+            "nested \"data\" has shape {dims:?} but the declared shape is {shape:?}"
+        ));
+    }
+    Ok(typed)
+}
+
+fn holds_string(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(_) => true,
+        serde_json::Value::Array(items) => items.iter().any(holds_string),
+        _ => false,
+    }
+}
+
+fn non_finite(scalar: elements::Scalar) -> elements::Scalar {
+    match scalar {
+        elements::Scalar::Str(s) => match s.as_str() {
+            "NaN" => elements::Scalar::Float(f64::NAN),
+            "Infinity" => elements::Scalar::Float(f64::INFINITY),
+            "-Infinity" => elements::Scalar::Float(f64::NEG_INFINITY),
+            _ => elements::Scalar::Str(s),
+        },
+        other => other,
+    }
+}
+
 /// The most elements a JSON array in `len` bytes can hold (`[0,0,...]`): buffers sized from a
 /// declared shape are never larger than the body could fill.
 fn capacity_bound(len: usize) -> usize {
