@@ -377,6 +377,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
                     .as_ref()
                     .map_or_else(default_max_size, |m| m.bytes),
                 keep: l.keep.unwrap_or_else(default_keep),
+                queue: None,
             }),
         },
         models,

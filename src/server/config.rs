@@ -53,6 +53,9 @@ pub struct TrafficLogConfig {
     /// Rotated files kept.
     #[serde(default = "default_keep")]
     pub keep: u32,
+    /// Records waiting for the writer before more are dropped (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
 }
 
 pub fn default_max_size() -> u64 {

@@ -24,6 +24,7 @@ use super::exposition::{self, Format};
 use super::live::Live;
 use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
 use super::parse::{InferRequest, parse_infer, parse_instances};
+use super::recording::Recording;
 use super::tensor::{Nested, TensorData};
 use super::{AppState, Model, Variant};
 
@@ -238,7 +239,11 @@ async fn v1_model(State(state): State<Arc<AppState>>, Path(model): Path<String>)
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    let text = exposition::encode(&state.metrics.families(), format);
+    let mut families = state.metrics.families();
+    if let Some(traffic) = &state.traffic {
+        families.push(traffic.family());
+    }
+    let text = exposition::encode(&families, format);
     let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -310,7 +315,7 @@ async fn v1_predict(
 }
 
 async fn serve_inference(
-    state: &AppState,
+    state: &Arc<AppState>,
     model_name: &str,
     version: Option<&str>,
     request: Request,
@@ -342,7 +347,9 @@ async fn serve_inference(
         return unloaded(&model.name).response();
     };
     let limits = &state.limits;
-    let work = run_inference(state, model, variant, &live, headers, body, protocol);
+    let work = run_inference(
+        state, model, variant, &live, headers, body, protocol, started,
+    );
     let outcome = match tokio::time::timeout(limits.request_timeout, work).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::new(
@@ -444,14 +451,16 @@ fn binary_outputs(specs: &[IoSpec], request: &InferRequest) -> Vec<bool> {
     binary
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_inference(
-    state: &AppState,
+    state: &Arc<AppState>,
     model: &Model,
     variant: &Variant,
     live: &Live,
     headers: &HeaderMap,
     body: Body,
     protocol: Protocol,
+    started: Instant,
 ) -> Result<Reply, ApiError> {
     let limits = &state.limits;
     let mut pending = Pending::start(&live.queue);
@@ -514,6 +523,7 @@ async fn run_inference(
     pending.done();
     // The first request answered is kept to warm a replacement model with.
     let sample = variant.wants_sample().then(|| inputs.clone());
+    let recording = Recording::start(state, model, &signature.inputs, &inputs, rows);
     let job = Job {
         inputs,
         rows,
@@ -532,6 +542,15 @@ async fn run_inference(
     if let Some(sample) = sample {
         variant.keep_sample(sample);
     }
+    recording.finish(
+        state,
+        model,
+        variant,
+        live,
+        id.as_deref(),
+        started.elapsed(),
+        &outputs,
+    );
     match protocol {
         Protocol::V2 => v2_response(model, &signature.outputs, id.as_deref(), &outputs, &binary),
         Protocol::V1 => Ok(Reply {

@@ -21,6 +21,10 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -173,10 +177,91 @@ impl VariantSeries {
 
 type RequestCounters = RwLock<HashMap<RequestLabels, Arc<Counter>>>;
 
+/// Largest absolute difference between a shadow's score and the primary's, per request.
+static DIFFS: [f64; 9] = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0];
+/// Share of the top-k classes a shadow and the primary have in common, per request.
+static OVERLAPS: [f64; 5] = [0.25, 0.5, 0.75, 0.99, 1.0];
+
+/// How a shadow's answer to one request went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShadowResult {
+    Agree,
+    Disagree,
+    Error,
+    Timeout,
+    /// Not sent: the shadow's queue was full.
+    Dropped,
+}
+
+impl ShadowResult {
+    const ALL: [ShadowResult; 5] = [
+        ShadowResult::Agree,
+        ShadowResult::Disagree,
+        ShadowResult::Error,
+        ShadowResult::Timeout,
+        ShadowResult::Dropped,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ShadowResult::Agree => "agree",
+            ShadowResult::Disagree => "disagree",
+            ShadowResult::Error => "error",
+            ShadowResult::Timeout => "timeout",
+            ShadowResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// One shadow variant's agreement with the model's answers.
+#[derive(Debug)]
+pub(crate) struct ShadowMetrics {
+    model: String,
+    variant: String,
+    results: [Counter; 5],
+    outputs: Vec<ShadowOutput>,
+}
+
+#[derive(Debug)]
+struct ShadowOutput {
+    name: String,
+    kind: &'static str,
+    rows_agree: Counter,
+    rows_disagree: Counter,
+    max_abs_diff: Histogram,
+    topk_overlap: Histogram,
+}
+
+impl ShadowMetrics {
+    pub(crate) fn count(&self, result: ShadowResult) {
+        self.results[result as usize].inc();
+    }
+
+    /// One compared answer, output by output.
+    pub(crate) fn compared(&self, comparison: &super::compare::Comparison) {
+        for output in &comparison.outputs {
+            let Some(series) = self.outputs.iter().find(|o| o.name == output.name) else {
+                continue;
+            };
+            series.rows_agree.add(output.agreeing_rows as u64);
+            series
+                .rows_disagree
+                .add(output.rows.saturating_sub(output.agreeing_rows) as u64);
+            if let Some(diff) = output.max_abs_diff {
+                series.max_abs_diff.observe(diff);
+            }
+            if let Some(overlap) = output.topk_overlap {
+                series.topk_overlap.observe(overlap);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Metrics {
     requests: Arc<RequestCounters>,
     variants: Mutex<Vec<Arc<VariantSeries>>>,
+    shadows: Mutex<Vec<Arc<ShadowMetrics>>>,
     /// Model (re)loads after start, by model and result.
     reloads: RwLock<HashMap<(String, bool), Arc<Counter>>>,
 }
@@ -242,6 +327,36 @@ impl Metrics {
             },
         )
         .inc();
+    }
+
+    /// A shadow variant's series; `outputs` are the model's (name, label or score).
+    pub(crate) fn shadow(
+        &self,
+        model: &str,
+        variant: &str,
+        outputs: &[(String, &'static str)],
+    ) -> Arc<ShadowMetrics> {
+        let series = Arc::new(ShadowMetrics {
+            model: model.to_string(),
+            variant: variant.to_string(),
+            results: Default::default(),
+            outputs: outputs
+                .iter()
+                .map(|(name, kind)| ShadowOutput {
+                    name: name.clone(),
+                    kind,
+                    rows_agree: Counter::default(),
+                    rows_disagree: Counter::default(),
+                    max_abs_diff: Histogram::new(&DIFFS),
+                    topk_overlap: Histogram::new(&OVERLAPS),
+                })
+                .collect(),
+        });
+        self.shadows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(series.clone());
+        series
     }
 
     /// Counts a load of a model's files after start (the watch, the repository API).
@@ -317,7 +432,7 @@ impl Metrics {
                     .collect(),
             )
         };
-        vec![
+        let mut families = vec![
             Family {
                 name: "ferry_requests",
                 help: "Inference requests by model, variant and HTTP status.",
@@ -382,6 +497,66 @@ impl Metrics {
                 name: "ferry_model_reloads",
                 help: "Model files loaded while serving (watched files, the repository API), by result.",
                 series: Series::Counter(reloads),
+            },
+        ];
+        families.extend(self.shadow_families());
+        families
+    }
+
+    fn shadow_families(&self) -> Vec<Family> {
+        let shadows = self
+            .shadows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let base =
+            |s: &ShadowMetrics| vec![("model", s.model.clone()), ("variant", s.variant.clone())];
+        let mut requests = Vec::new();
+        let mut rows = Vec::new();
+        let mut diffs = Vec::new();
+        let mut overlaps = Vec::new();
+        for s in &shadows {
+            for result in ShadowResult::ALL {
+                let mut labels = base(s);
+                labels.push(("result", result.name().to_string()));
+                requests.push((labels, s.results[result as usize].get()));
+            }
+            for o in &s.outputs {
+                let mut labels = base(s);
+                labels.push(("output", o.name.clone()));
+                labels.push(("kind", o.kind.to_string()));
+                for (result, counter) in [("agree", &o.rows_agree), ("disagree", &o.rows_disagree)]
+                {
+                    let mut labels = labels.clone();
+                    labels.push(("result", result.to_string()));
+                    rows.push((labels, counter.get()));
+                }
+                if o.kind == "score" {
+                    diffs.push((labels.clone(), o.max_abs_diff.value()));
+                    overlaps.push((labels, o.topk_overlap.value()));
+                }
+            }
+        }
+        vec![
+            Family {
+                name: "ferry_shadow_requests",
+                help: "Requests copied to a shadow variant, by how its answer compared with the model's.",
+                series: Series::Counter(requests),
+            },
+            Family {
+                name: "ferry_shadow_rows",
+                help: "Rows a shadow variant answered like the model (agree) or not, by output.",
+                series: Series::Counter(rows),
+            },
+            Family {
+                name: "ferry_shadow_max_abs_diff",
+                help: "Largest absolute difference between a shadow's scores and the model's, per request.",
+                series: Series::Histogram(diffs),
+            },
+            Family {
+                name: "ferry_shadow_topk_overlap",
+                help: "Share of the top-k classes a shadow and the model have in common, per request.",
+                series: Series::Histogram(overlaps),
             },
         ]
     }

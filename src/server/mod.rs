@@ -31,6 +31,7 @@ mod live;
 mod metrics;
 pub(crate) mod model;
 mod parse;
+mod recording;
 mod repository;
 mod stats;
 pub(crate) mod tensor;
@@ -152,6 +153,9 @@ fn check_device(device: config::Device) -> Result<(), ServerError> {
     })
 }
 
+/// How long a shadow may take unless its variant says.
+const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 1000;
+
 /// Reads the serving config (JSON, see [`config::CONFIG_PATH`]).
 pub fn read_config(path: &Path) -> Result<ServingConfig, ServerError> {
     let config_error = |message: String| ServerError::ConfigFile {
@@ -223,6 +227,8 @@ pub(crate) struct AppState {
     device: config::Device,
     /// The CPUs this process may use, for the instances of models loaded later.
     cpus: usize,
+    /// `serve.log`, when set.
+    traffic: Option<recording::Traffic>,
 }
 
 impl AppState {
@@ -251,6 +257,8 @@ pub(crate) struct Model {
     stats: Arc<ModelStats>,
     /// Held while the model's files are (re)loaded or unloaded, one change at a time.
     reloading: Mutex<()>,
+    /// The variant that gets a copy of some requests and never answers them.
+    shadow: Option<recording::Shadow>,
 }
 
 /// What `GET /v2/models/{m}` and Triton's `config` answer, remade when a file is swapped in.
@@ -469,10 +477,43 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 model_config.name
             )));
         };
+        let shadow = model_config
+            .variants
+            .iter()
+            .position(|v| v.shadow)
+            .map(|index| {
+                let variant = &model_config.variants[index];
+                let outputs: Vec<(String, &'static str)> = interface
+                    .outputs
+                    .iter()
+                    .map(|o| {
+                        let kind = if o.datatype.is_floating() {
+                            "score"
+                        } else {
+                            "label"
+                        };
+                        (o.name.clone(), kind)
+                    })
+                    .collect();
+                recording::Shadow {
+                    index,
+                    weight: variant.weight,
+                    timeout: Duration::from_millis(
+                        variant.timeout_ms.unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS),
+                    ),
+                    metrics: metrics.shadow(&model_config.name, &variant.name, &outputs),
+                }
+            });
         let model = Model {
             name: model_config.name.clone(),
             version: model_config.version.clone(),
-            weights: model_config.variants.iter().map(|v| v.weight).collect(),
+            // A shadow is never chosen to answer.
+            weights: model_config
+                .variants
+                .iter()
+                .map(|v| if v.shadow { 0 } else { v.weight })
+                .collect(),
+            shadow,
             variants,
             batching: model_config.batching,
             interface,
@@ -513,6 +554,7 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
             server_metadata: Bytes::from(server_metadata),
             device: config.device,
             cpus,
+            traffic: config.log.as_ref().map(recording::Traffic::open),
         }),
         watch: config.watch,
     })
@@ -549,10 +591,26 @@ fn check_config(config: &ServingConfig) -> Result<(), ServerError> {
                 ));
             }
         }
-        if model.variants.iter().all(|v| v.weight == 0) {
+        if model.variants.iter().all(|v| v.weight == 0 || v.shadow) {
             return bad(format!(
-                "model '{}': every variant has weight 0, so none would get traffic",
+                "model '{}': every variant has weight 0 or is a shadow, so none would answer",
                 model.name
+            ));
+        }
+        let shadows: Vec<&config::VariantConfig> =
+            model.variants.iter().filter(|v| v.shadow).collect();
+        if shadows.len() > 1 {
+            return bad(format!(
+                "model '{}': variants '{}' and '{}' are both shadows; a model has at most one",
+                model.name, shadows[0].name, shadows[1].name
+            ));
+        }
+        if let Some(s) = shadows.first()
+            && (s.weight == 0 || s.weight > 100 || s.timeout_ms == Some(0))
+        {
+            return bad(format!(
+                "model '{}': shadow '{}' needs a weight of 1 to 100 (the percent of requests copied to it) and a timeout_ms above 0",
+                model.name, s.name
             ));
         }
         if let Some(b) = model.batching

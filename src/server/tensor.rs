@@ -45,6 +45,11 @@ impl DataType {
         }
     }
 
+    /// FP16, FP32 or FP64: scores rather than labels.
+    pub(crate) fn is_floating(self) -> bool {
+        matches!(self, DataType::Fp16 | DataType::Fp32 | DataType::Fp64)
+    }
+
     pub(crate) fn from_name(name: &str) -> Option<DataType> {
         Some(match name {
             "BOOL" => DataType::Bool,
