@@ -39,6 +39,8 @@ pub struct Serving {
     /// Copies in a cluster (a local server is one).
     pub replicas: u32,
     pub autoscale: Option<crate::spec::Autoscale>,
+    /// In a cluster, the PersistentVolumeClaim `serve.log` records go to (else stdout).
+    pub log_volume: Option<String>,
 }
 
 /// A model file of the project and where the serving image holds it.
@@ -383,6 +385,7 @@ fn serving(project: &str, sv: &Serve) -> Serving {
         models,
         replicas: sv.replicas.unwrap_or(1),
         autoscale: sv.autoscale.clone(),
+        log_volume: sv.log.as_ref().and_then(|l| l.volume.clone()),
     }
 }
 

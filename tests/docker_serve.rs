@@ -369,7 +369,7 @@ fn a_model_written_while_serving_is_served_without_a_rebuild() {
     std::fs::create_dir_all(root.join("artifacts")).unwrap();
     std::fs::write(
         root.join("ferry.yaml"),
-        "name: live\nenvironment: { base: python:3.11-slim }\nserve: { model: artifacts/model.onnx }\n",
+        "name: live\nenvironment: { base: python:3.11-slim }\nserve:\n  model: artifacts/model.onnx\n  log: { sample: 1 }\n",
     )
     .unwrap();
     let model = root.join("artifacts/model.onnx");
@@ -416,6 +416,29 @@ fn a_model_written_while_serving_is_served_without_a_rebuild() {
     let logs =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("now serving sha256"), "{logs}");
+    // serve.log: every request in the project's logs/traffic.jsonl, under the file that answered.
+    let traffic = root.join("logs/traffic.jsonl");
+    let old_sha = common::file_sha256(&fixtures().join("scale1.onnx"));
+    let new_sha = common::file_sha256(&model);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&traffic).unwrap_or_default();
+        let records: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let by = |sha: &str| records.iter().filter(|r| r["sha256"] == sha).count();
+        if by(&old_sha) >= 1 && by(&new_sha) >= 1 {
+            assert!(records.iter().all(|r| r["model"] == "live"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no records of both models in {}: {text}",
+            traffic.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     ok(&root, &["down"]);
     let _ = docker(&["rmi", &image]);
 }

@@ -685,3 +685,83 @@ fn pinned_pods_validate_against_the_official_schema() {
     }
     common::validate_manifests(&files);
 }
+
+#[test]
+fn serve_log_goes_to_a_claim_one_file_per_pod_or_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SPEC.replace(
+        "    - { name: b, model: artifacts/model-b.onnx, weight: 10 }\n",
+        "    - { name: b, model: artifacts/model-b.onnx, weight: 10, shadow: true, timeout_ms: 250 }\n  log: { sample: 0.05, max_size: 10Mi, volume: traffic-logs }\n",
+    );
+    std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+    std::fs::write(dir.path().join("artifacts/model.onnx"), b"model a").unwrap();
+    std::fs::write(dir.path().join("artifacts/model-b.onnx"), b"model b").unwrap();
+    std::fs::write(dir.path().join("ferry.yaml"), &spec).unwrap();
+    let p = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    let serving = ferry::serving_image::serving_plan(&p).unwrap();
+    let hash = p.hash().unwrap().as_str().to_string();
+    let m = render(&Release::new(&p, serving, IMAGE.into(), hash, None).unwrap());
+    let pod = deployment_pod(&m);
+    let claim = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "traffic-log")
+        .unwrap_or_else(|| panic!("no log volume: {pod}"));
+    assert_eq!(claim["persistentVolumeClaim"]["claimName"], "traffic-logs");
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532, "{pod}");
+    let server = &pod["containers"][0];
+    assert!(
+        mount_paths(server).contains(&"/var/lib/ferry/log"),
+        "{server}"
+    );
+    let env = server["env"].as_array().unwrap();
+    assert_eq!(env[0]["name"], "POD_NAME");
+    assert_eq!(
+        env[0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(env[1]["name"], "FERRY_SERVE_LOG");
+    assert_eq!(env[1]["value"], "/var/lib/ferry/log/$(POD_NAME).jsonl");
+    // The image's config has the log without a file, and the shadow.
+    let config: Value = serde_json::from_str(
+        m.objects
+            .iter()
+            .find(|o| o.kind() == "ConfigMap")
+            .unwrap()
+            .to_value()["data"]["serving.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["log"],
+        serde_json::json!({"sample": 0.05, "max_size": 10485760, "keep": 5})
+    );
+    let b = &config["models"][0]["variants"][1];
+    assert_eq!(
+        (&b["shadow"], &b["timeout_ms"]),
+        (&Value::Bool(true), &serde_json::json!(250))
+    );
+    assert_eq!(
+        config["models"][0]["variants"][0]["weight"], 100,
+        "a shadow takes no share"
+    );
+    let objects: Vec<Value> = m.objects.iter().map(Object::to_value).collect();
+    validate(dir.path(), &objects);
+
+    // Without a claim the records go to the server's standard output: nothing to mount.
+    std::fs::write(
+        dir.path().join("ferry.yaml"),
+        spec.replace(", volume: traffic-logs", ""),
+    )
+    .unwrap();
+    let p = Project::load_dir(dir.path(), Some("staging")).unwrap();
+    let serving = ferry::serving_image::serving_plan(&p).unwrap();
+    let hash = p.hash().unwrap().as_str().to_string();
+    let pod = deployment_pod(&render(
+        &Release::new(&p, serving, IMAGE.into(), hash, None).unwrap(),
+    ));
+    assert!(pod["containers"][0]["env"].is_null(), "{pod}");
+    assert_eq!(pod["volumes"].as_array().unwrap().len(), 1, "{pod}");
+}

@@ -13,10 +13,11 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-    EnvFromSource, HTTPGetAction, KeyToPath, LocalObjectReference, Namespace, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, LocalObjectReference, Namespace,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -454,7 +455,7 @@ pub fn render(release: &Release) -> Manifests {
         (ANNOTATION_CONFIG_HASH.to_string(), config_hash),
     ]);
     pod_annotations.insert(ANNOTATION_SPEC_HASH.into(), release.spec_hash.clone());
-    let container = Container {
+    let mut container = Container {
         name: "server".into(),
         image: Some(release.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
@@ -496,6 +497,10 @@ pub fn render(release: &Release) -> Manifests {
         }]),
         ..Default::default()
     };
+    let log_volume = release.serving.log_volume.as_deref();
+    if log_volume.is_some() {
+        log_to_volume(&mut container);
+    }
     let c = &release.cluster;
     let pod = PodSpec {
         containers: vec![container],
@@ -506,25 +511,38 @@ pub fn render(release: &Release) -> Manifests {
             run_as_non_root: Some(true),
             run_as_user: Some(SERVER_UID),
             run_as_group: Some(SERVER_UID),
+            // The log volume's files are the server's to write.
+            fs_group: log_volume.map(|_| SERVER_UID),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..Default::default()
             }),
             ..Default::default()
         }),
-        volumes: Some(vec![Volume {
-            name: "serving-config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_name.clone(),
-                items: Some(vec![KeyToPath {
-                    key: file.into(),
-                    path: file.into(),
+        volumes: Some(
+            std::iter::once(Volume {
+                name: "serving-config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: file.into(),
+                        path: file.into(),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
-                }]),
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            })
+            .chain(log_volume.map(|claim| Volume {
+                name: LOG_VOLUME.into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.into(),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         ..scheduling(c, &release.run_on)
     };
     let replicas = release.serving.replicas;
@@ -709,6 +727,42 @@ pub(crate) fn scheduling(c: &Cluster, archs: &[Arch]) -> PodSpec {
             .map(|s| vec![LocalObjectReference { name: s.clone() }]),
         ..Default::default()
     }
+}
+
+/// The volume `serve.log.volume` names, and where the server sees it.
+const LOG_VOLUME: &str = "traffic-log";
+const LOG_MOUNT: &str = "/var/lib/ferry/log";
+
+/// `serve.log` to a PersistentVolumeClaim: one file per pod (named after it), so replicas
+/// sharing the claim never interleave their lines.
+fn log_to_volume(container: &mut Container) {
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: LOG_VOLUME.into(),
+            mount_path: LOG_MOUNT.into(),
+            ..Default::default()
+        });
+    container.env.get_or_insert_with(Vec::new).extend([
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        EnvVar {
+            name: crate::server::config::LOG_ENV.into(),
+            // Kubernetes expands `$(POD_NAME)` from the variable above.
+            value: Some(format!("{LOG_MOUNT}/$(POD_NAME).jsonl")),
+            ..Default::default()
+        },
+    ]);
 }
 
 /// Requests and limits from the spec. Without a figure, modest requests so the scheduler and an

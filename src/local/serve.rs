@@ -15,7 +15,7 @@ use crate::docker::{self, ContainerSpec};
 use crate::interrupt::Interrupt;
 use crate::plan::{Serving, VolumePath};
 use crate::server::ServingConfig;
-use crate::server::config::{HOST_ENV, PORT_ENV, WATCH_ENV};
+use crate::server::config::{HOST_ENV, LOG_ENV, PORT_ENV, WATCH_ENV};
 use crate::serving_image::{serving_image, serving_plan};
 use crate::spec::Project;
 use crate::state::STATE_DIR;
@@ -73,6 +73,12 @@ pub fn native_config(project: &Project, serving: &Serving, port: Option<u16>) ->
     let mut config = serving.config.clone();
     config.host = "127.0.0.1".into();
     config.watch = true;
+    if let (Some(log), Some(spec)) = (
+        &mut config.log,
+        project.spec.serve.as_ref().and_then(|s| s.log.as_ref()),
+    ) {
+        log.path = Some(project.path(&spec.path));
+    }
     config.port = port.unwrap_or(serving.workload.ports[0].published);
     for model in &mut config.models {
         for v in &mut model.variants {
@@ -162,6 +168,9 @@ pub async fn serve(
         spec.env.insert(PORT_ENV.into(), published.to_string());
     }
     watch_project_models(&mut spec, project, &serving);
+    if let Some(log) = project.spec.serve.as_ref().and_then(|s| s.log.as_ref()) {
+        log_to_project(&mut spec, project, &log.path)?;
+    }
     let settings = running::config_of(&spec, &image.id, &[]);
     running::label(&mut spec, &settings);
     let url = format!("http://127.0.0.1:{published}");
@@ -293,6 +302,35 @@ fn watch_project_models(spec: &mut ContainerSpec, project: &Project, serving: &S
     if let Ok(json) = serde_json::to_string(&map) {
         spec.env.insert(WATCH_ENV.into(), json);
     }
+}
+
+/// Where the project's log directory is mounted in a local server.
+const LOG_DIR: &str = "/run/ferry/log";
+
+/// `serve.log` into the project: its directory made and mounted writable, the server told the
+/// file ([`LOG_ENV`]) and run as the project's owner, so the records are the user's files.
+fn log_to_project(
+    spec: &mut ContainerSpec,
+    project: &Project,
+    path: &crate::spec::RelPath,
+) -> Result<(), LocalError> {
+    let file = project.path(path);
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(LocalError::io("creating the directory of serve.log", dir))?;
+    spec.mounts.push(docker::Mount {
+        host: dir.to_path_buf(),
+        container: LOG_DIR.into(),
+        read_only: false,
+    });
+    spec.env.insert(
+        LOG_ENV.into(),
+        format!("{LOG_DIR}/{}", name.to_string_lossy()),
+    );
+    spec.user = super::owner(&project.root);
+    Ok(())
 }
 
 /// SIGTERM first, so the server finishes the requests in flight, then removal.
