@@ -411,3 +411,56 @@ fn missing_logs_models_and_records_are_named() {
         stderr(&out)
     );
 }
+
+/// The whole loop: the server logs what it answers, `ferry replay` runs the log through a
+/// candidate and through the model itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_the_server_wrote_replays_through_a_candidate() {
+    use ferry::server::config::TrafficLogConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("traffic.jsonl");
+    let mut config = common::config(vec![common::model("m", "scale1.onnx", None)]);
+    config.log = Some(TrafficLogConfig {
+        sample: 1.0,
+        path: Some(log.clone()),
+        max_size: 100 << 20,
+        keep: 2,
+        queue: None,
+    });
+    let server = common::TestServer::start(config).await;
+    for i in 0..40 {
+        let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+            "data": [i as f32, 1.0, -2.0, 0.5]}]});
+        assert_eq!(server.infer("m", &body).await.0, 200);
+    }
+    // Stopping the server closes the log: everything queued is written.
+    server.stop().await;
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 40);
+
+    let itself = replay(
+        dir.path(),
+        &[log.clone()],
+        &fixture("scale1.onnx"),
+        &["--json"],
+    );
+    assert!(itself.status.success(), "{}", stderr(&itself));
+    let report = json_of(&itself);
+    assert_eq!(
+        (report["records"].clone(), report["agreement"].clone()),
+        (json!(40), json!(1.0))
+    );
+    assert_eq!(output(&report, "Y")["abs_diff"]["max"], 0.0);
+
+    // Y = -X: the top class flips on every row; the gate fails.
+    let negated = replay(
+        dir.path(),
+        &[log],
+        &fixture("negated.onnx"),
+        &["--json", "--min-agreement", "0.99"],
+    );
+    assert!(!negated.status.success());
+    let report = json_of(&negated);
+    assert_eq!(report["agreement"], 0.0, "{report}");
+    assert_eq!(report["passed"], false);
+    assert_eq!(output(&report, "Y")["abs_diff"]["max"], 78.0, "{report}");
+}

@@ -829,6 +829,13 @@ fn check(spec: &Spec, root: &Path, positions: &Positions, env: Option<&str>) -> 
                 }
             }
         }
+        if s.variants.iter().filter(|v| v.shadow).count() > 1 {
+            bad(
+                "serve.variants",
+                "more than one variant is a shadow; a model has at most one".into(),
+                Some("compare further candidates offline with `ferry replay`".into()),
+            );
+        }
         if let Some(log) = &s.log {
             if !(log.sample > 0.0 && log.sample <= 1.0) {
                 bad(

@@ -586,3 +586,61 @@ fn step_fields_are_checked() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }
+
+#[test]
+fn serving_instances_logs_and_shadows_are_checked() {
+    let serve = |extra: &str| {
+        GOOD.replace(
+            "serve:\n  model: artifacts/model.onnx\n",
+            &format!("serve:\n  model: artifacts/model.onnx\n{extra}"),
+        )
+    };
+    let cases = [
+        ("  instances: 0\n", "serve.instances", "at least 1"),
+        ("  threads: 0\n", "serve.threads", "at least 1"),
+        (
+            "  log: { sample: 1.5 }\n",
+            "serve.log.sample",
+            "not a share",
+        ),
+        ("  log: { sample: 0 }\n", "serve.log.sample", "not a share"),
+        ("  log: { keep: 0 }\n", "serve.log.keep", "at least 1"),
+        (
+            "  log: { volume: Logs_A }\n",
+            "serve.log.volume",
+            "PersistentVolumeClaim",
+        ),
+        (
+            "  variants: [{ name: b, model: artifacts/model.onnx, weight: 5, timeout_ms: 50 }]\n",
+            "serve.variants[0].timeout_ms",
+            "only a shadow",
+        ),
+        (
+            "  variants: [{ name: b, model: artifacts/model.onnx, weight: 101, shadow: true }]\n",
+            "serve.variants[0].weight",
+            "at most 100%",
+        ),
+        (
+            "  variants:\n    - { name: b, model: artifacts/model.onnx, weight: 5, shadow: true }\n    - { name: c, model: artifacts/model.onnx, weight: 5, shadow: true }\n",
+            "serve.variants",
+            "at most one",
+        ),
+    ];
+    for (extra, field, message) in cases {
+        let p = only_problem(&serve(extra));
+        assert_eq!(p.field, field, "{extra}");
+        assert!(p.message.contains(message), "{extra}: {}", p.message);
+    }
+    // A shadow takes no share: 100% copied beside a 90% variant is fine.
+    let dir = project(&serve(
+        "  variants:\n    - { name: b, model: artifacts/model.onnx, weight: 90 }\n    - { name: c, model: artifacts/model.onnx, weight: 100, shadow: true }\n  log: { sample: 0.05 }\n",
+    ));
+    let p = Project::load_dir(dir.path(), None).unwrap();
+    let s = p.spec.serve.as_ref().unwrap();
+    assert!(s.variants[1].shadow);
+    let log = s.log.as_ref().unwrap();
+    assert_eq!(
+        (log.sample, log.path.as_str()),
+        (0.05, "logs/traffic.jsonl")
+    );
+}
