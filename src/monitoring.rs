@@ -536,6 +536,148 @@ pub fn dashboard(project: &Project) -> Value {
         )],
     );
 
+    panel(
+        "timeseries",
+        "Requests by model file",
+        "Requests per second by the sha256 of the model file that answered: a swapped-in model shows up as a new series.",
+        "reqps",
+        (0, 36, 12, 8),
+        vec![(
+            format!("sum by (model, variant, sha256) ({})", rate(requests, &all)),
+            "{{model}}/{{variant}} {{sha256}}",
+        )],
+    );
+    panel(
+        "timeseries",
+        "Instances busy",
+        "Share of each variant's sessions running an inference (serve.instances); near 1, requests wait for an instance.",
+        "percentunit",
+        (12, 36, 12, 8),
+        vec![(
+            format!(
+                "sum by (model, variant) (ferry_instances_busy{all}) / sum by (model, variant) (ferry_instances{all})"
+            ),
+            "{{model}}/{{variant}}",
+        )],
+    );
+    panel(
+        "timeseries",
+        "Model reloads",
+        "Model files loaded while serving (a watched file changed, or the repository API's load), and those refused (they did not load, or changed the inputs or outputs; the old model kept serving).",
+        "none",
+        (0, 44, 12, 8),
+        vec![(
+            format!(
+                "sum by (model, result) (increase(ferry_model_reloads_total{all}[$__rate_interval]))"
+            ),
+            "{{model}} {{result}}",
+        )],
+    );
+    let shadow_all = selector(name, "");
+    let shadow_agree = selector(name, ", result=\"agree\"");
+    let shadow_compared = selector(name, ", result=~\"agree|disagree\"");
+    panel(
+        "timeseries",
+        "Shadow agreement",
+        "Share of the requests copied to a shadow variant that it answered like the model (labels equal; scores by their top class, or within 1e-4).",
+        "percentunit",
+        (12, 44, 12, 8),
+        vec![(
+            format!(
+                "sum by (model, variant) ({}) / sum by (model, variant) ({})",
+                rate("ferry_shadow_requests_total", &shadow_agree),
+                rate("ferry_shadow_requests_total", &shadow_compared)
+            ),
+            "{{model}}/{{variant}}",
+        )],
+    );
+    panel(
+        "timeseries",
+        "Shadow results",
+        "Requests copied to each shadow per second, by result: agree, disagree, error, timeout (its timeout_ms), dropped (its queue was full).",
+        "reqps",
+        (0, 52, 12, 8),
+        vec![(
+            format!(
+                "sum by (model, variant, result) ({})",
+                rate("ferry_shadow_requests_total", &shadow_all)
+            ),
+            "{{model}}/{{variant}} {{result}}",
+        )],
+    );
+    panel(
+        "timeseries",
+        "Shadow rows disagreeing, by output",
+        "Rows per second a shadow answered differently from the model, per output.",
+        "none",
+        (12, 52, 12, 8),
+        vec![(
+            format!(
+                "sum by (model, variant, output) ({})",
+                rate(
+                    "ferry_shadow_rows_total",
+                    &selector(name, ", result=\"disagree\"")
+                )
+            ),
+            "{{model}}/{{variant}} {{output}}",
+        )],
+    );
+    panel(
+        "timeseries",
+        "Shadow score difference p50 / p99",
+        "Largest absolute difference between a shadow's scores and the model's, per request.",
+        "none",
+        (0, 60, 12, 8),
+        ["0.5", "0.99"]
+            .iter()
+            .map(|q| {
+                (
+                    format!(
+                        "histogram_quantile({q}, sum by (le, model, variant, output) ({}))",
+                        rate("ferry_shadow_max_abs_diff_bucket", &shadow_all)
+                    ),
+                    if *q == "0.5" {
+                        "p50 {{model}}/{{variant}} {{output}}"
+                    } else {
+                        "p99 {{model}}/{{variant}} {{output}}"
+                    },
+                )
+            })
+            .collect(),
+    );
+    panel(
+        "timeseries",
+        "Shadow top-k overlap",
+        "Mean share of the top classes (up to 3) a shadow and the model have in common, for score outputs with several classes.",
+        "percentunit",
+        (12, 60, 12, 8),
+        vec![(
+            format!(
+                "sum by (model, variant, output) ({}) / sum by (model, variant, output) ({})",
+                rate("ferry_shadow_topk_overlap_sum", &shadow_all),
+                rate("ferry_shadow_topk_overlap_count", &shadow_all)
+            ),
+            "{{model}}/{{variant}} {{output}}",
+        )],
+    );
+    // The log is the server's, not a model's: no model label.
+    let server_only =
+        format!("{{{PROJECT_LABEL}=\"{name}\", {ENVIRONMENT_LABEL}=~\"$environment\"}}");
+    panel(
+        "timeseries",
+        "Traffic log",
+        "serve.log records per second: written, dropped (the writer's queue was full; answers are never slowed) and failed (the file could not be written).",
+        "none",
+        (0, 68, 12, 8),
+        vec![(
+            format!(
+                "sum by (result) ({})",
+                rate("ferry_traffic_log_records_total", &server_only)
+            ),
+            "{{result}}",
+        )],
+    );
+
     let variable = |name: &str, label: &str, query: String| {
         json!({
             "name": name,
@@ -555,7 +697,7 @@ pub fn dashboard(project: &Project) -> Value {
     json!({
         "uid": dashboard_uid(name),
         "title": format!("ferry: {name}"),
-        "description": format!("The model server of the ferry project {name}: traffic, latency, errors, batching, variants."),
+        "description": format!("The model server of the ferry project {name}: traffic, latency, errors, batching, variants, instances, model files, shadows and the traffic log."),
         "tags": ["ferry", name],
         "timezone": "browser",
         "editable": true,

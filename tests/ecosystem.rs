@@ -595,7 +595,25 @@ async fn every_metric_and_label_the_dashboard_queries_exists_on_a_real_server() 
         shadow: false,
         timeout_ms: None,
     });
-    let server = TestServer::start(config(vec![m])).await;
+    // A shadow and the traffic log, so that their families have series too.
+    m.variants.push(VariantConfig {
+        name: "c".into(),
+        path: fixture("tiny.onnx"),
+        weight: 100,
+        sha256: None,
+        source: None,
+        shadow: true,
+        timeout_ms: None,
+    });
+    let mut served = config(vec![m]);
+    served.log = Some(ferry::server::config::TrafficLogConfig {
+        sample: 1.0,
+        path: Some(dir.path().join("traffic.jsonl")),
+        max_size: 1 << 20,
+        keep: 1,
+        queue: None,
+    });
+    let server = TestServer::start(served).await;
     let good = json!({"inputs": [{"name": "X", "shape": [2, 3], "datatype": "FP32", "data": [0, 1, 2, 3, 4, 5]}]});
     for i in 0..20 {
         let key = format!("user-{i}");

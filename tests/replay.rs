@@ -439,7 +439,7 @@ async fn a_log_the_server_wrote_replays_through_a_candidate() {
 
     let itself = replay(
         dir.path(),
-        &[log.clone()],
+        std::slice::from_ref(&log),
         &fixture("scale1.onnx"),
         &["--json"],
     );

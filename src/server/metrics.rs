@@ -359,6 +359,14 @@ impl Metrics {
         series
     }
 
+    /// Starts `model`'s reload counts at zero, so they are series before the first reload.
+    pub(crate) fn model(&self, model: &str) {
+        let mut reloads = self.reloads.write().unwrap_or_else(PoisonError::into_inner);
+        for ok in [true, false] {
+            reloads.entry((model.to_string(), ok)).or_default();
+        }
+    }
+
     /// Counts a load of a model's files after start (the watch, the repository API).
     pub(crate) fn reloaded(&self, model: &str, ok: bool) {
         let key = (model.to_string(), ok);
@@ -509,6 +517,10 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        // No shadow, no shadow families: most servers have none.
+        if shadows.is_empty() {
+            return Vec::new();
+        }
         let base =
             |s: &ShadowMetrics| vec![("model", s.model.clone()), ("variant", s.variant.clone())];
         let mut requests = Vec::new();

@@ -525,6 +525,7 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
             reloading: Mutex::new(()),
         };
         model.describe(config.device);
+        metrics.model(&model_config.name);
         models.insert(model_config.name.clone(), model);
     }
 
