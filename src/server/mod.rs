@@ -332,6 +332,7 @@ pub(crate) struct Variant {
     live: RwLock<Option<Arc<Live>>>,
     /// A request the variant answered, to warm a replacement model with.
     sample: Mutex<Option<Arc<[HostTensor]>>>,
+    has_sample: AtomicBool,
 }
 
 impl Variant {
@@ -359,17 +360,16 @@ impl Variant {
             .map(|s| s.to_vec())
     }
 
+    /// Read on every request, so without the lock once a sample is kept.
     pub(crate) fn wants_sample(&self) -> bool {
-        self.sample
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        !self.has_sample.load(Ordering::Relaxed)
     }
 
     pub(crate) fn keep_sample(&self, inputs: Vec<HostTensor>) {
         let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
         if sample.is_none() {
             *sample = Some(inputs.into());
+            self.has_sample.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -469,6 +469,7 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 threads: model_config.threads,
                 live: RwLock::new(Some(Arc::new(live))),
                 sample: Mutex::new(None),
+                has_sample: AtomicBool::new(false),
             });
         }
         let Some((_, interface, stats)) = first else {
