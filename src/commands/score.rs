@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::args::SpecArgs;
 use super::runtime;
@@ -511,17 +511,7 @@ struct Meter {
 
 impl Meter {
     fn new(ui: &Ui) -> Meter {
-        let bar = ui.is_interactive().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "scoring [{bar:30.cyan/dim}] {percent:>3}% {msg} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar = ui.bar("scoring");
         Meter {
             bar,
             started: Instant::now(),

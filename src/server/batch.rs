@@ -56,7 +56,7 @@ impl Job {
 /// finish before a woken thread would even start.
 const LONG_RUN: Duration = Duration::from_micros(100);
 /// Jobs queued per busy instance beyond which another is woken even for short runs.
-const BACKLOG: usize = 4;
+const BACKLOG: usize = 16;
 
 /// The queue between the HTTP handlers of one variant and its workers (one per instance).
 ///
@@ -65,13 +65,12 @@ const BACKLOG: usize = 4;
 /// woken only when it has nothing to do, or while it gathers a batch, when the batch can be
 /// filled or no other request for the variant is on its way. With several instances, an idle
 /// one is woken for a job only when the busy ones will not get to it soon: runs take long (on
-/// average, or the one running now), or the queue keeps growing.
+/// average, or the one running now), or the queue keeps growing; and the one woken is the one
+/// that went idle last, whose session is still in the caches, so a light load stays on one.
 pub(crate) struct JobQueue {
     inner: Mutex<QueueInner>,
     /// Average run time in nanoseconds (exponentially weighted).
     run_ns: AtomicU64,
-    /// Workers waiting for any job.
-    idle_wake: Condvar,
     /// Workers gathering a batch.
     gather_wake: Condvar,
     /// Requests for this variant being received or parsed right now.
@@ -82,8 +81,10 @@ struct QueueInner {
     jobs: VecDeque<Job>,
     /// Rows of the queued jobs (1 for jobs without rows).
     rows: usize,
-    /// Workers waiting in [`JobQueue::pop`].
-    idle: usize,
+    /// Workers waiting in [`JobQueue::pop`], the last to go idle on top.
+    idle: Vec<usize>,
+    /// Per worker: what wakes it from [`JobQueue::pop`].
+    wakers: Vec<Arc<Condvar>>,
     /// Per worker: when its current run started.
     running: Vec<Option<Instant>>,
     /// What each worker gathering a batch still lacks, in rows.
@@ -102,6 +103,13 @@ impl QueueInner {
         self.rows = 0;
         self.jobs.drain(..).collect()
     }
+
+    /// Takes the worker that went idle last off the idle stack; its waker, to notify once the
+    /// lock is released.
+    fn wake_one(&mut self) -> Option<Arc<Condvar>> {
+        let id = self.idle.pop()?;
+        self.wakers.get(id).cloned()
+    }
 }
 
 /// What the worker gets while gathering a batch.
@@ -118,12 +126,12 @@ impl JobQueue {
             inner: Mutex::new(QueueInner {
                 jobs: VecDeque::new(),
                 rows: 0,
-                idle: 0,
+                idle: Vec::new(),
+                wakers: Vec::new(),
                 running: Vec::new(),
                 gathering: Vec::new(),
                 closed: false,
             }),
-            idle_wake: Condvar::new(),
             gather_wake: Condvar::new(),
             pending: AtomicUsize::new(0),
         }
@@ -157,15 +165,16 @@ impl JobQueue {
     pub(crate) fn register(&self) -> usize {
         let mut inner = self.lock();
         inner.running.push(None);
+        inner.wakers.push(Arc::new(Condvar::new()));
         inner.running.len() - 1
     }
 
     /// Whether an idle worker should be woken for the jobs queued.
     fn wake_for_jobs(&self, inner: &QueueInner) -> bool {
-        if inner.idle == 0 || inner.jobs.is_empty() {
+        if inner.idle.is_empty() || inner.jobs.is_empty() {
             return false;
         }
-        let busy = inner.running.len().saturating_sub(inner.idle);
+        let busy = inner.running.len().saturating_sub(inner.idle.len());
         // Short runs: the busy instances empty the queue sooner than a woken thread would start,
         // unless it keeps growing.
         if busy == 0
@@ -189,12 +198,13 @@ impl JobQueue {
         if let Some(slot) = inner.running.get_mut(id) {
             *slot = Some(Instant::now());
         }
-        let wake = inner.idle > 0
-            && !inner.jobs.is_empty()
-            && self.run_ns.load(Ordering::Relaxed) >= LONG_RUN.as_nanos() as u64;
+        let wake = (!inner.jobs.is_empty()
+            && self.run_ns.load(Ordering::Relaxed) >= LONG_RUN.as_nanos() as u64)
+            .then(|| inner.wake_one())
+            .flatten();
         drop(inner);
-        if wake {
-            self.idle_wake.notify_one();
+        if let Some(waker) = wake {
+            waker.notify_one();
         }
     }
 
@@ -219,11 +229,14 @@ impl JobQueue {
         let mut inner = self.lock();
         inner.rows += job.rows.unwrap_or(1);
         inner.jobs.push_back(job);
-        let wake_idle = self.wake_for_jobs(&inner);
+        let wake_idle = self
+            .wake_for_jobs(&inner)
+            .then(|| inner.wake_one())
+            .flatten();
         let wake_gatherers = inner.gatherer_satisfied(self.pending.load(Ordering::Acquire));
         drop(inner);
-        if wake_idle {
-            self.idle_wake.notify_one();
+        if let Some(waker) = wake_idle {
+            waker.notify_one();
         }
         if wake_gatherers {
             self.gather_wake.notify_all();
@@ -241,37 +254,49 @@ impl JobQueue {
             inner.rows += job.rows.unwrap_or(1);
             inner.jobs.push_front(job);
         }
-        let wake_idle = self.wake_for_jobs(&inner);
+        let wake_idle = self
+            .wake_for_jobs(&inner)
+            .then(|| inner.wake_one())
+            .flatten();
         drop(inner);
-        if wake_idle {
-            self.idle_wake.notify_one();
+        if let Some(waker) = wake_idle {
+            waker.notify_one();
         }
     }
 
     /// Stops the workers once the queue is empty.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.idle_wake.notify_all();
+        let mut inner = self.lock();
+        inner.closed = true;
+        let wakers = inner.wakers.clone();
+        drop(inner);
+        for waker in wakers {
+            waker.notify_all();
+        }
         self.gather_wake.notify_all();
     }
 
-    /// The next job; `None` once closed and drained.
-    fn pop(&self) -> Option<Job> {
+    /// The next job for worker `id`; `None` once closed and drained.
+    fn pop(&self, id: usize) -> Option<Job> {
         let mut inner = self.lock();
         loop {
             if let Some(job) = inner.jobs.pop_front() {
                 inner.rows = inner.rows.saturating_sub(job.rows.unwrap_or(1));
+                // Woken spuriously with a job there: no longer idle either way.
+                inner.idle.retain(|&w| w != id);
                 return Some(job);
             }
             if inner.closed {
+                inner.idle.retain(|&w| w != id);
                 return None;
             }
-            inner.idle += 1;
-            inner = self
-                .idle_wake
+            if !inner.idle.contains(&id) {
+                inner.idle.push(id);
+            }
+            let waker = inner.wakers.get(id).cloned()?;
+            inner = waker
                 .wait(inner)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            inner.idle -= 1;
         }
     }
 
@@ -331,7 +356,7 @@ pub(crate) enum RunError {
 impl Worker {
     pub(crate) fn run(mut self) {
         let id = self.queue.register();
-        while let Some(mut batch) = self.next_batch() {
+        while let Some(mut batch) = self.next_batch(id) {
             self.metrics.queue_depth.dec_by(batch.len() as i64);
             // A job whose client has gone (timed out) is not worth running.
             batch.retain(|job| !job.reply.is_closed());
@@ -350,8 +375,8 @@ impl Worker {
     /// received or parsed) is waited for up to the delay; when none is, waiting would only add
     /// latency, so the batch runs at once. Jobs taken that do not fit go back to the queue for
     /// the next worker free (this one, or another instance).
-    fn next_batch(&self) -> Option<Vec<Job>> {
-        let first = self.queue.pop()?;
+    fn next_batch(&self, id: usize) -> Option<Vec<Job>> {
+        let first = self.queue.pop(id)?;
         let (Some(batching), Some(mut rows)) = (self.batching, first.rows) else {
             return Some(vec![first]);
         };
@@ -693,9 +718,10 @@ mod tests {
     #[test]
     fn closed_queue_is_drained_then_ends() {
         let queue = JobQueue::new();
+        let id = queue.register();
         queue.push(job(1).0);
         queue.close();
-        assert!(queue.pop().is_some());
-        assert!(queue.pop().is_none());
+        assert!(queue.pop(id).is_some());
+        assert!(queue.pop(id).is_none());
     }
 }

@@ -81,6 +81,22 @@ impl Ui {
     }
 
     /// Starts a step: a spinner on a terminal, a plain line otherwise.
+    /// A bar of `label` for work whose size is known (bytes, rows), on interactive terminals
+    /// only; the caller sets its length, position and message.
+    pub fn bar(&self, label: &str) -> Option<ProgressBar> {
+        self.is_interactive().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let template =
+                format!("{label} [{{bar:30.cyan/dim}}] {{percent:>3}}% {{msg}} eta {{eta}}");
+            bar.set_style(
+                ProgressStyle::with_template(&template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        })
+    }
+
     pub fn step(&self, msg: impl Into<String>) -> Step {
         let msg = msg.into();
         let bar = if self.interactive {
