@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, config, file_sha256, fixture, post, sample};
+use common::{TestServer, config, file_sha256, fixture, metric, post, until};
 use ferry::server::config::{ModelConfig, VariantConfig};
 use serde_json::{Value, json};
 
@@ -61,27 +61,10 @@ fn factor(answer: &Value) -> Result<f64, String> {
     }
 }
 
-/// Polls `check` until it holds, up to `limit` (then fails with `what`).
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn infer_factor(server: &TestServer) -> f64 {
     let (status, answer) = server.infer("m", &request()).await;
     assert_eq!(status, 200, "{answer}");
     factor(&answer).unwrap()
-}
-
-async fn metric(server: &TestServer, series: &str) -> f64 {
-    sample(&server.metrics().await, series).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,8 @@ fn open_error(model: &str, variant: &str, source: OnnxError) -> ServerError {
     }
 }
 
-pub(crate) fn file_sha256(path: &Path) -> std::io::Result<String> {
+/// Hex sha256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();

@@ -54,6 +54,7 @@ use tokio::net::TcpListener;
 
 pub use config::ServingConfig;
 pub use http::VARIANT_HEADER;
+pub use live::file_sha256;
 pub use model::SignatureError;
 
 use self::config::BatchingConfig;

@@ -2,7 +2,6 @@
 //! and the content of every file the spec references, so editing either changes it.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use serde::Serialize;
@@ -136,17 +135,7 @@ fn hash_path(h: &mut Sha256, path: &Path, name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Hex sha256 of a file, streamed.
+/// Hex sha256 of a file, streamed (the server's own, which a build without the spec has too).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::server::file_sha256(path)
 }

@@ -306,3 +306,26 @@ pub fn file_sha256(path: &std::path::Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// Polls `check` until it holds, up to `limit` (then fails with `what`).
+#[allow(dead_code)]
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// One series of the server's `/metrics` (see [`sample`]); 0 when it is not there yet.
+#[allow(dead_code)]
+pub async fn metric(server: &TestServer, series: &str) -> f64 {
+    sample(&server.metrics().await, series).unwrap_or(0.0)
+}
