@@ -12,6 +12,10 @@
 #       worker process per core (as ferry has one tokio worker per core), keep-alive, no access
 #       log. It runs on the host's loopback like (b) and `--native`; compare it with the native,
 #       host-network and bridge rows (the published-port row also pays for docker-proxy).
+#   (d) the same fixed reply from ferry's own HTTP stack with nothing behind it
+#       (bench/serve/fixed-reply, built here): `axum::serve` with one service, as ferry's server
+#       runs, and hyper's HTTP/1 connection alone. Between (c) and (d) is what the HTTP library
+#       costs; between (d) and the native row, what ferry does with a request.
 # then container start -> ready, idle RSS and the serving image size, and a summary with the
 # goals, PASS/FAIL each; last, bench/serve-cores.sh (instances on a compute-bound model beside
 # onnxruntime in-process, and a light model), with its own goals.
@@ -228,8 +232,25 @@ PIDS+=($!)
 C_URL="http://127.0.0.1:$C_PORT"
 for _ in $(seq 100); do curl -sf -o /dev/null "$C_URL/" && break; sleep 0.05; done
 
+# --- (d) ferry's HTTP stack, fixed reply -----------------------------------------------------
+echo "building bench/serve/fixed-reply (cargo, release)" >&2
+CARGO_TARGET_DIR="$REPO/target/bench-fixed-reply" cargo build -q --release --locked \
+    --manifest-path "$HERE/fixed-reply/Cargo.toml"
+FIXED="$REPO/target/bench-fixed-reply/release/fixed-reply"
+D_PORT=$(free_port)
+"$FIXED" stack "$D_PORT" "$WORK/reply-1.json" > "$WORK/fixed-stack.log" 2>&1 &
+PIDS+=($!)
+D_URL="http://127.0.0.1:$D_PORT"
+E_PORT=$(free_port)
+"$FIXED" hyper "$E_PORT" "$WORK/reply-1.json" > "$WORK/fixed-hyper.log" 2>&1 &
+PIDS+=($!)
+E_URL="http://127.0.0.1:$E_PORT"
+for url in "$D_URL" "$E_URL"; do
+    for _ in $(seq 100); do curl -sf -o /dev/null -X POST "$url/" && break; sleep 0.05; done
+done
+
 # --- every target answers the same, and right ------------------------------------------------
-python3 - "$WORK" "$HERE" "$B_URL$INFER" "$N_URL$INFER" "$A_URL$INFER" "$A_IP_URL$INFER" "$C_URL$INFER" <<'EOF'
+python3 - "$WORK" "$HERE" "$B_URL$INFER" "$N_URL$INFER" "$A_URL$INFER" "$A_IP_URL$INFER" "$C_URL$INFER" "$D_URL$INFER" "$E_URL$INFER" <<'EOF'
 import json, sys, urllib.request
 work, here, *urls = sys.argv[1:]
 def post(url, body):
@@ -242,14 +263,15 @@ for n in (1, 64):
     body = open(f"{here}/infer-{n}.json", "rb").read()
     ferry = outputs(json.load(open(f"{work}/reply-{n}.json")))
     assert len(ferry["label"]) == n and len(ferry["probabilities"]) == 2 * n, ferry
-    for url in urls[:-1]:
+    for url in urls[:-3]:
         other = outputs(post(url, body))
         assert other["label"] == ferry["label"], (url, other["label"], ferry["label"])
         assert max(abs(a - b) for a, b in zip(other["probabilities"], ferry["probabilities"])) < 1e-5, url
-fixed = post(urls[-1], open(f"{here}/infer-1.json", "rb").read())
-assert fixed == json.load(open(f"{work}/reply-1.json"))
+for url in urls[-3:]:
+    fixed = post(url, open(f"{here}/infer-1.json", "rb").read())
+    assert fixed == json.load(open(f"{work}/reply-1.json")), url
 EOF
-echo "answers checked: ferry (port, bridge, host network, native) and FastAPI agree on 1 and 64 rows; the fixed reply is ferry's ($(wc -c < "$WORK/reply-1.json") bytes)"
+echo "answers checked: ferry (port, bridge, host network, native) and FastAPI agree on 1 and 64 rows; the fixed replies are ferry's ($(wc -c < "$WORK/reply-1.json") bytes)"
 
 # --- load ------------------------------------------------------------------------------------
 # run KEY URL BODY: warm-up, then the measured run; its RESULT line goes to $WORK/KEY.rROUND.
@@ -269,6 +291,8 @@ for round in $(seq "$ROUNDS"); do
     run a_native_1  "$N_URL$INFER"    "$HERE/infer-1.json"
     run b_1         "$B_URL$INFER"    "$HERE/infer-1.json"
     run c_1         "$C_URL$INFER"    "$HERE/infer-1.json"
+    run d_stack_1   "$D_URL$INFER"    "$HERE/infer-1.json"
+    run d_hyper_1   "$E_URL$INFER"    "$HERE/infer-1.json"
     run a_host_64   "$H_URL$INFER"    "$HERE/infer-64.json"
     run a_port_64   "$A_URL$INFER"    "$HERE/infer-64.json"
     run a_bridge_64 "$A_IP_URL$INFER" "$HERE/infer-64.json"
@@ -305,7 +329,7 @@ def load(name):
         return {k: float(v) for k, v in (kv.split("=") for kv in f.read().split())}
 r = {}
 for name in os.listdir(work):
-    if name.startswith(("a_", "b_", "c_")):
+    if name.startswith(("a_", "b_", "c_", "d_")):
         key, x = name.rsplit(".r", 1)[0], load(name)
         if key not in r or x["rps"] > r[key]["rps"]:
             r[key] = x  # the best round
@@ -322,6 +346,8 @@ labels = {
     "a_native": "(a) ferry serve --native",
     "b": "(b) FastAPI + uvicorn x2 + onnxruntime",
     "c": "(c) nginx fixed reply (ceiling)",
+    "d_stack": "(d) ferry's HTTP stack, fixed reply",
+    "d_hyper": "(d) hyper HTTP/1 alone, fixed reply",
 }
 print(f"{'target':54} {'rows':>4} {'req/s':>9} {'rows/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
 for rows in (1, 64):
@@ -347,6 +373,8 @@ for t in ("a_host", "a_port", "a_bridge", "a_native"):
     goal(f"1-row c{conns} p99, {name}", f"{x['p99_ms']:.2f} ms", "<= 5 ms", x["p99_ms"] <= 5)
     x = r[f"{t}_64"]
     goal(f"64-row c{conns} rows/s, {name}", f"{x['rps'] * 64:,.0f}", ">= 1,000,000", x["rps"] * 64 >= 1e6)
+print(f"{'':8}(the HTTP library's own ceiling, same run: ferry's stack answering a fixed reply is "
+      f"{r['d_stack_1']['rps'] / c1:.2f}x (c), hyper alone {r['d_hyper_1']['rps'] / c1:.2f}x (c))")
 print(f"{'':8}(for scale: the fixed-reply ceiling (c) itself is {c1 / b1:.1f}x (b) here; a 1-row "
       f"throughput of 25x (b) would be {25 * b1:,.0f} req/s)")
 s = r["start"]

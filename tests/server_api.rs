@@ -419,6 +419,46 @@ async fn v1_predict_returns_one_row_per_instance() {
     server.stop().await;
 }
 
+/// Plain inference paths skip the router; escaped ones, other methods and near misses go
+/// through it. Either way the answer is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_paths_answer_alike_however_they_are_routed() {
+    let server = TestServer::start(config(vec![model("tiny", "tiny.onnx", None)])).await;
+    let v2 = tiny_request(2).to_string();
+    let v1 = json!({"instances": [[1, 2, 3]]}).to_string();
+    let (status, plain) = server.post("/v2/models/tiny/infer", v2.clone()).await;
+    assert_eq!(status, 200, "{plain}");
+    let (status, escaped) = server.post("/v2/models/t%69ny/infer", v2.clone()).await;
+    assert_eq!((status, &escaped), (200, &plain));
+    let (status, versioned) = server
+        .post("/v2/models/tiny/versions/1/infer", v2.clone())
+        .await;
+    assert_eq!((status, &versioned), (200, &plain));
+    let (status, escaped) = server
+        .post("/v2/models/tiny/versions/%31/infer", v2.clone())
+        .await;
+    assert_eq!((status, &escaped), (200, &plain));
+    let (status, plain) = server.post("/v1/models/tiny:predict", v1.clone()).await;
+    assert_eq!(status, 200, "{plain}");
+    let (status, escaped) = server.post("/v1/models/tiny%3Apredict", v1).await;
+    assert_eq!((status, &escaped), (200, &plain));
+    // The same answers as before for what is not an inference route.
+    let (status, err) = server.get("/v2/models/tiny/infer").await;
+    assert_eq!(status, 405, "{err}");
+    let (status, err) = server.post("/v2/models/tiny/infer/", v2.clone()).await;
+    assert_eq!(status, 404, "{err}");
+    let (status, err) = server.post("/v2/models/nope/infer", v2).await;
+    assert_eq!(status, 404, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown model 'nope'"),
+        "{err}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variants_split_traffic_sticky_by_key_and_are_measured() {
     let mut ab = model("tiny", "tiny.onnx", Some((32, 1)));

@@ -276,8 +276,8 @@ async fn wrong_method(request: Request) -> Response {
     .response()
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
     V2,
     V1,
 }
@@ -314,7 +314,14 @@ async fn v1_predict(
     serve_inference(&state, model, None, request, Protocol::V1).await
 }
 
-async fn serve_inference(
+/// An inference request's target, as its path names it.
+pub(crate) struct Inference {
+    pub model: String,
+    pub version: Option<String>,
+    pub protocol: Protocol,
+}
+
+pub(crate) async fn serve_inference(
     state: &Arc<AppState>,
     model_name: &str,
     version: Option<&str>,

@@ -24,6 +24,7 @@ pub mod compare;
 pub mod config;
 mod cores;
 mod exposition;
+mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
@@ -46,6 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::ServiceExt;
 use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue};
 use axum::serve::ListenerExt;
@@ -721,7 +723,7 @@ pub async fn serve(
     let watching = server
         .watch
         .then(|| tokio::spawn(watch::run(state.clone())));
-    let serving = axum::serve(listener, http::router(state))
+    let serving = axum::serve(listener, front::Front::new(state).into_make_service())
         .with_graceful_shutdown(signal)
         .into_future();
     let grace_over = async move {
