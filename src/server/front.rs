@@ -20,7 +20,7 @@ use axum::response::Response;
 use tower_service::Service;
 
 use super::AppState;
-use super::http::{Inference, Protocol, serve_inference};
+use super::http::{Protocol, serve_inference};
 
 #[derive(Clone)]
 pub(crate) struct Front {
@@ -52,17 +52,13 @@ impl Service<Request> for Front {
         if request.method() == Method::POST
             && let Some(target) = inference_target(request.uri().path())
         {
-            let target = target.to_owned();
+            // Owned: the request, which the path borrows from, moves into the handler.
+            let model = target.model.to_owned();
+            let version = target.version.map(str::to_owned);
+            let protocol = target.protocol;
             let state = self.state.clone();
             return Box::pin(async move {
-                Ok(serve_inference(
-                    &state,
-                    &target.model,
-                    target.version.as_deref(),
-                    request,
-                    target.protocol,
-                )
-                .await)
+                Ok(serve_inference(&state, &model, version.as_deref(), request, protocol).await)
             });
         }
         Box::pin(self.router.call(request))
@@ -75,16 +71,6 @@ struct Target<'a> {
     model: &'a str,
     version: Option<&'a str>,
     protocol: Protocol,
-}
-
-impl Target<'_> {
-    fn to_owned(&self) -> Inference {
-        Inference {
-            model: self.model.to_owned(),
-            version: self.version.map(str::to_owned),
-            protocol: self.protocol,
-        }
-    }
 }
 
 /// `/v2/models/{m}/infer`, `/v2/models/{m}/versions/{v}/infer` and `/v1/models/{m}:predict`,

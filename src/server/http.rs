@@ -314,13 +314,6 @@ async fn v1_predict(
     serve_inference(&state, model, None, request, Protocol::V1).await
 }
 
-/// An inference request's target, as its path names it.
-pub(crate) struct Inference {
-    pub model: String,
-    pub version: Option<String>,
-    pub protocol: Protocol,
-}
-
 pub(crate) async fn serve_inference(
     state: &Arc<AppState>,
     model_name: &str,
