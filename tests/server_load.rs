@@ -426,6 +426,60 @@ async fn shutdown_stops_accepting_and_finishes_requests_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_on_every_http_thread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        shutdown_grace_ms: 20_000,
+        ..Limits::default()
+    };
+    let mut server =
+        TestServer::start(config_with(vec![model("tiny", "tiny.onnx", None)], limits)).await;
+    // Connections are dealt out over the HTTP threads in turn: eight reach every one of them on
+    // any machine this runs on. Each answers one request and is left open, idle.
+    let mut connections = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: ferry\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(br#"{"live":true}"#) {
+            let mut chunk = [0u8; 512];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before answering: {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        connections.push(tcp);
+    }
+
+    let started = Instant::now();
+    server.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), &mut server.task)
+        .await
+        .expect("serve returns once the idle connections are closed, not after the grace")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for mut tcp in connections {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "an idle connection was left open: {read:?} {rest:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_no_longer_than_the_grace_period() {
     let limits = Limits {
         shutdown_grace_ms: 300,

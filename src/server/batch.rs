@@ -1,11 +1,18 @@
-//! The inference worker of one model variant: a dedicated thread that owns the variant's ONNX
-//! Runtime session (`Session::run` takes `&mut self`), takes jobs from a queue, merges
-//! compatible ones along the first axis (dynamic batching), runs them and splits the outputs
-//! back. Keeping ONNX Runtime off the async threads means a slow model never stalls HTTP.
+//! How one model variant runs its jobs: a queue, the variant's ONNX Runtime sessions (one per
+//! instance; `Session::run` takes `&mut self`) and one worker thread per session that takes
+//! jobs, merges compatible ones along the first axis (dynamic batching), runs them and splits
+//! the outputs back. Keeping ONNX Runtime off the async threads means a slow model never stalls
+//! HTTP.
+//!
+//! Light models are the exception: when a run takes a few microseconds, handing each batch to a
+//! worker thread and the answers back costs more than the inference (two wake-ups and context
+//! switches). There the request handler that queued a job lets the other requests its thread
+//! has received be queued too, then runs what is queued itself on an instance no worker is
+//! using ([`Engine::lead`]) — a batch per round of the HTTP thread, and no thread in between.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use ort::session::{Session, SessionInputValue};
@@ -57,6 +64,14 @@ impl Job {
 const LONG_RUN: Duration = Duration::from_micros(100);
 /// Jobs queued per busy instance beyond which another is woken even for short runs.
 const BACKLOG: usize = 16;
+/// Models whose runs take less than this on average are run by the request handlers
+/// themselves ([`Engine::lead`]). The average is of the runs so far, so a model starts on its
+/// workers and moves once it has shown it is light (and back, should its runs grow).
+const INLINE_RUN: Duration = Duration::from_micros(50);
+/// Jobs of more rows than this always go to a worker: an HTTP thread runs only small batches.
+const INLINE_ROWS: usize = 64;
+/// Without batching, a leader runs at most this many queued jobs, one after the other.
+const LEAD_JOBS: usize = 16;
 
 /// The queue between the HTTP handlers of one variant and its workers (one per instance).
 ///
@@ -161,8 +176,9 @@ impl JobQueue {
         }
     }
 
-    /// A new worker; its id for [`JobQueue::run_started`] and [`JobQueue::run_ended`].
-    pub(crate) fn register(&self) -> usize {
+    /// A new instance; its id for [`JobQueue::pop`], [`JobQueue::run_started`] and
+    /// [`JobQueue::run_ended`].
+    fn register(&self) -> usize {
         let mut inner = self.lock();
         inner.running.push(None);
         inner.wakers.push(Arc::new(Condvar::new()));
@@ -224,13 +240,21 @@ impl JobQueue {
         self.run_ns.store(new, Ordering::Relaxed);
     }
 
-    /// Queues a job; the caller has ended its pending count first.
-    pub(crate) fn push(&self, job: Job) {
+    /// Runs are short enough for a request handler to run them (see [`INLINE_RUN`]).
+    fn light(&self) -> bool {
+        let ns = self.run_ns.load(Ordering::Relaxed);
+        ns > 0 && ns < INLINE_RUN.as_nanos() as u64
+    }
+
+    /// Queues a job; the caller has ended its pending count first. With `may_lead`, a small job
+    /// of a light model wakes no worker and true is returned: the caller must then call
+    /// [`Engine::lead`] unless its answer has come meanwhile.
+    pub(crate) fn push(&self, job: Job, may_lead: bool) -> bool {
+        let lead = may_lead && job.row_count() <= INLINE_ROWS && self.light();
         let mut inner = self.lock();
         inner.rows += job.rows.unwrap_or(1);
         inner.jobs.push_back(job);
-        let wake_idle = self
-            .wake_for_jobs(&inner)
+        let wake_idle = (!lead && self.wake_for_jobs(&inner))
             .then(|| inner.wake_one())
             .flatten();
         let wake_gatherers = inner.gatherer_satisfied(self.pending.load(Ordering::Acquire));
@@ -240,6 +264,47 @@ impl JobQueue {
         }
         if wake_gatherers {
             self.gather_wake.notify_all();
+        }
+        lead
+    }
+
+    /// Jobs for a leader to run now: with `batching`, the first queued and those after it that
+    /// merge with it; without, up to [`LEAD_JOBS`] jobs, to run one by one.
+    fn take_lead(&self, batching: Option<Batching>) -> Vec<Job> {
+        let mut inner = self.lock();
+        let mut batch: Vec<Job> = Vec::new();
+        let mut rows = 0;
+        while let Some(job) = inner.jobs.front() {
+            let fits = match (batching, batch.first()) {
+                (_, None) => true,
+                (Some(b), Some(first)) => {
+                    first.rows.is_some()
+                        && job.rows.is_some_and(|r| rows + r <= b.max_rows)
+                        && first.compatible(job)
+                }
+                (None, Some(_)) => batch.len() < LEAD_JOBS,
+            };
+            if !fits {
+                break;
+            }
+            let Some(job) = inner.jobs.pop_front() else {
+                break;
+            };
+            inner.rows = inner.rows.saturating_sub(job.rows.unwrap_or(1));
+            rows += job.rows.unwrap_or(0);
+            batch.push(job);
+        }
+        batch
+    }
+
+    /// Wakes an idle worker for what is queued, whatever the runs take: a leader found every
+    /// instance in use, and the leaders using them take no more jobs when they are done.
+    fn wake_worker(&self) {
+        let mut inner = self.lock();
+        let waker = (!inner.jobs.is_empty()).then(|| inner.wake_one()).flatten();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.notify_one();
         }
     }
 
@@ -336,15 +401,20 @@ pub(crate) struct Batching {
     pub max_delay: Duration,
 }
 
-pub(crate) struct Worker {
-    pub session: Session,
-    pub signature: Arc<Signature>,
-    pub batching: Option<Batching>,
-    pub metrics: VariantMetrics,
-    pub stats: Arc<ModelStats>,
+/// A variant's sessions and the queue in front of them, shared by its worker threads and by
+/// the request handlers that run light batches themselves.
+pub(crate) struct Engine {
     pub queue: Arc<JobQueue>,
+    /// One per instance; a worker thread or a leader holds one while it runs.
+    sessions: Vec<Mutex<Session>>,
+    signature: Arc<Signature>,
+    batching: Option<Batching>,
+    /// Set once a merged run's outputs could not be split by rows: batching is off from then on.
+    unbatched: AtomicBool,
+    metrics: VariantMetrics,
+    stats: Arc<ModelStats>,
     /// `model 'm' variant 'v'`, for the log.
-    pub label: String,
+    label: String,
 }
 
 pub(crate) enum RunError {
@@ -353,22 +423,108 @@ pub(crate) enum RunError {
     Failed(String),
 }
 
-impl Worker {
-    pub(crate) fn run(mut self) {
-        let id = self.queue.register();
+/// A session's lock, or `None` while someone runs on it. A panic during a run leaves the
+/// session as ONNX Runtime left it, which is fit to run again.
+fn try_lock(session: &Mutex<Session>) -> Option<MutexGuard<'_, Session>> {
+    match session.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+impl Engine {
+    pub(crate) fn new(
+        sessions: Vec<Session>,
+        signature: Arc<Signature>,
+        batching: Option<Batching>,
+        metrics: VariantMetrics,
+        stats: Arc<ModelStats>,
+        label: String,
+    ) -> Engine {
+        let queue = Arc::new(JobQueue::new());
+        for _ in &sessions {
+            queue.register();
+        }
+        Engine {
+            queue,
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            signature,
+            batching,
+            unbatched: AtomicBool::new(false),
+            metrics,
+            stats,
+            label,
+        }
+    }
+
+    pub(crate) fn instances(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn batching(&self) -> Option<Batching> {
+        self.batching
+            .filter(|_| !self.unbatched.load(Ordering::Relaxed))
+    }
+
+    /// The worker thread of instance `id`, to the queue's close.
+    pub(crate) fn work(&self, id: usize) {
         while let Some(mut batch) = self.next_batch(id) {
             self.metrics.queue_depth.dec_by(batch.len() as i64);
             // A job whose client has gone (timed out) is not worth running.
             batch.retain(|job| !job.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            // Its own session unless a leader has it; then any free one, or its own once free.
+            let free = (id..self.sessions.len())
+                .chain(0..id)
+                .find_map(|i| try_lock(&self.sessions[i]).map(|s| (i, s)));
+            let (instance, mut session) = free.unwrap_or_else(|| {
+                let session = self.sessions[id]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (id, session)
+            });
+            self.run(instance, &mut session, batch);
+        }
+    }
+
+    /// Runs what is queued on the calling thread, on an instance no one is using, until
+    /// `answered` (the caller's own job is done) or its job is in other hands: taken by a worker
+    /// or another leader, or left for a worker woken because every instance is in use. Called
+    /// by the handler whose [`JobQueue::push`] said so, after letting its thread receive the
+    /// other requests it can.
+    pub(crate) fn lead(&self, answered: impl Fn() -> bool) {
+        while !answered() {
+            let free = self
+                .sessions
+                .iter()
+                .enumerate()
+                .find_map(|(i, slot)| try_lock(slot).map(|s| (i, s)));
+            let Some((instance, mut session)) = free else {
+                self.queue.wake_worker();
+                return;
+            };
+            let mut batch = self.queue.take_lead(self.batching());
+            if batch.is_empty() {
+                return;
+            }
+            self.metrics.queue_depth.dec_by(batch.len() as i64);
+            batch.retain(|job| !job.reply.is_closed());
             if !batch.is_empty() {
-                let started = Instant::now();
-                self.queue.run_started(id);
-                self.metrics.busy.inc();
-                self.execute(batch);
-                self.metrics.busy.dec();
-                self.queue.run_ended(id, started.elapsed());
+                self.run(instance, &mut session, batch);
             }
         }
+    }
+
+    fn run(&self, instance: usize, session: &mut Session, batch: Vec<Job>) {
+        let started = Instant::now();
+        self.queue.run_started(instance);
+        self.metrics.busy.inc();
+        self.execute(session, batch);
+        self.metrics.busy.dec();
+        self.queue.run_ended(instance, started.elapsed());
     }
 
     /// The next jobs to run together. While a batch is gathered, a request on its way (being
@@ -377,7 +533,7 @@ impl Worker {
     /// the next worker free (this one, or another instance).
     fn next_batch(&self, id: usize) -> Option<Vec<Job>> {
         let first = self.queue.pop(id)?;
-        let (Some(batching), Some(mut rows)) = (self.batching, first.rows) else {
+        let (Some(batching), Some(mut rows)) = (self.batching(), first.rows) else {
             return Some(vec![first]);
         };
         let deadline = first.enqueued + batching.max_delay;
@@ -418,15 +574,15 @@ impl Worker {
         Some(batch)
     }
 
-    fn execute(&mut self, mut batch: Vec<Job>) {
-        if batch.len() == 1 {
-            if let Some(job) = batch.pop() {
-                self.run_alone(job);
+    fn execute(&self, session: &mut Session, batch: Vec<Job>) {
+        if batch.len() == 1 || self.batching().is_none() {
+            for job in batch {
+                self.run_alone(session, job);
             }
             return;
         }
         let started = Instant::now();
-        match self.run_merged(&batch) {
+        match self.run_merged(session, &batch) {
             Ok((results, run)) => {
                 let requests: Vec<(usize, Duration)> = batch
                     .iter()
@@ -444,13 +600,14 @@ impl Worker {
                 }
             }
             Err(RunError::NotPerRow(reason)) => {
-                eprintln!(
-                    "ferry serve-model: {}: batching turned off: {reason}",
-                    self.label
-                );
-                self.batching = None;
+                if !self.unbatched.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "ferry serve-model: {}: batching turned off: {reason}",
+                        self.label
+                    );
+                }
                 for job in batch {
-                    self.run_alone(job);
+                    self.run_alone(session, job);
                 }
             }
             Err(RunError::Failed(message)) => {
@@ -461,12 +618,12 @@ impl Worker {
         }
     }
 
-    fn run_alone(&mut self, mut job: Job) {
+    fn run_alone(&self, session: &mut Session, mut job: Job) {
         let started = Instant::now();
         let rows = job.row_count();
         let inputs = std::mem::take(&mut job.inputs);
         let outputs = std::mem::take(&mut job.outputs);
-        let result = self.infer(inputs, rows, Duration::ZERO, |views| {
+        let result = self.infer(session, inputs, rows, Duration::ZERO, |views| {
             Ok(vec![
                 outputs
                     .iter()
@@ -495,14 +652,18 @@ impl Worker {
     }
 
     /// Runs the jobs as one batch; the per-job outputs in job order, and the run's timing.
-    fn run_merged(&mut self, batch: &[Job]) -> Result<(Vec<Outputs>, Execution), RunError> {
+    fn run_merged(
+        &self,
+        session: &mut Session,
+        batch: &[Job],
+    ) -> Result<(Vec<Outputs>, Execution), RunError> {
         let merging = Instant::now();
         let rows: Vec<usize> = batch.iter().map(|j| j.rows.unwrap_or(0)).collect();
         let total: usize = rows.iter().sum();
         let inputs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
         let wanted: Vec<&[usize]> = batch.iter().map(|j| j.outputs.as_slice()).collect();
         let merged = merge_inputs(&inputs, &rows).map_err(RunError::Failed)?;
-        self.infer(merged, total, merging.elapsed(), |views| {
+        self.infer(session, merged, total, merging.elapsed(), |views| {
             split_outputs(views, &rows, &wanted)
         })
     }
@@ -511,7 +672,8 @@ impl Worker {
     /// so each job copies only its own slice. `merged` is the time it took to make `inputs`,
     /// counted with their preparation.
     fn infer<T>(
-        &mut self,
+        &self,
+        session: &mut Session,
         inputs: Vec<HostTensor>,
         rows: usize,
         merged: Duration,
@@ -524,8 +686,7 @@ impl Worker {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| RunError::Failed(format!("preparing inputs: {e}")))?;
         let started = Instant::now();
-        let outputs = self
-            .session
+        let outputs = session
             .run(values.as_slice())
             .map_err(|e| RunError::Failed(format!("inference failed: {e}")))?;
         let ran = Instant::now();
@@ -658,7 +819,7 @@ mod tests {
     #[test]
     fn gathering_stops_at_once_when_nothing_is_on_its_way() {
         let queue = JobQueue::new();
-        queue.push(job(1).0);
+        queue.push(job(1).0, false);
         let started = Instant::now();
         let deadline = started + Duration::from_secs(5);
         match queue.gather(deadline, 10) {
@@ -686,7 +847,7 @@ mod tests {
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 queue.end_pending();
-                queue.push(job(3).0);
+                queue.push(job(3).0, false);
             })
         };
         let started = Instant::now();
@@ -716,10 +877,82 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_left_to_the_handlers_only_once_runs_are_known_to_be_light() {
+        let queue = JobQueue::new();
+        queue.register();
+        // Nothing run yet: the workers take the first jobs, whatever the caller may do.
+        assert!(!queue.push(job(1).0, true));
+        queue.run_ended(0, Duration::from_micros(10));
+        assert!(queue.push(job(1).0, true));
+        // Never for a caller that may not lead, nor for a job of many rows.
+        assert!(!queue.push(job(1).0, false));
+        assert!(!queue.push(job(INLINE_ROWS + 1).0, true));
+        // Runs grown long: back to the workers.
+        for _ in 0..64 {
+            queue.run_ended(0, Duration::from_millis(1));
+        }
+        assert!(!queue.push(job(1).0, true));
+    }
+
+    #[test]
+    fn a_leader_takes_the_jobs_that_merge_with_the_first_in_order() {
+        let queue = JobQueue::new();
+        let batching = Batching {
+            max_rows: 8,
+            max_delay: Duration::from_millis(1),
+        };
+        let (mut other, _) = job(1);
+        other.inputs[0].shape = vec![1, 3];
+        for job in [job(2).0, job(3).0, other, job(1).0] {
+            queue.push(job, false);
+        }
+        // The job of other dimensions ends the batch; what follows it waits its turn.
+        let taken = queue.take_lead(Some(batching));
+        assert_eq!(
+            taken.iter().map(|j| j.row_count()).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(queue.take_lead(Some(batching)).len(), 1);
+        assert_eq!(queue.take_lead(Some(batching)).len(), 1);
+        assert!(queue.take_lead(Some(batching)).is_empty());
+
+        // Rows beyond the batch's size stay queued.
+        for rows in [5, 3, 1] {
+            queue.push(job(rows).0, false);
+        }
+        assert_eq!(queue.take_lead(Some(batching)).len(), 2);
+        assert_eq!(queue.lock().rows, 1);
+
+        // Without batching, jobs are taken one by one up to LEAD_JOBS.
+        for _ in 0..LEAD_JOBS + 2 {
+            queue.push(job(1).0, false);
+        }
+        assert_eq!(queue.take_lead(None).len(), LEAD_JOBS);
+    }
+
+    #[test]
+    fn a_leader_finding_every_instance_in_use_wakes_an_idle_worker() {
+        let queue = JobQueue::new();
+        let id = queue.register();
+        queue.run_ended(id, Duration::from_micros(10));
+        // As a worker waiting in `pop` leaves it; waking takes it off the idle stack.
+        queue.lock().idle.push(id);
+        assert!(queue.push(job(4).0, true));
+        assert_eq!(
+            queue.lock().idle,
+            [id],
+            "a job left to its handler woke a worker"
+        );
+        queue.wake_worker();
+        assert!(queue.lock().idle.is_empty(), "no worker was woken");
+        assert_eq!(queue.pop(id).map(|j| j.row_count()), Some(4));
+    }
+
+    #[test]
     fn closed_queue_is_drained_then_ends() {
         let queue = JobQueue::new();
         let id = queue.register();
-        queue.push(job(1).0);
+        queue.push(job(1).0, false);
         queue.close();
         assert!(queue.pop(id).is_some());
         assert!(queue.pop(id).is_none());

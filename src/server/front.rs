@@ -1,5 +1,5 @@
-//! The service every connection calls: inference requests go straight to their handler, all
-//! else through the router.
+//! The service every connection calls (hyper's, so no adapter sits between): inference
+//! requests go straight to their handler, all else through the router.
 //!
 //! Inference is nearly all of a busy server's traffic, and for a light model the router's share
 //! of a request (matching, URL parameters in a map of extensions, a boxed clone of the route's
@@ -11,12 +11,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::Request;
+use axum::body::Body;
 use axum::http::Method;
 use axum::response::Response;
+use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::AppState;
@@ -39,16 +39,13 @@ impl Front {
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-impl Service<Request> for Front {
+impl hyper::service::Service<hyper::Request<Incoming>> for Front {
     type Response = Response;
     type Error = Infallible;
     type Future = Answer;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Answer {
+    fn call(&self, request: hyper::Request<Incoming>) -> Answer {
+        let request = request.map(Body::new);
         if request.method() == Method::POST
             && let Some(target) = inference_target(request.uri().path())
         {
@@ -61,7 +58,8 @@ impl Service<Request> for Front {
                 Ok(serve_inference(&state, &model, version.as_deref(), request, protocol).await)
             });
         }
-        Box::pin(self.router.call(request))
+        // The router's future owns what it needs; the clone is of an `Arc`.
+        Box::pin(self.router.clone().call(request))
     }
 }
 

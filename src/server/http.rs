@@ -4,13 +4,16 @@
 //! Handlers are plain functions over the shared state with no middleware stack; limits (body
 //! size, timeout, queue) are enforced inline so each refusal gets its own status and message.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -26,7 +29,7 @@ use super::model::{HostTensor, IoSpec, check_tensor, pick_variant};
 use super::parse::{InferRequest, parse_infer, parse_instances};
 use super::recording::Recording;
 use super::tensor::{Nested, TensorData};
-use super::{AppState, Model, Variant};
+use super::{AppState, Model, RuntimeLimits, Variant};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
@@ -323,7 +326,6 @@ pub(crate) async fn serve_inference(
 ) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
     let model = match find_model(state, model_name, version) {
         Ok(model) => model,
         Err(e) => {
@@ -337,7 +339,10 @@ pub(crate) async fn serve_inference(
         .and_then(|v| v.strip_prefix("sha256:"))
         .and_then(|sha| model.variant_with_sha(sha));
     let index = pinned.unwrap_or_else(|| {
-        let key = headers.get(&state.key_header).map(HeaderValue::as_bytes);
+        let key = parts
+            .headers
+            .get(&state.key_header)
+            .map(HeaderValue::as_bytes);
         pick_variant(&model.weights, key)
     });
     let variant = &model.variants[index];
@@ -346,21 +351,7 @@ pub(crate) async fn serve_inference(
         state.metrics.unrouted(Some(&model.name), 503);
         return unloaded(&model.name).response();
     };
-    let limits = &state.limits;
-    let work = run_inference(
-        state, model, variant, &live, headers, body, protocol, started,
-    );
-    let outcome = match tokio::time::timeout(limits.request_timeout, work).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "model '{}' did not answer within the request timeout of {} ms",
-                model.name,
-                limits.request_timeout.as_millis()
-            ),
-        )),
-    };
+    let outcome = run_inference(state, model, variant, &live, parts, body, protocol, started).await;
     let mut response = match outcome {
         Ok(reply) => reply.response(),
         Err(e) => e.response(),
@@ -451,24 +442,72 @@ fn binary_outputs(specs: &[IoSpec], request: &InferRequest) -> Vec<bool> {
     binary
 }
 
+/// `future`'s output, or `None` once `deadline` has passed. The timer is set only when the
+/// future has to wait: a timer the runtime's clock has not seen yet wakes its thread to look
+/// at it, which for a request answered at once cost more than the rest of the timeout.
+async fn by_deadline<T>(deadline: Instant, future: impl Future<Output = T>) -> Option<T> {
+    let mut future = std::pin::pin!(future);
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        if timer.is_none() {
+            timer
+                .as_mut()
+                .set(Some(tokio::time::sleep_until(deadline.into())));
+        }
+        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+fn timed_out(model: &Model, limits: &RuntimeLimits) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "model '{}' did not answer within the request timeout of {} ms",
+            model.name,
+            limits.request_timeout.as_millis()
+        ),
+    )
+}
+
+/// Reads, checks, queues and answers one inference request; within the request timeout,
+/// counted from `started`, or a 408.
 #[allow(clippy::too_many_arguments)]
 async fn run_inference(
     state: &Arc<AppState>,
     model: &Model,
     variant: &Variant,
     live: &Live,
-    headers: &HeaderMap,
+    parts: Parts,
     body: Body,
     protocol: Protocol,
     started: Instant,
 ) -> Result<Reply, ApiError> {
     let limits = &state.limits;
+    let deadline = started + limits.request_timeout;
     let mut pending = Pending::start(&live.queue);
-    let bytes = read_body(body, headers, limits.max_body_bytes).await?;
+    let json_length = match protocol {
+        Protocol::V2 => json_length(&parts.headers)?,
+        Protocol::V1 => None,
+    };
+    let reading = read_body(body, &parts.headers, limits.max_body_bytes);
+    let bytes = by_deadline(deadline, reading)
+        .await
+        .ok_or_else(|| timed_out(model, limits))??;
+    // The request's head and body are slices of the connection's read buffer: with them gone
+    // before this handler first waits, the connection reads on into the same buffer instead of
+    // allocating another.
+    drop(parts);
     let signature = &live.signature;
     let (inputs, outputs, id, binary) = match protocol {
         Protocol::V2 => {
-            let request = parse_infer(&bytes, json_length(headers)?, limits.max_elements)
+            let request = parse_infer(&bytes, json_length, limits.max_elements)
                 .map_err(ApiError::bad_request)?;
             let outputs = signature
                 .output_indices(request.outputs.as_deref())
@@ -531,13 +570,21 @@ async fn run_inference(
         reply,
         enqueued: Instant::now(),
     };
-    live.queue.push(job);
-    let result = answer.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the inference worker of model '{}' stopped", model.name),
-        )
-    })?;
+    if live.queue.push(job, true) {
+        // A light model: once the other requests this thread has received are queued too,
+        // what is queued runs here, unless a worker or another handler has run it meanwhile.
+        tokio::task::yield_now().await;
+        live.engine.lead(|| !answer.is_empty());
+    }
+    let result = by_deadline(deadline, answer)
+        .await
+        .ok_or_else(|| timed_out(model, limits))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the inference worker of model '{}' stopped", model.name),
+            )
+        })?;
     let outputs = result.map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m))?;
     if let Some(sample) = sample {
         variant.keep_sample(sample);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ort::session::{Session, SessionInputValue};
 use sha2::{Digest, Sha256};
 
-use super::batch::{Batching, JobQueue, Worker};
+use super::batch::{Batching, Engine, JobQueue};
 use super::config::{BatchingConfig, Device};
 use super::metrics::VariantMetrics;
 use super::model::{HostTensor, Signature};
@@ -25,6 +25,7 @@ use crate::onnx::OnnxError;
 /// What a variant serves now.
 pub(crate) struct Live {
     pub queue: Arc<JobQueue>,
+    pub engine: Arc<Engine>,
     pub signature: Arc<Signature>,
     /// Of the model file, as read when it was loaded.
     pub sha256: String,
@@ -236,31 +237,31 @@ pub(crate) fn start(
     });
     metrics.model_load.set(opened.load_time.as_secs_f64());
     metrics.instances.set(opened.sessions.len() as i64);
-    let queue = Arc::new(JobQueue::new());
     let instances = opened.sessions.len();
+    let engine = Arc::new(Engine::new(
+        opened.sessions,
+        signature.clone(),
+        batching,
+        metrics.clone(),
+        stats,
+        label,
+    ));
     let live = Live {
-        queue: queue.clone(),
-        signature: signature.clone(),
+        queue: engine.queue.clone(),
+        engine: engine.clone(),
+        signature,
         sha256: opened.sha256,
-        metrics: metrics.clone(),
+        metrics,
         mergeable: batching.is_some(),
         instances,
         threads: opened.threads,
     };
-    for session in opened.sessions {
-        let worker = Worker {
-            session,
-            signature: signature.clone(),
-            batching,
-            metrics: metrics.clone(),
-            stats: stats.clone(),
-            queue: queue.clone(),
-            label: label.clone(),
-        };
+    for id in 0..engine.instances() {
+        let engine = engine.clone();
         // On failure `live` is dropped, closing the queue, so the workers started end.
         std::thread::Builder::new()
             .name("ferry-infer".into())
-            .spawn(move || worker.run())
+            .spawn(move || engine.work(id))
             .map_err(ServerError::Thread)?;
     }
     Ok(live)

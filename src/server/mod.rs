@@ -12,12 +12,13 @@
 //! [`run`] binds `host:port`, loads every model ([`load`]) and serves ([`serve`]) until
 //! `shutdown` completes; tests call [`load`] and [`serve`] with their own listener.
 //!
-//! Threads: HTTP (parsing, validation, responses) runs on the caller's tokio runtime. Each model
-//! variant has one inference thread that owns its ONNX Runtime session (one intra-op thread:
-//! on small machines more would only fight the HTTP threads), fed by a queue that wakes it once
-//! per batch rather than once per request; see `batch`. With batching on, `max_delay_ms` is an
-//! upper bound: a batch runs as soon as it is full or no other request for the variant is
-//! being received, so a lone client is never delayed.
+//! Threads: the caller's tokio runtime accepts connections and deals them out to one HTTP thread
+//! per CPU, each with a runtime of its own (parsing, validation, responses; see `lanes`). Each
+//! model variant has instances (ONNX Runtime sessions) with a worker thread each, fed by a
+//! queue that wakes one once per batch rather than once per request; a light model's batches
+//! run on the HTTP thread that received them instead; see `batch`. With batching on,
+//! `max_delay_ms` is an upper bound: a batch runs as soon as it is full or no other request for
+//! the variant is being received, so a lone client is never delayed.
 
 mod batch;
 pub mod compare;
@@ -28,6 +29,7 @@ mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod lanes;
 mod live;
 mod metrics;
 pub(crate) mod model;
@@ -47,10 +49,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::ServiceExt;
 use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue};
-use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -126,11 +126,8 @@ pub enum ServerError {
         source: std::io::Error,
     },
 
-    #[error("cannot start an inference thread: {0}")]
+    #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
-
-    #[error("serving HTTP failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 fn list_or_none(names: &[String]) -> String {
@@ -709,36 +706,20 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let state = server.state.clone();
     let grace = state.limits.shutdown_grace;
-    let (fired, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
-    let signal = async move {
+    let stop = async move {
         shutdown.await;
         signal_state.shutting_down.store(true, Ordering::Release);
-        let _ = fired.send(());
     };
-    // Responses are written whole; Nagle would only delay them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let watching = server
         .watch
         .then(|| tokio::spawn(watch::run(state.clone())));
-    let serving = axum::serve(listener, front::Front::new(state).into_make_service())
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let grace_over = async move {
-        if fired_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = serving => result.map_err(ServerError::Serve)?,
-        () = grace_over => eprintln!(
+    let drained = lanes::serve(state.clone(), listener, state.cpus, stop, grace).await?;
+    if !drained {
+        eprintln!(
             "ferry serve-model: requests still running after the shutdown grace of {} ms were dropped",
             grace.as_millis()
-        ),
+        );
     }
     if let Some(watching) = watching {
         watching.abort();

@@ -252,13 +252,17 @@ fn send_to_shadow(
         };
     }
     let (reply, answer) = oneshot::channel();
-    live.queue.push(Job {
-        inputs: inputs.to_vec(),
-        rows: rows.filter(|_| live.mergeable),
-        outputs: (0..live.signature.outputs.len()).collect(),
-        reply,
-        enqueued: Instant::now(),
-    });
+    // Never run by the handler: a shadow must not delay the primary's answer.
+    live.queue.push(
+        Job {
+            inputs: inputs.to_vec(),
+            rows: rows.filter(|_| live.mergeable),
+            outputs: (0..live.signature.outputs.len()).collect(),
+            reply,
+            enqueued: Instant::now(),
+        },
+        false,
+    );
     let sent = Instant::now();
     let waiting = tokio::spawn(async move {
         // On a timeout the receiver is dropped: a job not started yet is skipped.
