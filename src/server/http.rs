@@ -660,7 +660,7 @@ fn v2_response(
         .sum();
     if !outputs.iter().any(|(i, _)| in_binary(*i)) {
         return Ok(Reply {
-            body: to_json(&response, outputs)?,
+            body: model.answer.write(id, outputs)?,
             json_length: None,
         });
     }
@@ -681,6 +681,75 @@ fn v2_response(
         body,
         json_length: Some(json_length),
     })
+}
+
+/// A model's v2 answer with the parts that never change (its name and version, each output's
+/// name) written out once, at load: escaping and serializing those again for every request was
+/// a third of the cost of an answer. What it writes is byte for byte what serializing
+/// [`V2Response`] writes.
+pub(crate) struct AnswerTemplate {
+    /// `{"model_name":…,"model_version":…`
+    head: Vec<u8>,
+    /// Per output of the model: `{"name":…,"datatype":"`
+    outputs: Vec<Vec<u8>>,
+}
+
+impl AnswerTemplate {
+    pub(crate) fn new(name: &str, version: &str, outputs: &[IoSpec]) -> AnswerTemplate {
+        let string = |s: &str| serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec());
+        let mut head = b"{\"model_name\":".to_vec();
+        head.extend(string(name));
+        head.extend_from_slice(b",\"model_version\":");
+        head.extend(string(version));
+        let outputs = outputs
+            .iter()
+            .map(|spec| {
+                let mut part = b"{\"name\":".to_vec();
+                part.extend(string(&spec.name));
+                part.extend_from_slice(b",\"datatype\":\"");
+                part
+            })
+            .collect();
+        AnswerTemplate { head, outputs }
+    }
+
+    /// The JSON answer with `outputs` (by output index, none in the binary part).
+    fn write(
+        &self,
+        id: Option<&str>,
+        outputs: &[(usize, HostTensor)],
+    ) -> Result<Vec<u8>, ApiError> {
+        let estimate = 128
+            + self.head.len()
+            + outputs
+                .iter()
+                .map(|(_, t)| 64 + t.data.len() * 12)
+                .sum::<usize>();
+        let mut body = Vec::with_capacity(estimate);
+        body.extend_from_slice(&self.head);
+        if let Some(id) = id {
+            body.extend_from_slice(b",\"id\":");
+            write_json(&mut body, &id)?;
+        }
+        body.extend_from_slice(b",\"outputs\":[");
+        for (n, (i, tensor)) in outputs.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            match self.outputs.get(*i) {
+                Some(part) => body.extend_from_slice(part),
+                None => body.extend_from_slice(b"{\"name\":\"\",\"datatype\":\""),
+            }
+            body.extend_from_slice(tensor.data.datatype().name().as_bytes());
+            body.extend_from_slice(b"\",\"shape\":");
+            write_json(&mut body, &tensor.shape)?;
+            body.extend_from_slice(b",\"data\":");
+            write_json(&mut body, &tensor.data)?;
+            body.push(b'}');
+        }
+        body.extend_from_slice(b"]}");
+        Ok(body)
+    }
 }
 
 /// The outputs, serialized straight from the worker's answer.
@@ -895,6 +964,66 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn the_answer_template_writes_what_serializing_the_answer_writes() {
+        use crate::server::tensor::DataType;
+        let spec = |name: &str, datatype| IoSpec {
+            name: name.into(),
+            datatype,
+            shape: vec![-1],
+        };
+        let specs = [
+            spec("label", DataType::Int64),
+            spec("p\"rob\\s", DataType::Fp32),
+            spec("ok", DataType::Bool),
+        ];
+        let outputs = vec![
+            (
+                1,
+                HostTensor {
+                    shape: vec![2, 2],
+                    data: TensorData::Fp32(vec![0.25, -1e-7, f32::MAX, 3.0]),
+                },
+            ),
+            (
+                0,
+                HostTensor {
+                    shape: vec![2],
+                    data: TensorData::Int64(vec![i64::MIN, 7]),
+                },
+            ),
+            (
+                2,
+                HostTensor {
+                    shape: vec![2],
+                    data: TensorData::Bool(vec![true, false]),
+                },
+            ),
+        ];
+        for (name, version, id) in [
+            ("churn", "1", None),
+            ("m\u{e9}\"\n", "v\t2", Some("req \"7\" \u{1}")),
+        ] {
+            let template = AnswerTemplate::new(name, version, &specs);
+            let expected = serde_json::to_vec(&V2Response {
+                model_name: name,
+                model_version: version,
+                id,
+                outputs: V2Outputs {
+                    specs: &specs,
+                    outputs: &outputs,
+                    binary: &[],
+                },
+            })
+            .unwrap();
+            let written = template.write(id, &outputs).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[test]

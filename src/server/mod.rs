@@ -259,6 +259,8 @@ pub(crate) struct Model {
     reloading: Mutex<()>,
     /// The variant that gets a copy of some requests and never answers them.
     shadow: Option<recording::Shadow>,
+    /// Its v2 answers' fixed parts.
+    answer: http::AnswerTemplate,
 }
 
 /// What `GET /v2/models/{m}` and Triton's `config` answer, remade when a file is swapped in.
@@ -506,6 +508,11 @@ pub fn load(config: &ServingConfig) -> Result<Server, ServerError> {
                 }
             });
         let model = Model {
+            answer: http::AnswerTemplate::new(
+                &model_config.name,
+                &model_config.version,
+                &interface.outputs,
+            ),
             name: model_config.name.clone(),
             version: model_config.version.clone(),
             // A shadow is never chosen to answer.
