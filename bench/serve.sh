@@ -9,13 +9,14 @@
 #       (bench/serve/fastapi_server.py), same v2 request and answer
 #   (c) nginx answering a fixed body, ferry's own answer byte for byte, without parsing the request:
 #       the HTTP ceiling. nginx is the well-known fast fixed-reply server: C, event-driven, one
-#       worker process per core (as ferry has one tokio worker per core), keep-alive, no access
+#       worker process per core (as ferry has one HTTP thread per core), keep-alive, no access
 #       log. It runs on the host's loopback like (b) and `--native`; compare it with the native,
 #       host-network and bridge rows (the published-port row also pays for docker-proxy).
 #   (d) the same fixed reply from ferry's own HTTP stack with nothing behind it
-#       (bench/serve/fixed-reply, built here): `axum::serve` with one service, as ferry's server
-#       runs, and hyper's HTTP/1 connection alone. Between (c) and (d) is what the HTTP library
-#       costs; between (d) and the native row, what ferry does with a request.
+#       (bench/serve/fixed-reply, built here): hyper's HTTP/1 on one single-threaded runtime
+#       per core, connections dealt out in turn, as ferry's server runs (src/server/lanes.rs),
+#       and hyper on tokio's multi-threaded runtime, the usual way. Between (c) and (d) is what
+#       the HTTP library costs; between (d) and the native row, what ferry does with a request.
 # then container start -> ready, idle RSS and the serving image size, and a summary with the
 # goals, PASS/FAIL each; last, bench/serve-cores.sh (instances on a compute-bound model beside
 # onnxruntime in-process, and a light model), with its own goals.
