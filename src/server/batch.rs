@@ -467,20 +467,18 @@ impl Engine {
             .filter(|_| !self.unbatched.load(Ordering::Relaxed))
     }
 
+    /// An instance no one is running on, the first free from `from` on (wrapping), locked.
+    fn free_session(&self, from: usize) -> Option<(usize, MutexGuard<'_, Session>)> {
+        (from..self.sessions.len())
+            .chain(0..from)
+            .find_map(|i| try_lock(&self.sessions[i]).map(|s| (i, s)))
+    }
+
     /// The worker thread of instance `id`, to the queue's close.
     pub(crate) fn work(&self, id: usize) {
-        while let Some(mut batch) = self.next_batch(id) {
-            self.metrics.queue_depth.dec_by(batch.len() as i64);
-            // A job whose client has gone (timed out) is not worth running.
-            batch.retain(|job| !job.reply.is_closed());
-            if batch.is_empty() {
-                continue;
-            }
+        while let Some(batch) = self.next_batch(id) {
             // Its own session unless a leader has it; then any free one, or its own once free.
-            let free = (id..self.sessions.len())
-                .chain(0..id)
-                .find_map(|i| try_lock(&self.sessions[i]).map(|s| (i, s)));
-            let (instance, mut session) = free.unwrap_or_else(|| {
+            let (instance, mut session) = self.free_session(id).unwrap_or_else(|| {
                 let session = self.sessions[id]
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -497,28 +495,26 @@ impl Engine {
     /// other requests it can.
     pub(crate) fn lead(&self, answered: impl Fn() -> bool) {
         while !answered() {
-            let free = self
-                .sessions
-                .iter()
-                .enumerate()
-                .find_map(|(i, slot)| try_lock(slot).map(|s| (i, s)));
-            let Some((instance, mut session)) = free else {
+            let Some((instance, mut session)) = self.free_session(0) else {
                 self.queue.wake_worker();
                 return;
             };
-            let mut batch = self.queue.take_lead(self.batching());
+            let batch = self.queue.take_lead(self.batching());
             if batch.is_empty() {
                 return;
             }
-            self.metrics.queue_depth.dec_by(batch.len() as i64);
-            batch.retain(|job| !job.reply.is_closed());
-            if !batch.is_empty() {
-                self.run(instance, &mut session, batch);
-            }
+            self.run(instance, &mut session, batch);
         }
     }
 
-    fn run(&self, instance: usize, session: &mut Session, batch: Vec<Job>) {
+    /// Runs jobs taken off the queue on `instance`.
+    fn run(&self, instance: usize, session: &mut Session, mut batch: Vec<Job>) {
+        self.metrics.queue_depth.dec_by(batch.len() as i64);
+        // A job whose client has gone (timed out) is not worth running.
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
         let started = Instant::now();
         self.queue.run_started(instance);
         self.metrics.busy.inc();

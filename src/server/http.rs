@@ -500,9 +500,8 @@ async fn run_inference(
     let bytes = by_deadline(deadline, reading)
         .await
         .ok_or_else(|| timed_out(model, limits))??;
-    // The request's head and body are slices of the connection's read buffer: with them gone
-    // before this handler first waits, the connection reads on into the same buffer instead of
-    // allocating another.
+    // Done with the request's head: its bytes are slices of the connection's read buffer, which
+    // the connection can reuse only once nothing holds them.
     drop(parts);
     let signature = &live.signature;
     let (inputs, outputs, id, binary) = match protocol {
