@@ -10,8 +10,13 @@
 #   (c) nginx answering a fixed body, ferry's own answer byte for byte, without parsing the request:
 #       the HTTP ceiling. nginx is the well-known fast fixed-reply server: C, event-driven, one
 #       worker process per core (as ferry has one HTTP thread per core), keep-alive, no access
-#       log. It runs on the host's loopback like (b) and `--native`; compare it with the native,
-#       host-network and bridge rows (the published-port row also pays for docker-proxy).
+#       log. It runs twice: on the host's loopback like (b) and `--native`, and in a container on
+#       the host's network like `ferry serve` (an image made here from the host's nginx binary and
+#       its libraries: nothing is pulled). Each ferry row is held against the nginx placed like it:
+#       a container has a cgroup of its own, which the kernel's scheduler gives as much CPU as
+#       wrk's process when both want more, so a container beside wrk is not a process beside wrk.
+#       The bridge rows are held against the container (they also pay for the bridge, and the
+#       published-port row for docker-proxy).
 #   (d) the same fixed reply from ferry's own HTTP stack with nothing behind it
 #       (bench/serve/fixed-reply, built here): hyper's HTTP/1 on one single-threaded runtime
 #       per core, connections dealt out in turn, as ferry's server runs (src/server/lanes.rs),
@@ -29,8 +34,8 @@
 # Installs what it lacks: wrk and nginx (apt-get, as root or with sudo), a Python venv with
 # fastapi, uvicorn[standard], onnxruntime and numpy (pip, kept in ~/.cache/ferry-bench; set
 # BENCH_VENV to use another). Takes about 5 minutes once those are there and ferry is built.
-# Everything it starts (containers, servers) is stopped on exit, Ctrl-C included; the serving
-# image it builds (ferry/ferry-bench-serve-serve:*) is kept.
+# Everything it starts (containers, servers) is stopped on exit, Ctrl-C included, and the nginx
+# image it makes is removed; the serving image it builds (ferry/ferry-bench-serve-serve:*) is kept.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$REPO/bench/serve"
@@ -114,6 +119,8 @@ cleanup() {
     local ids
     ids=$(docker ps -aq --filter "label=$LABEL" 2>/dev/null || true)
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+    ids=$(docker images -q --filter "label=$LABEL" 2>/dev/null || true)
+    [ -z "$ids" ] || docker rmi -f $ids >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -233,6 +240,29 @@ PIDS+=($!)
 C_URL="http://127.0.0.1:$C_PORT"
 for _ in $(seq 100); do curl -sf -o /dev/null "$C_URL/" && break; sleep 0.05; done
 
+# --- (c) nginx, fixed reply, in a container on the host's network ---------------------------
+# The host's nginx and the libraries it links, in an image of their own; run with `ferry serve`'s
+# network and flags, except that nginx's master switches its workers to "nobody" (it keeps the
+# capabilities for that).
+NGINX_IMAGE="ferry-bench-nginx:serve-$$"
+mkdir -p "$WORK/nginx-image/etc" "$WORK/nginx-image/tmp"
+for f in "$NGINX" $(ldd "$NGINX" | awk '/=>/ { print $3 } /^\t\/[^ ]*ld-linux/ { print $1 }'); do
+    mkdir -p "$WORK/nginx-image$(dirname "$f")"
+    cp -L "$f" "$WORK/nginx-image$f"
+done
+echo 'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin' > "$WORK/nginx-image/etc/passwd"
+echo 'nogroup:x:65534:' > "$WORK/nginx-image/etc/group"
+F_PORT=$(free_port)
+sed -e "s|$WORK/nginx/|/tmp/|g" -e "s|127.0.0.1:$C_PORT|127.0.0.1:$F_PORT|" "$WORK/nginx/nginx.conf" \
+    > "$WORK/nginx-image/etc/nginx.conf"
+printf 'FROM scratch\nCOPY . /\nENTRYPOINT ["/usr/sbin/nginx", "-e", "/dev/stderr", "-p", "/tmp/", "-c", "/etc/nginx.conf"]\n' \
+    > "$WORK/nginx-image/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q --label "$LABEL" -t "$NGINX_IMAGE" "$WORK/nginx-image" > /dev/null
+docker run -d --label "$LABEL" --network host --init --read-only --tmpfs /tmp \
+    --security-opt no-new-privileges "$NGINX_IMAGE" > /dev/null
+F_URL="http://127.0.0.1:$F_PORT"
+for _ in $(seq 100); do curl -sf -o /dev/null "$F_URL/" && break; sleep 0.05; done
+
 # --- (d) ferry's HTTP stack, fixed reply -----------------------------------------------------
 echo "building bench/serve/fixed-reply (cargo, release)" >&2
 CARGO_TARGET_DIR="$REPO/target/bench-fixed-reply" cargo build -q --release --locked \
@@ -251,7 +281,7 @@ for url in "$D_URL" "$E_URL"; do
 done
 
 # --- every target answers the same, and right ------------------------------------------------
-python3 - "$WORK" "$HERE" "$B_URL$INFER" "$N_URL$INFER" "$A_URL$INFER" "$A_IP_URL$INFER" "$C_URL$INFER" "$D_URL$INFER" "$E_URL$INFER" <<'EOF'
+python3 - "$WORK" "$HERE" "$B_URL$INFER" "$N_URL$INFER" "$A_URL$INFER" "$A_IP_URL$INFER" "$C_URL$INFER" "$F_URL$INFER" "$D_URL$INFER" "$E_URL$INFER" <<'EOF'
 import json, sys, urllib.request
 work, here, *urls = sys.argv[1:]
 def post(url, body):
@@ -264,15 +294,15 @@ for n in (1, 64):
     body = open(f"{here}/infer-{n}.json", "rb").read()
     ferry = outputs(json.load(open(f"{work}/reply-{n}.json")))
     assert len(ferry["label"]) == n and len(ferry["probabilities"]) == 2 * n, ferry
-    for url in urls[:-3]:
+    for url in urls[:-4]:
         other = outputs(post(url, body))
         assert other["label"] == ferry["label"], (url, other["label"], ferry["label"])
         assert max(abs(a - b) for a, b in zip(other["probabilities"], ferry["probabilities"])) < 1e-5, url
-for url in urls[-3:]:
+for url in urls[-4:]:
     fixed = post(url, open(f"{here}/infer-1.json", "rb").read())
     assert fixed == json.load(open(f"{work}/reply-1.json")), url
 EOF
-echo "answers checked: ferry (port, bridge, host network, native) and FastAPI agree on 1 and 64 rows; the fixed replies are ferry's ($(wc -c < "$WORK/reply-1.json") bytes)"
+echo "answers checked: ferry (port, bridge, host network, native) and FastAPI agree on 1 and 64 rows; the fixed replies (nginx on the host and in a container, ferry's stack, hyper) are ferry's ($(wc -c < "$WORK/reply-1.json") bytes)"
 
 # --- load ------------------------------------------------------------------------------------
 # run KEY URL BODY: warm-up, then the measured run; its RESULT line goes to $WORK/KEY.rROUND.
@@ -292,6 +322,7 @@ for round in $(seq "$ROUNDS"); do
     run a_native_1  "$N_URL$INFER"    "$HERE/infer-1.json"
     run b_1         "$B_URL$INFER"    "$HERE/infer-1.json"
     run c_1         "$C_URL$INFER"    "$HERE/infer-1.json"
+    run c_box_1     "$F_URL$INFER"    "$HERE/infer-1.json"
     run d_stack_1   "$D_URL$INFER"    "$HERE/infer-1.json"
     run d_hyper_1   "$E_URL$INFER"    "$HERE/infer-1.json"
     run a_host_64   "$H_URL$INFER"    "$HERE/infer-64.json"
@@ -346,7 +377,8 @@ labels = {
     "a_bridge": "(a) ferry container, bridge IP (no proxy)",
     "a_native": "(a) ferry serve --native",
     "b": "(b) FastAPI + uvicorn x2 + onnxruntime",
-    "c": "(c) nginx fixed reply (ceiling)",
+    "c": "(c) nginx fixed reply (ceiling), host process",
+    "c_box": "(c) nginx fixed reply (ceiling), container, host network",
     "d_stack": "(d) ferry's HTTP stack, fixed reply",
     "d_hyper": "(d) hyper HTTP/1 alone, fixed reply",
 }
@@ -366,14 +398,19 @@ def goal(text, value, target, ok):
     print(f"  {'PASS' if ok else 'FAIL'}  {text:58} {value:>22}   goal {target}")
 print("goals")
 b1, c1, b64 = r["b_1"]["rps"], r["c_1"]["rps"], r["b_64"]["rps"]
+cbox1 = r["c_box_1"]["rps"]
 for t in ("a_host", "a_port", "a_bridge", "a_native"):
     x = r[f"{t}_1"]
     name = labels[t].split(", ", 1)[1] if ", " in labels[t] else "native"
+    # The ceiling placed like the row: a host process for --native, a container for the rest.
+    ceiling, where = (c1, "host") if t == "a_native" else (cbox1, "container")
     goal(f"1-row c{conns} throughput vs (b), {name}", f"{x['rps'] / b1:.1f}x", ">= 25x", x["rps"] >= 25 * b1)
-    goal(f"1-row c{conns} throughput vs (c), {name}", f"{x['rps'] / c1:.2f}x", ">= 0.8x", x["rps"] >= 0.8 * c1)
+    goal(f"1-row c{conns} throughput vs (c, {where}), {name}", f"{x['rps'] / ceiling:.2f}x", ">= 0.8x", x["rps"] >= 0.8 * ceiling)
     goal(f"1-row c{conns} p99, {name}", f"{x['p99_ms']:.2f} ms", "<= 5 ms", x["p99_ms"] <= 5)
     x = r[f"{t}_64"]
     goal(f"64-row c{conns} rows/s, {name}", f"{x['rps'] * 64:,.0f}", ">= 1,000,000", x["rps"] * 64 >= 1e6)
+print(f"{'':8}(the same nginx in a container answers {cbox1 / c1:.2f}x what it answers as a host process; "
+      f"ferry's container on the host network against nginx the host process: {r['a_host_1']['rps'] / c1:.2f}x)")
 print(f"{'':8}(the HTTP library's own ceiling, same run: ferry's stack answering a fixed reply is "
       f"{r['d_stack_1']['rps'] / c1:.2f}x (c), hyper alone {r['d_hyper_1']['rps'] / c1:.2f}x (c))")
 print(f"{'':8}(for scale: the fixed-reply ceiling (c) itself is {c1 / b1:.1f}x (b) here; a 1-row "

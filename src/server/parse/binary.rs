@@ -31,7 +31,7 @@ impl BinaryPart<'_> {
     /// The next `size` bytes, as the data of an input of `datatype` and `shape`.
     pub(super) fn take(
         &mut self,
-        what: &str,
+        what: &dyn std::fmt::Display,
         size: u64,
         datatype: DataType,
         shape: &[usize],

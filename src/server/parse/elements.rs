@@ -30,7 +30,11 @@ impl ParsedData {
 }
 
 impl Values {
-    pub(super) fn into_typed(self, datatype: DataType, what: &str) -> Result<TensorData, String> {
+    pub(super) fn into_typed(
+        self,
+        datatype: DataType,
+        what: &dyn std::fmt::Display,
+    ) -> Result<TensorData, String> {
         match self {
             Values::Typed(data) if data.datatype() == datatype => Ok(data),
             Values::Typed(data) => Err(format!(
@@ -65,7 +69,7 @@ impl Values {
 
 fn convert<T: Elem>(
     scalars: Vec<Scalar>,
-    what: &str,
+    what: &dyn std::fmt::Display,
     datatype: DataType,
 ) -> Result<Vec<T>, String> {
     let mut out = Vec::with_capacity(scalars.len());

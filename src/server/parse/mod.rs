@@ -114,7 +114,7 @@ pub(crate) fn logged_data(
         }
         values => values,
     };
-    let typed = values.into_typed(datatype, "\"data\"")?;
+    let typed = values.into_typed(datatype, &"\"data\"")?;
     if dims.len() <= 1 {
         if typed.len() != expected {
             return Err(format!(

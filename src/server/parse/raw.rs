@@ -89,7 +89,8 @@ impl RawInput {
         let Some(name) = self.name else {
             return Err(format!("input #{index}: missing \"name\""));
         };
-        let what = format!("input '{name}'");
+        // Formatted only into an error message: the usual request has none.
+        let what = InputLabel(&name);
         let Some(shape) = self.shape else {
             return Err(format!("{what}: missing \"shape\""));
         };
@@ -140,6 +141,15 @@ impl RawInput {
             shape,
             data,
         })
+    }
+}
+
+/// "input 'NAME'", as messages about an input begin.
+struct InputLabel<'a>(&'a str);
+
+impl std::fmt::Display for InputLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "input '{}'", self.0)
     }
 }
 

@@ -42,7 +42,7 @@ pub(super) fn finish_instances(
             error.replace("\"data\"", "\"instances\"")
         ));
     }
-    let values = values.into_typed(datatype, "instances")?;
+    let values = values.into_typed(datatype, &"instances")?;
     match dims.first() {
         None => return Err("\"instances\" must be an array with one entry per row".into()),
         Some(0) => return Err("\"instances\" is empty; send at least one instance".into()),
