@@ -235,7 +235,11 @@ impl JobQueue {
         let new = if old == 0 {
             sample
         } else {
-            old - old / 8 + sample / 8
+            // A run counts for at most twice the average: one the thread was preempted in (the
+            // scheduler gives the client a few milliseconds) says nothing of the model, and
+            // would send a light model to the workers for the dozens of runs the average takes
+            // to come back down. Runs that really grow lift the average an eighth a run.
+            old - old / 8 + sample.min(old.saturating_mul(2)) / 8
         };
         self.run_ns.store(new, Ordering::Relaxed);
     }
@@ -883,6 +887,9 @@ mod tests {
         // Never for a caller that may not lead, nor for a job of many rows.
         assert!(!queue.push(job(1).0, false));
         assert!(!queue.push(job(INLINE_ROWS + 1).0, true));
+        // One run the thread was preempted in does not make the model heavy.
+        queue.run_ended(0, Duration::from_millis(5));
+        assert!(queue.push(job(1).0, true));
         // Runs grown long: back to the workers.
         for _ in 0..64 {
             queue.run_ended(0, Duration::from_millis(1));

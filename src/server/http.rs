@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::StreamExt;
@@ -35,9 +35,13 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 /// Header naming the variant that answered.
 pub const VARIANT_HEADER: &str = "x-ferry-variant";
+/// As a header name: inserting one made from a `&str` copies the name into a new allocation on
+/// every answer.
+const VARIANT_NAME: HeaderName = HeaderName::from_static(VARIANT_HEADER);
 /// The binary tensor data extension: how many bytes at the start of the body are JSON (the rest
 /// is raw tensor data), in requests and answers.
 const JSON_LENGTH_HEADER: &str = "inference-header-content-length";
+const JSON_LENGTH_NAME: HeaderName = HeaderName::from_static(JSON_LENGTH_HEADER);
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -358,7 +362,7 @@ pub(crate) async fn serve_inference(
     };
     response
         .headers_mut()
-        .insert(VARIANT_HEADER, variant.header.clone());
+        .insert(VARIANT_NAME, variant.header.clone());
     let took = started.elapsed();
     live.metrics
         .request_done(response.status().as_u16(), took.as_secs_f64());
@@ -404,7 +408,7 @@ impl Reply {
         let mut response = Response::new(Body::from(self.body));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, OCTET_STREAM);
-        headers.insert(JSON_LENGTH_HEADER, HeaderValue::from(json_length));
+        headers.insert(JSON_LENGTH_NAME, HeaderValue::from(json_length));
         response
     }
 }
