@@ -1712,3 +1712,151 @@ async fn tritons_client_reads_config_and_statistics() {
     }
     server.stop().await;
 }
+
+/// One HTTP/1.1 answer off `tcp`, whose bytes may follow others already in `buffer` (pipelined
+/// answers): its status, lower-cased head and body. What follows it stays in `buffer`.
+async fn read_answer(
+    tcp: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end].to_vec())
+                .unwrap()
+                .to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("a content-length")
+                .parse()
+                .unwrap();
+            if buffer.len() >= end + 4 + length {
+                let body = buffer[end + 4..end + 4 + length].to_vec();
+                buffer.drain(..end + 4 + length);
+                let status = head[9..12].parse().unwrap();
+                return (status, head, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(buffer)
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Plain inference requests are answered on the connection without hyper, and any other request
+/// on it hands the connection to hyper: on the wire, every kind and mix must be answered, in
+/// order, as before (pipelined, split across writes, chunked, other endpoints, errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_on_a_connection_is_answered_in_order_whoever_reads_it() {
+    use tokio::io::AsyncWriteExt;
+    let limits = Limits {
+        max_body_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let server = TestServer::start(config_with(
+        vec![model("churn", "churn.onnx", Some((8, 2)))],
+        limits,
+    ))
+    .await;
+    let rows = churn_expected()["features"].as_array().unwrap().clone();
+    let bodies: Vec<String> = (0..3).map(|i| churn_request(&rows[i..=i])).collect();
+    // What each body gets through an ordinary client.
+    let mut want = Vec::new();
+    for body in &bodies {
+        let (status, answer) = server.post("/v2/models/churn/infer", body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        want.push(answer);
+    }
+    let plain = |i: usize| {
+        format!(
+            "POST /v2/models/churn/infer HTTP/1.1\r\nhost: ferry\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            bodies[i].len(),
+            bodies[i]
+        )
+    };
+    let answer = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap();
+
+    // Pipelined: three requests in one write, three answers in order.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buffer = Vec::new();
+    tcp.write_all(format!("{}{}{}", plain(0), plain(1), plain(2)).as_bytes())
+        .await
+        .unwrap();
+    for expected in &want {
+        let (status, head, body) = read_answer(&mut tcp, &mut buffer).await;
+        assert_eq!(status, 200);
+        for header in [
+            "content-type: application/json",
+            "x-ferry-variant: main",
+            "date: ",
+        ] {
+            assert!(head.contains(header), "{header} missing from {head}");
+        }
+        assert_eq!(&answer(&body), expected);
+    }
+    // Split across writes: in the request line, in a header, in the body.
+    let request = plain(1);
+    let cuts = [
+        0,
+        7,
+        40,
+        request.len() - 100,
+        request.len() - 3,
+        request.len(),
+    ];
+    for pair in cuts.windows(2) {
+        tcp.write_all(&request.as_bytes()[pair[0]..pair[1]])
+            .await
+            .unwrap();
+        tcp.flush().await.unwrap();
+    }
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!((status, answer(&body)), (200, want[1].clone()));
+    // An error answer leaves the connection serving.
+    tcp.write_all(b"POST /v2/models/nope/infer HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(answer(&body)["error"].as_str().unwrap().contains("nope"));
+    // A chunked body, then another endpoint, then plain requests again: hyper's from here.
+    let chunked = format!(
+        "POST /v2/models/churn/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        bodies[2].len(),
+        bodies[2]
+    );
+    tcp.write_all(format!("{chunked}GET /v2/health/ready HTTP/1.1\r\n\r\n{}", plain(0)).as_bytes())
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!((status, answer(&body)), (200, want[2].clone()));
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!((status, answer(&body)), (200, json!({"ready": true})));
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!((status, answer(&body)), (200, want[0].clone()));
+
+    // A body over the limit gets hyper's 413, after plain requests on the same connection.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buffer = Vec::new();
+    tcp.write_all(plain(0).as_bytes()).await.unwrap();
+    let (status, _, _) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!(status, 200);
+    let big = "x".repeat(65 << 10);
+    tcp.write_all(
+        format!(
+            "POST /v2/models/churn/infer HTTP/1.1\r\ncontent-length: {}\r\n\r\n{big}",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+}

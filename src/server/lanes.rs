@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::front::Front;
+use super::h1::{self, Ended, Rewind};
 use super::{AppState, ServerError};
 
 /// One lane as the accepting task sees it.
@@ -138,7 +139,7 @@ async fn run_lane(
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut abandoned: watch::Receiver<bool>,
 ) {
-    let front = Front::new(state);
+    let front = Front::new(state.clone());
     // Connections watch `draining` close to shut down; the lane watches `open` to see them gone.
     let (draining, drain) = watch::channel(());
     let (open, _) = watch::channel(());
@@ -146,11 +147,18 @@ async fn run_lane(
         let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
             continue;
         };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(tcp), front.clone());
+        let state = state.clone();
+        let front = front.clone();
         let draining = draining.clone();
         let still_open = open.subscribe();
         tokio::spawn(async move {
+            // Plain inference requests first; hyper takes the connection at the first other one.
+            let tcp = match h1::serve(&state, tcp, draining.closed()).await {
+                Ended::Closed => return,
+                Ended::Handoff(tcp, read) => Rewind::new(tcp, read),
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), front);
             let mut connection = std::pin::pin!(connection);
             let mut shutting_down = false;
             loop {

@@ -28,6 +28,7 @@ mod exposition;
 mod front;
 #[doc(hidden)]
 pub mod fuzzing;
+mod h1;
 mod http;
 mod lanes;
 mod live;

@@ -1,0 +1,353 @@
+//! A connection's plain inference requests, read and answered without hyper; everything else
+//! on the connection is hyper's.
+//!
+//! Why: for a light model most of a request's cost is the HTTP layer, and hyper's connection
+//! machinery (its dispatcher's state machine, the body channel between it and the service, the
+//! boxed service future and body) cost more than the model and the JSON together. The one kind
+//! of request a busy server sees nearly only — `POST` to an inference path, HTTP/1.1, a
+//! `Content-Length` body, nothing asked of the connection — is parsed here with `httparse`
+//! (hyper's own parser) and answered by the same handler hyper's path calls. The first request
+//! of any other kind, and everything after it, goes to hyper with the bytes already read, so
+//! chunked bodies, `Expect`, upgrades, HTTP/1.0, `Connection: close`, malformed heads and
+//! oversized bodies are handled exactly as before.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::response::Response;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::AppState;
+use super::front::{OwnedTarget, inference_target};
+use super::http::serve_inference;
+
+/// Heads larger than this are left to hyper (which has its own, larger limit).
+const MAX_HEAD: usize = 16 << 10;
+/// Headers a request may have to be read here.
+const MAX_HEADERS: usize = 32;
+/// What one read asks for, at least.
+const READ_SIZE: usize = 8 << 10;
+
+/// How the connection's plain requests ended.
+pub(crate) enum Ended {
+    /// Closed: by the client, an I/O error, or the server draining.
+    Closed,
+    /// A request this loop does not answer arrived: hyper serves the connection from here on,
+    /// starting with these bytes.
+    Handoff(TcpStream, Bytes),
+}
+
+/// Answers the plain inference requests on `tcp` until it closes, `draining` completes between
+/// requests, or another kind of request arrives.
+pub(crate) async fn serve(
+    state: &std::sync::Arc<AppState>,
+    mut tcp: TcpStream,
+    draining: impl std::future::Future<Output = ()>,
+) -> Ended {
+    let mut draining = std::pin::pin!(draining);
+    let mut buffer = BytesMut::with_capacity(READ_SIZE);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        // The next request: its head, then its body.
+        let plain = loop {
+            match plain_request(&buffer) {
+                Ok(Some(plain)) => break plain,
+                Err(ForHyper) => return Ended::Handoff(tcp, buffer.freeze()),
+                Ok(None) if buffer.len() > MAX_HEAD => {
+                    return Ended::Handoff(tcp, buffer.freeze());
+                }
+                Ok(None) => {}
+            }
+            let read = tokio::select! {
+                read = read_more(&mut tcp, &mut buffer) => read,
+                // As hyper's graceful shutdown: a connection not yet in a body closes.
+                () = &mut draining => return Ended::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return Ended::Closed,
+                Ok(_) => {}
+            }
+        };
+        if plain.content_length > state.limits.max_body_bytes {
+            // The 413 and the drain of the body before it are hyper's path's.
+            return Ended::Handoff(tcp, buffer.freeze());
+        }
+        let total = plain.head_length + plain.content_length;
+        if buffer.len() < total {
+            buffer.reserve(total - buffer.len());
+            // Within the request timeout, as hyper's path reads a body; a client still sending
+            // then is hyper's, which answers it with a 408 once the timeout has passed again.
+            let rest = async {
+                while buffer.len() < total {
+                    if read_more(&mut tcp, &mut buffer).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok::<(), io::Error>(())
+            };
+            match tokio::time::timeout(state.limits.request_timeout, rest).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Ended::Closed,
+                Err(_) => return Ended::Handoff(tcp, buffer.freeze()),
+            }
+        }
+        let (target, request) = plain.take(&mut buffer);
+        let response = serve_inference(
+            state,
+            &target.model,
+            target.version.as_deref(),
+            request,
+            target.protocol,
+        )
+        .await;
+        out.clear();
+        if encode(response, &mut out).await.is_err() || tcp.write_all(&out).await.is_err() {
+            return Ended::Closed;
+        }
+        // A server draining closes a connection once its request is answered.
+        if ready_now(draining.as_mut()) {
+            return Ended::Closed;
+        }
+    }
+}
+
+/// Whether `future` is complete now, without waiting.
+fn ready_now(future: Pin<&mut impl std::future::Future<Output = ()>>) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    future.poll(&mut cx).is_ready()
+}
+
+async fn read_more(tcp: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
+    buffer.reserve(READ_SIZE);
+    tcp.read_buf(buffer).await
+}
+
+/// The request at the start of the buffer is not a plain one: hyper's.
+struct ForHyper;
+
+/// A plain inference request's head, read from the start of the buffer.
+struct Plain {
+    head_length: usize,
+    content_length: usize,
+    target: OwnedTarget,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Plain {
+    /// Takes the request off the front of `buffer` (head and body); what it is for, and it.
+    fn take(self, buffer: &mut BytesMut) -> (OwnedTarget, Request<Body>) {
+        buffer.advance(self.head_length);
+        let body = buffer.split_to(self.content_length).freeze();
+        let mut request = Request::new(Body::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers;
+        (self.target, request)
+    }
+}
+
+/// Reads the head at the start of `bytes`: a plain inference request, `None` while the head is
+/// not whole yet, or [`ForHyper`].
+fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_length = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        // Malformed or too many headers: hyper answers or closes as it does.
+        Err(_) => return Err(ForHyper),
+    };
+    if parsed.method != Some("POST") || parsed.version != Some(1) {
+        return Err(ForHyper);
+    }
+    let Some(path) = parsed.path else {
+        return Err(ForHyper);
+    };
+    let Ok(uri) = Uri::try_from(path) else {
+        return Err(ForHyper);
+    };
+    let Some(target) = inference_target(uri.path()).map(|t| t.to_owned()) else {
+        return Err(ForHyper);
+    };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    let mut content_length = None;
+    for header in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
+            return Err(ForHyper);
+        };
+        // What these ask of the connection is hyper's to do.
+        if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE || name == CONNECTION {
+            return Err(ForHyper);
+        }
+        if name == CONTENT_LENGTH {
+            // One, plain decimal value; anything else (a list, a repeat) is hyper's to refuse.
+            let value = header.value;
+            if content_length.is_some()
+                || value.is_empty()
+                || value.len() > 18
+                || !value.iter().all(u8::is_ascii_digit)
+            {
+                return Err(ForHyper);
+            }
+            content_length = Some(
+                value
+                    .iter()
+                    .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
+            );
+        }
+        let Ok(value) = HeaderValue::from_bytes(header.value) else {
+            return Err(ForHyper);
+        };
+        map.append(name, value);
+    }
+    let Some(content_length) = content_length else {
+        return Err(ForHyper);
+    };
+    Ok(Some(Plain {
+        head_length,
+        content_length,
+        target,
+        uri,
+        headers: map,
+    }))
+}
+
+/// The response as HTTP/1.1 bytes, with `Content-Length` and `Date` as hyper adds them.
+async fn encode(response: Response, out: &mut Vec<u8>) -> Result<(), axum::Error> {
+    let (parts, body) = response.into_parts();
+    // Inference answers are whole bodies: this does not wait.
+    let body = axum::body::to_bytes(body, usize::MAX).await?;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("<none>")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
+        header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let mut length = itoa::Buffer::new();
+    header(out, b"content-length", length.format(body.len()).as_bytes());
+    if !parts.headers.contains_key(DATE) {
+        DATE_NOW.with(|date| date.write(out));
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    static DATE_NOW: CachedDate = CachedDate::new();
+}
+
+/// The `Date` header's value, rendered once a second.
+struct CachedDate {
+    rendered: std::cell::RefCell<(u64, String)>,
+}
+
+impl CachedDate {
+    fn new() -> CachedDate {
+        CachedDate {
+            rendered: std::cell::RefCell::new((u64::MAX, String::new())),
+        }
+    }
+
+    /// Writes the `Date` header.
+    fn write(&self, out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let mut rendered = self.rendered.borrow_mut();
+        if rendered.0 != second {
+            *rendered = (second, httpdate::fmt_http_date(now));
+        }
+        header(out, b"date", rendered.1.as_bytes());
+    }
+}
+
+/// A connection whose first bytes were already read: hyper reads those first.
+pub(crate) struct Rewind {
+    first: Bytes,
+    tcp: TcpStream,
+}
+
+impl Rewind {
+    pub(crate) fn new(tcp: TcpStream, first: Bytes) -> Rewind {
+        Rewind { first, tcp }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            let first = self.first.split_to(n);
+            buf.put_slice(&first);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
