@@ -50,17 +50,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
             && let Some(target) = inference_target(request.uri().path())
         {
             // Owned: the request, which the path borrows from, moves into the handler.
-            let target = target.to_owned();
+            let model = target.model.to_owned();
+            let version = target.version.map(str::to_owned);
+            let protocol = target.protocol;
             let state = self.state.clone();
             return Box::pin(async move {
-                Ok(serve_inference(
-                    &state,
-                    &target.model,
-                    target.version.as_deref(),
-                    request,
-                    target.protocol,
-                )
-                .await)
+                Ok(serve_inference(&state, &model, version.as_deref(), request, protocol).await)
             });
         }
         // The router's future owns what it needs; the clone is of an `Arc`.
@@ -71,26 +66,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
 /// What an inference path names.
 #[derive(Debug, PartialEq)]
 pub(super) struct Target<'a> {
-    model: &'a str,
-    version: Option<&'a str>,
-    protocol: Protocol,
-}
-
-impl Target<'_> {
-    pub(super) fn to_owned(&self) -> OwnedTarget {
-        OwnedTarget {
-            model: self.model.to_owned(),
-            version: self.version.map(str::to_owned),
-            protocol: self.protocol,
-        }
-    }
-}
-
-/// A [`Target`] that outlives the request it was read from.
-#[derive(Clone)]
-pub(super) struct OwnedTarget {
-    pub(super) model: String,
-    pub(super) version: Option<String>,
+    pub(super) model: &'a str,
+    pub(super) version: Option<&'a str>,
     pub(super) protocol: Protocol,
 }
 

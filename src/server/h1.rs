@@ -20,12 +20,12 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use axum::response::Response;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::AppState;
-use super::front::{OwnedTarget, inference_target};
+use super::front::inference_target;
 use super::http::serve_inference;
 
 /// Heads larger than this are left to hyper (which has its own, larger limit).
@@ -98,11 +98,25 @@ pub(crate) async fn serve(
                 Err(_) => return Ended::Handoff(tcp, buffer.freeze()),
             }
         }
-        let (target, request) = plain.take(&mut buffer);
+        let head = buffer.split_to(plain.head_length).freeze();
+        let body = buffer.split_to(plain.content_length).freeze();
+        let Some((path, request)) = plain.request(&head, body.clone()) else {
+            // Not one after all (a path `Uri` refuses): hyper's, from this request on.
+            let mut all = BytesMut::with_capacity(head.len() + body.len() + buffer.len());
+            all.extend_from_slice(&head);
+            all.extend_from_slice(&body);
+            all.extend_from_slice(&buffer);
+            return Ended::Handoff(tcp, all.freeze());
+        };
+        drop(body);
+        // Checked by `plain_request`; the model's name borrows from the head, not the request.
+        let Some(target) = std::str::from_utf8(&path).ok().and_then(inference_target) else {
+            return Ended::Closed;
+        };
         let response = serve_inference(
             state,
-            &target.model,
-            target.version.as_deref(),
+            target.model,
+            target.version,
             request,
             target.protocol,
         )
@@ -132,26 +146,43 @@ async fn read_more(tcp: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usi
 /// The request at the start of the buffer is not a plain one: hyper's.
 struct ForHyper;
 
-/// A plain inference request's head, read from the start of the buffer.
+/// Where a header's name and value are in the head.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: (u16, u16),
+    value: (u16, u16),
+}
+
+/// A plain inference request's head, as positions in it (the head is at most [`MAX_HEAD`]
+/// bytes), so that the request made of it shares the head's bytes instead of copying them.
 struct Plain {
     head_length: usize,
     content_length: usize,
-    target: OwnedTarget,
-    uri: Uri,
-    headers: HeaderMap,
+    path: (u16, u16),
+    fields: [Field; MAX_HEADERS],
+    field_count: usize,
 }
 
 impl Plain {
-    /// Takes the request off the front of `buffer` (head and body); what it is for, and it.
-    fn take(self, buffer: &mut BytesMut) -> (OwnedTarget, Request<Body>) {
-        buffer.advance(self.head_length);
-        let body = buffer.split_to(self.content_length).freeze();
+    /// The request, its head and body being `head` and `body`, and its path; `None` where the
+    /// path is not a `Uri`.
+    fn request(&self, head: &Bytes, body: Bytes) -> Option<(Bytes, Request<Body>)> {
+        let slice = |(start, end): (u16, u16)| head.slice(usize::from(start)..usize::from(end));
+        let path = slice(self.path);
+        let uri = Uri::from_maybe_shared(path.clone()).ok()?;
+        let mut headers = HeaderMap::with_capacity(self.field_count);
+        for field in &self.fields[..self.field_count] {
+            // Both were read with these same checks by `plain_request`.
+            let name = HeaderName::from_bytes(&slice(field.name)).ok()?;
+            let value = HeaderValue::from_maybe_shared(slice(field.value)).ok()?;
+            headers.append(name, value);
+        }
         let mut request = Request::new(Body::from(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri;
+        *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = self.headers;
-        (self.target, request)
+        *request.headers_mut() = headers;
+        Some((path, request))
     }
 }
 
@@ -169,30 +200,39 @@ fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
         // Malformed or too many headers: hyper answers or closes as it does.
         Err(_) => return Err(ForHyper),
     };
-    if parsed.method != Some("POST") || parsed.version != Some(1) {
+    if parsed.method != Some("POST") || parsed.version != Some(1) || head_length > MAX_HEAD {
         return Err(ForHyper);
     }
-    let Some(path) = parsed.path else {
-        return Err(ForHyper);
+    // Positions within the head, which is at most `MAX_HEAD` bytes.
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - bytes.as_ptr() as usize;
+        (start as u16, (start + part.len()) as u16)
     };
-    let Ok(uri) = Uri::try_from(path) else {
+    let path = parsed.path.ok_or(ForHyper)?;
+    // Only inference paths in origin form, without a query; the rest is the router's.
+    if inference_target(path).is_none() {
         return Err(ForHyper);
+    }
+    let mut plain = Plain {
+        head_length,
+        content_length: 0,
+        path: at(path.as_bytes()),
+        fields: [Field::default(); MAX_HEADERS],
+        field_count: 0,
     };
-    let Some(target) = inference_target(uri.path()).map(|t| t.to_owned()) else {
-        return Err(ForHyper);
-    };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
     let mut content_length = None;
-    for header in parsed.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
+    for (header, field) in parsed.headers.iter().zip(plain.fields.iter_mut()) {
+        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| ForHyper)?;
+        // What these ask of the connection is hyper's to do. `Connection: keep-alive`, which
+        // many clients send, asks for nothing HTTP/1.1 does not do anyway.
+        if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return Err(ForHyper);
-        };
-        // What these ask of the connection is hyper's to do.
-        if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE || name == CONNECTION {
+        }
+        if name == CONNECTION && !header.value.eq_ignore_ascii_case(b"keep-alive") {
             return Err(ForHyper);
         }
         if name == CONTENT_LENGTH {
-            // One, plain decimal value; anything else (a list, a repeat) is hyper's to refuse.
+            // One plain decimal value; anything else (a list, a repeat) is hyper's to refuse.
             let value = header.value;
             if content_length.is_some()
                 || value.is_empty()
@@ -207,28 +247,21 @@ fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
                     .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
             );
         }
-        let Ok(value) = HeaderValue::from_bytes(header.value) else {
-            return Err(ForHyper);
+        HeaderValue::from_bytes(header.value).map_err(|_| ForHyper)?;
+        *field = Field {
+            name: at(header.name.as_bytes()),
+            value: at(header.value),
         };
-        map.append(name, value);
     }
-    let Some(content_length) = content_length else {
-        return Err(ForHyper);
-    };
-    Ok(Some(Plain {
-        head_length,
-        content_length,
-        target,
-        uri,
-        headers: map,
-    }))
+    plain.field_count = parsed.headers.len();
+    plain.content_length = content_length.ok_or(ForHyper)?;
+    Ok(Some(plain))
 }
 
 /// The response as HTTP/1.1 bytes, with `Content-Length` and `Date` as hyper adds them.
 async fn encode(response: Response, out: &mut Vec<u8>) -> Result<(), axum::Error> {
     let (parts, body) = response.into_parts();
-    // Inference answers are whole bodies: this does not wait.
-    let body = axum::body::to_bytes(body, usize::MAX).await?;
+    let body = whole(body).await?;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -254,6 +287,25 @@ async fn encode(response: Response, out: &mut Vec<u8>) -> Result<(), axum::Error
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     Ok(())
+}
+
+/// A body's bytes. Inference answers are one chunk: that is taken as it is, without the list of
+/// chunks a general collector builds.
+async fn whole(body: Body) -> Result<Bytes, axum::Error> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let Some(first) = chunks.next().await.transpose()? else {
+        return Ok(Bytes::new());
+    };
+    let Some(second) = chunks.next().await.transpose()? else {
+        return Ok(first);
+    };
+    let mut all = BytesMut::from(&first[..]);
+    all.extend_from_slice(&second);
+    while let Some(chunk) = chunks.next().await.transpose()? {
+        all.extend_from_slice(&chunk);
+    }
+    Ok(all.freeze())
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
