@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 mod common;
-use common::{TestServer, config, config_with, file_sha256, fixture, model, sample};
+use common::{TestServer, config, config_with, file_sha256, fixture, model, read_answer, sample};
 
 fn churn_expected() -> Value {
     let text = std::fs::read_to_string(fixture("churn_expected.json")).unwrap();
@@ -1711,42 +1711,6 @@ async fn tritons_client_reads_config_and_statistics() {
         }
     }
     server.stop().await;
-}
-
-/// One HTTP/1.1 answer off `tcp`, whose bytes may follow others already in `buffer` (pipelined
-/// answers): its status, lower-cased head and body. What follows it stays in `buffer`.
-async fn read_answer(
-    tcp: &mut tokio::net::TcpStream,
-    buffer: &mut Vec<u8>,
-) -> (u16, String, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buffer[..end].to_vec())
-                .unwrap()
-                .to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .expect("a content-length")
-                .parse()
-                .unwrap();
-            if buffer.len() >= end + 4 + length {
-                let body = buffer[end + 4..end + 4 + length].to_vec();
-                buffer.drain(..end + 4 + length);
-                let status = head[9..12].parse().unwrap();
-                return (status, head, body);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tcp.read(&mut chunk).await.unwrap();
-        assert!(
-            n > 0,
-            "closed before answering: {:?}",
-            String::from_utf8_lossy(buffer)
-        );
-        buffer.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// Plain inference requests are answered on the connection without hyper, and any other request

@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 mod common;
-use common::{TestServer, config_with, model, post, sample};
+use common::{TestServer, config_with, model, post, read_answer, sample};
 
 /// Deterministic pseudo-random numbers, so that failures reproduce.
 struct Lcg(u64);
@@ -435,29 +435,22 @@ async fn shutdown_closes_idle_connections_on_every_http_thread() {
     let mut server =
         TestServer::start(config_with(vec![model("tiny", "tiny.onnx", None)], limits)).await;
     // Connections are dealt out over the HTTP threads in turn: eight reach every one of them on
-    // any machine this runs on. Each answers one request and is left open, idle.
+    // any machine this runs on. Each answers one request and is left open, idle: an inference
+    // request (read without hyper) on half of them, another endpoint (hyper's) on the others.
     let mut connections = Vec::new();
-    for _ in 0..8 {
+    for i in 0..8 {
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: ferry\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        while !answer.ends_with(br#"{"live":true}"#) {
-            let mut chunk = [0u8; 512];
-            let n = tcp.read(&mut chunk).await.unwrap();
-            assert!(
-                n > 0,
-                "closed before answering: {:?}",
-                String::from_utf8_lossy(&answer)
-            );
-            answer.extend_from_slice(&chunk[..n]);
-        }
-        assert!(
-            answer.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            String::from_utf8_lossy(&answer)
-        );
+        let (request, status): (&[u8], u16) = if i % 2 == 0 {
+            (b"GET /v2/health/live HTTP/1.1\r\nhost: ferry\r\n\r\n", 200)
+        } else {
+            (
+                b"POST /v2/models/nope/infer HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}",
+                404,
+            )
+        };
+        tcp.write_all(request).await.unwrap();
+        let (answered, _, body) = read_answer(&mut tcp, &mut Vec::new()).await;
+        assert_eq!(answered, status, "{}", String::from_utf8_lossy(&body));
         connections.push(tcp);
     }
 

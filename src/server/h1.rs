@@ -25,6 +25,7 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::AppState;
 use super::front::inference_target;
@@ -46,14 +47,14 @@ pub(crate) enum Ended {
     Handoff(TcpStream, Bytes),
 }
 
-/// Answers the plain inference requests on `tcp` until it closes, `draining` completes between
-/// requests, or another kind of request arrives.
+/// Answers the plain inference requests on `tcp` until it closes, the server drains (`draining`
+/// closes) between requests, or another kind of request arrives.
 pub(crate) async fn serve(
     state: &std::sync::Arc<AppState>,
     mut tcp: TcpStream,
-    draining: impl std::future::Future<Output = ()>,
+    draining: &watch::Sender<()>,
 ) -> Ended {
-    let mut draining = std::pin::pin!(draining);
+    let mut closed = std::pin::pin!(draining.closed());
     let mut buffer = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
     loop {
@@ -68,9 +69,11 @@ pub(crate) async fn serve(
                 Ok(None) => {}
             }
             let read = tokio::select! {
+                // The read first: waiting on the other registers a waker, a lock each time.
+                biased;
                 read = read_more(&mut tcp, &mut buffer) => read,
                 // As hyper's graceful shutdown: a connection not yet in a body closes.
-                () = &mut draining => return Ended::Closed,
+                () = &mut closed => return Ended::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Ended::Closed,
@@ -128,16 +131,10 @@ pub(crate) async fn serve(
             return Ended::Closed;
         }
         // A server draining closes a connection once its request is answered.
-        if ready_now(draining.as_mut()) {
+        if draining.is_closed() {
             return Ended::Closed;
         }
     }
-}
-
-/// Whether `future` is complete now, without waiting.
-fn ready_now(future: Pin<&mut impl std::future::Future<Output = ()>>) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    future.poll(&mut cx).is_ready()
 }
 
 async fn read_more(tcp: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {

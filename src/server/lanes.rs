@@ -153,7 +153,7 @@ async fn run_lane(
         let still_open = open.subscribe();
         tokio::spawn(async move {
             // Plain inference requests first; hyper takes the connection at the first other one.
-            let tcp = match h1::serve(&state, tcp, draining.closed()).await {
+            let tcp = match h1::serve(&state, tcp, &draining).await {
                 Ended::Closed => return,
                 Ended::Handoff(tcp, read) => Rewind::new(tcp, read),
             };

@@ -329,3 +329,39 @@ pub async fn until<F: std::future::Future<Output = bool>>(
 pub async fn metric(server: &TestServer, series: &str) -> f64 {
     sample(&server.metrics().await, series).unwrap_or(0.0)
 }
+
+/// One HTTP/1.1 answer off `tcp`, whose bytes may follow others already in `buffer` (pipelined
+/// answers): its status, lower-cased head and body. What follows it stays in `buffer`.
+pub async fn read_answer(
+    tcp: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end].to_vec())
+                .unwrap()
+                .to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("a content-length")
+                .parse()
+                .unwrap();
+            if buffer.len() >= end + 4 + length {
+                let body = buffer[end + 4..end + 4 + length].to_vec();
+                buffer.drain(..end + 4 + length);
+                let status = head[9..12].parse().unwrap();
+                return (status, head, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(buffer)
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
