@@ -17,11 +17,11 @@
 #       wrk's process when both want more, so a container beside wrk is not a process beside wrk.
 #       The bridge rows are held against the container (they also pay for the bridge, and the
 #       published-port row for docker-proxy).
-#   (d) the same fixed reply from ferry's own HTTP stack with nothing behind it
-#       (bench/serve/fixed-reply, built here): hyper's HTTP/1 on one single-threaded runtime
-#       per core, connections dealt out in turn, as ferry's server runs (src/server/lanes.rs),
-#       and hyper on tokio's multi-threaded runtime, the usual way. Between (c) and (d) is what
-#       the HTTP library costs; between (d) and the native row, what ferry does with a request.
+#   (d) the same fixed reply from hyper with nothing behind it (bench/serve/fixed-reply, built
+#       here): hyper's HTTP/1 on one single-threaded runtime per core, connections dealt out in
+#       turn, as ferry's server runs every request but plain inference ones (src/server/lanes.rs;
+#       those it reads itself, src/server/h1.rs), and hyper on tokio's multi-threaded runtime,
+#       the usual way. Between (c) and (d) is what the HTTP library costs.
 # then container start -> ready, idle RSS and the serving image size, and a summary with the
 # goals, PASS/FAIL each; last, bench/serve-cores.sh (instances on a compute-bound model beside
 # onnxruntime in-process, and a light model), with its own goals.
@@ -263,7 +263,7 @@ docker run -d --label "$LABEL" --network host --init --read-only --tmpfs /tmp \
 F_URL="http://127.0.0.1:$F_PORT"
 for _ in $(seq 100); do curl -sf -o /dev/null "$F_URL/" && break; sleep 0.05; done
 
-# --- (d) ferry's HTTP stack, fixed reply -----------------------------------------------------
+# --- (d) hyper on ferry's lanes, fixed reply ------------------------------------------------
 echo "building bench/serve/fixed-reply (cargo, release)" >&2
 CARGO_TARGET_DIR="$REPO/target/bench-fixed-reply" cargo build -q --release --locked \
     --manifest-path "$HERE/fixed-reply/Cargo.toml"
@@ -302,7 +302,7 @@ for url in urls[-4:]:
     fixed = post(url, open(f"{here}/infer-1.json", "rb").read())
     assert fixed == json.load(open(f"{work}/reply-1.json")), url
 EOF
-echo "answers checked: ferry (port, bridge, host network, native) and FastAPI agree on 1 and 64 rows; the fixed replies (nginx on the host and in a container, ferry's stack, hyper) are ferry's ($(wc -c < "$WORK/reply-1.json") bytes)"
+echo "answers checked: ferry (port, bridge, host network, native) and FastAPI agree on 1 and 64 rows; the fixed replies (nginx on the host and in a container, hyper on the lanes and alone) are ferry's ($(wc -c < "$WORK/reply-1.json") bytes)"
 
 # --- load ------------------------------------------------------------------------------------
 # run KEY URL BODY: warm-up, then the measured run; its RESULT line goes to $WORK/KEY.rROUND.
@@ -379,7 +379,7 @@ labels = {
     "b": "(b) FastAPI + uvicorn x2 + onnxruntime",
     "c": "(c) nginx fixed reply (ceiling), host process",
     "c_box": "(c) nginx fixed reply (ceiling), container, host network",
-    "d_stack": "(d) ferry's HTTP stack, fixed reply",
+    "d_stack": "(d) hyper on ferry's lanes, fixed reply",
     "d_hyper": "(d) hyper HTTP/1 alone, fixed reply",
 }
 print(f"{'target':54} {'rows':>4} {'req/s':>9} {'rows/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
@@ -411,7 +411,7 @@ for t in ("a_host", "a_port", "a_bridge", "a_native"):
     goal(f"64-row c{conns} rows/s, {name}", f"{x['rps'] * 64:,.0f}", ">= 1,000,000", x["rps"] * 64 >= 1e6)
 print(f"{'':8}(the same nginx in a container answers {cbox1 / c1:.2f}x what it answers as a host process; "
       f"ferry's container on the host network against nginx the host process: {r['a_host_1']['rps'] / c1:.2f}x)")
-print(f"{'':8}(the HTTP library's own ceiling, same run: ferry's stack answering a fixed reply is "
+print(f"{'':8}(the HTTP library's own ceiling, same run: hyper on ferry's lanes answering a fixed reply is "
       f"{r['d_stack_1']['rps'] / c1:.2f}x (c), hyper alone {r['d_hyper_1']['rps'] / c1:.2f}x (c))")
 print(f"{'':8}(for scale: the fixed-reply ceiling (c) itself is {c1 / b1:.1f}x (b) here; a 1-row "
       f"throughput of 25x (b) would be {25 * b1:,.0f} req/s)")

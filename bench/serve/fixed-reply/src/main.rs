@@ -3,7 +3,8 @@
 //! request's body to its end, as ferry does before it parses. MODE:
 //!   stack  the connection handling ferry's server runs on (`src/server/lanes.rs`): one task
 //!          accepts and deals connections out in turn to one single-threaded tokio runtime per
-//!          core, each serving its connections with hyper's HTTP/1 (TCP_NODELAY)
+//!          core, each serving its connections with hyper's HTTP/1 (TCP_NODELAY), as ferry does
+//!          for every request but plain inference ones (which `src/server/h1.rs` reads itself)
 //!   hyper  hyper's HTTP/1 connection on tokio's multi-threaded runtime (one worker per core),
 //!          the usual way to serve with hyper
 //! The difference between these and nginx's fixed reply is what the HTTP library itself costs;
