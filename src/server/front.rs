@@ -1,5 +1,6 @@
-//! The service every connection calls (hyper's, so no adapter sits between): inference
-//! requests go straight to their handler, all else through the router.
+//! The service hyper calls for every request `super::h1` does not read itself (hyper's, so no
+//! adapter sits between): inference requests go straight to their handler, all else through the
+//! router.
 //!
 //! Inference is nearly all of a busy server's traffic, and for a light model the router's share
 //! of a request (matching, URL parameters in a map of extensions, a boxed clone of the route's
@@ -34,6 +35,11 @@ impl Front {
             router: super::http::router(state.clone()),
             state,
         }
+    }
+
+    /// What it serves: also what plain inference requests are answered from (`super::h1`).
+    pub(crate) fn state(&self) -> &Arc<AppState> {
+        &self.state
     }
 }
 

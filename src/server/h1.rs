@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::AppState;
 use super::front::inference_target;
-use super::http::serve_inference;
+use super::http::{Protocol, serve_inference};
 
 /// Heads larger than this are left to hyper (which has its own, larger limit).
 const MAX_HEAD: usize = 16 << 10;
@@ -105,8 +105,9 @@ pub(crate) async fn serve(
         }
         let head = buffer.split_to(plain.head_length).freeze();
         let body = buffer.split_to(plain.content_length).freeze();
-        let Some((path, request)) = plain.request(&head, body.clone()) else {
-            // Not one after all (a path `Uri` refuses): hyper's, from this request on.
+        let Some((target, request)) = plain.request(&head, body.clone()) else {
+            // Not one after all (a path `Uri` refuses, a header value `http` does not take):
+            // hyper's, from this request on.
             let mut all = BytesMut::with_capacity(head.len() + body.len() + buffer.len());
             all.extend_from_slice(&head);
             all.extend_from_slice(&body);
@@ -114,14 +115,10 @@ pub(crate) async fn serve(
             return Ended::Handoff(tcp, all.freeze());
         };
         drop(body);
-        // Checked by `plain_request`; the model's name borrows from the head, not the request.
-        let Some(target) = std::str::from_utf8(&path).ok().and_then(inference_target) else {
-            return Ended::Closed;
-        };
         let response = serve_inference(
             state,
-            target.model,
-            target.version,
+            target.model(&head),
+            target.version(&head),
             request,
             target.protocol,
         )
@@ -158,20 +155,42 @@ struct Plain {
     head_length: usize,
     content_length: usize,
     path: (u16, u16),
+    target: Placed,
     fields: [Field; MAX_HEADERS],
     field_count: usize,
 }
 
+/// What the path names ([`inference_target`]), as positions in the head.
+#[derive(Clone, Copy)]
+struct Placed {
+    model: (u16, u16),
+    version: Option<(u16, u16)>,
+    protocol: Protocol,
+}
+
+impl Placed {
+    fn model<'h>(&self, head: &'h [u8]) -> &'h str {
+        text(head, self.model)
+    }
+
+    fn version<'h>(&self, head: &'h [u8]) -> Option<&'h str> {
+        self.version.map(|at| text(head, at))
+    }
+}
+
+/// The text at `at` in the head: a part of the path, which `httparse` read as text.
+fn text(head: &[u8], (start, end): (u16, u16)) -> &str {
+    std::str::from_utf8(&head[usize::from(start)..usize::from(end)]).unwrap_or_default()
+}
+
 impl Plain {
-    /// The request, its head and body being `head` and `body`, and its path; `None` where the
-    /// path is not a `Uri`.
-    fn request(&self, head: &Bytes, body: Bytes) -> Option<(Bytes, Request<Body>)> {
+    /// The request, its head and body being `head` and `body`, and what its path names; `None`
+    /// where the path is not a `Uri` or a header not one `http` takes.
+    fn request(&self, head: &Bytes, body: Bytes) -> Option<(Placed, Request<Body>)> {
         let slice = |(start, end): (u16, u16)| head.slice(usize::from(start)..usize::from(end));
-        let path = slice(self.path);
-        let uri = Uri::from_maybe_shared(path.clone()).ok()?;
+        let uri = Uri::from_maybe_shared(slice(self.path)).ok()?;
         let mut headers = HeaderMap::with_capacity(self.field_count);
         for field in &self.fields[..self.field_count] {
-            // Both were read with these same checks by `plain_request`.
             let name = HeaderName::from_bytes(&slice(field.name)).ok()?;
             let value = HeaderValue::from_maybe_shared(slice(field.value)).ok()?;
             headers.append(name, value);
@@ -181,7 +200,7 @@ impl Plain {
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
-        Some((path, request))
+        Some((self.target, request))
     }
 }
 
@@ -209,28 +228,32 @@ fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
     };
     let path = parsed.path.ok_or(ForHyper)?;
     // Only inference paths in origin form, without a query; the rest is the router's.
-    if inference_target(path).is_none() {
-        return Err(ForHyper);
-    }
+    let target = inference_target(path).ok_or(ForHyper)?;
     let mut plain = Plain {
         head_length,
         content_length: 0,
         path: at(path.as_bytes()),
+        target: Placed {
+            model: at(target.model.as_bytes()),
+            version: target.version.map(|v| at(v.as_bytes())),
+            protocol: target.protocol,
+        },
         fields: [Field::default(); MAX_HEADERS],
         field_count: 0,
     };
     let mut content_length = None;
     for (header, field) in parsed.headers.iter().zip(plain.fields.iter_mut()) {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| ForHyper)?;
+        // Names are compared as they came; `Plain::request` makes `HeaderName`s of them once.
+        let name = |wanted: &HeaderName| header.name.eq_ignore_ascii_case(wanted.as_str());
         // What these ask of the connection is hyper's to do. `Connection: keep-alive`, which
         // many clients send, asks for nothing HTTP/1.1 does not do anyway.
-        if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+        if name(&TRANSFER_ENCODING) || name(&EXPECT) || name(&UPGRADE) {
             return Err(ForHyper);
         }
-        if name == CONNECTION && !header.value.eq_ignore_ascii_case(b"keep-alive") {
+        if name(&CONNECTION) && !header.value.eq_ignore_ascii_case(b"keep-alive") {
             return Err(ForHyper);
         }
-        if name == CONTENT_LENGTH {
+        if name(&CONTENT_LENGTH) {
             // One plain decimal value; anything else (a list, a repeat) is hyper's to refuse.
             let value = header.value;
             if content_length.is_some()
@@ -246,7 +269,6 @@ fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
                     .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
             );
         }
-        HeaderValue::from_bytes(header.value).map_err(|_| ForHyper)?;
         *field = Field {
             name: at(header.name.as_bytes()),
             value: at(header.value),

@@ -139,7 +139,7 @@ async fn run_lane(
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut abandoned: watch::Receiver<bool>,
 ) {
-    let front = Front::new(state.clone());
+    let front = Front::new(state);
     // Connections watch `draining` close to shut down; the lane watches `open` to see them gone.
     let (draining, drain) = watch::channel(());
     let (open, _) = watch::channel(());
@@ -147,13 +147,12 @@ async fn run_lane(
         let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
             continue;
         };
-        let state = state.clone();
         let front = front.clone();
         let draining = draining.clone();
         let still_open = open.subscribe();
         tokio::spawn(async move {
             // Plain inference requests first; hyper takes the connection at the first other one.
-            let tcp = match h1::serve(&state, tcp, &draining).await {
+            let tcp = match h1::serve(front.state(), tcp, &draining).await {
                 Ended::Closed => return,
                 Ended::Handoff(tcp, read) => Rewind::new(tcp, read),
             };
