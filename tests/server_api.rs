@@ -1828,4 +1828,13 @@ async fn every_request_on_a_connection_is_answered_in_order_whoever_reads_it() {
     .unwrap();
     let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+
+    // A path the URI type refuses gets hyper's 400, not a search for a model named `a<b`.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buffer = Vec::new();
+    tcp.write_all(b"POST /v2/models/a<b/infer HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut tcp, &mut buffer).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 }

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::AppState;
-use super::http::{Protocol, serve_inference};
+use super::http::{Call, Protocol, serve_inference};
 
 #[derive(Clone)]
 pub(crate) struct Front {
@@ -55,13 +55,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
         if request.method() == Method::POST
             && let Some(target) = inference_target(request.uri().path())
         {
-            // Owned: the request, which the path borrows from, moves into the handler.
+            // Owned: the request, which the path borrows from, is taken apart for the handler.
             let model = target.model.to_owned();
             let version = target.version.map(str::to_owned);
             let protocol = target.protocol;
             let state = self.state.clone();
+            let call = Call::of(request, &state.key_header);
             return Box::pin(async move {
-                Ok(serve_inference(&state, &model, version.as_deref(), request, protocol).await)
+                let answer = serve_inference(&state, &model, version.as_deref(), call, protocol);
+                Ok(answer.await.into_response())
             });
         }
         // The router's future owns what it needs; the clone is of an `Arc`.

@@ -8,7 +8,9 @@
 //! half of that (perf, the same load, the handler's own work left out of both). The one kind
 //! of request a busy server sees nearly only — `POST` to an inference path, HTTP/1.1, a
 //! `Content-Length` body, nothing asked of the connection — is parsed here with `httparse`
-//! (hyper's own parser) and answered by the same handler hyper's path calls. The first request
+//! (hyper's own parser) and answered by the same handler hyper's path calls, given the two
+//! headers it reads and the body as slices of the bytes read (no `Request`, header map or boxed
+//! body is made of them; that was another twentieth of the server's CPU). The first request
 //! of any other kind, and everything after it, goes to hyper with the bytes already read, so
 //! chunked bodies, `Expect`, upgrades, HTTP/1.0, `Connection: close`, malformed heads and
 //! oversized bodies are handled exactly as before.
@@ -18,10 +20,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
-use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
-use axum::response::Response;
+use axum::http::HeaderName;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::AppState;
 use super::front::inference_target;
-use super::http::{Protocol, serve_inference};
+use super::http::{Answer, Call, CallBody, JSON_LENGTH_HEADER, Protocol, serve_inference};
 
 /// Heads larger than this are left to hyper (which has its own, larger limit).
 const MAX_HEAD: usize = 16 << 10;
@@ -37,6 +37,9 @@ const MAX_HEAD: usize = 16 << 10;
 const MAX_HEADERS: usize = 32;
 /// What one read asks for, at least.
 const READ_SIZE: usize = 8 << 10;
+/// What a path read here may hold besides letters and digits: characters `Uri` takes as they
+/// are. Any other goes to hyper, which refuses what `Uri` refuses.
+const PATH_MARKS: &[u8] = b"-._~/:@!$&'()*+,;=";
 
 /// How the connection's plain requests ended.
 pub(crate) enum Ended {
@@ -60,7 +63,7 @@ pub(crate) async fn serve(
     loop {
         // The next request: its head, then its body.
         let plain = loop {
-            match plain_request(&buffer) {
+            match plain_request(&buffer, &state.key_header) {
                 Ok(Some(plain)) => break plain,
                 Err(ForHyper) => return Ended::Handoff(tcp, buffer.freeze()),
                 Ok(None) if buffer.len() > MAX_HEAD => {
@@ -105,26 +108,26 @@ pub(crate) async fn serve(
         }
         let head = buffer.split_to(plain.head_length).freeze();
         let body = buffer.split_to(plain.content_length).freeze();
-        let Some((target, request)) = plain.request(&head, body.clone()) else {
-            // Not one after all (a path `Uri` refuses, a header value `http` does not take):
-            // hyper's, from this request on.
-            let mut all = BytesMut::with_capacity(head.len() + body.len() + buffer.len());
-            all.extend_from_slice(&head);
-            all.extend_from_slice(&body);
-            all.extend_from_slice(&buffer);
-            return Ended::Handoff(tcp, all.freeze());
+        let slice = |(start, end): (u16, u16)| head.slice(usize::from(start)..usize::from(end));
+        let call = Call {
+            key: plain.key.map(slice),
+            json_length: plain.json_length.map(slice),
+            body: CallBody::Whole(body),
         };
-        drop(body);
-        let response = serve_inference(
+        let target = plain.target;
+        let answer = serve_inference(
             state,
             target.model(&head),
             target.version(&head),
-            request,
+            call,
             target.protocol,
         )
         .await;
+        drop(head);
         out.clear();
-        if encode(response, &mut out).await.is_err() || tcp.write_all(&out).await.is_err() {
+        encode(&answer, &mut out);
+        drop(answer);
+        if tcp.write_all(&out).await.is_err() {
             return Ended::Closed;
         }
         // A server draining closes a connection once its request is answered.
@@ -142,22 +145,16 @@ async fn read_more(tcp: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usi
 /// The request at the start of the buffer is not a plain one: hyper's.
 struct ForHyper;
 
-/// Where a header's name and value are in the head.
-#[derive(Clone, Copy, Default)]
-struct Field {
-    name: (u16, u16),
-    value: (u16, u16),
-}
-
 /// A plain inference request's head, as positions in it (the head is at most [`MAX_HEAD`]
-/// bytes), so that the request made of it shares the head's bytes instead of copying them.
+/// bytes), so that what the handler reads of it are slices of the head's bytes, not copies.
 struct Plain {
     head_length: usize,
     content_length: usize,
-    path: (u16, u16),
     target: Placed,
-    fields: [Field; MAX_HEADERS],
-    field_count: usize,
+    /// The variant key header's value, if sent (the first, as a header map's `get`).
+    key: Option<(u16, u16)>,
+    /// `Inference-Header-Content-Length`, if sent (the first).
+    json_length: Option<(u16, u16)>,
 }
 
 /// What the path names ([`inference_target`]), as positions in the head.
@@ -183,30 +180,9 @@ fn text(head: &[u8], (start, end): (u16, u16)) -> &str {
     std::str::from_utf8(&head[usize::from(start)..usize::from(end)]).unwrap_or_default()
 }
 
-impl Plain {
-    /// The request, its head and body being `head` and `body`, and what its path names; `None`
-    /// where the path is not a `Uri` or a header not one `http` takes.
-    fn request(&self, head: &Bytes, body: Bytes) -> Option<(Placed, Request<Body>)> {
-        let slice = |(start, end): (u16, u16)| head.slice(usize::from(start)..usize::from(end));
-        let uri = Uri::from_maybe_shared(slice(self.path)).ok()?;
-        let mut headers = HeaderMap::with_capacity(self.field_count);
-        for field in &self.fields[..self.field_count] {
-            let name = HeaderName::from_bytes(&slice(field.name)).ok()?;
-            let value = HeaderValue::from_maybe_shared(slice(field.value)).ok()?;
-            headers.append(name, value);
-        }
-        let mut request = Request::new(Body::from(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers;
-        Some((self.target, request))
-    }
-}
-
 /// Reads the head at the start of `bytes`: a plain inference request, `None` while the head is
 /// not whole yet, or [`ForHyper`].
-fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
+fn plain_request(bytes: &[u8], key_header: &HeaderName) -> Result<Option<Plain>, ForHyper> {
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -227,33 +203,45 @@ fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
         (start as u16, (start + part.len()) as u16)
     };
     let path = parsed.path.ok_or(ForHyper)?;
+    // Only paths `Uri` surely takes as they are, so that none is answered here that hyper
+    // would refuse.
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || PATH_MARKS.contains(&b))
+    {
+        return Err(ForHyper);
+    }
     // Only inference paths in origin form, without a query; the rest is the router's.
     let target = inference_target(path).ok_or(ForHyper)?;
     let mut plain = Plain {
         head_length,
         content_length: 0,
-        path: at(path.as_bytes()),
         target: Placed {
             model: at(target.model.as_bytes()),
             version: target.version.map(|v| at(v.as_bytes())),
             protocol: target.protocol,
         },
-        fields: [Field::default(); MAX_HEADERS],
-        field_count: 0,
+        key: None,
+        json_length: None,
     };
     let mut content_length = None;
-    for (header, field) in parsed.headers.iter().zip(plain.fields.iter_mut()) {
-        // Names are compared as they came; `Plain::request` makes `HeaderName`s of them once.
-        let name = |wanted: &HeaderName| header.name.eq_ignore_ascii_case(wanted.as_str());
+    // `httparse` takes the names and values `http` does (tokens; no control bytes in values),
+    // so every header here is one hyper would have taken.
+    for header in parsed.headers.iter() {
+        let name = |wanted: &str| header.name.eq_ignore_ascii_case(wanted);
         // What these ask of the connection is hyper's to do. `Connection: keep-alive`, which
         // many clients send, asks for nothing HTTP/1.1 does not do anyway.
-        if name(&TRANSFER_ENCODING) || name(&EXPECT) || name(&UPGRADE) {
+        if name(TRANSFER_ENCODING.as_str()) || name(EXPECT.as_str()) || name(UPGRADE.as_str()) {
             return Err(ForHyper);
         }
-        if name(&CONNECTION) && !header.value.eq_ignore_ascii_case(b"keep-alive") {
+        if name(CONNECTION.as_str()) && !header.value.eq_ignore_ascii_case(b"keep-alive") {
             return Err(ForHyper);
         }
-        if name(&CONTENT_LENGTH) {
+        if name(key_header.as_str()) {
+            plain.key = plain.key.or(Some(at(header.value)));
+        } else if name(JSON_LENGTH_HEADER) {
+            plain.json_length = plain.json_length.or(Some(at(header.value)));
+        } else if name(CONTENT_LENGTH.as_str()) {
             // One plain decimal value; anything else (a list, a repeat) is hyper's to refuse.
             let value = header.value;
             if content_length.is_some()
@@ -269,64 +257,34 @@ fn plain_request(bytes: &[u8]) -> Result<Option<Plain>, ForHyper> {
                     .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
             );
         }
-        *field = Field {
-            name: at(header.name.as_bytes()),
-            value: at(header.value),
-        };
     }
-    plain.field_count = parsed.headers.len();
     plain.content_length = content_length.ok_or(ForHyper)?;
     Ok(Some(plain))
 }
 
-/// The response as HTTP/1.1 bytes, with `Content-Length` and `Date` as hyper adds them.
-async fn encode(response: Response, out: &mut Vec<u8>) -> Result<(), axum::Error> {
-    let (parts, body) = response.into_parts();
-    let body = whole(body).await?;
+/// The answer as HTTP/1.1 bytes, with `Content-Length` and `Date` as hyper adds them.
+fn encode(answer: &Answer, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(answer.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
-        parts
+        answer
             .status
             .canonical_reason()
             .unwrap_or("<none>")
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH {
-            continue;
-        }
-        header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    answer.headers(|name, value| header(out, name.as_str().as_bytes(), value.as_bytes()));
     let mut length = itoa::Buffer::new();
-    header(out, b"content-length", length.format(body.len()).as_bytes());
-    if !parts.headers.contains_key(DATE) {
-        DATE_NOW.with(|date| date.write(out));
-    }
+    header(
+        out,
+        b"content-length",
+        length.format(answer.body.len()).as_bytes(),
+    );
+    DATE_NOW.with(|date| date.write(out));
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    Ok(())
-}
-
-/// A body's bytes. Inference answers are one chunk: that is taken as it is, without the list of
-/// chunks a general collector builds.
-async fn whole(body: Body) -> Result<Bytes, axum::Error> {
-    use futures_util::StreamExt;
-    let mut chunks = body.into_data_stream();
-    let Some(first) = chunks.next().await.transpose()? else {
-        return Ok(Bytes::new());
-    };
-    let Some(second) = chunks.next().await.transpose()? else {
-        return Ok(first);
-    };
-    let mut all = BytesMut::from(&first[..]);
-    all.extend_from_slice(&second);
-    while let Some(chunk) = chunks.next().await.transpose()? {
-        all.extend_from_slice(&chunk);
-    }
-    Ok(all.freeze())
+    out.extend_from_slice(&answer.body);
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

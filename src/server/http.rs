@@ -13,7 +13,6 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -40,7 +39,7 @@ pub const VARIANT_HEADER: &str = "x-ferry-variant";
 const VARIANT_NAME: HeaderName = HeaderName::from_static(VARIANT_HEADER);
 /// The binary tensor data extension: how many bytes at the start of the body are JSON (the rest
 /// is raw tensor data), in requests and answers.
-const JSON_LENGTH_HEADER: &str = "inference-header-content-length";
+pub(crate) const JSON_LENGTH_HEADER: &str = "inference-header-content-length";
 const JSON_LENGTH_NAME: HeaderName = HeaderName::from_static(JSON_LENGTH_HEADER);
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -97,17 +96,23 @@ impl ApiError {
     }
 
     pub(crate) fn response(&self) -> Response {
+        self.answer().into_response()
+    }
+
+    fn answer(&self) -> Answer {
         #[derive(Serialize)]
         struct Body<'a> {
             error: &'a str,
         }
-        json_response(
-            self.status,
-            serde_json::to_vec(&Body {
+        Answer {
+            status: self.status,
+            body: serde_json::to_vec(&Body {
                 error: &self.message,
             })
             .unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec()),
-        )
+            json_length: None,
+            variant: None,
+        }
     }
 }
 
@@ -295,7 +300,10 @@ async fn infer(
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    serve_inference(&state, &model, None, request, Protocol::V2).await
+    let call = Call::of(request, &state.key_header);
+    serve_inference(&state, &model, None, call, Protocol::V2)
+        .await
+        .into_response()
 }
 
 async fn infer_version(
@@ -303,7 +311,10 @@ async fn infer_version(
     Path((model, version)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    serve_inference(&state, &model, Some(&version), request, Protocol::V2).await
+    let call = Call::of(request, &state.key_header);
+    serve_inference(&state, &model, Some(&version), call, Protocol::V2)
+        .await
+        .into_response()
 }
 
 async fn v1_predict(
@@ -318,58 +329,148 @@ async fn v1_predict(
         )
         .response();
     };
-    serve_inference(&state, model, None, request, Protocol::V1).await
+    let call = Call::of(request, &state.key_header);
+    serve_inference(&state, model, None, call, Protocol::V1)
+        .await
+        .into_response()
+}
+
+/// An inference request as its handler reads it, whoever read it off the connection: the two
+/// headers it looks at and the body. Plain requests (`super::h1`) give slices of the bytes they
+/// read, without a `Request`, a header map or a boxed body being made of them.
+pub(crate) struct Call {
+    /// The value of the variant key header (`variant_key_header`), if sent.
+    pub(crate) key: Option<Bytes>,
+    /// `Inference-Header-Content-Length`, if sent.
+    pub(crate) json_length: Option<Bytes>,
+    pub(crate) body: CallBody,
+}
+
+pub(crate) enum CallBody {
+    /// All of it, already read.
+    Whole(Bytes),
+    /// Still arriving, with the `Content-Length` the request declared.
+    Streamed { body: Body, declared: Option<u64> },
+}
+
+impl Call {
+    /// The call a request read by hyper makes. Its head is dropped here: its bytes are slices of
+    /// the connection's read buffer, which the connection can reuse only once nothing holds them.
+    pub(crate) fn of(request: Request, key_header: &HeaderName) -> Call {
+        let (parts, body) = request.into_parts();
+        let copy = |value: &HeaderValue| Bytes::copy_from_slice(value.as_bytes());
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        Call {
+            key: parts.headers.get(key_header).map(copy),
+            json_length: parts.headers.get(JSON_LENGTH_HEADER).map(copy),
+            body: CallBody::Streamed { body, declared },
+        }
+    }
+}
+
+/// An inference answer, before it is a `Response` (hyper's path) or bytes on the wire
+/// (`super::h1`).
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Vec<u8>,
+    /// With outputs in the binary part: how many bytes at the start of the body are JSON.
+    pub(crate) json_length: Option<usize>,
+    /// The variant that answered, once one was chosen.
+    pub(crate) variant: Option<HeaderValue>,
+}
+
+impl Answer {
+    /// Its headers but `Content-Length`, in the order hyper's path writes them.
+    pub(crate) fn headers(&self, mut each: impl FnMut(&HeaderName, &HeaderValue)) {
+        match self.json_length {
+            None => each(&CONTENT_TYPE, &JSON),
+            Some(length) => {
+                each(&CONTENT_TYPE, &OCTET_STREAM);
+                each(&JSON_LENGTH_NAME, &HeaderValue::from(length));
+            }
+        }
+        if let Some(variant) = &self.variant {
+            each(&VARIANT_NAME, variant);
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        self.headers(|name, value| {
+            headers.insert(name.clone(), value.clone());
+        });
+        *response.body_mut() = Body::from(self.body);
+        response
+    }
 }
 
 pub(crate) async fn serve_inference(
     state: &Arc<AppState>,
     model_name: &str,
     version: Option<&str>,
-    request: Request,
+    call: Call,
     protocol: Protocol,
-) -> Response {
+) -> Answer {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let Call {
+        key,
+        json_length,
+        body,
+    } = call;
     let model = match find_model(state, model_name, version) {
         Ok(model) => model,
         Err(e) => {
             let known = state.models.get(model_name).map(|m| m.name.as_str());
             state.metrics.unrouted(known, e.status.as_u16());
-            return e.response();
+            return e.answer();
         }
     };
     // A `sha256:…` version names the file that answers; otherwise the weights choose.
     let pinned = version
         .and_then(|v| v.strip_prefix("sha256:"))
         .and_then(|sha| model.variant_with_sha(sha));
-    let index = pinned.unwrap_or_else(|| {
-        let key = parts
-            .headers
-            .get(&state.key_header)
-            .map(HeaderValue::as_bytes);
-        pick_variant(&model.weights, key)
-    });
+    let index = pinned.unwrap_or_else(|| pick_variant(&model.weights, key.as_deref()));
+    drop(key);
     let variant = &model.variants[index];
     // Held to the end: a swap meanwhile lets this request finish where it started.
     let Some(live) = variant.live() else {
         state.metrics.unrouted(Some(&model.name), 503);
-        return unloaded(&model.name).response();
+        return unloaded(&model.name).answer();
     };
-    let outcome = run_inference(state, model, variant, &live, parts, body, protocol, started).await;
-    let mut response = match outcome {
-        Ok(reply) => reply.response(),
-        Err(e) => e.response(),
+    let outcome = run_inference(
+        state,
+        model,
+        variant,
+        &live,
+        json_length,
+        body,
+        protocol,
+        started,
+    )
+    .await;
+    let mut answer = match outcome {
+        Ok(reply) => Answer {
+            status: StatusCode::OK,
+            body: reply.body,
+            json_length: reply.json_length,
+            variant: None,
+        },
+        Err(e) => e.answer(),
     };
-    response
-        .headers_mut()
-        .insert(VARIANT_NAME, variant.header.clone());
+    answer.variant = Some(variant.header.clone());
     let took = started.elapsed();
     live.metrics
-        .request_done(response.status().as_u16(), took.as_secs_f64());
+        .request_done(answer.status.as_u16(), took.as_secs_f64());
     model
         .stats
-        .request_done(response.status() == StatusCode::OK, took);
-    response
+        .request_done(answer.status == StatusCode::OK, took);
+    answer
 }
 
 /// Counts a request as pending for its variant until it is queued or refused.
@@ -400,33 +501,20 @@ struct Reply {
     json_length: Option<usize>,
 }
 
-impl Reply {
-    fn response(self) -> Response {
-        let Some(json_length) = self.json_length else {
-            return ok_json(self.body);
-        };
-        let mut response = Response::new(Body::from(self.body));
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, OCTET_STREAM);
-        headers.insert(JSON_LENGTH_NAME, HeaderValue::from(json_length));
-        response
-    }
-}
-
 /// The `Inference-Header-Content-Length` of a request, if it has one.
-fn json_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
-    let Some(value) = headers.get(JSON_LENGTH_HEADER) else {
+fn json_length(value: Option<&[u8]>) -> Result<Option<usize>, ApiError> {
+    let Some(value) = value else {
         return Ok(None);
     };
-    value
-        .to_str()
+    std::str::from_utf8(value)
         .ok()
+        .filter(|v| v.is_ascii())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map(Some)
         .ok_or_else(|| {
             ApiError::bad_request(format!(
                 "Inference-Header-Content-Length must be a number of bytes, not {:?}",
-                String::from_utf8_lossy(value.as_bytes())
+                String::from_utf8_lossy(value)
             ))
         })
 }
@@ -488,8 +576,8 @@ async fn run_inference(
     model: &Model,
     variant: &Variant,
     live: &Live,
-    parts: Parts,
-    body: Body,
+    json_length_header: Option<Bytes>,
+    body: CallBody,
     protocol: Protocol,
     started: Instant,
 ) -> Result<Reply, ApiError> {
@@ -497,16 +585,19 @@ async fn run_inference(
     let deadline = started + limits.request_timeout;
     let mut pending = Pending::start(&live.queue);
     let json_length = match protocol {
-        Protocol::V2 => json_length(&parts.headers)?,
+        Protocol::V2 => json_length(json_length_header.as_deref())?,
         Protocol::V1 => None,
     };
-    let reading = read_body(body, &parts.headers, limits.max_body_bytes);
-    let bytes = by_deadline(deadline, reading)
-        .await
-        .ok_or_else(|| timed_out(model, limits))??;
-    // Done with the request's head: its bytes are slices of the connection's read buffer, which
-    // the connection can reuse only once nothing holds them.
-    drop(parts);
+    drop(json_length_header);
+    let bytes = match body {
+        CallBody::Whole(bytes) => bytes,
+        CallBody::Streamed { body, declared } => {
+            let reading = read_body(body, declared, limits.max_body_bytes);
+            by_deadline(deadline, reading)
+                .await
+                .ok_or_else(|| timed_out(model, limits))??
+        }
+    };
     let signature = &live.signature;
     let (inputs, outputs, id, binary) = match protocol {
         Protocol::V2 => {
@@ -598,7 +689,7 @@ async fn run_inference(
         variant,
         live,
         id.as_deref(),
-        started.elapsed(),
+        started,
         &outputs,
     );
     match protocol {
@@ -886,12 +977,8 @@ fn v1_response(specs: &[IoSpec], outputs: &[(usize, HostTensor)]) -> Result<Vec<
 /// Reads the body up to `limit` bytes. A larger body is read to its end (up to a bound) and
 /// discarded before the 413 goes out: answering while the client is still sending makes many
 /// clients report a broken connection instead of the answer.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(body: Body, declared: Option<u64>, limit: usize) -> Result<Bytes, ApiError> {
     const DRAIN_BOUND: usize = 64 << 20;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let mut too_big = declared.is_some_and(|n| n > limit as u64);
     let mut stream = body.into_data_stream();
     let mut first: Option<Bytes> = None;
@@ -947,12 +1034,11 @@ mod tests {
 
     #[tokio::test]
     async fn body_limit_holds_without_a_content_length() {
-        let headers = HeaderMap::new();
-        let body = read_body(chunked(&[b"{\"a\":", b"1}"]), &headers, 16)
+        let body = read_body(chunked(&[b"{\"a\":", b"1}"]), None, 16)
             .await
             .unwrap();
         assert_eq!(&body[..], b"{\"a\":1}");
-        let err = read_body(chunked(&[b"0123456789", b"0123456789"]), &headers, 16)
+        let err = read_body(chunked(&[b"0123456789", b"0123456789"]), None, 16)
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -961,9 +1047,7 @@ mod tests {
 
     #[tokio::test]
     async fn declared_length_over_the_limit_is_refused() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("1000"));
-        let err = read_body(chunked(&[b"{}"]), &headers, 16)
+        let err = read_body(chunked(&[b"{}"]), Some(1000), 16)
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);

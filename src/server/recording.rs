@@ -172,12 +172,14 @@ impl Recording {
         variant: &Variant,
         live: &Live,
         id: Option<&str>,
-        latency: Duration,
+        started: Instant,
         outputs: &[(usize, HostTensor)],
     ) {
         let Some(inputs) = self.inputs else {
             return;
         };
+        // Read here, not by the caller: a request not recorded does not read the clock for it.
+        let latency = started.elapsed();
         let named: Vec<LoggedTensor> = outputs
             .iter()
             .map(|(i, t)| {
