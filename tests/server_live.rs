@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, config, file_sha256, fixture, metric, post, until};
-use ferry::server::config::{ModelConfig, VariantConfig};
+use common::{TestServer, config, config_with, file_sha256, fixture, metric, post, until};
+use ferry::server::config::{Limits, ModelConfig, VariantConfig};
 use serde_json::{Value, json};
 
 fn model_at(name: &str, path: &Path, instances: Option<u32>) -> ModelConfig {
@@ -323,11 +323,16 @@ fn slow_request(iterations: i64) -> String {
 /// answer arrives, has the server finished running the long one? A worker counts a run in the
 /// model's statistics before it answers, so with one instance both runs are counted by then.
 async fn quick_answered_during_slow(instances: u32) -> bool {
-    let server = TestServer::start(config(vec![model_at(
-        "slow",
-        &fixture("slow.onnx"),
-        Some(instances),
-    )]))
+    // The long request takes seconds, and many more on a loaded machine: the request timeout
+    // is not what this test is about, so it is out of reach.
+    let limits = Limits {
+        request_timeout_ms: 300_000,
+        ..Limits::default()
+    };
+    let server = TestServer::start(config_with(
+        vec![model_at("slow", &fixture("slow.onnx"), Some(instances))],
+        limits,
+    ))
     .await;
     let url = format!("{}/v2/models/slow/infer", server.base);
     let client = server.client.clone();

@@ -520,8 +520,13 @@ fn json_length(value: Option<&[u8]>) -> Result<Option<usize>, ApiError> {
 }
 
 /// Which outputs (by index in the model's outputs) go in the binary part: an output's own
-/// `parameters.binary_data` if it has one, else the request's `binary_data_output`.
+/// `parameters.binary_data` if it has one, else the request's `binary_data_output`; an output
+/// past the end of the list does not.
 fn binary_outputs(specs: &[IoSpec], request: &InferRequest) -> Vec<bool> {
+    // None in the binary part, nearly always: an empty list says so without an allocation.
+    if !request.binary_output && !request.output_binary.contains(&Some(true)) {
+        return Vec::new();
+    }
     let mut binary = vec![request.binary_output; specs.len()];
     if let Some(names) = &request.outputs {
         // Reversed, so that an output named twice keeps its first setting.
