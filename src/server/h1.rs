@@ -123,10 +123,8 @@ pub(crate) async fn serve(
             target.protocol,
         )
         .await;
-        drop(head);
         out.clear();
         encode(&answer, &mut out);
-        drop(answer);
         if tcp.write_all(&out).await.is_err() {
             return Ended::Closed;
         }

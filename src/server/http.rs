@@ -116,15 +116,10 @@ impl ApiError {
     }
 }
 
-fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+pub(crate) fn ok_json(body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
-    *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, JSON);
     response
-}
-
-pub(crate) fn ok_json(body: impl Into<Body>) -> Response {
-    json_response(StatusCode::OK, body)
 }
 
 async fn live() -> Response {
@@ -398,14 +393,13 @@ impl Answer {
         }
     }
 
-    pub(crate) fn into_response(self) -> Response {
-        let mut response = Response::new(Body::empty());
+    pub(crate) fn into_response(mut self) -> Response {
+        let mut response = Response::new(Body::from(std::mem::take(&mut self.body)));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         self.headers(|name, value| {
             headers.insert(name.clone(), value.clone());
         });
-        *response.body_mut() = Body::from(self.body);
         response
     }
 }
@@ -436,7 +430,6 @@ pub(crate) async fn serve_inference(
         .and_then(|v| v.strip_prefix("sha256:"))
         .and_then(|sha| model.variant_with_sha(sha));
     let index = pinned.unwrap_or_else(|| pick_variant(&model.weights, key.as_deref()));
-    drop(key);
     let variant = &model.variants[index];
     // Held to the end: a swap meanwhile lets this request finish where it started.
     let Some(live) = variant.live() else {
@@ -593,7 +586,6 @@ async fn run_inference(
         Protocol::V2 => json_length(json_length_header.as_deref())?,
         Protocol::V1 => None,
     };
-    drop(json_length_header);
     let bytes = match body {
         CallBody::Whole(bytes) => bytes,
         CallBody::Streamed { body, declared } => {
