@@ -6,7 +6,7 @@
 
 mod number;
 
-use self::number::Num;
+use self::number::{Num, short_number_at};
 use super::capacity_bound;
 use super::elements::{Elem, ParsedData, Scalar, Values};
 use super::raw::{RawInput, RawOutput, RawRequest, check_shape};
@@ -173,6 +173,29 @@ pub(super) fn instances(
     })?;
     c.end()?;
     Some(data)
+}
+
+/// The eight bytes at `at` as a little-endian word (the first byte lowest), if there are eight.
+#[inline(always)]
+fn word_at(b: &[u8], at: usize) -> Option<u64> {
+    let bytes = b.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// The word's `,` and `]` bytes: the top bit of each set, the rest clear.
+#[inline(always)]
+fn separators(word: u64) -> u64 {
+    bytes_equal(word, b',') | bytes_equal(word, b']')
+}
+
+/// The top bit of each byte of `word` that equals `byte`, exactly (no carry crosses a byte).
+#[inline(always)]
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let x = word ^ (0x0101_0101_0101_0101 * u64::from(byte));
+    // A byte's top bit ends up set only where the byte was zero: `(x & 0x7F) + 0x7F` sets it
+    // for any nonzero low seven bits, `x` itself for the top one.
+    !((x & LOW7).wrapping_add(LOW7) | x | LOW7)
 }
 
 struct Cursor<'a> {
@@ -376,7 +399,7 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn scalar<T: Elem>(&mut self, first: u8) -> Option<T> {
         match first {
-            b'-' | b'0'..=b'9' => match self.number_here()? {
+            b'-' | b'0'..=b'9' => match self.long_number()? {
                 Num::U64(v) => T::from_u64(v),
                 Num::I64(v) => T::from_i64(v),
                 Num::F64(v) => T::from_f64(v),
@@ -475,9 +498,10 @@ impl<'a> Cursor<'a> {
         } else {
             let inner = depth + 1;
             loop {
-                let first = self.peek()?;
-                if first == b'[' {
+                let closed = if self.peek()? == b'[' {
                     self.level(grid, inner)?;
+                    len += 1;
+                    self.separator()?
                 } else {
                     if grid.leaf_depth != Some(inner) {
                         if grid.leaf_depth.is_some() || grid.dims.len() > inner {
@@ -485,28 +509,10 @@ impl<'a> Cursor<'a> {
                         }
                         grid.leaf_depth = Some(inner);
                     }
-                    if grid.out.len() >= grid.max_elements {
-                        return None;
-                    }
-                    let value = self.scalar::<T>(first)?;
-                    grid.out.push(value);
-                }
-                len += 1;
-                // `1,2,3` and `1, 2, 3` without a call to skip whitespace.
-                let mut next = self.peek()?;
-                if next != b',' && next != b']' {
-                    self.ws();
-                    next = self.peek()?;
-                }
-                self.i += 1;
-                match next {
-                    b',' => {
-                        if self.peek()? <= b' ' {
-                            self.ws();
-                        }
-                    }
-                    b']' => break,
-                    _ => return None,
+                    self.scalars(grid, &mut len)?
+                };
+                if closed {
+                    break;
                 }
             }
         }
@@ -523,6 +529,150 @@ impl<'a> Cursor<'a> {
             Some(_) => {}
         }
         Some(())
+    }
+
+    /// After an element: true past the `]` that closes its array, false past a `,`.
+    fn separator(&mut self) -> Option<bool> {
+        self.ws();
+        let next = self.peek()?;
+        self.i += 1;
+        match next {
+            b',' => {
+                self.ws();
+                Some(false)
+            }
+            b']' => Some(true),
+            _ => None,
+        }
+    }
+
+    /// The scalars of an array from the cursor on (at the leaf depth), into `grid`, with
+    /// their separators: true past the `]` that closes the array, false where an array comes
+    /// next instead (which [`Cursor::level`] refuses there). The position is kept in a local
+    /// between elements, and short plain numbers are read in place: this loop is nearly all of
+    /// the time a body with many numbers takes.
+    #[inline(always)]
+    fn scalars<T: Elem>(&mut self, grid: &mut Grid<T>, len: &mut usize) -> Option<bool> {
+        let b = self.b;
+        loop {
+            if self.plain_run(grid, len) {
+                return Some(true);
+            }
+            let mut i = self.i;
+            if grid.out.len() >= grid.max_elements {
+                return None;
+            }
+            let value = match short_number_at(b, i) {
+                Some((n, end)) => {
+                    i = end;
+                    match n {
+                        Num::U64(v) => T::from_u64(v),
+                        Num::I64(v) => T::from_i64(v),
+                        Num::F64(v) => T::from_f64(v),
+                    }?
+                }
+                None => {
+                    self.i = i;
+                    let value = self.scalar::<T>(*b.get(i)?)?;
+                    i = self.i;
+                    value
+                }
+            };
+            grid.out.push(value);
+            *len += 1;
+            // `1,2,3` and `1, 2, 3` without a call to skip whitespace.
+            let mut next = *b.get(i)?;
+            if next != b',' && next != b']' {
+                self.i = i;
+                self.ws();
+                i = self.i;
+                next = *b.get(i)?;
+            }
+            i += 1;
+            match next {
+                b',' => {
+                    if *b.get(i)? <= b' ' {
+                        self.i = i;
+                        self.ws();
+                        i = self.i;
+                    }
+                    self.i = i;
+                    if b.get(i) == Some(&b'[') {
+                        return Some(false);
+                    }
+                }
+                b']' => {
+                    self.i = i;
+                    return Some(true);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads the array's elements from the cursor on while each is a short plain number
+    /// ([`short_number_at`]), optionally after one space, directly followed by `,` or `]`:
+    /// true past the `]`, false with the cursor on the first element it leaves (whatever it is,
+    /// even malformed) to [`Cursor::scalars`]. Why: read one after the other, each number's end
+    /// is found from its digits and the next one starts there, a chain of dependent loads and
+    /// word operations that took about 30 cycles a number however short. Here the separators
+    /// are found eight bytes at a time ahead of the numbers, so each number starts where the
+    /// separators say and is read independently of the one before; a number's own end only has
+    /// to agree. Numbers of one or two digits, most of what feature vectors hold, are read
+    /// from the length the separators give: a 64-row churn request reads in under half the
+    /// time the digit-by-digit loop took (`decode_speed`).
+    #[inline(always)]
+    fn plain_run<T: Elem>(&mut self, grid: &mut Grid<T>, len: &mut usize) -> bool {
+        let b = self.b;
+        let mut start = self.i;
+        let mut base = start;
+        let Some(word) = word_at(b, base) else {
+            return false;
+        };
+        let mut separators = separators(word);
+        loop {
+            while separators == 0 {
+                base += 8;
+                let Some(word) = word_at(b, base) else {
+                    self.i = start;
+                    return false;
+                };
+                separators = self::separators(word);
+            }
+            let end = base + (separators.trailing_zeros() / 8) as usize;
+            separators &= separators - 1;
+            // `, ` as Python's `json` writes it.
+            let from = start + usize::from(b[start] == b' ');
+            // One digit or two, the most common elements of all, without the word operations.
+            let first = b[from].wrapping_sub(b'0');
+            let number = match end - from {
+                1 if first < 10 => Some((Num::U64(u64::from(first)), end)),
+                2 if (1..10).contains(&first) && b[from + 1].is_ascii_digit() => {
+                    let second = b[from + 1] - b'0';
+                    Some((Num::U64(u64::from(first * 10 + second)), end))
+                }
+                _ => short_number_at(b, from),
+            };
+            let value = match number {
+                Some((n, stop)) if stop == end && grid.out.len() < grid.max_elements => match n {
+                    Num::U64(v) => T::from_u64(v),
+                    Num::I64(v) => T::from_i64(v),
+                    Num::F64(v) => T::from_f64(v),
+                },
+                _ => None,
+            };
+            let Some(value) = value else {
+                self.i = start;
+                return false;
+            };
+            grid.out.push(value);
+            *len += 1;
+            start = end + 1;
+            if b[end] == b']' {
+                self.i = start;
+                return true;
+            }
+        }
     }
 }
 
@@ -543,6 +693,9 @@ mod tests {
             r#"{"inputs":[{"name":"X","shape":[2,2,2],"datatype":"UINT8","data":[[[1,2],[3,4]],[[5,6],[7,8]]]}]}"#.into(),
             r#"{"inputs":[{"name":"X","shape":[0,3],"datatype":"FP16","data":[]}],"outputs":[{"name":"a","parameters":{}},{"name":"b"}]}"#.into(),
             r#"{"inputs":[{"name":"X","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}],"outputs":[{"name":"a","parameters":{"binary_data":true}}],"parameters":{"binary_data_output":false}}"#.into(),
+            // Long runs of numbers in the forms the eight-byte reading takes, and beside them.
+            r#"{"inputs":[{"name":"X","shape":[2,8],"datatype":"FP32","data":[[1,2.5,-3,0.25,17.99,1234567,12345678,0],[-0, 0.0, 12, 5, -7.5, 9, 1e2, 3]]}],"outputs":[{"name":"Y"}]}"#.into(),
+            r#"{"inputs":[{"name":"X","shape":[12],"datatype":"INT8","data":[1,2,-3,100,127,-128,0,-0,5,6,7,8]}],"parameters":{"binary_data_output":false}}"#.into(),
         ];
         let alphabet: &[&str] = &[
             "[",
@@ -624,6 +777,8 @@ mod tests {
             // Sorted keys (Go maps, serde_json::Value): the data comes before its datatype.
             br#"{"inputs":[{"data":[1,2,3],"datatype":"INT64","name":"X","shape":[3]}]}"#.to_vec(),
             br#"{"inputs":[{"name":"S","shape":[2],"datatype":"BYTES","data":["a","b"]},{"name":"B","shape":[1],"datatype":"BOOL","data":[false]}]}"#.to_vec(),
+            // As Python's `json.dumps` writes it.
+            br#"{"inputs": [{"name": "X", "shape": [2, 3], "datatype": "FP32", "data": [[1, -2.5, 17.99], [0, 12, 1234567]]}]}"#.to_vec(),
         ] {
             assert!(
                 super::request(&body, LIMIT).is_some(),

@@ -305,6 +305,26 @@ fn decode_speed() {
             general / scan
         );
     }
+    // One row, as the serving benchmark's 1-row requests send it.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Ok(one) = std::fs::read(root.join("bench/serve/infer-1.json")) {
+        let scan = time(&|| len(parse_infer(std::hint::black_box(&one), None, LIMIT)));
+        println!(
+            "{:>12} ({:5} bytes): scan {:6.3} us/request",
+            "one row",
+            one.len(),
+            scan * 1e6
+        );
+    }
+    for (what, n) in [("ones", "1"), ("12.5s", "12.5"), ("1234567s", "1234567")] {
+        let data = vec![n; numbers].join(",");
+        let b = format!(r#"{{"inputs":[{{"name":"features","shape":[64,78],"datatype":"FP32","data":[{data}]}}]}}"#).into_bytes();
+        let scan = time(&|| len(parse_infer(std::hint::black_box(&b), None, LIMIT)));
+        println!(
+            "{what:>12}: scan {:5.2} ns/number",
+            scan * 1e9 / numbers as f64
+        );
+    }
     let decode = time(&|| {
         len(parse_infer(
             std::hint::black_box(&binary),
