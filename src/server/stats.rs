@@ -22,8 +22,13 @@ struct Phase {
 
 impl Phase {
     fn add(&self, took: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.ns.fetch_add(nanos(took), Ordering::Relaxed);
+        self.add_many(1, nanos(took));
+    }
+
+    /// `count` more of what it counts, together taking `ns`.
+    fn add_many(&self, count: u64, ns: u64) {
+        self.count.fetch_add(count, Ordering::Relaxed);
+        self.ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn get(&self) -> PhaseTotal {
@@ -106,17 +111,21 @@ impl ModelStats {
     /// the queue (until the execution started).
     pub(crate) fn executed(&self, run: &Execution, requests: &[(usize, Duration)]) {
         let mut batch_size = 0u64;
+        let mut queued_ns = 0u64;
         for &(rows, queued) in requests {
-            let inferences = if self.batching { rows as u64 } else { 1 };
-            batch_size += inferences;
-            self.inference_count
-                .fetch_add(inferences, Ordering::Relaxed);
-            // Each request in a batch took the batch's compute time, as Triton counts it.
-            self.queue.add(queued);
-            self.compute_input.add(run.compute_input);
-            self.compute_infer.add(run.compute_infer);
-            self.compute_output.add(run.compute_output);
+            batch_size += if self.batching { rows as u64 } else { 1 };
+            queued_ns = queued_ns.saturating_add(nanos(queued));
         }
+        // Added once for the batch: the totals are what adding each request would give.
+        let n = requests.len() as u64;
+        self.inference_count
+            .fetch_add(batch_size, Ordering::Relaxed);
+        self.queue.add_many(n, queued_ns);
+        // Each request in a batch took the batch's compute time, as Triton counts it.
+        let each = |took: Duration| nanos(took).saturating_mul(n);
+        self.compute_input.add_many(n, each(run.compute_input));
+        self.compute_infer.add_many(n, each(run.compute_infer));
+        self.compute_output.add_many(n, each(run.compute_output));
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
