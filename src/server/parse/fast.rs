@@ -399,11 +399,7 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn scalar<T: Elem>(&mut self, first: u8) -> Option<T> {
         match first {
-            b'-' | b'0'..=b'9' => match self.long_number()? {
-                Num::U64(v) => T::from_u64(v),
-                Num::I64(v) => T::from_i64(v),
-                Num::F64(v) => T::from_f64(v),
-            },
+            b'-' | b'0'..=b'9' => self.long_number()?.element(),
             b't' => {
                 self.literal(b"true")?;
                 T::from_bool(true)
@@ -558,26 +554,12 @@ impl<'a> Cursor<'a> {
             if self.plain_run(grid, len) {
                 return Some(true);
             }
-            let mut i = self.i;
+            // What the run left: read byte by byte (the run has tried the short reading).
             if grid.out.len() >= grid.max_elements {
                 return None;
             }
-            let value = match short_number_at(b, i) {
-                Some((n, end)) => {
-                    i = end;
-                    match n {
-                        Num::U64(v) => T::from_u64(v),
-                        Num::I64(v) => T::from_i64(v),
-                        Num::F64(v) => T::from_f64(v),
-                    }?
-                }
-                None => {
-                    self.i = i;
-                    let value = self.scalar::<T>(*b.get(i)?)?;
-                    i = self.i;
-                    value
-                }
-            };
+            let value = self.scalar::<T>(*b.get(self.i)?)?;
+            let mut i = self.i;
             grid.out.push(value);
             *len += 1;
             // `1,2,3` and `1, 2, 3` without a call to skip whitespace.
@@ -654,11 +636,7 @@ impl<'a> Cursor<'a> {
                 _ => short_number_at(b, from),
             };
             let value = match number {
-                Some((n, stop)) if stop == end && grid.out.len() < grid.max_elements => match n {
-                    Num::U64(v) => T::from_u64(v),
-                    Num::I64(v) => T::from_i64(v),
-                    Num::F64(v) => T::from_f64(v),
-                },
+                Some((n, stop)) if stop == end && grid.out.len() < grid.max_elements => n.element(),
                 _ => None,
             };
             let Some(value) = value else {

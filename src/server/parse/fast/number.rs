@@ -2,6 +2,7 @@
 //! and the same table of powers of ten, so that every number comes out with the same bits.
 
 use super::{Cursor, word_at};
+use crate::server::parse::elements::Elem;
 
 /// A JSON number as `serde_json` reads it (its `ParserNumber`, without `arbitrary_precision`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -9,6 +10,18 @@ pub(super) enum Num {
     U64(u64),
     I64(i64),
     F64(f64),
+}
+
+impl Num {
+    /// The number as a tensor element, converted as the general parser's `Level` converts it.
+    #[inline(always)]
+    pub(super) fn element<T: Elem>(self) -> Option<T> {
+        match self {
+            Num::U64(v) => T::from_u64(v),
+            Num::I64(v) => T::from_i64(v),
+            Num::F64(v) => T::from_f64(v),
+        }
+    }
 }
 
 impl Cursor<'_> {
@@ -21,22 +34,17 @@ impl Cursor<'_> {
         self.number_here()
     }
 
-    /// The number at the cursor: a short plain one eight bytes at a time
-    /// ([`Cursor::short_number`]), any other byte by byte ([`Cursor::long_number`]).
+    /// The number at the cursor: a short plain one a word at a time ([`short_number_at`]), any
+    /// other byte by byte ([`Cursor::long_number`]).
     #[inline(always)]
     pub(super) fn number_here(&mut self) -> Option<Num> {
-        match self.short_number() {
-            Some(n) => Some(n),
+        match short_number_at(self.b, self.i) {
+            Some((n, end)) => {
+                self.i = end;
+                Some(n)
+            }
             None => self.long_number(),
         }
-    }
-
-    /// A short plain number at the cursor ([`short_number_at`]), the cursor moved past it.
-    #[inline(always)]
-    pub(super) fn short_number(&mut self) -> Option<Num> {
-        let (n, end) = short_number_at(self.b, self.i)?;
-        self.i = end;
-        Some(n)
     }
 
     /// Any number, byte by byte.
@@ -167,8 +175,8 @@ impl Cursor<'_> {
 
 /// A number at `at` of up to seven integer digits, optionally with a point and up to seven more
 /// (what clients send nearly always), with a sign or not and no exponent, and where it ends:
-/// each run of digits found and valued in a few word operations, without a branch per digit,
-/// which a loop over digits of varying count mispredicts about once a number. `None` for any
+/// each run of digits found and valued in a few word operations, without a branch per digit.
+/// `None` for any
 /// other number and wherever fewer than eight bytes are left to read at once:
 /// [`Cursor::long_number`] reads those. The value is the one `long_number` gives, by the same
 /// arithmetic: the significand is exact either way, and a fraction divides it by the same power
@@ -241,7 +249,7 @@ fn digits_value(word: u64, n: usize) -> u64 {
         & 0xFFFF_FFFF
 }
 
-/// `10^m` for the fractions [`Cursor::short_number`] reads.
+/// `10^m` for the fractions [`short_number_at`] reads.
 const POW10_U64: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
 /// `significand * 10 + digit`, `None` past `u64::MAX`.
@@ -547,23 +555,16 @@ mod tests {
             // Read where eight bytes or more follow, and where fewer do.
             for padding in ["", "       ", ",1,2,3,4,5,6,7,8"] {
                 let body = format!("{text}{padding}");
-                let mut fast = Cursor {
-                    b: body.as_bytes(),
-                    i: 0,
-                };
                 let mut slow = Cursor {
                     b: body.as_bytes(),
                     i: 0,
                 };
                 let want = slow.long_number();
-                match fast.short_number() {
-                    Some(got) => {
-                        short += 1;
-                        let same = want.is_some_and(|want| same_number(got, want));
-                        assert!(same, "{body:?}: {got:?} != {want:?}");
-                        assert_eq!(fast.i, slow.i, "{body:?}");
-                    }
-                    None => assert_eq!(fast.i, 0, "{body:?}"),
+                if let Some((got, end)) = short_number_at(body.as_bytes(), 0) {
+                    short += 1;
+                    let same = want.is_some_and(|want| same_number(got, want));
+                    assert!(same, "{body:?}: {got:?} != {want:?}");
+                    assert_eq!(end, slow.i, "{body:?}");
                 }
                 // Whichever reads it, the cursor's own reading is the long one's.
                 let mut either = Cursor {
