@@ -30,7 +30,8 @@
 #                                             serving image gets what that one would put in it)
 #        DURATION=10 ROUNDS=2 CONNECTIONS=64 THREADS=1 STARTS=7 bash bench/serve.sh
 # On a shared machine other work only ever takes throughput away, so every target is measured
-# ROUNDS times, interleaved with the others, and its best round is reported (all are printed).
+# ROUNDS times, interleaved with the others, and its best round is reported (all are printed);
+# the summary also gives each 1-row ferry row against its nginx round by round.
 # Installs what it lacks: wrk and nginx (apt-get, as root or with sudo), a Python venv with
 # fastapi, uvicorn[standard], onnxruntime and numpy (pip, kept in ~/.cache/ferry-bench; set
 # BENCH_VENV to use another). Takes about 5 minutes once those are there and ferry is built.
@@ -360,9 +361,11 @@ def load(name):
     with open(os.path.join(work, name)) as f:
         return {k: float(v) for k, v in (kv.split("=") for kv in f.read().split())}
 r = {}
+rounds = {}  # key -> {round: figures}
 for name in os.listdir(work):
     if name.startswith(("a_", "b_", "c_", "d_")):
-        key, x = name.rsplit(".r", 1)[0], load(name)
+        (key, n), x = name.rsplit(".r", 1), load(name)
+        rounds.setdefault(key, {})[int(n)] = x
         if key not in r or x["rps"] > r[key]["rps"]:
             r[key] = x  # the best round
 r["start"] = load("start")
@@ -409,6 +412,13 @@ for t in ("a_host", "a_port", "a_bridge", "a_native"):
     goal(f"1-row c{conns} p99, {name}", f"{x['p99_ms']:.2f} ms", "<= 5 ms", x["p99_ms"] <= 5)
     x = r[f"{t}_64"]
     goal(f"64-row c{conns} rows/s, {name}", f"{x['rps'] * 64:,.0f}", ">= 1,000,000", x["rps"] * 64 >= 1e6)
+# Best against best favours whichever target had the luckier round; each round's own ratio
+# compares two targets measured a minute apart, under the same conditions.
+def same_round(t, ceiling_key):
+    a, c = rounds.get(f"{t}_1", {}), rounds.get(ceiling_key, {})
+    return ", ".join(f"{a[n]['rps'] / c[n]['rps']:.2f}" for n in sorted(a) if n in c and c[n]["rps"] > 0)
+print(f"{'':8}(round by round, against the nginx placed alike: host network {same_round('a_host', 'c_box_1')}; "
+      f"bridge IP {same_round('a_bridge', 'c_box_1')}; native {same_round('a_native', 'c_1')})")
 print(f"{'':8}(the same nginx in a container answers {cbox1 / c1:.2f}x what it answers as a host process; "
       f"ferry's container on the host network against nginx the host process: {r['a_host_1']['rps'] / c1:.2f}x)")
 print(f"{'':8}(the HTTP library's own ceiling, same run: hyper on ferry's lanes answering a fixed reply is "
