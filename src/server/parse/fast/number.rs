@@ -176,8 +176,7 @@ impl Cursor<'_> {
 /// A number at `at` of up to seven integer digits, optionally with a point and up to seven more
 /// (what clients send nearly always), with a sign or not and no exponent, and where it ends:
 /// each run of digits found and valued in a few word operations, without a branch per digit.
-/// `None` for any
-/// other number and wherever fewer than eight bytes are left to read at once:
+/// `None` for any other number and wherever fewer than eight bytes are left to read at once:
 /// [`Cursor::long_number`] reads those. The value is the one `long_number` gives, by the same
 /// arithmetic: the significand is exact either way, and a fraction divides it by the same power
 /// of ten.
