@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use super::AppState;
 use super::front::inference_target;
 use super::http::{Answer, Call, CallBody, JSON_LENGTH_HEADER, Protocol, serve_inference};
+use super::lanes::Seat;
 
 /// Heads larger than this are left to hyper (which has its own, larger limit).
 const MAX_HEAD: usize = 16 << 10;
@@ -48,17 +49,23 @@ pub(crate) enum Ended {
     /// A request this loop does not answer arrived: hyper serves the connection from here on,
     /// starting with these bytes.
     Handoff(TcpStream, Bytes),
+    /// Its lane gives the connection up ([`Seat::should_move`]): it goes on on another, with
+    /// these bytes read and not yet answered.
+    Moving(TcpStream, BytesMut),
 }
 
-/// Answers the plain inference requests on `tcp` until it closes, the server drains (`draining`
-/// closes) between requests, or another kind of request arrives.
+/// Answers the plain inference requests on `tcp` (`read` holds what was read of it already)
+/// until it closes, the server drains (`draining` closes) between requests, its lane gives it
+/// up, or another kind of request arrives.
 pub(crate) async fn serve(
     state: &std::sync::Arc<AppState>,
     mut tcp: TcpStream,
+    read: BytesMut,
     draining: &watch::Sender<()>,
+    seat: &Seat,
 ) -> Ended {
     let mut closed = std::pin::pin!(draining.closed());
-    let mut buffer = BytesMut::with_capacity(READ_SIZE);
+    let mut buffer = read;
     let mut out = Vec::with_capacity(1024);
     loop {
         // The next request: its head, then its body.
@@ -131,6 +138,9 @@ pub(crate) async fn serve(
         // A server draining closes a connection once its request is answered.
         if draining.is_closed() {
             return Ended::Closed;
+        }
+        if seat.should_move() {
+            return Ended::Moving(tcp, buffer);
         }
     }
 }

@@ -264,6 +264,10 @@ pub(crate) struct Metrics {
     shadows: Mutex<Vec<Arc<ShadowMetrics>>>,
     /// Model (re)loads after start, by model and result.
     reloads: RwLock<HashMap<(String, bool), Arc<Counter>>>,
+    /// HTTP threads taking connections now (`lanes`).
+    pub(crate) lanes_open: Gauge,
+    /// Connections moved from one HTTP thread to another.
+    pub(crate) connections_moved: Counter,
 }
 
 impl Metrics {
@@ -505,6 +509,16 @@ impl Metrics {
                 name: "ferry_model_reloads",
                 help: "Model files loaded while serving (watched files, the repository API), by result.",
                 series: Series::Counter(reloads),
+            },
+            Family {
+                name: "ferry_http_lanes_open",
+                help: "HTTP threads taking connections; the server opens more under load where CPUs have time for them.",
+                series: Series::Gauge(vec![(Vec::new(), self.lanes_open.get() as f64)]),
+            },
+            Family {
+                name: "ferry_http_connections_moved",
+                help: "Connections moved between HTTP threads as threads opened and closed.",
+                series: Series::Counter(vec![(Vec::new(), self.connections_moved.get())]),
             },
         ];
         families.extend(self.shadow_families());
