@@ -692,7 +692,9 @@ mod tests {
                 "ferry_model_load_seconds",
                 "ferry_instances",
                 "ferry_instances_busy",
-                "ferry_model_reloads"
+                "ferry_model_reloads",
+                "ferry_http_lanes_open",
+                "ferry_http_connections_moved"
             ]
         );
         let Series::Counter(requests) = &families[0].series else {
