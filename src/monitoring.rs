@@ -677,6 +677,26 @@ pub fn dashboard(project: &Project) -> Value {
             "{{result}}",
         )],
     );
+    panel(
+        "timeseries",
+        "HTTP threads",
+        "HTTP threads taking connections in each pod (more open under load where CPUs have time for them, fewer where the load fits or others have the CPUs), and connections moved between them per second.",
+        "none",
+        (12, 68, 12, 8),
+        vec![
+            (
+                format!("sum by (pod) (ferry_http_lanes_open{server_only})"),
+                "{{pod}} open",
+            ),
+            (
+                format!(
+                    "sum by (pod) ({})",
+                    rate("ferry_http_connections_moved_total", &server_only)
+                ),
+                "{{pod}} moved/s",
+            ),
+        ],
+    );
 
     let variable = |name: &str, label: &str, query: String| {
         json!({
@@ -697,7 +717,7 @@ pub fn dashboard(project: &Project) -> Value {
     json!({
         "uid": dashboard_uid(name),
         "title": format!("ferry: {name}"),
-        "description": format!("The model server of the ferry project {name}: traffic, latency, errors, batching, variants, instances, model files, shadows and the traffic log."),
+        "description": format!("The model server of the ferry project {name}: traffic, latency, errors, batching, variants, instances, model files, shadows, the traffic log and the HTTP threads."),
         "tags": ["ferry", name],
         "timezone": "browser",
         "editable": true,
