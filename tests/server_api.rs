@@ -687,6 +687,8 @@ async fn metrics_are_read_by_promtool_and_the_python_parsers() {
         ("ferry_instances", "gauge"),
         ("ferry_instances_busy", "gauge"),
         ("ferry_model_reloads", "counter"),
+        ("ferry_http_lanes_open", "gauge"),
+        ("ferry_http_connections_moved", "counter"),
     ];
     for (family, kind) in want_types {
         // In 0.0.4 a counter family is named as its series.
