@@ -128,12 +128,12 @@ impl Seat {
     /// its lane was asked to give up.
     pub(crate) fn should_move(&self) -> bool {
         let leaving = &self.lanes.lanes[self.lane].leaving;
-        // A plain load first: the common case reads a line nobody writes.
+        // A plain load first: the common case only reads a line written when connections come,
+        // go or are asked to move. Where no lane takes the connection, `move_away` gives it back.
         leaving.load(Ordering::Relaxed) > 0
             && leaving
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok()
-            && self.lanes.emptiest(Some(self.lane)).is_some()
     }
 
     /// Hands the connection to the open lane with the fewest; gives it back where none takes it
